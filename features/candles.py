@@ -1,0 +1,196 @@
+"""The candle frame contract: what every source returns and every feature consumes.
+
+A candle frame is what `pyupbit.get_ohlcv(..., interval="minute60")` returns: a DatetimeIndex named
+`time` holding each candle's *open* time in KST (tz-naive), strictly increasing on the hour, and the
+float64 columns open, high, low, close, volume, value. Validation names the first problem it finds so
+that a bad file or reply is rejected with a reason instead of silently skewing features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+
+CANDLE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "value")
+PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
+HOUR = pd.Timedelta(hours=1)
+KST = timezone(timedelta(hours=9), name="KST")
+
+
+class CandleError(ValueError):
+    """A candle frame breaks the contract; the message names the first problem found."""
+
+
+def now_kst() -> datetime:
+    """The current wall-clock time in KST as a tz-naive datetime, comparable with candle times."""
+    return datetime.now(KST).replace(tzinfo=None)
+
+
+def current_hour_kst(now: datetime | None = None) -> pd.Timestamp:
+    """The open time of the hour still forming at `now` (KST, tz-naive)."""
+    moment = pd.Timestamp(now if now is not None else now_kst())
+    if moment.tzinfo is not None:
+        moment = moment.tz_convert(KST).tz_localize(None)
+    return moment.floor("h")
+
+
+def drop_forming(candles: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:
+    """Drop rows whose hour has not closed yet at `now`.
+
+    Upbit returns the unfinished current hour as the last row; it is not a candle yet, and a model
+    that saw it would see a different bar in training than in serving.
+    """
+    return candles.loc[candles.index < current_hour_kst(now)]
+
+
+def empty_candles() -> pd.DataFrame:
+    index = pd.DatetimeIndex([], name="time", dtype="datetime64[ns]")
+    return pd.DataFrame({c: pd.Series(dtype="float64") for c in CANDLE_COLUMNS}, index=index)
+
+
+def normalize_candles(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce a frame with the candle columns to the exact contract dtypes (no value changes)."""
+    missing = [c for c in CANDLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise CandleError(f"missing column(s): {', '.join(missing)}")
+    out = frame.loc[:, list(CANDLE_COLUMNS)].astype("float64")
+    index = pd.DatetimeIndex(out.index)
+    if index.tz is not None:
+        index = index.tz_convert(KST).tz_localize(None)
+    out.index = index.astype("datetime64[ns]").rename("time")
+    return out
+
+
+def validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
+    """Check the contract and return the frame unchanged; raise CandleError on the first problem."""
+    missing = [c for c in CANDLE_COLUMNS if c not in candles.columns]
+    if missing:
+        raise CandleError(f"missing column(s): {', '.join(missing)}")
+    if not isinstance(candles.index, pd.DatetimeIndex):
+        raise CandleError(f"index must be a DatetimeIndex of open times, got {type(candles.index).__name__}")
+    if candles.index.tz is not None:
+        raise CandleError("index must be tz-naive KST open times, got tz-aware times")
+    _check_times(candles.index)
+    values = candles.loc[:, list(CANDLE_COLUMNS)]
+    for column in CANDLE_COLUMNS:
+        if not np.issubdtype(values[column].dtype, np.number):
+            raise CandleError(f"column {column!r} is not numeric ({values[column].dtype})")
+    _check_finite(values)
+    _check_prices(values)
+    _check_volumes(values)
+    return candles
+
+
+def _first(mask: np.ndarray, index: pd.Index) -> str:
+    return str(index[int(np.argmax(mask))])
+
+
+def _check_times(index: pd.DatetimeIndex) -> None:
+    if len(index) < 2:
+        return
+    deltas = np.diff(index.asi8)
+    if (deltas == 0).any():
+        raise CandleError(f"duplicate time {_first(deltas == 0, index[1:])}")
+    if (deltas < 0).any():
+        raise CandleError(f"unsorted times: {_first(deltas < 0, index[1:])} comes after a later hour")
+    off_hour = (index.asi8 % HOUR.value) != 0
+    if off_hour.any():
+        raise CandleError(f"time {_first(off_hour, index)} is not on the hour (minute60 candles)")
+
+
+def _check_finite(values: pd.DataFrame) -> None:
+    for column in CANDLE_COLUMNS:
+        bad = ~np.isfinite(values[column].to_numpy(dtype="float64"))
+        if bad.any():
+            raise CandleError(f"NaN or inf in {column!r} at {_first(bad, values.index)}")
+
+
+def _check_prices(values: pd.DataFrame) -> None:
+    for column in PRICE_COLUMNS:
+        bad = values[column].to_numpy() <= 0
+        if bad.any():
+            raise CandleError(f"non-positive price in {column!r} at {_first(bad, values.index)}")
+    high, low = values["high"].to_numpy(), values["low"].to_numpy()
+    bad = high < low
+    if bad.any():
+        raise CandleError(f"high < low at {_first(bad, values.index)}")
+    for column in ("open", "close"):
+        price = values[column].to_numpy()
+        bad = (price < low) | (price > high)
+        if bad.any():
+            raise CandleError(f"{column} outside [low, high] at {_first(bad, values.index)}")
+
+
+def _check_volumes(values: pd.DataFrame) -> None:
+    for column in ("volume", "value"):
+        bad = values[column].to_numpy() < 0
+        if bad.any():
+            raise CandleError(f"negative {column} at {_first(bad, values.index)}")
+
+
+@dataclass(frozen=True)
+class RepairedCandles:
+    """A gap-free hourly frame and which of its rows were filled in rather than observed."""
+
+    candles: pd.DataFrame
+    filled: pd.Series  # bool, aligned with candles.index
+
+    @property
+    def filled_hours(self) -> int:
+        return int(self.filled.sum())
+
+
+def gap_lengths(index: pd.DatetimeIndex) -> np.ndarray:
+    """Missing hours before each row (0 for the first row and for consecutive hours)."""
+    if len(index) == 0:
+        return np.zeros(0, dtype=np.int64)
+    steps = np.diff(index.asi8) // HOUR.value
+    return np.concatenate([[0], steps - 1]).astype(np.int64)
+
+
+def repair_gaps(candles: pd.DataFrame, max_gap_hours: int) -> RepairedCandles:
+    """Re-index to every hour, filling each missing hour with a flat candle at the previous close.
+
+    A filled hour has open = high = low = close = previous close and zero volume and value: the
+    exchange traded nothing we know of, so nothing is invented. A gap longer than `max_gap_hours`
+    is refused: bridging a multi-day outage with flat candles would fake a calm market; split such a
+    series with `split_segments` instead.
+    """
+    validate_candles(candles)
+    gaps = gap_lengths(candles.index)
+    too_long = gaps > max_gap_hours
+    if too_long.any():
+        at = candles.index[int(np.argmax(too_long))]
+        raise CandleError(
+            f"gap of {int(gaps[too_long][0])} hours before {at} exceeds max_gap_hours={max_gap_hours}"
+        )
+    frame = candles.loc[:, list(CANDLE_COLUMNS)].astype("float64")
+    if len(frame) == 0:
+        return RepairedCandles(frame, pd.Series(np.zeros(0, dtype=bool), index=frame.index))
+    full = pd.date_range(frame.index[0], frame.index[-1], freq="h", name="time")
+    observed = full.isin(frame.index)
+    out = frame.reindex(full)
+    previous_close = out["close"].ffill().to_numpy()  # only read on filled rows, never past data
+    for column in PRICE_COLUMNS:
+        out[column] = np.where(observed, out[column].to_numpy(), previous_close)
+    for column in ("volume", "value"):
+        out[column] = np.where(observed, out[column].to_numpy(), 0.0)
+    return RepairedCandles(out, pd.Series(~observed, index=full, name="filled"))
+
+
+def split_segments(candles: pd.DataFrame, max_gap_hours: int) -> list[pd.DataFrame]:
+    """Split at every gap longer than `max_gap_hours`; each segment warms its indicators up anew."""
+    validate_candles(candles)
+    if len(candles) == 0:
+        return []
+    starts = np.flatnonzero(gap_lengths(candles.index) > max_gap_hours)
+    bounds = [0, *starts.tolist(), len(candles)]
+    return [candles.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def repair_segments(candles: pd.DataFrame, max_gap_hours: int) -> list[RepairedCandles]:
+    """Split at long gaps, then fill the short gaps inside each segment."""
+    return [repair_gaps(part, max_gap_hours) for part in split_segments(candles, max_gap_hours)]

@@ -1,0 +1,137 @@
+"""`configs/features.yaml`: markets, data, labels, splits and the transform, typed and validated.
+
+Also the one YAML loader every package uses, so that `--set a.b=value` overrides work the same way
+on every command line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from features.labels import ROUND_TRIP_FEE
+from features.splits import SplitSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+MARKET_PATTERN = re.compile(r"^[A-Z]{2,5}-[A-Z0-9]{2,10}$")
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelConfig(Strict):
+    horizon_hours: int = Field(6, ge=1, le=168)
+    threshold: float = Field(0.005, ge=ROUND_TRIP_FEE)
+    mode: Literal["fixed", "quantile"] = "fixed"
+    hold_share: float = Field(0.4, gt=0.0, lt=1.0)
+
+
+class SplitConfig(Strict):
+    scheme: Literal["expanding", "rolling"] = "expanding"
+    n_folds: int = Field(6, ge=1, le=100)
+    min_train_hours: int = Field(8760, ge=24)
+    test_hours: int | None = Field(None, ge=24)
+    train_hours: int | None = Field(None, ge=24)
+    purge_hours: int = Field(0, ge=0)
+    embargo_hours: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _rolling_needs_length(self) -> SplitConfig:
+        if self.scheme == "rolling" and self.train_hours is None:
+            raise ValueError("splits.scheme 'rolling' needs splits.train_hours")
+        return self
+
+
+class TransformConfig(Strict):
+    clip: float = Field(10.0, gt=0)
+
+
+class FeaturesConfig(Strict):
+    markets: list[str] = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    data_dir: str = "../shared/data/ohlcv"
+    max_gap_hours: int = Field(6, ge=0, le=72)
+    labels: LabelConfig = LabelConfig()
+    splits: SplitConfig = SplitConfig()
+    transform: TransformConfig = TransformConfig()
+
+    @field_validator("markets")
+    @classmethod
+    def _markets(cls, markets: list[str]) -> list[str]:
+        bad = [m for m in markets if not MARKET_PATTERN.match(m)]
+        if bad:
+            raise ValueError(f"market names must look like KRW-BTC, got {bad}")
+        if len(set(markets)) != len(markets):
+            raise ValueError(f"duplicate markets in {markets}")
+        return markets
+
+    def split_spec(self, sequence_length: int) -> SplitSpec:
+        s = self.splits
+        return SplitSpec(
+            n_folds=s.n_folds,
+            min_train_hours=s.min_train_hours,
+            horizon=self.labels.horizon_hours,
+            sequence_length=sequence_length,
+            test_hours=s.test_hours,
+            scheme=s.scheme,
+            train_hours=s.train_hours,
+            purge_hours=s.purge_hours,
+            embargo_hours=s.embargo_hours,
+        )
+
+    def resolve_data_dir(self) -> str:
+        """A relative data_dir is relative to the project root, so any working directory works."""
+        if "://" in self.data_dir or Path(self.data_dir).is_absolute():
+            return self.data_dir
+        return str((PROJECT_ROOT / self.data_dir).resolve())
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(model: type[Model], path: Path | str, overrides: list[str] | None = None) -> Model:
+    """Read a YAML file into `model`, applying CLI overrides; errors name the file and the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for override in overrides or []:
+        apply_override(data, override)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+def load_features_config(
+    path: Path | str = CONFIG_DIR / "features.yaml", overrides: list[str] | None = None
+) -> FeaturesConfig:
+    return load_config(FeaturesConfig, path, overrides)

@@ -1,0 +1,88 @@
+"""One market's training material: features, forward returns and the hours usable as samples.
+
+Serving computes the same features with `features.indicators.serving_features`; this module only
+decides which batch rows may become (sequence, label) samples, so the two paths share one core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.candles import repair_segments
+from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, compute_features
+from features.labels import forward_returns, label_returns
+from features.transform import windows
+
+HOUR_NS = pd.Timedelta(hours=1).value
+
+
+@dataclass(frozen=True)
+class MarketDataset:
+    """Features of every repaired hour, and the end positions of the usable samples."""
+
+    market: str
+    times: pd.DatetimeIndex
+    features: np.ndarray  # (T, 46) float64, NaN in warm-up rows
+    close: np.ndarray
+    filled: np.ndarray  # True where the hour was a repaired gap, not an observed candle
+    forward_returns: np.ndarray  # close[t+H]/close[t] - 1, NaN where t+H is unknown
+    samples: np.ndarray  # positions t usable as sample ends
+    horizon: int
+    sequence_length: int = SEQUENCE_LENGTH
+
+    @property
+    def sample_times(self) -> pd.DatetimeIndex:
+        return self.times[self.samples]
+
+    @property
+    def filled_hours(self) -> int:
+        return int(self.filled.sum())
+
+    def labels(self, threshold: float, positions: np.ndarray | None = None) -> np.ndarray:
+        """Labels (0/1/2, int64) of the samples at `positions` (default: all samples)."""
+        pos = self.samples if positions is None else positions
+        return label_returns(self.forward_returns[pos], threshold).astype(np.int64)
+
+    def raw_windows(self, positions: np.ndarray) -> np.ndarray:
+        return windows(self.features, positions, self.sequence_length)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.features, index=self.times, columns=list(FEATURE_NAMES))
+
+
+def usable_samples(
+    times: pd.DatetimeIndex, features: np.ndarray, filled: np.ndarray, fwd: np.ndarray, length: int
+) -> np.ndarray:
+    """Positions whose whole window is finite and contiguous, observed at its end, with a label."""
+    finite_rows = np.isfinite(features).all(axis=1).astype(np.int64)
+    run = np.convolve(finite_rows, np.ones(length, dtype=np.int64), mode="full")[: len(finite_rows)]
+    ends = np.arange(len(times))
+    ok = (ends >= length - 1) & (run == length) & ~filled & np.isfinite(fwd)
+    candidates = np.flatnonzero(ok)
+    span = times.asi8[candidates] - times.asi8[candidates - (length - 1)]
+    return candidates[span == (length - 1) * HOUR_NS]
+
+
+def build_dataset(
+    candles: pd.DataFrame,
+    market: str,
+    horizon: int,
+    max_gap_hours: int,
+    sequence_length: int = SEQUENCE_LENGTH,
+) -> MarketDataset:
+    """Repair, split into segments, compute the 46 features per segment, find the usable samples."""
+    parts = repair_segments(candles, max_gap_hours)
+    if not parts:
+        raise ValueError(f"{market}: no candles to build a dataset from")
+    feature_frames = [compute_features(p.candles) for p in parts]
+    times = pd.DatetimeIndex(np.concatenate([f.index.asi8 for f in feature_frames]), name="time")
+    times = pd.DatetimeIndex(times.astype("datetime64[ns]"), name="time")
+    feats = np.concatenate([f.to_numpy(dtype="float64") for f in feature_frames])
+    close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
+    filled = np.concatenate([p.filled.to_numpy() for p in parts])
+    fwd = forward_returns(pd.Series(close, index=times), horizon).to_numpy()
+    samples = usable_samples(times, feats, filled, fwd, sequence_length)
+    return MarketDataset(market, times, feats, close, filled, fwd, samples, horizon, sequence_length)
