@@ -6,11 +6,13 @@ import argparse
 import sys
 import time
 
+import pandas as pd
+
 from features.candles import CandleError
 from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
 from features.dataset import MarketDataset, build_dataset
 from features.indicators import SEQUENCE_LENGTH
-from features.labels import class_shares, fold_threshold
+from features.labels import class_shares, fold_threshold, forward_returns, label_returns
 from features.sources import ParquetDirSource
 from features.splits import walk_forward_splits
 
@@ -20,17 +22,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(CONFIG_DIR / "features.yaml"))
     parser.add_argument("--data-dir", help="folder or URI of <MARKET>_minute60.parquet files")
     parser.add_argument("--markets", help="comma-separated, e.g. KRW-BTC,KRW-ETH")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set labels.threshold=0.01")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set labels.threshold=0.01",
+    )
+    parser.add_argument(
+        "--label-grid",
+        action="store_true",
+        help="print SELL/HOLD/BUY shares for several horizons and thresholds",
+    )
     return parser.parse_args(argv)
+
+
+GRID_HORIZONS = (1, 4, 6, 12, 24)
+GRID_THRESHOLDS = (0.002, 0.005, 0.01)
+
+
+def label_grid(market: str, close: pd.Series) -> list[str]:
+    """Class shares over every hour of the file, to justify the configured default."""
+    lines = []
+    for horizon in GRID_HORIZONS:
+        fwd = forward_returns(close, horizon).to_numpy()
+        cells = []
+        for threshold in GRID_THRESHOLDS:
+            shares = class_shares(label_returns(fwd, threshold))
+            cells.append(f"{threshold:.3f}: " + "/".join(f"{s:.0%}" for s in shares))
+        lines.append(f"| {market} | {horizon} h | " + " | ".join(cells) + " |")
+    return lines
 
 
 def summarize(data: MarketDataset, config: FeaturesConfig) -> list[str]:
     times = data.sample_times
     folds = walk_forward_splits(times, config.split_spec(data.sequence_length))
     lab = config.labels
-    threshold = fold_threshold(lab.mode, lab.threshold, lab.hold_share,
-                               data.forward_returns[data.samples[folds[0].train]])
+    threshold = fold_threshold(
+        lab.mode, lab.threshold, lab.hold_share, data.forward_returns[data.samples[folds[0].train]]
+    )
     sell, hold, buy = class_shares(data.labels(threshold))
     segments = 1 + int(((data.times.asi8[1:] - data.times.asi8[:-1]) > 3_600_000_000_000).sum())
     lines = [
@@ -56,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         for market in config.markets:
             started = time.perf_counter()
             candles = source.history(market)
+            if args.label_grid:
+                print("\n".join(label_grid(market, candles["close"])))
+                continue
             data = build_dataset(candles, market, config.labels.horizon_hours, config.max_gap_hours)
             print("\n".join(summarize(data, config)))
             print(f"  built in {time.perf_counter() - started:.2f} s")

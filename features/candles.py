@@ -2,8 +2,8 @@
 
 A candle frame is what `pyupbit.get_ohlcv(..., interval="minute60")` returns: a DatetimeIndex named
 `time` holding each candle's *open* time in KST (tz-naive), strictly increasing on the hour, and the
-float64 columns open, high, low, close, volume, value. Validation names the first problem it finds so
-that a bad file or reply is rejected with a reason instead of silently skewing features.
+float64 columns open, high, low, close, volume, value. Validation names the first problem it
+finds so that a bad file or reply is rejected with a reason instead of silently skewing features.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise CandleError(f"missing column(s): {', '.join(missing)}")
     if not isinstance(candles.index, pd.DatetimeIndex):
-        raise CandleError(f"index must be a DatetimeIndex of open times, got {type(candles.index).__name__}")
+        raise CandleError(
+            f"index must be a DatetimeIndex of open times, got {type(candles.index).__name__}"
+        )
     if candles.index.tz is not None:
         raise CandleError("index must be tz-naive KST open times, got tz-aware times")
     _check_times(candles.index)
@@ -95,7 +97,9 @@ def _check_times(index: pd.DatetimeIndex) -> None:
     if (deltas == 0).any():
         raise CandleError(f"duplicate time {_first(deltas == 0, index[1:])}")
     if (deltas < 0).any():
-        raise CandleError(f"unsorted times: {_first(deltas < 0, index[1:])} comes after a later hour")
+        raise CandleError(
+            f"unsorted times: {_first(deltas < 0, index[1:])} comes after a later hour"
+        )
     off_hour = (index.asi8 % HOUR.value) != 0
     if off_hour.any():
         raise CandleError(f"time {_first(off_hour, index)} is not on the hour (minute60 candles)")
@@ -165,7 +169,8 @@ def repair_gaps(candles: pd.DataFrame, max_gap_hours: int) -> RepairedCandles:
     if too_long.any():
         at = candles.index[int(np.argmax(too_long))]
         raise CandleError(
-            f"gap of {int(gaps[too_long][0])} hours before {at} exceeds max_gap_hours={max_gap_hours}"
+            f"gap of {int(gaps[too_long][0])} hours before {at} "
+            f"exceeds max_gap_hours={max_gap_hours}"
         )
     frame = candles.loc[:, list(CANDLE_COLUMNS)].astype("float64")
     if len(frame) == 0:

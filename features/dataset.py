@@ -85,4 +85,6 @@ def build_dataset(
     filled = np.concatenate([p.filled.to_numpy() for p in parts])
     fwd = forward_returns(pd.Series(close, index=times), horizon).to_numpy()
     samples = usable_samples(times, feats, filled, fwd, sequence_length)
-    return MarketDataset(market, times, feats, close, filled, fwd, samples, horizon, sequence_length)
+    return MarketDataset(
+        market, times, feats, close, filled, fwd, samples, horizon, sequence_length
+    )

@@ -27,7 +27,9 @@ class Side(enum.StrEnum):
 
 def _check_probabilities(probabilities: tuple[float, float, float]) -> None:
     if len(probabilities) != 3:
-        raise ValueError(f"probabilities must have 3 entries (sell, hold, buy), got {len(probabilities)}")
+        raise ValueError(
+            f"probabilities must have 3 entries (sell, hold, buy), got {len(probabilities)}"
+        )
     if any(not math.isfinite(p) or p < 0 or p > 1 for p in probabilities):
         raise ValueError(f"probabilities must be finite and in [0, 1], got {probabilities}")
     if abs(sum(probabilities) - 1.0) > 1e-4:

@@ -1,7 +1,7 @@
 """Sell / Hold / Buy labels from the forward return over a horizon.
 
-A label at hour t is known only at t + H; everything that uses labels (splits, thresholds) must treat
-the label window (t, t + H] as part of the sample, which `features.splits` does.
+A label at hour t is known only at t + H; everything that uses labels (splits, thresholds) must
+treat the label window (t, t + H] as part of the sample, which `features.splits` does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def forward_returns(close: pd.Series, horizon: int) -> pd.Series:
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1 hour, got {horizon}")
     future = close.reindex(close.index + pd.Timedelta(hours=horizon)).to_numpy()
-    return pd.Series(future / close.to_numpy() - 1.0, index=close.index, name=f"fwd_return_{horizon}h")
+    return pd.Series(
+        future / close.to_numpy() - 1.0, index=close.index, name=f"fwd_return_{horizon}h"
+    )
 
 
 def check_threshold(threshold: float) -> float:
@@ -70,8 +72,10 @@ def class_shares(labels: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(c) / len(y) for c in counts[:3])  # type: ignore[return-value]
 
 
-def fold_threshold(mode: str, threshold: float, hold_share: float, train_returns: np.ndarray) -> float:
-    """The threshold one fold labels with: the fixed one, or a quantile of its *training* returns."""
+def fold_threshold(
+    mode: str, threshold: float, hold_share: float, train_returns: np.ndarray
+) -> float:
+    """The threshold a fold labels with: the fixed one, or a quantile of its training returns."""
     if mode == "fixed":
         return check_threshold(threshold)
     if mode == "quantile":

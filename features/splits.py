@@ -1,6 +1,6 @@
 """Walk-forward splits that cannot leak, and the seed's leaky protocol kept for comparison.
 
-A sample ending at hour t reads the candles (t - L, t] (its sequence) and its label reads (t, t + H].
+A sample ending at hour t reads the candles (t - L, t] (its sequence); its label reads (t, t + H].
 Two samples leak into each other when those information windows overlap, so training samples are
 purged from `purge_hours >= H + L` before a test fold and embargoed for `embargo_hours` after it.
 """
@@ -65,7 +65,9 @@ def information_window(times: pd.DatetimeIndex, spec: SplitSpec) -> tuple[np.nda
     return t - (spec.sequence_length - 1) * HOUR_NS, t + spec.horizon * HOUR_NS
 
 
-def train_mask(times: pd.DatetimeIndex, test_start: int, test_end: int, spec: SplitSpec) -> np.ndarray:
+def train_mask(
+    times: pd.DatetimeIndex, test_start: int, test_end: int, spec: SplitSpec
+) -> np.ndarray:
     """Samples allowed in training around one test window [test_start, test_end) (int ns).
 
     Excludes [test_start - purge, test_end + embargo): a purged sample's label window would reach
@@ -91,7 +93,10 @@ def _test_bounds(times: pd.DatetimeIndex, spec: SplitSpec) -> list[tuple[int, in
             f"{spec.test_hours or 'at least 1'} hours after {spec.min_train_hours} training hours "
             f"and a {spec.purge}-hour purge"
         )
-    return [(start + k * hours * HOUR_NS, start + (k + 1) * hours * HOUR_NS) for k in range(spec.n_folds)]
+    return [
+        (start + k * hours * HOUR_NS, start + (k + 1) * hours * HOUR_NS)
+        for k in range(spec.n_folds)
+    ]
 
 
 def walk_forward_splits(times: pd.DatetimeIndex, spec: SplitSpec) -> list[Fold]:
@@ -112,7 +117,9 @@ def walk_forward_splits(times: pd.DatetimeIndex, spec: SplitSpec) -> list[Fold]:
         test = np.flatnonzero((t >= start) & (t < end))
         train = np.flatnonzero(before)
         if len(train) == 0 or len(test) == 0:
-            raise ValueError(f"fold {number} has {len(train)} training and {len(test)} test samples")
+            raise ValueError(
+                f"fold {number} has {len(train)} training and {len(test)} test samples"
+            )
         folds.append(Fold(number, train, test, pd.Timestamp(start), pd.Timestamp(end)))
     return folds
 
@@ -128,7 +135,7 @@ def windows_overlap(times: pd.DatetimeIndex, fold: Fold, spec: SplitSpec) -> boo
 def seed_leaky_split(
     n_samples: int, test_fraction: float = 0.2, seed: int = 42
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's protocol: a random split of overlapping windows. LEAKS, kept only to show how much.
+    """The seed's protocol: a random split of overlapping windows. LEAKS; kept to show how much.
 
     Neighbouring hours share 23 of 24 input rows and most of their label window, so a random split
     puts near-copies of every test sample into training and inflates accuracy.

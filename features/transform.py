@@ -49,7 +49,7 @@ _VOLUME_IDX = _column_index(VOLUME_LEVEL_FEATURES)
 
 
 def relative_windows(raw: np.ndarray) -> np.ndarray:
-    """The fit-free stationary step on raw windows (n, L, 46); uses nothing after each window's end."""
+    """The fit-free stationary step on raw windows (n, L, 46); reads nothing after a window."""
     out = np.array(raw, dtype="float64", copy=True)
     last_close = raw[:, -1, _CLOSE][:, None, None]
     out[:, :, _PRICE_IDX] = raw[:, :, _PRICE_IDX] / last_close
@@ -88,7 +88,9 @@ class SequenceTransform:
             rel = relative_windows(windows(features, ends[start : start + _CHUNK], sequence_length))
             flat = rel.reshape(-1, rel.shape[-1])
             if not np.isfinite(flat).all():
-                raise ValueError("training windows contain NaN or inf (warm-up rows are not samples)")
+                raise ValueError(
+                    "training windows contain NaN or inf (warm-up rows are not samples)"
+                )
             total += flat.sum(axis=0)
             total_sq += np.square(flat).sum(axis=0)
         n = len(ends) * sequence_length
@@ -101,7 +103,8 @@ class SequenceTransform:
         """Raw windows (n, L, 46) -> model input, float32."""
         if raw.ndim != 3 or raw.shape[1:] != (self.sequence_length, len(self.feature_names)):
             raise ValueError(
-                f"expected windows of shape (n, {self.sequence_length}, {len(self.feature_names)}), "
+                f"expected windows of shape "
+                f"(n, {self.sequence_length}, {len(self.feature_names)}), "
                 f"got {raw.shape}"
             )
         rel = relative_windows(raw)
@@ -154,7 +157,9 @@ class SequenceTransform:
 
 
 def _check_stored(data: dict[str, Any]) -> None:
-    missing = {"feature_names", "feature_hash", "mean", "std", "clip", "sequence_length"} - set(data)
+    missing = {"feature_names", "feature_hash", "mean", "std", "clip", "sequence_length"} - set(
+        data
+    )
     if missing:
         raise TransformError(f"transform JSON lacks {sorted(missing)}")
     if data["feature_hash"] != FEATURE_HASH or tuple(data["feature_names"]) != FEATURE_NAMES:

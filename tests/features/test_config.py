@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_features_config()
+    assert config.markets == ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    assert config.labels.threshold >= 0.001
+    assert config.split_spec(24).purge >= config.labels.horizon_hours + 24
+
+
+def test_cli_overrides_are_typed_and_validated() -> None:
+    config = load_features_config(overrides=["labels.threshold=0.01", "markets=[KRW-BTC]"])
+    assert config.labels.threshold == 0.01 and config.markets == ["KRW-BTC"]
+    with pytest.raises(ConfigError, match="threshold"):
+        load_features_config(overrides=["labels.threshold=0.0001"])
+    with pytest.raises(ConfigError, match="market names"):
+        load_features_config(overrides=["markets=[btc]"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_features_config(overrides=["nonsense"])
+
+
+def test_unknown_keys_and_bad_files_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "features.yaml"
+    bad.write_text("labels:\n  horizon: 6\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_features_config(bad)
+    bad.write_text("labels: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_features_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_features_config(tmp_path / "missing.yaml")
+
+
+def test_relative_data_dir_resolves_from_the_project_root() -> None:
+    config = FeaturesConfig(data_dir="../shared/data/ohlcv")
+    assert Path(config.resolve_data_dir()) == (CONFIG_DIR.parent / "../shared/data/ohlcv").resolve()
+    assert FeaturesConfig(data_dir="s3://bucket/ohlcv").resolve_data_dir() == "s3://bucket/ohlcv"

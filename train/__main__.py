@@ -1,0 +1,148 @@
+"""`python -m train fit|evaluate|report|list|promote|rollback`: fit, judge and manage models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from features.sources import ParquetDirSource
+
+from features.config import CONFIG_DIR, ConfigError, load_features_config
+from train.bundle import BundleError, load_bundle
+from train.config import load_train_config
+from train.gate import judge
+from train.pipeline import fit_market, load_market
+from train.registry import ModelRegistry, RegistryError, format_versions
+from train.report import market_report, registry_report, window_report
+from train.score_window import score_window
+
+
+def _common(parser: argparse.ArgumentParser, market: bool = True) -> None:
+    parser.add_argument("--registry", required=True, help="registry root: absolute path or URI")
+    if market:
+        parser.add_argument("--market", required=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit markets walk-forward, register, gate, promote")
+    fit.add_argument("--markets", required=True, help="comma-separated, e.g. KRW-BTC,KRW-ETH")
+    fit.add_argument("--data-dir", required=True, help="folder or URI of <MARKET>_minute60.parquet")
+    fit.add_argument("--profile", default="quick", help="smoke | quick | full (configs/train.yaml)")
+    fit.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
+    fit.add_argument("--train-config", default=str(CONFIG_DIR / "train.yaml"))
+    fit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/train.yaml, e.g. --set profiles.quick.optim.epochs=3",
+    )
+    _common(fit, market=False)
+    ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
+    _common(ev)
+    ev.add_argument("--version")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--start")
+    ev.add_argument("--end")
+    ev.add_argument("--json", action="store_true")
+    rep = sub.add_parser("report", help="the results table of every market's CURRENT bundle")
+    _common(rep, market=False)
+    for name in ("list", "rollback"):
+        _common(sub.add_parser(name))
+    promote = sub.add_parser("promote")
+    _common(promote)
+    promote.add_argument("--version", required=True)
+    return parser.parse_args(argv)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    features = load_features_config(args.features_config)
+    train_cfg = load_train_config(args.train_config, args.set)
+    profile = train_cfg.profile(args.profile)
+    source = ParquetDirSource(args.data_dir)
+    registry = ModelRegistry(args.registry)
+    for market in [m.strip() for m in args.markets.split(",") if m.strip()]:
+        started = time.perf_counter()
+        data = load_market(source, market, features, profile)
+        fit = fit_market(data, features, profile, profile_name=args.profile)
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = fit.model.save(Path(tmp) / "bundle")
+            fit.oos.to_parquet(bundle / "oos.parquet")
+            version = registry.register(market, bundle)
+        current = registry.current(market)
+        current_model = None
+        if current is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                current_model = load_bundle(registry.fetch(market, current, dest_dir=Path(tmp)))
+        verdict = judge(train_cfg.gate, data, fit.oos, current_model)
+        if verdict.promote:
+            registry.promote(market, version)
+        print(market_report(registry.read_metadata(market, version)))
+        print(f"{market} {version}: {verdict.reason} ({time.perf_counter() - started:.1f} s)\n")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.registry)
+    if args.start is None:
+        print(market_report(registry.read_metadata(args.market, args.version)))
+        return 0
+    if not args.data_dir:
+        raise ConfigError("--start needs --data-dir (the candles to score on)")
+    candles = ParquetDirSource(args.data_dir).history(args.market)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_bundle(registry.fetch(args.market, args.version, dest_dir=Path(tmp)))
+    end = pd.Timestamp(args.end) if args.end else None
+    result = score_window(model, candles, pd.Timestamp(args.start), end)
+    print(json.dumps(result, indent=1) if args.json else window_report(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    registry = ModelRegistry(args.registry)
+    metas = [registry.read_metadata(m) for m in registry.markets() if registry.current(m)]
+    print(registry_report(metas))
+    print(f"\n(report built in {time.perf_counter() - started:.2f} s)")
+    return 0
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.registry)
+    if args.command == "promote":
+        registry.promote(args.market, args.version)
+        print(f"{args.market}: CURRENT -> {args.version}")
+    elif args.command == "rollback":
+        print(f"{args.market}: CURRENT -> {registry.rollback(args.market)}")
+    print(format_versions(registry.versions(args.market)))
+    return 0
+
+
+COMMANDS = {
+    "fit": cmd_fit,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "list": cmd_manage,
+    "promote": cmd_manage,
+    "rollback": cmd_manage,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The hybrid model and its bundle on disk: lstm.pt, lightgbm.txt, transform.json, metadata.json.
+
+No pickle anywhere: the encoder is a state dict loaded with `weights_only=True`, the head is
+LightGBM's text format, the transform and metadata are JSON. Loading checks the feature hash and
+every shape, so a bundle made for other features or a corrupt file is refused with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle  # only for its exception type: loading stays weights_only
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import torch
+
+from features.indicators import FEATURE_HASH, FEATURE_NAMES
+from features.transform import SequenceTransform, TransformError
+from train.encoder_loop import encode
+from train.head import calibrated_proba, head_inputs, raw_scores
+from train.model import EncoderSpec, LSTMEncoder
+
+BUNDLE_FILES = ("lstm.pt", "lightgbm.txt", "transform.json", "metadata.json")
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, corrupt, or was made for other features or shapes."""
+
+
+@dataclass
+class HybridModel:
+    encoder: LSTMEncoder
+    head: lgb.Booster
+    transform: SequenceTransform
+    temperature: float
+    use_last_row: bool
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unregistered"))
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        """(n, 24, 46) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities.
+
+        Raw windows in, so no caller can forget or mis-apply the transform.
+        """
+        x = self.transform.apply_windows(np.asarray(windows, dtype="float64"))
+        return self.predict_proba_transformed(x)
+
+    def predict_proba_transformed(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, 3))
+        inputs = head_inputs(encode(self.encoder, x), x[:, -1, :] if self.use_last_row else None)
+        return calibrated_proba(raw_scores(self.head, inputs), self.temperature)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.encoder.state_dict(), directory / "lstm.pt")
+        self.head.save_model(str(directory / "lightgbm.txt"))
+        (directory / "transform.json").write_text(self.transform.to_json())
+        meta = {
+            **self.metadata,
+            "feature_names": list(FEATURE_NAMES),
+            "feature_hash": FEATURE_HASH,
+            "encoder": self.encoder.spec.to_dict(),
+            "temperature": self.temperature,
+            "use_last_row": self.use_last_row,
+        }
+        (directory / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
+        return directory
+
+
+def _read_metadata(directory: Path) -> dict[str, Any]:
+    missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {directory} lacks {', '.join(missing)}")
+    try:
+        meta = json.loads((directory / "metadata.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{directory / 'metadata.json'} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"{directory / 'metadata.json'} must hold a JSON object")
+    if meta.get("feature_hash") != FEATURE_HASH:
+        raise BundleError(
+            f"bundle {directory} was trained on feature hash {meta.get('feature_hash')!r}, "
+            f"this code computes {FEATURE_HASH!r}: retrain it"
+        )
+    return meta
+
+
+def _load_encoder(directory: Path, meta: dict[str, Any]) -> LSTMEncoder:
+    try:
+        spec = EncoderSpec(**meta["encoder"])
+    except (KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{directory / 'metadata.json'} has no valid 'encoder' spec: {exc}"
+        ) from exc
+    if spec.n_features != len(FEATURE_NAMES):
+        raise BundleError(f"bundle encoder reads {spec.n_features} features, expected 46")
+    encoder = LSTMEncoder(spec)
+    try:
+        state = torch.load(directory / "lstm.pt", map_location="cpu", weights_only=True)
+        encoder.load_state_dict(state)
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        pickle.UnpicklingError,
+    ) as exc:
+        raise BundleError(
+            f"{directory / 'lstm.pt'} is corrupt or does not fit {spec}: {exc}"
+        ) from exc
+    return encoder.eval()
+
+
+def _load_head(directory: Path, expected_inputs: int) -> lgb.Booster:
+    try:
+        head = lgb.Booster(model_file=str(directory / "lightgbm.txt"))
+    except lgb.basic.LightGBMError as exc:
+        raise BundleError(f"{directory / 'lightgbm.txt'} is not a LightGBM model: {exc}") from exc
+    if head.num_feature() != expected_inputs:
+        raise BundleError(
+            f"{directory / 'lightgbm.txt'} reads {head.num_feature()} inputs, "
+            f"the encoder gives {expected_inputs}"
+        )
+    return head
+
+
+def load_bundle(directory: Path | str) -> HybridModel:
+    directory = Path(directory)
+    meta = _read_metadata(directory)
+    try:
+        transform = SequenceTransform.from_json((directory / "transform.json").read_text())
+    except (TransformError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{directory / 'transform.json'}: {exc}") from exc
+    encoder = _load_encoder(directory, meta)
+    use_last_row = bool(meta.get("use_last_row", True))
+    inputs = encoder.spec.hidden_size + (len(FEATURE_NAMES) if use_last_row else 0)
+    head = _load_head(directory, inputs)
+    temperature = float(meta.get("temperature", 1.0))
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise BundleError(
+            f"{directory / 'metadata.json'}: temperature {temperature} is not positive"
+        )
+    return HybridModel(encoder, head, transform, temperature, use_last_row, meta)

@@ -1,0 +1,57 @@
+"""The LightGBM head over encoder outputs, and its temperature calibration.
+
+The sizing rule reads these probabilities as probabilities, so they are calibrated on a slice the
+head never fitted: one temperature T, softmax(raw_score / T), chosen by log loss.
+"""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from train.config import HeadConfig
+
+
+def head_inputs(encoded: np.ndarray, last_rows: np.ndarray | None) -> np.ndarray:
+    """Encoder outputs, optionally beside the window's last transformed row of 46 features."""
+    parts = [encoded.astype(np.float64)]
+    if last_rows is not None:
+        parts.append(last_rows.astype(np.float64))
+    return np.concatenate(parts, axis=1)
+
+
+def fit_head(config: HeadConfig, x: np.ndarray, y: np.ndarray, seed: int = 0) -> lgb.Booster:
+    params = {
+        "objective": "multiclass",
+        "num_class": 3,
+        "num_leaves": config.num_leaves,
+        "learning_rate": config.learning_rate,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "feature_fraction": config.feature_fraction,
+        "seed": seed,
+        "deterministic": True,
+        "num_threads": 2,
+        "verbose": -1,
+    }
+    return lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=config.num_rounds)
+
+
+def raw_scores(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
+    return np.asarray(booster.predict(x, raw_score=True)).reshape(len(x), 3)
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimises log loss of softmax(scores / T)."""
+
+    def nll(log_t: float) -> float:
+        logp = log_softmax(scores / np.exp(log_t), axis=1)
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibrated_proba(scores: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(scores / temperature, axis=1)
