@@ -1,0 +1,301 @@
+"""Route pyupbit's HTTP calls through one configurable, bounded, honest adapter.
+
+pyupbit 0.2.34 builds every URL from the fixed `https://api.upbit.com`, sends through module-level
+`requests.get/post/delete` with no timeout (a stalled socket hangs the caller forever), and turns
+any failure into a None return. `UpbitHttp` swaps `pyupbit.request_api._call_get/_call_post/
+_call_delete` for the duration of a call, so pyupbit's own code still builds the requests and parses
+the replies while every request goes through one `requests.Session` with a base URL, a timeout, the
+`Remaining-Req` budget and bounded 429 back-off, and every failure becomes an `UpbitError` with a
+reason, even where pyupbit swallowed it.
+
+Only unsigned (public) requests are retried: a signed request carries a JWT whose nonce Upbit
+accepts once, so resending it would turn a rate limit into an authentication failure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+import pyupbit.request_api as request_api
+import requests
+
+UPBIT_API = "https://api.upbit.com"
+ROUTED_CALLS: tuple[tuple[str, str], ...] = (
+    ("_call_get", "GET"),
+    ("_call_post", "POST"),
+    ("_call_delete", "DELETE"),
+)
+_ROUTING_LOCK = threading.RLock()  # pyupbit's hooks are process-wide: one routed call at a time
+_SECRET_PATTERNS = (
+    re.compile(r"Bearer\s+\S+", re.IGNORECASE),
+    re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*"),  # any JWT, signed or not
+)
+_BODY_SNIPPET = 160
+
+T = TypeVar("T")
+
+
+class UpbitError(Exception):
+    """An Upbit call failed; `reason` says why, without keys or the Authorization header."""
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, error_name: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.error_name = error_name
+
+
+class UpbitRateLimited(UpbitError):
+    """Upbit kept answering 429 through the bounded back-off (a signed request: at once, as it is
+    never resent); slow down before calling again, or Upbit escalates to a 418 ban."""
+
+
+class UpbitBanned(UpbitError):
+    """Upbit answered 418: a temporary ban for calling on after 429. Stop; retrying extends it."""
+
+
+class UpbitUnavailable(UpbitError):
+    """No usable answer: timeout, connection failure or a 5xx from Upbit."""
+
+
+class UpbitBadReply(UpbitError):
+    """Upbit answered 2xx but the reply cannot be read (malformed JSON, unexpected shape)."""
+
+
+class UpbitNoData(UpbitBadReply):
+    """The reply was an empty list, which pyupbit reports as None (e.g. candles before listing)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential back-off for 429s, 5xx, timeouts and connection errors."""
+
+    retries: int = 3
+    backoff_s: float = 0.25
+    max_backoff_s: float = 4.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.backoff_s * (2**attempt), self.max_backoff_s)
+
+
+@dataclass(frozen=True)
+class RemainingReq:
+    """The `Remaining-Req` header: requests left in this group for the current minute and second."""
+
+    group: str
+    minute: int | None
+    second: int | None
+
+    @classmethod
+    def parse(cls, header: str) -> RemainingReq | None:
+        fields = dict(part.strip().split("=", 1) for part in header.split(";") if "=" in part)
+        if "group" not in fields or "sec" not in fields:
+            return None
+        try:
+            minute = int(fields["min"]) if "min" in fields else None
+            return cls(group=fields["group"], minute=minute, second=int(fields["sec"]))
+        except ValueError:
+            return None
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Remove bearer tokens, JWTs and the given secrets from text bound for logs or errors."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[redacted]", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _is_signed(kwargs: Mapping[str, Any]) -> bool:
+    headers = kwargs.get("headers") or {}
+    return any(key.lower() == "authorization" for key in headers)
+
+
+def _describe(method: str, url: str, params: Mapping[str, Any] | None) -> str:
+    """Method, path and query: enough to debug, and never a header."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, urlencode(params or {}, doseq=True)]))
+    return f"{method} {parts.path}" + (f"?{query}" if query else "")
+
+
+def _upbit_error_fields(response: requests.Response) -> tuple[str | None, str]:
+    """Upbit's `{"error": {"name", "message"}}`, or the start of whatever body came instead."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None, response.text[:_BODY_SNIPPET]
+    name = error.get("name")
+    return (None if name is None else str(name)), str(error.get("message", ""))
+
+
+class UpbitHttp:
+    """One Upbit endpoint (real or a stand-in) with its session, timeout and retry policy.
+
+    Use `call(pyupbit.fn, ...)` or `with http.routed(): ...`; pyupbit's hooks are restored on exit,
+    so adapters with different base URLs can take turns in one process. `sleep` and `clock` are
+    injectable so tests can check the waiting without waiting.
+    """
+
+    def __init__(
+        self,
+        base_url: str = UPBIT_API,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.session = session if session is not None else requests.Session()
+        self.remaining: RemainingReq | None = None
+        self._sleep = sleep
+        self._clock = clock
+        self._secrets = tuple(secrets)
+        self._resume_at: float | None = None
+        self._failure: UpbitError | None = None
+        self._last_body: Any = None
+        self._last_request = ""
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> UpbitHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, fn: Callable[..., T | None], *args: Any, **kwargs: Any) -> T:
+        """Run a pyupbit function through this adapter; a None result becomes an error."""
+        with self.routed():
+            result = fn(*args, **kwargs)
+        if result is not None:
+            return result
+        name = getattr(fn, "__qualname__", repr(fn))
+        if self._last_body == []:
+            raise UpbitNoData(f"pyupbit.{name}: the reply held no rows")
+        snippet = repr(self._last_body)[:_BODY_SNIPPET]
+        reason = f"pyupbit.{name} could not read the reply to {self._last_request}: {snippet}"
+        raise UpbitBadReply(self._clean(reason))
+
+    @contextmanager
+    def routed(self) -> Iterator[UpbitHttp]:
+        """Send pyupbit's requests through this adapter inside the block.
+
+        pyupbit catches and hides most exceptions, so the last request failure inside the block is
+        raised when the block ends, even if code inside the block caught it.
+        """
+        with _ROUTING_LOCK:
+            saved = {name: getattr(request_api, name) for name, _ in ROUTED_CALLS}
+            self._failure, self._last_body = None, None
+            try:
+                for name, method in ROUTED_CALLS:
+                    setattr(request_api, name, partial(self.send, method))
+                yield self
+            finally:
+                for name, original in saved.items():
+                    setattr(request_api, name, original)
+            if self._failure is not None:
+                raise self._failure
+
+    def send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One logical request: rewritten URL, timeout, rate budget, bounded retries."""
+        url = self._rewrite(url)
+        retryable = not _is_signed(kwargs)
+        attempt = 0
+        while True:
+            self._wait_for_budget()
+            outcome = self._attempt(method, url, kwargs)
+            if isinstance(outcome, requests.Response):
+                return outcome
+            if not (retryable and _transient(outcome)) or attempt >= self.retry.retries:
+                self._failure = outcome
+                raise outcome
+            self._sleep(self.retry.delay(attempt))
+            attempt += 1
+
+    def _attempt(
+        self, method: str, url: str, kwargs: Mapping[str, Any]
+    ) -> requests.Response | UpbitError:
+        """One HTTP exchange: the response when it is usable, else the error it amounts to."""
+        what = self._last_request = _describe(method, url, kwargs.get("params"))
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            return UpbitUnavailable(self._clean(f"{what}: no reply within {self.timeout} s"))
+        except requests.RequestException as exc:
+            reason = f"{what}: {type(exc).__name__} talking to {self.base_url}"
+            return UpbitUnavailable(self._clean(reason))
+        self._note_budget(response)
+        return self._classify(what, response) or response
+
+    def _classify(self, what: str, response: requests.Response) -> UpbitError | None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return self._check_body(what, response)
+        name, message = _upbit_error_fields(response)
+        label = f"HTTP {status} {name}" if name else f"HTTP {status}"
+        reason = self._clean(f"{what}: {label}: {message}")
+        if status == 418:
+            return UpbitBanned(reason, status=status, error_name=name)
+        if status == 429:
+            return UpbitRateLimited(reason, status=status, error_name=name)
+        if status >= 500:
+            return UpbitUnavailable(reason, status=status, error_name=name)
+        return UpbitError(reason, status=status, error_name=name)
+
+    def _check_body(self, what: str, response: requests.Response) -> UpbitError | None:
+        try:
+            self._last_body = response.json()
+        except ValueError:
+            snippet = response.text[:_BODY_SNIPPET]
+            return UpbitBadReply(self._clean(f"{what}: malformed JSON body: {snippet!r}"))
+        if RemainingReq.parse(response.headers.get("Remaining-Req", "")) is None:
+            return UpbitBadReply(self._clean(f"{what}: reply lacks a Remaining-Req header"))
+        return None
+
+    def _note_budget(self, response: requests.Response) -> None:
+        """`sec=0`: this second's budget is spent, so the next request waits for the next second."""
+        self.remaining = RemainingReq.parse(response.headers.get("Remaining-Req", ""))
+        if self.remaining is not None and self.remaining.second == 0:
+            self._resume_at = math.floor(self._clock()) + 1.0
+
+    def _wait_for_budget(self) -> None:
+        if self._resume_at is None:
+            return
+        delay = self._resume_at - self._clock()
+        self._resume_at = None
+        if delay > 0:
+            self._sleep(delay)
+
+    def _rewrite(self, url: str) -> str:
+        if url.startswith(UPBIT_API):
+            return self.base_url + url[len(UPBIT_API) :]
+        return url
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+
+def _transient(failure: UpbitError) -> bool:
+    return isinstance(failure, UpbitRateLimited | UpbitUnavailable)

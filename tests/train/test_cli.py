@@ -1,0 +1,161 @@
+"""`python -m train` end to end on real candles: fit, gate, list, promote, rollback, later hours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from train.__main__ import main
+from train.registry import ModelRegistry
+
+SMOKE = ["--profile", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def early_data(ohlcv_dir: Path, tmp_path_factory) -> Path:
+    """BTC candles up to 2025-06-30 only: the later hours play 'after the model shipped'."""
+    folder = tmp_path_factory.mktemp("early")
+    btc = pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet")
+    btc.loc[:"2025-06-30 23:00"].to_parquet(folder / "KRW-BTC_minute60.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry_root(early_data: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    args = ["fit", "--markets", "KRW-BTC", "--data-dir", str(early_data), "--registry", str(root)]
+    assert main([*args, *SMOKE]) == 0
+    return root
+
+
+def test_first_fit_is_registered_and_promoted(registry_root: Path, capsys) -> None:
+    registry = ModelRegistry(str(registry_root))
+    assert registry.current("KRW-BTC") == "v0001"
+    meta = registry.read_metadata("KRW-BTC")
+    assert meta["version"] == "v0001" and meta["profile"] == "smoke"
+    assert pd.Timestamp(meta["train_window"][1]) < pd.Timestamp("2025-07-01")
+    assert main(["evaluate", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid, walk-forward OOS" in out and "seed's leaky split" in out
+    assert "majority class" in out and "LightGBM last row only" in out
+
+
+def test_later_window_scores_hours_the_model_never_saw(
+    registry_root: Path, ohlcv_dir: Path, capsys
+) -> None:
+    args = [
+        "evaluate",
+        "--market",
+        "KRW-BTC",
+        "--registry",
+        str(registry_root),
+        "--data-dir",
+        str(ohlcv_dir),
+        "--start",
+        "2025-07-01",
+        "--end",
+        "2025-09-29",
+        "--json",
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["window"][0] == "2025-07-01 00:00:00"
+    assert result["hours"] > 2000
+    assert set(result["baselines"]) == {
+        "majority class (training window)",
+        "persistence (label t-H)",
+    }
+    assert 0.0 <= result["model"]["balanced_accuracy"] <= 1.0
+
+
+def test_gate_promotes_rollback_restores(registry_root: Path, ohlcv_dir: Path, capsys) -> None:
+    args = [
+        "fit",
+        "--markets",
+        "KRW-BTC",
+        "--data-dir",
+        str(ohlcv_dir),
+        "--registry",
+        str(registry_root),
+        *SMOKE,
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "shared unseen hours" in out  # the gate compared both models on the same hours
+    registry = ModelRegistry(str(registry_root))
+    assert [v.version for v in registry.versions("KRW-BTC")] == ["v0001", "v0002"]
+    current = registry.current("KRW-BTC")
+    if current == "v0002":
+        assert main(["rollback", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+        assert registry.current("KRW-BTC") == "v0001"
+    assert (
+        main(
+            [
+                "promote",
+                "--market",
+                "KRW-BTC",
+                "--registry",
+                str(registry_root),
+                "--version",
+                "v0002",
+            ]
+        )
+        == 0
+    )
+    assert registry.current("KRW-BTC") == "v0002"
+    assert main(["rollback", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    assert registry.current("KRW-BTC") == "v0001"
+    assert main(["list", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    assert "v0002" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_error(registry_root: Path, early_data: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "fit",
+                "--markets",
+                "KRW-DOGE",
+                "--data-dir",
+                str(early_data),
+                "--registry",
+                str(registry_root),
+                *SMOKE,
+            ]
+        )
+        == 2
+    )
+    assert "KRW-DOGE" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "promote",
+                "--market",
+                "KRW-BTC",
+                "--registry",
+                str(registry_root),
+                "--version",
+                "v0099",
+            ]
+        )
+        == 2
+    )
+    assert "v0099" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--market",
+                "KRW-BTC",
+                "--registry",
+                str(registry_root),
+                "--start",
+                "2025-07-01",
+            ]
+        )
+        == 2
+    )
+    assert "--data-dir" in capsys.readouterr().err
