@@ -175,15 +175,35 @@ def repair_gaps(candles: pd.DataFrame, max_gap_hours: int) -> RepairedCandles:
     frame = candles.loc[:, list(CANDLE_COLUMNS)].astype("float64")
     if len(frame) == 0:
         return RepairedCandles(frame, pd.Series(np.zeros(0, dtype=bool), index=frame.index))
-    full = pd.date_range(frame.index[0], frame.index[-1], freq="h", name="time")
-    observed = full.isin(frame.index)
-    out = frame.reindex(full)
-    previous_close = out["close"].ffill().to_numpy()  # only read on filled rows, never past data
-    for column in PRICE_COLUMNS:
-        out[column] = np.where(observed, out[column].to_numpy(), previous_close)
-    for column in ("volume", "value"):
-        out[column] = np.where(observed, out[column].to_numpy(), 0.0)
+    times = frame.index.asi8
+    hours = int((times[-1] - times[0]) // HOUR.value) + 1
+    columns = [frame[c].to_numpy() for c in CANDLE_COLUMNS]
+    filled_columns, observed = fill_hours(times, columns, int(times[0]), hours)
+    full = pd.date_range(frame.index[0], periods=hours, freq="h", name="time")
+    out = pd.DataFrame(dict(zip(CANDLE_COLUMNS, filled_columns, strict=True)), index=full)
     return RepairedCandles(out, pd.Series(~observed, index=full, name="filled"))
+
+
+def fill_hours(
+    times: np.ndarray, columns: list[np.ndarray], start: int, hours: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The gap-fill rule in numpy, shared by `repair_gaps` and the serving path.
+
+    `columns` are the candle columns in CANDLE_COLUMNS order at open times `times` (int ns); the
+    result covers every hour from `start` for `hours` hours. A missing hour becomes a flat candle at
+    the close of the last row before it, with zero volume and value. The first hour must have a row
+    at or before it. Returns the filled columns and which hours were observed.
+    """
+    slots = (times - start) // HOUR.value
+    hour = np.arange(hours)
+    source = np.searchsorted(slots, hour, side="right") - 1  # last row at or before each hour
+    observed = slots[source] == hour
+    close = columns[CANDLE_COLUMNS.index("close")][source]
+    filled = [
+        np.where(observed, column[source], close if name in PRICE_COLUMNS else 0.0)
+        for name, column in zip(CANDLE_COLUMNS, columns, strict=True)
+    ]
+    return filled, observed
 
 
 def split_segments(candles: pd.DataFrame, max_gap_hours: int) -> list[pd.DataFrame]:

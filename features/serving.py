@@ -2,11 +2,10 @@
 
 Serving runs `feature_matrix`, the function training runs, over only the last SERVING_WINDOW hours,
 which is enough for every feature to equal the batch value (tests/features/test_serving_parity.py
-shows it on the real markets and derives WARMUP_HOURS). Short gaps are filled by the rule of
-`features.candles.repair_gaps` (a flat candle at the previous close, zero volume and value),
-restated here in numpy because repair_gaps's pandas reindex alone takes ~4 ms of a 5 ms budget;
-Upbit's quarterly maintenance gaps sit inside a 34-day window about half of the time. The parity
-test compares the two paths over every real gap, so the restatement cannot drift unnoticed.
+shows it on the real markets and derives WARMUP_HOURS). Short gaps are filled by
+`features.candles.fill_hours`, the numpy rule `repair_gaps` itself uses, applied to the tail only
+(a pandas reindex of the window alone took ~4 ms of the 5 ms budget); Upbit's quarterly maintenance
+gaps sit inside a 34-day window about half of the time.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import pandas as pd
 from features.candles import (
     CANDLE_COLUMNS,
     HOUR,
-    PRICE_COLUMNS,
     CandleError,
+    fill_hours,
     gap_lengths,
     validate_candles,
 )
@@ -55,18 +54,9 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
             f"({(int(times[-1]) - segment_start) // HOUR.value + 1} hours): fetch more candles; "
             f"a gap over max_gap_hours={max_gap_hours} restarts the warm-up"
         )
-    slots = (times - start) // HOUR.value
-    hour = np.arange(hours)
-    source = np.searchsorted(slots, hour, side="right") - 1  # last row at or before each hour
-    observed = slots[source] == hour
     values = window.iloc[first:]
-    close = values["close"].to_numpy(dtype=np.float64)[source]
-    columns = []
-    for name in CANDLE_COLUMNS:
-        column = values[name].to_numpy(dtype=np.float64)[source]
-        fill = close if name in PRICE_COLUMNS else 0.0
-        columns.append(np.where(observed, column, fill))
-    return columns
+    columns = [values[name].to_numpy(dtype=np.float64) for name in CANDLE_COLUMNS]
+    return fill_hours(times, columns, start, hours)[0]
 
 
 def serving_features(
