@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from features.sources import ParquetDirSource
 
 from features.config import CONFIG_DIR, ConfigError, load_features_config
+from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
 from train.config import load_train_config
 from train.gate import judge

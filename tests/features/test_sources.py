@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 import pyupbit
 import pyupbit.request_api as request_api
-from standins.upbit_server import Fault, Reply, UpbitStandIn
 
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
 from features.sources import CachedSource, ParquetDirSource, UnknownMarketError, UpbitSource
@@ -29,6 +28,8 @@ from features.upbit_http import (
     UpbitRateLimited,
     UpbitUnavailable,
 )
+
+from standins.upbit_server import Fault, Reply, UpbitStandIn
 
 SHARED_OHLCV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ohlcv"
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-XRP"]
