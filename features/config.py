@@ -53,6 +53,19 @@ class SplitConfig(Strict):
             raise ValueError("splits.scheme 'rolling' needs splits.train_hours")
         return self
 
+    def spec(self, horizon: int, sequence_length: int) -> SplitSpec:
+        return SplitSpec(
+            n_folds=self.n_folds,
+            min_train_hours=self.min_train_hours,
+            horizon=horizon,
+            sequence_length=sequence_length,
+            test_hours=self.test_hours,
+            scheme=self.scheme,
+            train_hours=self.train_hours,
+            purge_hours=self.purge_hours,
+            embargo_hours=self.embargo_hours,
+        )
+
 
 class TransformConfig(Strict):
     clip: float = Field(10.0, gt=0)
@@ -77,18 +90,7 @@ class FeaturesConfig(Strict):
         return markets
 
     def split_spec(self, sequence_length: int) -> SplitSpec:
-        s = self.splits
-        return SplitSpec(
-            n_folds=s.n_folds,
-            min_train_hours=s.min_train_hours,
-            horizon=self.labels.horizon_hours,
-            sequence_length=sequence_length,
-            test_hours=s.test_hours,
-            scheme=s.scheme,
-            train_hours=s.train_hours,
-            purge_hours=s.purge_hours,
-            embargo_hours=s.embargo_hours,
-        )
+        return self.splits.spec(self.labels.horizon_hours, sequence_length)
 
     def resolve_data_dir(self) -> str:
         """A relative data_dir is relative to the project root, so any working directory works."""

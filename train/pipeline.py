@@ -56,18 +56,8 @@ def load_market(
 
 
 def split_spec(features: FeaturesConfig, profile: TrainProfile) -> SplitSpec:
-    s = profile.splits
-    return SplitSpec(
-        n_folds=s.n_folds,
-        min_train_hours=s.min_train_hours,
-        horizon=features.labels.horizon_hours,
-        sequence_length=SEQUENCE_LENGTH,
-        test_hours=s.test_hours,
-        scheme=s.scheme,
-        train_hours=s.train_hours,
-        purge_hours=s.purge_hours,
-        embargo_hours=s.embargo_hours,
-    )
+    """The profile's folds with the features config's label horizon."""
+    return profile.splits.spec(features.labels.horizon_hours, SEQUENCE_LENGTH)
 
 
 def next_returns(data: MarketDataset, positions: np.ndarray) -> np.ndarray:
