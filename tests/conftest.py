@@ -49,3 +49,12 @@ def smoke_bundle(smoke_fit, tmp_path_factory) -> Path:
     directory = fit.model.save(tmp_path_factory.mktemp("bundle") / "KRW-BTC")
     fit.oos.to_parquet(directory / "oos.parquet")
     return directory
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray per test session, shared by every integration test."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

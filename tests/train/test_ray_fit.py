@@ -1,0 +1,36 @@
+"""The same training function under Ray Train's TorchTrainer, on a real local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.config import load_features_config
+from train.bundle import load_bundle
+from train.config import load_train_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_fit_through_torch_trainer(ray_local, ohlcv_dir: Path, tmp_path: Path) -> None:
+    from train.ray_fit import fit_with_torch_trainer
+
+    out = fit_with_torch_trainer(
+        "KRW-BTC",
+        str(ohlcv_dir),
+        load_features_config(),
+        load_train_config().profile("smoke"),
+        "smoke",
+        tmp_path / "bundle",
+        cpus_per_worker=1.0,
+        storage_path=str(tmp_path / "ray-results"),
+    )
+    model = load_bundle(out)
+    assert model.metadata["market"] == "KRW-BTC" and model.metadata["profile"] == "smoke"
+    oos = pd.read_parquet(out / "oos.parquet")
+    assert len(oos) == 800 and oos.index.is_unique
+    assert np.allclose(oos[["p_sell", "p_hold", "p_buy"]].sum(axis=1), 1.0)
+    assert (tmp_path / "ray-results" / "fit-KRW-BTC").is_dir()  # Ray Train's run storage
