@@ -7,14 +7,16 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from features.config import CONFIG_DIR, ConfigError, load_features_config
+from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
+from features.dataset import MarketDataset
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
-from train.config import load_train_config
+from train.config import GateConfig, TrainProfile, load_train_config
 from train.gate import judge
 from train.pipeline import fit_market, load_market
 from train.registry import ModelRegistry, RegistryError, format_versions
@@ -44,6 +46,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override configs/train.yaml, e.g. --set profiles.quick.optim.epochs=3",
     )
+    fit.add_argument(
+        "--local",
+        action="store_true",
+        help="fit in this process instead of through Ray Train (TorchTrainer)",
+    )
+    fit.add_argument(
+        "--use-gpu",
+        action="store_true",
+        help="train on GPUs (also chosen when the cluster already shows GPUs)",
+    )
+    fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
+    fit.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray Train storage for run results: absolute path or URI",
+    )
     _common(fit, market=False)
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
@@ -62,30 +80,85 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    features = load_features_config(args.features_config)
-    train_cfg = load_train_config(args.train_config, args.set)
-    profile = train_cfg.profile(args.profile)
-    source = ParquetDirSource(args.data_dir)
-    registry = ModelRegistry(args.registry)
-    for market in [m.strip() for m in args.markets.split(",") if m.strip()]:
+def register_and_gate(
+    registry: ModelRegistry, gate: GateConfig, bundle: Path, data: MarketDataset
+) -> str:
+    """Register a written bundle as a candidate and promote it only if the gate says so."""
+    market = data.market
+    version = registry.register(market, bundle)
+    current = registry.current(market)
+    current_model = None
+    if current is not None and current != version:
+        with tempfile.TemporaryDirectory() as tmp:
+            current_model = load_bundle(registry.fetch(market, current, dest_dir=Path(tmp)))
+    verdict = judge(gate, data, pd.read_parquet(bundle / "oos.parquet"), current_model)
+    if verdict.promote:
+        registry.promote(market, version)
+    print(market_report(registry.read_metadata(market, version)))
+    return f"{market} {version}: {verdict.reason}"
+
+
+def _fit_local(args: argparse.Namespace, ctx: FitContext) -> None:
+    for market in ctx.markets:
         started = time.perf_counter()
-        data = load_market(source, market, features, profile)
-        fit = fit_market(data, features, profile, profile_name=args.profile)
+        data = load_market(ctx.source, market, ctx.features, ctx.profile)
+        fit = fit_market(data, ctx.features, ctx.profile, profile_name=args.profile)
         with tempfile.TemporaryDirectory() as tmp:
             bundle = fit.model.save(Path(tmp) / "bundle")
             fit.oos.to_parquet(bundle / "oos.parquet")
-            version = registry.register(market, bundle)
-        current = registry.current(market)
-        current_model = None
-        if current is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                current_model = load_bundle(registry.fetch(market, current, dest_dir=Path(tmp)))
-        verdict = judge(train_cfg.gate, data, fit.oos, current_model)
-        if verdict.promote:
-            registry.promote(market, version)
-        print(market_report(registry.read_metadata(market, version)))
-        print(f"{market} {version}: {verdict.reason} ({time.perf_counter() - started:.1f} s)\n")
+            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
+        print(f"{line} ({time.perf_counter() - started:.1f} s)\n")
+
+
+def _fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
+    import ray
+
+    from train.ray_fit import detect_gpu, fit_markets_on_ray
+
+    ray.init(address=args.ray_address, ignore_reinit_error=True)
+    use_gpu = args.use_gpu or detect_gpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = fit_markets_on_ray(
+            ctx.markets,
+            args.data_dir,
+            ctx.features,
+            ctx.profile,
+            args.profile,
+            Path(tmp),
+            use_gpu=use_gpu,
+            storage_path=args.storage_path,
+        )
+        for run in runs:
+            data = load_market(ctx.source, run.market, ctx.features, ctx.profile)
+            line = register_and_gate(ctx.registry, ctx.gate, Path(run.bundle_dir), data)
+            print(f"{line} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
+
+
+@dataclass(frozen=True)
+class FitContext:
+    markets: list[str]
+    features: FeaturesConfig
+    profile: TrainProfile
+    gate: GateConfig
+    source: ParquetDirSource
+    registry: ModelRegistry
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    train_cfg = load_train_config(args.train_config, args.set)
+    ctx = FitContext(
+        markets=[m.strip() for m in args.markets.split(",") if m.strip()],
+        features=load_features_config(args.features_config),
+        profile=train_cfg.profile(args.profile),
+        gate=train_cfg.gate,
+        source=ParquetDirSource(args.data_dir),
+        registry=ModelRegistry(args.registry),
+    )
+    known = ctx.source.markets()
+    unknown = [m for m in ctx.markets if m not in known]
+    if unknown:
+        raise LookupError(f"no candles for {', '.join(unknown)} in {args.data_dir}; found {known}")
+    (_fit_local if args.local else _fit_ray)(args, ctx)
     return 0
 
 

@@ -8,9 +8,12 @@ the bundle and its out-of-sample rows to `output_dir`, from where the driver reg
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch as ray_torch
 from ray.train import RunConfig, ScalingConfig
@@ -88,3 +91,62 @@ def fit_with_torch_trainer(
             f"TorchTrainer finished but wrote no bundle for {market} to {output_dir}"
         )
     return output_dir
+
+
+@dataclass(frozen=True)
+class MarketRun:
+    """One market's TorchTrainer run as its driving task saw it (times: epoch seconds)."""
+
+    market: str
+    bundle_dir: str
+    started: float
+    ended: float
+
+
+@ray.remote(num_cpus=0)
+def _drive_market(market: str, kwargs: dict[str, Any]) -> MarketRun:
+    started = time.time()
+    bundle = fit_with_torch_trainer(market, **kwargs)
+    return MarketRun(market, str(bundle), started, time.time())
+
+
+def detect_gpu() -> bool:
+    """True when the running cluster already shows GPUs (an autoscaling one may show none yet)."""
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit_markets_on_ray(
+    markets: list[str],
+    data_dir: str,
+    features: FeaturesConfig,
+    profile: TrainProfile,
+    profile_name: str,
+    output_root: Path,
+    *,
+    use_gpu: bool = False,
+    gpu_fraction: float = 0.25,
+    cpus_per_worker: float = 0.25,
+    num_workers: int = 1,
+    storage_path: str | None = None,
+) -> list[MarketRun]:
+    """Fit every market concurrently, each driven by its own Ray task and TorchTrainer.
+
+    On GPUs each market gets one worker at `gpu_fraction` of a card: several DDP workers on one
+    card fail in NCCL ("Duplicate GPU detected"), so num_workers is forced to 1 there.
+    """
+    refs = []
+    for market in markets:
+        kwargs = {
+            "data_dir": data_dir,
+            "features": features,
+            "profile": profile,
+            "profile_name": profile_name,
+            "output_dir": output_root / market,
+            "use_gpu": use_gpu,
+            "num_workers": 1 if use_gpu else num_workers,
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpu_fraction,
+            "storage_path": storage_path,
+        }
+        refs.append(_drive_market.remote(market, kwargs))
+    return ray.get(refs)

@@ -11,7 +11,7 @@ import pytest
 from train.__main__ import main
 from train.registry import ModelRegistry
 
-SMOKE = ["--profile", "smoke"]
+SMOKE = ["--profile", "smoke", "--local"]
 
 
 @pytest.fixture(scope="module")
