@@ -90,6 +90,14 @@ def leaky_plan(
     return FoldPlan("leaky", slices, data.samples[test_idx], data.samples)
 
 
+def encoder_spec(profile: TrainProfile) -> EncoderSpec:
+    return EncoderSpec(
+        hidden_size=profile.encoder.hidden_size,
+        num_layers=profile.encoder.num_layers,
+        dropout=profile.encoder.dropout,
+    )
+
+
 def _recent(positions: np.ndarray, limit: int | None) -> np.ndarray:
     return positions if limit is None or len(positions) <= limit else positions[-limit:]
 
@@ -107,11 +115,7 @@ def fit_plan(
     def xy(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return transform.apply(data.features, positions), data.labels(threshold, positions)
 
-    spec = EncoderSpec(
-        hidden_size=profile.encoder.hidden_size,
-        num_layers=profile.encoder.num_layers,
-        dropout=profile.encoder.dropout,
-    )
+    spec = encoder_spec(profile)
     fit_rows = _recent(plan.slices["encoder"], profile.optim.max_train_samples)
     result = train_encoder(spec, profile.optim, xy(fit_rows), xy(plan.slices["early_stop"]), hooks)
     use_last = profile.head.use_last_row

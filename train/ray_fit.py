@@ -9,6 +9,7 @@ the bundle and its out-of-sample rows to `output_dir`, from where the driver reg
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ from train.encoder_loop import TrainHooks
 from train.pipeline import fit_market, load_market
 
 
+def ray_train_hooks(report: Callable[[dict[str, float]], None]) -> TrainHooks:
+    """The encoder loop's seam filled from Ray Train: its device, DDP wrapping and sampler."""
+    return TrainHooks(
+        device=ray_torch.get_device(),
+        prepare_model=ray_torch.prepare_model,
+        prepare_loader=ray_torch.prepare_data_loader,
+        report=report,
+    )
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Runs on every Train worker; identical maths to the in-process path."""
     features = FeaturesConfig.model_validate(config["features"])
@@ -41,12 +52,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         fold["name"] = line.split(":")[0].removeprefix(f"{market} ")
         print(f"[rank {context.get_world_rank()}] {line}", flush=True)
 
-    hooks = TrainHooks(
-        device=ray_torch.get_device(),
-        prepare_model=ray_torch.prepare_model,
-        prepare_loader=ray_torch.prepare_data_loader,
-        report=report,
-    )
+    hooks = ray_train_hooks(report)
     data = load_market(ParquetDirSource(config["data_dir"]), market, features, profile)
     fit = fit_market(data, features, profile, hooks, progress, config["profile_name"])
     if context.get_world_rank() == 0:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import ray.train
-import ray.train.torch as ray_torch
 from ray import tune
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -26,10 +25,10 @@ from features.sources import ParquetDirSource
 from features.splits import walk_forward_splits
 from features.transform import SequenceTransform
 from train.config import TrainProfile
-from train.encoder_loop import TrainHooks, train_encoder
-from train.fit import purged_slices
-from train.model import EncoderSpec
+from train.encoder_loop import train_encoder
+from train.fit import encoder_spec, purged_slices
 from train.pipeline import load_market, split_spec
+from train.ray_fit import ray_train_hooks
 
 
 def apply_trial(profile: TrainProfile, trial: dict[str, Any]) -> TrainProfile:
@@ -59,18 +58,10 @@ def tuning_worker(config: dict[str, Any]) -> None:
     def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return transform.apply(data.features, rows), data.labels(threshold, rows)
 
-    hooks = TrainHooks(
-        device=ray_torch.get_device(),
-        prepare_model=ray_torch.prepare_model,
-        prepare_loader=ray_torch.prepare_data_loader,
-        report=lambda m: ray.train.report({**m, "market": config["market"]}),
+    hooks = ray_train_hooks(lambda m: ray.train.report({**m, "market": config["market"]}))
+    train_encoder(
+        encoder_spec(profile), profile.optim, xy(slices["encoder"]), xy(slices["early_stop"]), hooks
     )
-    encoder = EncoderSpec(
-        hidden_size=profile.encoder.hidden_size,
-        num_layers=profile.encoder.num_layers,
-        dropout=profile.encoder.dropout,
-    )
-    train_encoder(encoder, profile.optim, xy(slices["encoder"]), xy(slices["early_stop"]), hooks)
 
 
 def make_trial(base: dict[str, Any], cpus: float, storage_path: str) -> Any:
