@@ -1,0 +1,151 @@
+"""The one rule that turns a prediction and a sizing ratio into an order (or a reason for none).
+
+The live loop and the backtester both call `decide`, so a backtest trades exactly as the loop
+would. It is pure: same inputs, same Decision, identifier included, which is what makes an order
+idempotent across restarts. Risk overrides (emergency sell, kill switch) are applied afterwards by
+`trading.risk`, so this file stays about the model's signal alone.
+
+Rules the caller may rely on:
+- BUY spends `ratio` of the account as total outlay (order + fee): flat, that is
+  `bid_spend(cash, ratio)`, i.e. cash x ratio / 1.0005, floored to whole KRW. While already
+  holding, `buy_when_holding="top_up"` buys only the shortfall up to ratio x equity (equity =
+  cash + position x price), capped by the cash there is; "skip" buys nothing. One formula covers
+  both cases, since a flat account's equity is its cash.
+- SELL sells `sell_fraction` of the position; when what would remain is dust (< 5,000 KRW) it
+  sells everything instead, so no unsellable remainder is left behind.
+- A position worth less than MIN_ORDER_KRW is dust: it is reported, never sold.
+- Any order below MIN_ORDER_KRW is skipped with the reason in `Decision.reason`.
+- `Decision.signal` is the signal acted on (a low-confidence BUY becomes HOLD); the model's own
+  view stays in `Decision.probabilities`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
+from trading.broker import order_identifier
+from trading.config import PolicyConfig
+from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW, bid_spend, is_dust
+
+OrderChoice = tuple[Order | None, str]
+
+
+def decide(
+    prediction: Prediction,
+    ratio: float,
+    sizing_source: str,
+    account: AccountState,
+    price: float,
+    hour: datetime,
+    config: PolicyConfig,
+    attempt: int = 0,
+) -> Decision:
+    """What to do in `prediction.market` for the candle hour `hour`, priced at close `price`."""
+    if not math.isfinite(price) or price <= 0:
+        raise ValueError(f"price must be finite and > 0, got {price}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    signal, note = _acted_signal(prediction, config)
+    if signal is Signal.BUY:
+        order, reason = _buy(prediction.market, ratio, account, price, hour, config, attempt)
+    elif signal is Signal.SELL:
+        order, reason = _sell(prediction.market, account, price, hour, config, attempt)
+    else:
+        order, reason = None, "HOLD: no order"
+    return Decision(
+        market=prediction.market,
+        time=hour,
+        signal=signal,
+        ratio=ratio,
+        sizing_source=sizing_source,
+        model_version=prediction.model_version,
+        order=order,
+        reason=note + reason,
+        probabilities=prediction.probabilities,
+    )
+
+
+def _acted_signal(prediction: Prediction, config: PolicyConfig) -> tuple[Signal, str]:
+    if prediction.confidence < config.min_confidence:
+        note = (
+            f"{prediction.signal.name} at confidence {prediction.confidence:.2f} is below "
+            f"min_confidence {config.min_confidence:.2f}; "
+        )
+        return Signal.HOLD, note
+    return prediction.signal, ""
+
+
+def _whole_krw_bid(outlay: float) -> float:
+    """Whole KRW whose amount plus fee never exceeds `outlay`, even after float rounding."""
+    krw = float(math.floor(bid_spend(outlay, 1.0)))
+    if krw * (1.0 + FEE_RATE) > outlay:
+        krw -= 1.0
+    return max(krw, 0.0)
+
+
+def _buy(
+    market: str,
+    ratio: float,
+    account: AccountState,
+    price: float,
+    hour: datetime,
+    config: PolicyConfig,
+    attempt: int,
+) -> OrderChoice:
+    if ratio == 0:
+        return None, "BUY with ratio 0: the sizing chose to spend nothing"
+    position_value = account.position * price
+    if not is_dust(position_value) and config.buy_when_holding == "skip":
+        held = f"{position_value:,.0f} KRW"
+        return None, f"BUY skipped: already holding {held} (buy_when_holding=skip)"
+    target = ratio * (account.cash + position_value)
+    outlay = min(target - position_value, account.cash)
+    if outlay <= 0:
+        return None, (
+            f"BUY: position {position_value:,.0f} KRW already at or above the target "
+            f"{target:,.0f} KRW (ratio {ratio:.2f} of equity)"
+        )
+    krw = _whole_krw_bid(outlay)
+    if krw < MIN_ORDER_KRW:
+        return None, (
+            f"BUY skipped: {krw:,.0f} KRW is below Upbit's minimum order of "
+            f"{MIN_ORDER_KRW:,.0f} KRW (ratio {ratio:.2f}, cash {account.cash:,.0f} KRW)"
+        )
+    reason = f"BUY {krw:,.0f} KRW (ratio {ratio:.2f}, cash {account.cash:,.0f} KRW)"
+    identifier = order_identifier(market, hour, Side.BID, attempt)
+    return Order(market, Side.BID, krw_amount=krw, identifier=identifier, reason=reason), reason
+
+
+def _sell(
+    market: str,
+    account: AccountState,
+    price: float,
+    hour: datetime,
+    config: PolicyConfig,
+    attempt: int,
+) -> OrderChoice:
+    position_value = account.position * price
+    if account.position <= 0:
+        return None, "SELL: no position to sell"
+    if is_dust(position_value):
+        return None, (
+            f"SELL: position worth {position_value:,.0f} KRW is dust (below Upbit's minimum "
+            f"order of {MIN_ORDER_KRW:,.0f} KRW), kept"
+        )
+    volume = account.position * config.sell_fraction
+    whole = is_dust((account.position - volume) * price)
+    if whole:
+        volume = account.position
+    if is_dust(volume * price):
+        return None, (
+            f"SELL skipped: {config.sell_fraction:.0%} of the position is worth "
+            f"{volume * price:,.0f} KRW, below Upbit's minimum order of {MIN_ORDER_KRW:,.0f} KRW"
+        )
+    share = "all" if volume == account.position else f"{volume / account.position:.0%}"
+    reason = f"SELL {share} of the position: {volume:.8g} units (~{volume * price:,.0f} KRW)"
+    if whole and config.sell_fraction < 1.0:
+        reason += "; the rest would have been dust"
+    identifier = order_identifier(market, hour, Side.ASK, attempt)
+    return Order(market, Side.ASK, volume=volume, identifier=identifier, reason=reason), reason
