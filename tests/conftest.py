@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -51,10 +52,35 @@ def smoke_bundle(smoke_fit, tmp_path_factory) -> Path:
     return directory
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray reads RAY_AUTH_MODE and RAY_AUTH_TOKEN once, when it is imported: set them for this whole
+    session before any test imports Ray, so the test process is a client of the token-auth head."""
+    from cluster.local_ray import auth_env, new_token
+
+    os.environ.update(auth_env(new_token()))
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray per test session, shared by every integration test."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_head(tmp_path_factory):
+    """One real Ray head per test session, started the way a user starts one (`ray start`), with
+    the dashboard, the job server and token authentication on, in its own process group."""
+    pytest.importorskip("ray")
+    from cluster.local_ray import start_head
+
+    head = start_head(
+        num_cpus=2,
+        token=os.environ["RAY_AUTH_TOKEN"],
+        log_dir=tmp_path_factory.mktemp("ray-head"),
+    )
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_head):
+    """This test process connected to the session's head: every integration test shares it."""
+    import ray
+
+    ray.init(address=ray_head.gcs_address, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -16,7 +16,7 @@ from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_featur
 from features.dataset import MarketDataset
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
-from train.config import GateConfig, TrainProfile, load_train_config
+from train.config import GateConfig, TrainProfile, TuneConfig, load_train_config
 from train.gate import judge
 from train.pipeline import fit_market, load_market
 from train.registry import ModelRegistry, RegistryError, format_versions
@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--use-gpu",
         action="store_true",
         help="train on GPUs (also chosen when the cluster already shows GPUs)",
+    )
+    fit.add_argument(
+        "--tune",
+        action="store_true",
+        help="run Ray Tune per market first (tune.search_space), then fit each market's winner",
     )
     fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
     fit.add_argument(
@@ -113,25 +118,47 @@ def _fit_local(args: argparse.Namespace, ctx: FitContext) -> None:
 def _fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
     import ray
 
-    from train.ray_fit import detect_gpu, fit_markets_on_ray
+    from train.ray_fit import detect_gpu, fetch_bundle, fit_markets_on_ray
 
     ray.init(address=args.ray_address, ignore_reinit_error=True)
     use_gpu = args.use_gpu or detect_gpu()
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = fit_markets_on_ray(
-            ctx.markets,
-            args.data_dir,
-            ctx.features,
-            ctx.profile,
-            args.profile,
-            Path(tmp),
-            use_gpu=use_gpu,
-            storage_path=args.storage_path,
-        )
-        for run in runs:
-            data = load_market(ctx.source, run.market, ctx.features, ctx.profile)
-            line = register_and_gate(ctx.registry, ctx.gate, Path(run.bundle_dir), data)
-            print(f"{line} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
+    profiles = {market: ctx.profile for market in ctx.markets}
+    if args.tune:
+        profiles = _tune(args, ctx, use_gpu)
+    runs = fit_markets_on_ray(
+        profiles,
+        args.data_dir,
+        ctx.features,
+        args.profile,
+        use_gpu=use_gpu,
+        gpu_fraction=ctx.tune.gpu_fraction,
+        storage_path=args.storage_path,
+    )
+    for run in runs:
+        data = load_market(ctx.source, run.market, ctx.features, profiles[run.market])
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = fetch_bundle(run.checkpoint, Path(tmp) / "bundle")
+            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
+        print(f"{line} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
+
+
+def _tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
+    from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
+
+    if not ctx.tune.search_space:
+        raise ConfigError("--tune needs tune.search_space in the train config")
+    print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
+    outcomes = tune_markets_on_ray(
+        ctx.markets,
+        args.data_dir,
+        ctx.features,
+        ctx.profile,
+        ctx.tune,
+        args.storage_path,
+        use_gpu=use_gpu,
+    )
+    print(format_outcomes(outcomes) + "\n")
+    return tuned_profiles(ctx.profile, outcomes)
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,7 @@ class FitContext:
     features: FeaturesConfig
     profile: TrainProfile
     gate: GateConfig
+    tune: TuneConfig
     source: ParquetDirSource
     registry: ModelRegistry
 
@@ -151,6 +179,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         features=load_features_config(args.features_config),
         profile=train_cfg.profile(args.profile),
         gate=train_cfg.gate,
+        tune=train_cfg.tune,
         source=ParquetDirSource(args.data_dir),
         registry=ModelRegistry(args.registry),
     )

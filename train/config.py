@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from features.config import CONFIG_DIR, SplitConfig, Strict, load_config
 
@@ -79,9 +79,43 @@ class GateConfig(Strict):
     min_hours: int = Field(200, ge=1)
 
 
+TUNABLE = {
+    "encoder": EncoderConfig,
+    "optim": OptimConfig,
+    "head": HeadConfig,
+}
+
+
+class TuneConfig(Strict):
+    """What Ray Tune searches per market, and how hard; values are lists of candidates."""
+
+    search_space: dict[str, list[float | int]] = {}
+    sampler: str = Field("random", pattern="^(grid|random)$")
+    num_samples: int = Field(8, ge=1, le=1000)  # random: trials; grid: repeats of the grid
+    max_concurrent: int = Field(2, ge=1, le=64)  # per market
+    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
+    score_share: float = Field(0.2, gt=0.05, lt=0.5)  # newest share of pre-test hours scored
+    cpus_per_trial: float = Field(0.25, gt=0)
+    gpu_fraction: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, list[float | int]]) -> dict[str, list[float | int]]:
+        for key, values in space.items():
+            section, _, name = key.partition(".")
+            if section not in TUNABLE or name not in TUNABLE[section].model_fields:
+                raise ValueError(
+                    f"tune.search_space key {key!r} is not section.field of {sorted(TUNABLE)}"
+                )
+            if not values:
+                raise ValueError(f"tune.search_space[{key!r}] has no candidates")
+        return space
+
+
 class TrainConfig(Strict):
     profiles: dict[str, TrainProfile]
     gate: GateConfig = GateConfig()
+    tune: TuneConfig = TuneConfig()
 
     def profile(self, name: str) -> TrainProfile:
         if name not in self.profiles:

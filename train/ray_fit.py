@@ -2,13 +2,16 @@
 
 Nothing here trains: the worker loop builds `TrainHooks` from Ray Train's own helpers (device,
 `prepare_model` for DDP, `prepare_data_loader` for the distributed sampler, `ray.train.report` for
-per-epoch metrics) and calls the same function `python -m train fit --local` calls. Rank 0 writes
-the bundle and its out-of-sample rows to `output_dir`, from where the driver registers them.
+per-epoch metrics) and calls the same function `python -m train fit --local` calls. Rank 0 hands
+the bundle back as a Ray Train checkpoint, so it lands in the run's storage (a local folder on one
+node, an object-store URI on a cluster) and the driver fetches it from there, whichever node ran it.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch as ray_torch
-from ray.train import RunConfig, ScalingConfig
+from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from features.config import FeaturesConfig
@@ -43,21 +46,37 @@ def worker_loop(config: dict[str, Any]) -> None:
     profile = TrainProfile.model_validate(config["profile"])
     market = config["market"]
     context = ray.train.get_context()
-    fold = {"name": "start"}
+    rank = context.get_world_rank()
+    run = {"number": 0}  # walk-forward folds, then the leaky fit: each restarts at epoch 1
 
     def report(metrics: dict[str, float]) -> None:
-        ray.train.report({**metrics, "market": market, "fold": fold["name"]})
+        run["number"] += metrics["epoch"] == 1
+        if rank == 0:
+            print(f"[fit {market}] run {run['number']} epoch {metrics['epoch']:.0f} "
+                  f"val_loss {metrics['val_loss']:.4f}", flush=True)  # fmt: skip
+        ray.train.report({**metrics, "market": market, "run": float(run["number"])})
 
     def progress(line: str) -> None:
-        fold["name"] = line.split(":")[0].removeprefix(f"{market} ")
-        print(f"[rank {context.get_world_rank()}] {line}", flush=True)
+        if rank == 0:
+            print(f"[fit {market}] {line.removeprefix(market + ' ')}", flush=True)
 
     hooks = ray_train_hooks(report)
+    started = time.perf_counter()
     data = load_market(ParquetDirSource(config["data_dir"]), market, features, profile)
     fit = fit_market(data, features, profile, hooks, progress, config["profile_name"])
-    if context.get_world_rank() == 0:
-        bundle = fit.model.save(Path(config["output_dir"]))
+    final = {"market": market, "run": -1.0, "fit_seconds": time.perf_counter() - started}
+    if rank != 0:
+        ray.train.report(final)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = fit.model.save(Path(tmp) / "bundle")
         fit.oos.to_parquet(bundle / "oos.parquet")
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(str(bundle)))
+
+
+def run_name(kind: str, market: str) -> str:
+    """Unique per run: Train V2 would restore a run of the same name from its storage."""
+    return f"{kind}-{market}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def fit_with_torch_trainer(
@@ -66,15 +85,14 @@ def fit_with_torch_trainer(
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
-    output_dir: Path,
     *,
     use_gpu: bool = False,
     num_workers: int = 1,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 1.0,
     storage_path: str | None = None,
-) -> Path:
-    """Fit one market through TorchTrainer; returns the local bundle directory rank 0 wrote."""
+) -> Checkpoint:
+    """Fit one market through TorchTrainer; returns the checkpoint that holds its bundle."""
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
@@ -84,19 +102,26 @@ def fit_with_torch_trainer(
             "features": features.model_dump(),
             "profile": profile.model_dump(),
             "profile_name": profile_name,
-            "output_dir": str(output_dir),
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(name=f"fit-{market}", storage_path=storage_path),
+        run_config=RunConfig(
+            name=f"fit-{market}-{uuid.uuid4().hex[:8]}", storage_path=storage_path
+        ),
     )
-    trainer.fit()
-    if not (output_dir / "metadata.json").is_file():
-        raise RuntimeError(
-            f"TorchTrainer finished but wrote no bundle for {market} to {output_dir}"
-        )
-    return output_dir
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"TorchTrainer finished but handed back no bundle for {market}")
+    return result.checkpoint
+
+
+def fetch_bundle(checkpoint: Checkpoint, dest: Path) -> Path:
+    """Copy a fit's bundle from the run storage (path or URI) to a local folder."""
+    checkpoint.to_directory(str(dest))
+    if not (dest / "metadata.json").is_file():
+        raise RuntimeError(f"the checkpoint at {checkpoint.path} holds no bundle")
+    return dest
 
 
 @dataclass(frozen=True)
@@ -104,7 +129,7 @@ class MarketRun:
     """One market's TorchTrainer run as its driving task saw it (times: epoch seconds)."""
 
     market: str
-    bundle_dir: str
+    checkpoint: Checkpoint
     started: float
     ended: float
 
@@ -112,8 +137,8 @@ class MarketRun:
 @ray.remote(num_cpus=0)
 def _drive_market(market: str, kwargs: dict[str, Any]) -> MarketRun:
     started = time.time()
-    bundle = fit_with_torch_trainer(market, **kwargs)
-    return MarketRun(market, str(bundle), started, time.time())
+    checkpoint = fit_with_torch_trainer(market, **kwargs)
+    return MarketRun(market, checkpoint, started, time.time())
 
 
 def detect_gpu() -> bool:
@@ -122,12 +147,10 @@ def detect_gpu() -> bool:
 
 
 def fit_markets_on_ray(
-    markets: list[str],
+    profiles: dict[str, TrainProfile],
     data_dir: str,
     features: FeaturesConfig,
-    profile: TrainProfile,
     profile_name: str,
-    output_root: Path,
     *,
     use_gpu: bool = False,
     gpu_fraction: float = 0.25,
@@ -135,19 +158,18 @@ def fit_markets_on_ray(
     num_workers: int = 1,
     storage_path: str | None = None,
 ) -> list[MarketRun]:
-    """Fit every market concurrently, each driven by its own Ray task and TorchTrainer.
+    """Fit every market (with its own profile) concurrently, each from its own task and trainer.
 
     On GPUs each market gets one worker at `gpu_fraction` of a card: several DDP workers on one
     card fail in NCCL ("Duplicate GPU detected"), so num_workers is forced to 1 there.
     """
     refs = []
-    for market in markets:
+    for market, profile in profiles.items():
         kwargs = {
             "data_dir": data_dir,
             "features": features,
             "profile": profile,
             "profile_name": profile_name,
-            "output_dir": output_root / market,
             "use_gpu": use_gpu,
             "num_workers": 1 if use_gpu else num_workers,
             "cpus_per_worker": cpus_per_worker,

@@ -16,45 +16,47 @@ pytestmark = pytest.mark.slow
 
 
 def test_smoke_fit_through_torch_trainer(ray_local, ohlcv_dir: Path, tmp_path: Path) -> None:
-    from train.ray_fit import fit_with_torch_trainer
+    from train.ray_fit import fetch_bundle, fit_with_torch_trainer
 
-    out = fit_with_torch_trainer(
+    checkpoint = fit_with_torch_trainer(
         "KRW-BTC",
         str(ohlcv_dir),
         load_features_config(),
         load_train_config().profile("smoke"),
         "smoke",
-        tmp_path / "bundle",
         cpus_per_worker=1.0,
         storage_path=str(tmp_path / "ray-results"),
     )
+    # The bundle comes back through Ray Train's run storage, not a path on the worker's node.
+    assert str(tmp_path / "ray-results") in checkpoint.path
+    out = fetch_bundle(checkpoint, tmp_path / "bundle")
     model = load_bundle(out)
     assert model.metadata["market"] == "KRW-BTC" and model.metadata["profile"] == "smoke"
     oos = pd.read_parquet(out / "oos.parquet")
     assert len(oos) == 800 and oos.index.is_unique
     assert np.allclose(oos[["p_sell", "p_hold", "p_buy"]].sum(axis=1), 1.0)
-    assert (tmp_path / "ray-results" / "fit-KRW-BTC").is_dir()  # Ray Train's run storage
+    assert list((tmp_path / "ray-results").glob("fit-KRW-BTC-*")), "no run in Ray Train's storage"
 
 
 def test_four_markets_run_concurrently_and_register(
     ray_local, ohlcv_dir: Path, tmp_path: Path
 ) -> None:
-    from train.ray_fit import fit_markets_on_ray
+    from train.ray_fit import fetch_bundle, fit_markets_on_ray
 
     markets = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    profile = load_train_config().profile("smoke")
     runs = fit_markets_on_ray(
-        markets,
+        {market: profile for market in markets},
         str(ohlcv_dir),
         load_features_config(),
-        load_train_config().profile("smoke"),
         "smoke",
-        tmp_path / "out",
         storage_path=str(tmp_path / "ray-results"),
     )
     assert [r.market for r in runs] == markets
     assert max(r.started for r in runs) < min(r.ended for r in runs), "runs did not overlap"
     for run in runs:
-        assert load_bundle(run.bundle_dir).metadata["market"] == run.market
+        bundle = fetch_bundle(run.checkpoint, tmp_path / run.market)
+        assert load_bundle(bundle).metadata["market"] == run.market
 
 
 def test_cli_fits_through_ray_by_default(

@@ -1,0 +1,150 @@
+"""A local Ray head started with `ray start --head`: the dashboard, the job server and token auth.
+
+`ray.init()` alone starts no job server and no token check, so whatever must work the way a real
+cluster does (`ray job submit`, `serve deploy`, the dashboard API) runs against a head started here.
+The head runs in its own process group, so `stop()` takes down exactly this head and its workers and
+never another Ray on the same machine (`ray stop` would).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+class HeadError(RuntimeError):
+    """The head did not come up; the message carries the tail of `ray start`'s output."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def auth_env(token: str) -> dict[str, str]:
+    """The variables every Ray client of a token-auth head needs (CLI, SDK, `ray.init`)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+def _ray_cli() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    found = beside if beside.exists() else shutil.which("ray")
+    if not found:
+        raise HeadError("the `ray` command is not installed beside this Python")
+    return str(found)
+
+
+@dataclass
+class LocalHead:
+    """One running head; `gcs_address` for `ray.init`, `dashboard_url` for jobs and the browser."""
+
+    gcs_address: str
+    dashboard_url: str
+    token: str = field(repr=False)
+    process: subprocess.Popen = field(repr=False)
+    log_path: Path = field(repr=False)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def env(self) -> dict[str, str]:
+        return auth_env(self.token)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM the head's process group, then SIGKILL what is left (gcs and raylet linger)."""
+        if self.process.poll() is not None and not _group_alive(self.process.pid):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                time.sleep(0.2)
+        self.process.wait(timeout=grace_s)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_head(
+    num_cpus: int,
+    *,
+    token: str | None = None,
+    log_dir: Path,
+    timeout_s: float = 90.0,
+    extra_env: dict[str, str] | None = None,
+) -> LocalHead:
+    """Start a head on 127.0.0.1 with token auth on; return once the dashboard answers with it."""
+    token = token or new_token()
+    port, dashboard_port = free_port(), free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"ray-head-{port}.log"
+    env = {**os.environ, **auth_env(token), **(extra_env or {})}
+    # Job drivers run `python ...` from the head's PATH: make it this environment's Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    command = [
+        _ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
+        f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    head = LocalHead(
+        gcs_address=f"127.0.0.1:{port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        token=token,
+        process=process,
+        log_path=log_path,
+    )
+    try:
+        _wait_for_dashboard(head, timeout_s)
+    except HeadError:
+        head.stop()
+        raise
+    return head
+
+
+def _wait_for_dashboard(head: LocalHead, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.process.poll() is not None:
+            break
+        try:
+            reply = requests.get(
+                f"{head.dashboard_url}/api/jobs/", headers=head.auth_headers(), timeout=2
+            )
+            if reply.status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    tail = head.log_path.read_text(errors="replace")[-2000:]
+    raise HeadError(
+        f"the Ray head did not answer on {head.dashboard_url} in {timeout_s:.0f} s:\n{tail}"
+    )
