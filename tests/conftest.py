@@ -58,6 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from cluster.local_ray import auth_env, new_token
 
     os.environ.update(auth_env(new_token()))
+    # The admin token of the HTTP endpoints; replicas inherit it from the head's environment.
+    os.environ["HYBRID_ADMIN_TOKEN"] = new_token()
 
 
 @pytest.fixture(scope="session")

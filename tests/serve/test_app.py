@@ -1,0 +1,226 @@
+"""The Serve graph deployed by `serve deploy` on the session's Ray head, checked over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+import yaml
+
+from cluster.local_ray import free_port
+from features.indicators import SERVING_WINDOW
+from serve.config import ADMIN_TOKEN_ENV
+from train.registry import ModelRegistry
+
+from standins.groq_server import GroqStandIn, Turn
+from standins.ollama_server import OllamaStandIn
+
+pytestmark = pytest.mark.slow
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GROQ_KEY = "gsk_test_serve_graph_key_5Tq9"
+
+
+@pytest.fixture(scope="module")
+def llms() -> Iterator[tuple[GroqStandIn, OllamaStandIn]]:
+    with GroqStandIn(GROQ_KEY) as groq, OllamaStandIn(models=("llama3.1:8b",)) as ollama:
+        yield groq, ollama
+
+
+def deploy_config(registry: Path, data_dir: Path, sizing: Path, port: int) -> dict[str, Any]:
+    """configs/serve_deploy.yaml as shipped, pointed at a test registry, two BTC replicas."""
+    config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve_deploy.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["set"] = ";".join(
+        [f"registry={registry}", "poll_s=0.5", "markets=[KRW-BTC, KRW-ETH]",
+         f"source.data_dir={data_dir}", f"sizing_config={sizing}"]
+    )  # fmt: skip
+    app["runtime_env"] = {"env_vars": {"GROQ_API_KEY": GROQ_KEY}}  # the replica's environment
+    keep = {"Ingress", "KRW-BTC", "KRW-ETH", "SizingNode"}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
+    for deployment in app["deployments"]:
+        if deployment["name"] == "KRW-BTC":
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = 2
+    return config
+
+
+def sizing_config(path: Path, groq: GroqStandIn, ollama: OllamaStandIn) -> Path:
+    sizing = yaml.safe_load((PROJECT_ROOT / "configs" / "sizing.yaml").read_text())
+    sizing["deadline_s"] = 2.0
+    sizing["groq"]["base_url"] = groq.url
+    sizing["ollama"]["host"] = ollama.url
+    path.write_text(yaml.safe_dump(sizing))
+    return path
+
+
+def wait_ready(url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(f"{url}/healthz", timeout=5)
+            if reply.status_code == 200 and reply.json()["ready"] == ["KRW-BTC"]:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"the Serve app did not become ready at {url}")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def app_url(ray_local, ray_head, smoke_bundle, ohlcv_dir, llms, root: Path) -> Iterator[str]:
+    registry = ModelRegistry(str(root / "registry"))
+    registry.register("KRW-BTC", smoke_bundle)
+    registry.register("KRW-BTC", smoke_bundle)
+    registry.promote("KRW-BTC", "v0001")
+    port = free_port()
+    config = deploy_config(
+        root / "registry", ohlcv_dir, sizing_config(root / "sizing.yaml", *llms), port
+    )
+    (root / "deploy.yaml").write_text(yaml.safe_dump(config))
+    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent))
+    deployed = subprocess.run(
+        [serve_cli, "deploy", str(root / "deploy.yaml"), "--address", ray_head.dashboard_url],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    yield url
+    from ray import serve
+
+    serve.delete("hybrid")
+
+
+def candle_rows(candles: pd.DataFrame) -> list[dict[str, Any]]:
+    frame = candles.reset_index()
+    frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return frame.to_dict(orient="records")
+
+
+def test_predict_one_market_with_candles(app_url, real_candles, llms) -> None:
+    groq, ollama = llms
+    groq.script(Turn.ratio(0.30))
+    ollama.script(Turn.ratio(0.25))
+    rows = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 10) :])
+    reply = requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": rows}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["market"] == "KRW-BTC" and body["time"] == rows[-1]["time"]
+    assert body["signal"] in {"SELL", "HOLD", "BUY"}
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert body["confidence"] == max(body["probabilities"].values())
+    assert body["model_version"] == "v0001"
+    assert body["sizing"]["source"] == "llm-agree" and body["sizing"]["ratio"] == 0.25
+
+
+def test_predict_reads_the_configured_source_without_candles(app_url, llms) -> None:
+    reply = requests.post(f"{app_url}/v1/predict/KRW-BTC", timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert 0.05 <= reply.json()["sizing"]["ratio"] <= 1.0
+
+
+def test_predict_all_keeps_working_when_one_market_has_no_model(app_url) -> None:
+    reply = requests.post(f"{app_url}/v1/predict", json={}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [p["market"] for p in body["predictions"]] == ["KRW-BTC"]
+    assert body["errors"]["KRW-ETH"]["status"] == 503
+
+
+def test_error_codes_name_the_problem(app_url, real_candles) -> None:
+    assert requests.post(f"{app_url}/v1/predict/KRW-DOGE", timeout=10).status_code == 404
+    missing = requests.post(f"{app_url}/v1/predict/KRW-ETH", timeout=30)
+    assert missing.status_code == 503 and "KRW-ETH" in missing.json()["detail"]
+    few = candle_rows(real_candles["KRW-BTC"].iloc[-50:])
+    short = requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": few}, timeout=30)
+    assert short.status_code == 422 and str(SERVING_WINDOW) in short.json()["detail"]
+    bad = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 5) :])
+    bad[-1]["high"] = bad[-1]["low"] / 2
+    malformed = requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": bad}, timeout=30)
+    assert malformed.status_code == 422 and "high" in malformed.json()["detail"]
+    junk = requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": "x"}, timeout=10)
+    assert junk.status_code == 422
+
+
+def test_markets_models_and_health(app_url) -> None:
+    assert requests.get(f"{app_url}/v1/markets", timeout=10).json() == {
+        "markets": ["KRW-BTC", "KRW-ETH"]
+    }
+    models = requests.get(f"{app_url}/v1/models", timeout=10).json()["models"]
+    assert models["KRW-BTC"]["version"] == "v0001" and models["KRW-ETH"]["version"] is None
+    assert requests.get(f"{app_url}/healthz", timeout=10).json()["without_model"] == ["KRW-ETH"]
+
+
+def test_admin_reload_refuses_without_the_token(app_url) -> None:
+    url = f"{app_url}/v1/admin/reload/KRW-BTC"
+    assert requests.post(url, timeout=10).status_code == 401
+    wrong = requests.post(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    token = os.environ[ADMIN_TOKEN_ENV]
+    ok = requests.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["market"] == "KRW-BTC"
+
+
+def versions_seen(app_url: str, rows: list[dict[str, Any]], n: int = 16) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {}
+    for _ in range(n):
+        body = requests.post(
+            f"{app_url}/v1/predict/KRW-BTC", json={"candles": rows}, timeout=30
+        ).json()
+        seen.setdefault(body["model_version"], set()).add(body["served_by"])
+    return seen
+
+
+def wait_for_version(app_url: str, rows: list[dict[str, Any]], version: str) -> set[str]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = versions_seen(app_url, rows)
+        if set(seen) == {version}:
+            return seen[version]
+        time.sleep(0.5)
+    raise AssertionError(f"replicas did not all move to {version}: {seen}")
+
+
+def test_promotion_and_rollback_reach_both_replicas(app_url, root, real_candles) -> None:
+    rows = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 2) :])
+    registry = ModelRegistry(str(root / "registry"))
+    registry.promote("KRW-BTC", "v0002")
+    replicas = wait_for_version(app_url, rows, "v0002")
+    assert len(replicas) == 2, f"only {replicas} answered; both replicas must have moved"
+    registry.rollback("KRW-BTC")
+    assert len(wait_for_version(app_url, rows, "v0001")) == 2
+
+
+def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(
+    app_url, root, smoke_bundle, real_candles
+) -> None:
+    rows = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 2) :])
+    registry = ModelRegistry(str(root / "registry"))
+    broken = registry.register("KRW-BTC", smoke_bundle)
+    head = root / "registry" / "KRW-BTC" / broken / "lightgbm.txt"
+    head.write_bytes(b"x" * head.stat().st_size)  # same size: the manifest still vouches for it
+    registry.promote("KRW-BTC", broken)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = requests.get(f"{app_url}/v1/models", timeout=10).json()["models"]["KRW-BTC"]
+        if status["last_error"]:
+            break
+        time.sleep(0.5)
+    assert broken in status["last_error"] and status["version"] == "v0001"
+    assert set(versions_seen(app_url, rows, 6)) == {"v0001"}
+    registry.rollback("KRW-BTC")
