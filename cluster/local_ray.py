@@ -57,6 +57,7 @@ class LocalHead:
 
     gcs_address: str
     dashboard_url: str
+    metrics_url: str  # Ray's Prometheus export of this node (built-in and custom metrics)
     token: str = field(repr=False)
     process: subprocess.Popen = field(repr=False)
     log_path: Path = field(repr=False)
@@ -100,7 +101,7 @@ def start_head(
 ) -> LocalHead:
     """Start a head on 127.0.0.1 with token auth on; return once the dashboard answers with it."""
     token = token or new_token()
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-head-{port}.log"
     env = {**os.environ, **auth_env(token), **(extra_env or {})}
@@ -110,6 +111,7 @@ def start_head(
         _ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
         f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
+        f"--metrics-export-port={metrics_port}",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -118,6 +120,7 @@ def start_head(
     head = LocalHead(
         gcs_address=f"127.0.0.1:{port}",
         dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         token=token,
         process=process,
         log_path=log_path,

@@ -224,3 +224,26 @@ def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(
     assert broken in status["last_error"] and status["version"] == "v0001"
     assert set(versions_seen(app_url, rows, 6)) == {"v0001"}
     registry.rollback("KRW-BTC")
+
+
+def test_metrics_reach_rays_prometheus_export(app_url, ray_head, real_candles) -> None:
+    rows = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 2) :])
+    requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": rows}, timeout=30)
+    wanted = [
+        "ray_hybrid_predictions_total{",
+        "ray_hybrid_serve_requests_total{",
+        "ray_hybrid_serve_latency_ms_bucket{",
+        "ray_hybrid_sizing_source_total{",
+        "ray_hybrid_model_version{",
+    ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = requests.get(ray_head.metrics_url, timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("ray_hybrid_")]
+        if all(any(line.startswith(w) for line in lines) for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if not any(line.startswith(w) for line in lines)]
+    assert not missing, f"not exported: {missing}; got {lines[:10]}"
+    btc = [line for line in lines if line.startswith("ray_hybrid_predictions_total{")]
+    assert any('market="KRW-BTC"' in line for line in btc)
