@@ -86,3 +86,51 @@ def ray_local(ray_head):
     ray.init(address=ray_head.gcs_address, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def llm_standins():
+    """Groq and Ollama stand-ins on 127.0.0.1 for the whole session (the Serve graph uses them)."""
+    from standins.groq_server import GroqStandIn
+    from standins.ollama_server import OllamaStandIn
+    from standins.serve_app import GROQ_KEY
+
+    with GroqStandIn(GROQ_KEY) as groq, OllamaStandIn(models=("llama3.1:8b",)) as ollama:
+        yield groq, ollama
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_local, ray_head, smoke_bundle, ohlcv_dir, llm_standins, tmp_path_factory):
+    """The Serve graph deployed once per session with `serve deploy`: KRW-BTC has v0001 (CURRENT)
+    and v0002, KRW-ETH has no model (it answers 503)."""
+    import yaml
+
+    from cluster.local_ray import free_port
+    from train.registry import ModelRegistry
+
+    from standins.serve_app import (
+        APP_NAME,
+        ServedApp,
+        deploy_config,
+        serve_deploy,
+        sizing_yaml,
+        wait_ready,
+    )  # fmt: skip
+
+    root = tmp_path_factory.mktemp("serve")
+    registry = ModelRegistry(str(root / "registry"))
+    registry.register("KRW-BTC", smoke_bundle)
+    registry.register("KRW-BTC", smoke_bundle)
+    registry.promote("KRW-BTC", "v0001")
+    groq, ollama = llm_standins
+    sizing = sizing_yaml(root / "sizing.yaml", groq.url, ollama.url)
+    port = free_port()
+    config = deploy_config(root / "registry", ohlcv_dir, sizing, port, ["KRW-BTC", "KRW-ETH"])
+    (root / "deploy.yaml").write_text(yaml.safe_dump(config))
+    serve_deploy(root / "deploy.yaml", ray_head.dashboard_url)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, ["KRW-BTC"])
+    yield ServedApp(url, root / "registry")
+    from ray import serve
+
+    serve.delete(APP_NAME)

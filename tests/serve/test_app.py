@@ -3,107 +3,36 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import requests
-import yaml
 
-from cluster.local_ray import free_port
 from features.indicators import SERVING_WINDOW
 from serve.config import ADMIN_TOKEN_ENV
 from train.registry import ModelRegistry
 
-from standins.groq_server import GroqStandIn, Turn
-from standins.ollama_server import OllamaStandIn
+from standins.groq_server import Turn
 
 pytestmark = pytest.mark.slow
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-GROQ_KEY = "gsk_test_serve_graph_key_5Tq9"
 
 
 @pytest.fixture(scope="module")
-def llms() -> Iterator[tuple[GroqStandIn, OllamaStandIn]]:
-    with GroqStandIn(GROQ_KEY) as groq, OllamaStandIn(models=("llama3.1:8b",)) as ollama:
-        yield groq, ollama
-
-
-def deploy_config(registry: Path, data_dir: Path, sizing: Path, port: int) -> dict[str, Any]:
-    """configs/serve_deploy.yaml as shipped, pointed at a test registry, two BTC replicas."""
-    config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve_deploy.yaml").read_text())
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"]["set"] = ";".join(
-        [f"registry={registry}", "poll_s=0.5", "markets=[KRW-BTC, KRW-ETH]",
-         f"source.data_dir={data_dir}", f"sizing_config={sizing}"]
-    )  # fmt: skip
-    app["runtime_env"] = {"env_vars": {"GROQ_API_KEY": GROQ_KEY}}  # the replica's environment
-    keep = {"Ingress", "KRW-BTC", "KRW-ETH", "SizingNode"}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
-    for deployment in app["deployments"]:
-        if deployment["name"] == "KRW-BTC":
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = 2
-    return config
-
-
-def sizing_config(path: Path, groq: GroqStandIn, ollama: OllamaStandIn) -> Path:
-    sizing = yaml.safe_load((PROJECT_ROOT / "configs" / "sizing.yaml").read_text())
-    sizing["deadline_s"] = 2.0
-    sizing["groq"]["base_url"] = groq.url
-    sizing["ollama"]["host"] = ollama.url
-    path.write_text(yaml.safe_dump(sizing))
-    return path
-
-
-def wait_ready(url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            reply = requests.get(f"{url}/healthz", timeout=5)
-            if reply.status_code == 200 and reply.json()["ready"] == ["KRW-BTC"]:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the Serve app did not become ready at {url}")
+def app_url(serve_app) -> str:
+    return serve_app.url
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("serve")
+def root(serve_app) -> Path:
+    return serve_app.registry.parent
 
 
 @pytest.fixture(scope="module")
-def app_url(ray_local, ray_head, smoke_bundle, ohlcv_dir, llms, root: Path) -> Iterator[str]:
-    registry = ModelRegistry(str(root / "registry"))
-    registry.register("KRW-BTC", smoke_bundle)
-    registry.register("KRW-BTC", smoke_bundle)
-    registry.promote("KRW-BTC", "v0001")
-    port = free_port()
-    config = deploy_config(
-        root / "registry", ohlcv_dir, sizing_config(root / "sizing.yaml", *llms), port
-    )
-    (root / "deploy.yaml").write_text(yaml.safe_dump(config))
-    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent))
-    deployed = subprocess.run(
-        [serve_cli, "deploy", str(root / "deploy.yaml"), "--address", ray_head.dashboard_url],
-        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
-    )  # fmt: skip
-    assert deployed.returncode == 0, deployed.stderr[-2000:]
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url
-    from ray import serve
-
-    serve.delete("hybrid")
+def llms(llm_standins):
+    return llm_standins
 
 
 def candle_rows(candles: pd.DataFrame) -> list[dict[str, Any]]:
