@@ -1,0 +1,140 @@
+"""One trading hour without Ray: no_decision paths, both A/B arms, and a crash between sending an
+order and recording its fill, resumed without a second order at the (stand-in) exchange."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.domain import AccountState, Prediction
+from features.sources import ParquetDirSource
+from trading.config import load_trading_config
+from trading.hourly import Account, HourlyTrader, Labels
+from trading.ledger import Ledger
+from trading.paper import PaperBroker
+from trading.risk import RiskGuard
+from trading.serve_client import ServeClient, ServedSignal
+from trading.upbit_broker import UpbitBroker
+
+from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
+
+MARKET = "KRW-BTC"
+
+
+class FixedSignal:
+    """A Predictor adapter that always answers with the same probabilities and LLM ratio."""
+
+    def __init__(self, probabilities=(0.1, 0.2, 0.7), ratio: float = 0.6) -> None:
+        self.probabilities = probabilities
+        self.ratio = ratio
+        self.calls = 0
+
+    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> ServedSignal:
+        self.calls += 1
+        prediction = Prediction(market, candles.index[-1], self.probabilities, "v0001")
+        return ServedSignal(prediction, self.ratio, "llm-agree", "test")
+
+
+def config(ledger: Path):
+    return load_trading_config(overrides=[f"loop.markets=[{MARKET}]", f"ledger.path={ledger}"])
+
+
+def paper_accounts(cfg) -> dict:
+    return {
+        (arm, MARKET): Account(
+            arm, MARKET, PaperBroker(cfg.paper.initial_krw, cfg.paper.slippage_bps),
+            RiskGuard.from_config(cfg.risk),
+        )
+        for arm in ("llm", "fixed")
+    }  # fmt: skip
+
+
+def trader(cfg, ledger, source, predictor, accounts) -> HourlyTrader:
+    return HourlyTrader(cfg, [MARKET], ledger, source, predictor, accounts, Labels(6, 0.005))
+
+
+@pytest.fixture
+def hour(real_candles) -> pd.Timestamp:
+    return real_candles[MARKET].index[-1]
+
+
+def test_both_arms_follow_one_signal_with_their_own_sizes(ohlcv_dir, tmp_path, hour) -> None:
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        run = trader(cfg, ledger, ParquetDirSource(ohlcv_dir), FixedSignal(), paper_accounts(cfg))
+        run.run_hour(hour)
+        fills = {f.identifier.split("|")[0]: f for f in ledger.fills()}
+        by_arm = {arm: ledger.fills(arm=arm) for arm in ("llm", "fixed")}
+        assert len(by_arm["llm"]) == len(by_arm["fixed"]) == 1 and fills
+        llm, fixed = by_arm["llm"][0].funds, by_arm["fixed"][0].funds
+        assert llm / fixed == pytest.approx(0.6 / 0.3, rel=1e-3)
+        ratios = ledger.decisions_frame().set_index("arm")["ratio"]
+        assert ratios["llm"] == 0.6 and ratios["fixed"] == 0.3
+        run.run_hour(hour)  # the same hour again (a restart): nothing new is sent
+        assert len(ledger.fills()) == 2
+
+
+def test_stale_candles_are_a_no_decision(ohlcv_dir, tmp_path, hour) -> None:
+    cfg = config(tmp_path / "l.sqlite")
+    later = hour + pd.Timedelta(hours=3)  # the data ends 3 hours before this hour
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        predictor = FixedSignal()
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), predictor, paper_accounts(cfg)).run_hour(
+            later
+        )
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "no_decision").all() and len(frame) == 2
+        assert frame["reason"].str.contains("stale data").all()
+        assert predictor.calls == 0 and ledger.orders() == []
+
+
+def test_serve_down_is_a_no_decision(ohlcv_dir, tmp_path, hour) -> None:
+    from cluster.local_ray import free_port
+
+    cfg = config(tmp_path / "l.sqlite")
+    down = ServeClient(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), down, paper_accounts(cfg)).run_hour(hour)
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "no_decision").all()
+        assert frame["reason"].str.contains("did not answer").all()
+        assert ledger.orders() == []
+
+
+class Crash(BaseException):
+    """The process dies: nothing in the loop catches a BaseException."""
+
+
+def test_crash_after_sending_resumes_without_a_second_order(
+    ohlcv_dir, real_candles, tmp_path, hour
+) -> None:
+    cfg = config(tmp_path / "l.sqlite")
+    candles = {MARKET: real_candles[MARKET].iloc[-48:]}
+    source = ParquetDirSource(ohlcv_dir)
+    with UpbitPrivateStandIn(candles, balances={"KRW": 1_000_000.0}) as exchange:
+
+        def live_accounts() -> dict:
+            broker = UpbitBroker(ACCESS_KEY, SECRET_KEY, base_url=exchange.url, timeout=5)
+            return {
+                ("live", MARKET): Account("live", MARKET, broker, RiskGuard.from_config(cfg.risk))
+            }
+
+        first = Ledger(tmp_path / "l.sqlite")
+        run = trader(cfg, first, source, FixedSignal(), live_accounts())
+
+        def crash(*args, **kwargs):
+            raise Crash
+
+        first.record_fill = crash  # the order has reached Upbit; the fill never reaches the ledger
+        with pytest.raises(Crash):
+            run.run_hour(hour)
+        first.close()
+        assert exchange.order_count() == 1
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            assert [o.status.value for o in ledger.pending_orders()] == ["pending"]
+            trader(cfg, ledger, source, FixedSignal(), live_accounts()).run_hour(hour)
+            assert exchange.order_count() == 1, "the restart sent the order a second time"
+            (fill,) = ledger.fills(arm="live")
+            assert fill.volume > 0 and not ledger.pending_orders()
