@@ -11,10 +11,11 @@ import asyncio
 import hmac
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,7 @@ from serve.config import ADMIN_TOKEN_ENV
 from serve.metrics import request_metrics
 
 api = FastAPI(title="hybrid-trader", version="1.0")
+STATUS_PAGE = (Path(__file__).with_name("static") / "status.html").read_text()
 SIGNALS = ("SELL", "HOLD", "BUY")
 FLAT_ACCOUNT = {"cash": 1_000_000.0, "position": 0.0, "entry_price": 0.0,
                 "equity": 1_000_000.0, "drawdown": 0.0}  # fmt: skip
@@ -146,6 +148,12 @@ class Ingress:
         ready = sorted(s["market"] for s in statuses if s["version"])
         missing = sorted(s["market"] for s in statuses if not s["version"])
         return {"status": "ok", "ready": ready, "without_model": missing}
+
+    @api.get("/status", response_class=HTMLResponse)
+    async def status_page(self) -> HTMLResponse:
+        """The status page: static HTML; its account data comes from the token-protected
+        /trading/v1/status of the trading app, fetched by the page itself."""
+        return HTMLResponse(STATUS_PAGE)
 
     @api.post("/v1/admin/reload/{market}")
     async def reload(self, market: str, authorization: str | None = Header(None)) -> dict[str, Any]:

@@ -100,12 +100,21 @@ def llm_standins():
 
 
 @pytest.fixture(scope="session")
-def serve_app(ray_local, ray_head, smoke_bundle, ohlcv_dir, llm_standins, tmp_path_factory):
+def serve_port() -> int:
+    """Serve's HTTP port for the session: it is fixed when Serve first starts on the head."""
+    from cluster.local_ray import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_app(
+    ray_local, ray_head, smoke_bundle, ohlcv_dir, llm_standins, serve_port, tmp_path_factory
+):
     """The Serve graph deployed once per session with `serve deploy`: KRW-BTC has v0001 (CURRENT)
     and v0002, KRW-ETH has no model (it answers 503)."""
     import yaml
 
-    from cluster.local_ray import free_port
     from train.registry import ModelRegistry
 
     from standins.serve_app import (
@@ -124,7 +133,7 @@ def serve_app(ray_local, ray_head, smoke_bundle, ohlcv_dir, llm_standins, tmp_pa
     registry.promote("KRW-BTC", "v0001")
     groq, ollama = llm_standins
     sizing = sizing_yaml(root / "sizing.yaml", groq.url, ollama.url)
-    port = free_port()
+    port = serve_port
     config = deploy_config(root / "registry", ohlcv_dir, sizing, port, ["KRW-BTC", "KRW-ETH"])
     (root / "deploy.yaml").write_text(yaml.safe_dump(config))
     serve_deploy(root / "deploy.yaml", ray_head.dashboard_url)

@@ -53,8 +53,13 @@ def summary(
     """Equity, return, drawdown, exposure per arm; realised accuracy per market; recent rows."""
     decisions = ledger.decisions_frame()
     recent = decisions.tail(12).astype(str).to_dict(orient="records") if len(decisions) else []
+    curves = {
+        arm: [[str(t), float(e)] for t, e in ledger.equity_curve(arm)["equity"].tail(500).items()]
+        for arm in arms
+    }
     return {
         "arms": {arm: arm_summary(ledger, arm, initial * len(markets)) for arm in arms},
+        "equity_curves": curves,
         "accuracy": {m: market_accuracy(ledger, m, arms[0], window) for m in markets},
         "recent_decisions": recent,
         "risk": {e.arm: e.state for e in ledger.risk_events()},

@@ -33,6 +33,7 @@ def deploy_config(
     config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve_deploy.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
+    config["applications"] = [app]  # the prediction graph only: no trading loop here
     app["args"]["set"] = ";".join(
         [f"registry={registry}", "poll_s=0.5", f"markets=[{', '.join(markets)}]",
          f"source.data_dir={data_dir}", f"sizing_config={sizing}"]

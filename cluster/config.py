@@ -1,0 +1,52 @@
+"""`configs/cluster.yaml`: the local single-node mode's ports and paths, and the retraining plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from features.config import CONFIG_DIR, Strict, load_config
+
+
+class RayConfig(Strict):
+    num_cpus: int | None = Field(None, ge=1)
+    port: int = Field(6379, ge=1024, le=65535)
+    dashboard_port: int = Field(8265, ge=1024, le=65535)
+
+
+class ServePorts(Strict):
+    port: int = Field(8000, ge=1024, le=65535)
+    deploy_config: str = "configs/serve_deploy.yaml"
+
+
+class Paths(Strict):
+    registry: str = "registry"
+    ledger: str = "runs/ledger.sqlite"
+    cache: str = "cache/candles"
+    state: str = "runs/cluster.json"
+
+
+class TrainPlan(Strict):
+    profile: str = "quick"
+
+
+class RetrainPlan(Strict):
+    enabled: bool = True
+    every_hours: float = Field(168.0, gt=0)
+    profile: str = "quick"
+    tune: bool = False
+
+
+class ClusterConfig(Strict):
+    ray: RayConfig = RayConfig()
+    serve: ServePorts = ServePorts()
+    paths: Paths = Paths()
+    train: TrainPlan = TrainPlan()
+    retrain: RetrainPlan = RetrainPlan()
+
+
+def load_cluster_config(
+    path: Path | str = CONFIG_DIR / "cluster.yaml", overrides: list[str] | None = None
+) -> ClusterConfig:
+    return load_config(ClusterConfig, path, overrides)

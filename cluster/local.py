@@ -1,0 +1,190 @@
+"""The local single-node mode: `up` brings the whole system up on this machine, `status` says how
+it is, `down` stops it with the ledger intact.
+
+`up` starts (or joins) a Ray head with the dashboard and token auth, trains the markets that have
+no model yet, deploys the Serve graph and the trading keeper with `serve deploy` (the same config a
+cluster uses), and starts the retraining schedule. Every step finds what is already running, so a
+second `up` starts nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from serve.config import resolve_path
+
+ADMIN_TOKEN_ENV = "HYBRID_ADMIN_TOKEN"
+APPS = ("hybrid", "trading")
+
+
+class UpError(RuntimeError):
+    """`up` cannot go on; the message says why and what to do instead."""
+
+
+@dataclass
+class State:
+    """What `up` started or joined, kept in runs/cluster.json for `status` and `down`."""
+
+    gcs_address: str
+    dashboard_url: str
+    serve_url: str
+    started_head: bool
+    markets: list[str]
+    registry: str
+    ledger: str
+    data_dir: str
+    mode: str
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        if not path.is_file():
+            raise UpError(f"nothing is up: {path} does not exist (run `python -m cluster up`)")
+        return cls(**json.loads(path.read_text()))
+
+
+def _secret_file(path: Path) -> str:
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value
+
+
+def prepare_secrets(runs: Path) -> dict[str, str]:
+    """Token auth for Ray and the admin token for HTTP, set in this process before Ray loads.
+
+    Values come from the environment when set; otherwise Ray's token file (~/.ray/auth_token)
+    and runs/admin_token (mode 0600) are created. Their values are never printed.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_TOKEN"] = _secret_file(Path.home() / ".ray" / "auth_token")
+    if not os.environ.get(ADMIN_TOKEN_ENV):
+        os.environ[ADMIN_TOKEN_ENV] = _secret_file(runs / "admin_token")
+    return {"ray_token": "~/.ray/auth_token or $RAY_AUTH_TOKEN",
+            "admin_token": f"{runs / 'admin_token'} or ${ADMIN_TOKEN_ENV}"}  # fmt: skip
+
+
+def candles_dir(data_dir: str | None, cache: str, markets: list[str], hours: int) -> str:
+    """The Parquet folder to train and trade from: `--data-dir`, or Upbit through the cache."""
+    if data_dir:
+        folder = resolve_path(data_dir)
+        missing = [m for m in markets if not Path(folder, f"{m}_minute60.parquet").is_file()]
+        if "://" not in folder and missing:
+            raise UpError(f"--data-dir {folder} has no candles for {', '.join(missing)}")
+        return folder
+    from features.sources import CachedSource, UpbitSource
+
+    upbit = UpbitSource(timeout=5.0)
+    try:
+        upbit.markets()
+    except Exception as exc:  # noqa: BLE001 - any failure means: offline
+        raise UpError(
+            f"Upbit cannot be reached ({exc}). Offline, run from stored candles instead: "
+            "python -m cluster up --data-dir ../shared/data/ohlcv"
+        ) from exc
+    cached = CachedSource(upbit, resolve_path(cache))
+    start = time.time() - hours * 3600
+    for market in markets:
+        cached.history(market, start=_kst(start))
+    return resolve_path(cache)
+
+
+def _kst(epoch: float):
+    import pandas as pd
+
+    return pd.Timestamp(epoch, unit="s") + pd.Timedelta(hours=9)
+
+
+def _dashboard_up(url: str) -> bool:
+    headers = {"Authorization": f"Bearer {os.environ.get('RAY_AUTH_TOKEN', '')}"}
+    try:
+        return requests.get(f"{url}/api/version", headers=headers, timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def start_head(num_cpus: int | None, port: int, dashboard_port: int) -> tuple[str, str]:
+    """`ray start --head` (it stays up after this command); returns (gcs, dashboard URL)."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    command = [ray_cli, "start", "--head", "--disable-usage-stats", f"--port={port}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]  # fmt: skip
+    if num_cpus:
+        command.append(f"--num-cpus={num_cpus}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    if done.returncode != 0:
+        raise UpError(f"ray start failed:\n{done.stderr[-1500:]}")
+    return f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
+
+
+def deploy_config(
+    template: Path, state: State, port: int, loop_args: dict[str, Any]
+) -> dict[str, Any]:
+    """configs/serve_deploy.yaml with this machine's registry, candles, markets and ports."""
+    config = yaml.safe_load(template.read_text())
+    config["http_options"]["port"] = port
+    apps = {app["name"]: app for app in config["applications"]}
+    hybrid = apps["hybrid"]
+    hybrid["args"]["set"] = ";".join(
+        [f"registry={state.registry}", f"markets=[{', '.join(state.markets)}]",
+         "source.kind=parquet", f"source.data_dir={state.data_dir}"]
+    )  # fmt: skip
+    known = {d["name"] for d in hybrid["deployments"]}
+    hybrid["deployments"] = [
+        d for d in hybrid["deployments"] if d["name"] in {"Ingress", "SizingNode", *state.markets}
+    ]
+    for market in state.markets:  # a new market needs no edit of the deploy config
+        if market not in known:
+            hybrid["deployments"].append(
+                {"name": market, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
+            )
+    apps["trading"]["args"] = loop_args
+    return config
+
+
+def serve_deploy(config: dict[str, Any], path: Path, dashboard_url: str) -> None:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    done = subprocess.run(
+        [serve_cli, "deploy", str(path), "--address", dashboard_url],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=180,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise UpError(f"serve deploy failed:\n{done.stderr[-1500:]}")
+
+
+def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(url, timeout=5)
+            last = reply.text[:300]
+            if reply.status_code == 200 and check(reply.json()):
+                return reply.json()
+        except (requests.RequestException, ValueError) as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
+
+
+def project_path(path: str) -> str:
+    return resolve_path(path) if "://" not in path else path

@@ -1,0 +1,89 @@
+"""`trading.keeper:app`: a tiny Serve application that keeps the one TradingLoop alive and answers
+for it over HTTP (under /trading), so a RayService (or `cluster up`) starts the loop the same way.
+
+The keeper never trades: it creates the named detached loop once (a second keeper, or a second
+`up`, finds the running one), pins it to the head node where the SQLite ledger lives, and serves
+the loop's status and the kill switch behind the admin bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Header, HTTPException
+from pydantic import BaseModel, Field
+from ray import serve
+
+from trading.loop import LoopSettings, get_loop, start_loop
+
+ADMIN_TOKEN_ENV = "HYBRID_ADMIN_TOKEN"
+api = FastAPI(title="hybrid-trader trading", version="1.0")
+
+
+class Switch(BaseModel):
+    enabled: bool
+    by: str = Field(min_length=1)
+    reason: str = "switched off by a person"
+
+
+def check_admin(authorization: str | None) -> None:
+    expected = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not expected:
+        raise HTTPException(503, f"account endpoints are off: {ADMIN_TOKEN_ENV} is not set")
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong bearer token")
+
+
+@serve.deployment
+@serve.ingress(api)
+class LoopKeeper:
+    def __init__(self, settings: dict[str, Any], check_s: float = 30.0) -> None:
+        self.settings = LoopSettings.model_validate(settings)
+        self.loop = start_loop(self.settings)
+        self.stop = threading.Event()
+        self.check_s = check_s
+        threading.Thread(target=self._watch, daemon=True, name="loop-keeper").start()
+
+    def _watch(self) -> None:
+        """A loop that died for good (not a restart) is started again, once per check."""
+        while not self.stop.wait(self.check_s):
+            try:
+                get_loop()
+            except ValueError:
+                self.loop = start_loop(self.settings)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        status = await self.loop.status.remote()
+        return {"status": "ok", "running": status["running"], "alarm": status["alarm"]}
+
+    @api.get("/v1/status")
+    async def status(self, authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_admin(authorization)
+        return await self.loop.status.remote()
+
+    @api.post("/v1/trading")
+    async def switch(self, body: Switch, authorization: str | None = Header(None)) -> dict:
+        check_admin(authorization)
+        return await self.loop.set_trading.remote(body.enabled, body.by, body.reason)
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: `args` are the LoopSettings fields (mode, data_dir, ...)."""
+    return LoopKeeper.bind(dict(args))
+
+
+def stop_loop(timeout_s: float = 180.0) -> dict[str, Any] | None:
+    """Stop the loop cleanly (the hour in progress finishes; the ledger stays), then remove it."""
+    try:
+        loop = get_loop()
+    except ValueError:
+        return None
+    status = ray.get(loop.stop.remote(), timeout=timeout_s)
+    ray.kill(loop, no_restart=True)
+    return status
