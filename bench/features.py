@@ -9,13 +9,21 @@ end to end (validation + repair + core + DataFrame) is printed beside it. Servin
 SERVING_WINDOW-hour window through `serving_features` (median over many runs), against TA-Lib over
 the same window. Every figure is measured in this run; nothing is compared with numbers from
 another machine. Not a test: it needs TA-Lib, which the features package itself never imports.
+
+The features' loops are numba-compiled (features/recursions.py). Their one-off cost is printed on
+its own, measured in fresh processes with a cache directory of their own: the first call with an
+empty cache (compiling, as the first process after an install does) and with the cache on disk
+(as every later process does). The timed runs exclude it: each side runs once before timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +48,8 @@ from features.indicators import (  # noqa: E402
 from features.serving import _hourly_tail, serving_features  # noqa: E402
 
 MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ohlcv"
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
 Arrays = tuple[np.ndarray, ...]
 
 
@@ -144,6 +153,41 @@ def segment_arrays(candles: dict[str, pd.DataFrame]) -> list[Arrays]:
     return [tuple(p[c].to_numpy(dtype=np.float64) for c in CANDLE_COLUMNS) for p in parts]
 
 
+FIRST_CALL = """
+import time
+import numpy as np
+from features.indicators import SERVING_WINDOW, feature_matrix
+close = 1e6 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, SERVING_WINDOW)))
+candles = (close, close * 1.01, close * 0.99, close, np.ones(len(close)), close)
+times = []
+for _ in range(2):
+    start = time.perf_counter()
+    feature_matrix(*candles)
+    times.append(time.perf_counter() - start)
+print(times[0] - times[1])
+"""
+
+
+def first_call_seconds() -> tuple[float, float]:
+    """Seconds the first feature_matrix call of a fresh process costs beyond the second call:
+    with an empty numba cache (compiling), then with the cache the first process left."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = os.environ | {"NUMBA_CACHE_DIR": cache}
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", FIRST_CALL],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for _ in range(2)
+        ]
+    cold, warm = (float(run.stdout) for run in runs)
+    return cold, warm
+
+
 def report(name: str, times: tuple[float, float]) -> None:
     ours, base = times
     print(f"{name:<40} {ours:8.3f} ms   TA-Lib {base:8.3f} ms   ratio {ours / base:5.2f}")
@@ -160,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     hours = sum(len(a[0]) for a in arrays)
     sizes = ", ".join(f"{m} {len(f):,}" for m, f in candles.items())
     print(f"data: {sizes} candles ({hours:,} repaired hours); SERVING_WINDOW={SERVING_WINDOW}")
+    cold, warm = first_call_seconds()
+    print(
+        f"first call in a fresh process: {cold:.2f} s compiling (empty numba cache), "
+        f"{warm:.2f} s with the cache on disk; not in the timings below (one untimed run each)"
+    )
     print(f"medians of {args.repeat} (batch) and {args.serving_runs} (serving) alternating runs")
     report(
         "batch maths, 4 markets (feature_matrix)",

@@ -20,6 +20,10 @@ zero-volume candles that gap repair inserts:
 - bb_position = (close - lower) / (upper - lower), 0.5 when the 20 closes are all equal.
 - volatility_N = sample std (ddof=1, as pandas' rolling std) of `returns` over N hours.
 
+The two kinds of loop numpy runs badly, the seeded averages (a recursion) and the sliding window
+sums (a tree of whole-length temporaries), are numba-compiled in features/recursions.py; their
+results are bit-identical to the numpy and scipy code they replaced.
+
 Importing this module never imports torch, ray, lightgbm or talib: serving replicas stay small.
 """
 
@@ -31,9 +35,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
 from features.candles import CANDLE_COLUMNS, HOUR, CandleError, repair_segments, validate_candles
+from features.recursions import Average, seeded_averages, window_moments, window_sums
 
 SEQUENCE_LENGTH = 24
 MA_WINDOWS: tuple[int, ...] = (5, 10, 20, 50, 100)
@@ -129,73 +133,6 @@ class _Sheet:
             self[name][:start] = np.nan
 
 
-def _spans(x: np.ndarray, longest: int) -> dict[int, np.ndarray]:
-    """Sums over power-of-two spans: spans[k][j] = x[j] + ... + x[j + k - 1], k <= longest."""
-    spans = {1: x}
-    k = 1
-    while 2 * k <= min(longest, len(x)):
-        spans[2 * k] = spans[k][k:] + spans[k][:-k]
-        k *= 2
-    return spans
-
-
-def _window_sum(spans: dict[int, np.ndarray], n: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Sum of each n consecutive values, aligned to the window's last row (len(x) - n + 1 values).
-
-    Each window sum is one fixed tree of additions over exactly its own values (the binary digits
-    of n over `_spans`): no running total, so the value at t is bit-identical in batch and
-    serving, rounding scales with the window, and a window of zero volumes sums to exactly 0.
-    """
-    size = max(len(spans[1]) - n + 1, 0)
-    total = np.empty(size) if out is None else out
-    if size == 0:
-        return total
-    parts = sorted((k for k in spans if n & k), reverse=True)
-    offsets = np.cumsum([0, *parts])
-    total[:] = spans[parts[0]][:size]
-    for k, offset in zip(parts[1:], offsets[1:-1], strict=True):
-        total += spans[k][offset : offset + size]
-    return total
-
-
-def _window_moments(x: np.ndarray, n: int, ddof: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of each n consecutive values (aligned like _window_sum).
-
-    sum(x^2) - sum(x)^2/n cancels only within one window: about 1e-10 relative on real hourly
-    prices. A window of equal prices would still leave noise of ~1e-8 of the price and send
-    bb_position anywhere, so near-zero candidates are checked and flat windows set to exactly 0.
-    """
-    mean = _window_sum(_spans(x, n), n)
-    var = _window_sum(_spans(x * x, n), n)
-    mean /= n
-    square = mean * mean
-    var -= square * n
-    np.maximum(var, 0.0, out=var)
-    var /= n - ddof
-    (near,) = np.nonzero(var <= square * _FLAT_STD**2)
-    if len(near):
-        windows = sliding_window_view(x, n)[near]
-        var[near[(windows == windows[:, :1]).all(axis=1)]] = 0.0
-    return mean, var
-
-
-def _smooth(column: np.ndarray, x: np.ndarray, alpha: float, seed_end: int, seed_len: int) -> None:
-    """TA-Lib's seeded average of x into `column` (same length), NaN before `seed_end`.
-
-    y[seed_end] is the mean of the seed_len inputs ending there, then y = alpha*x + (1-alpha)*y[-1]:
-    an EMA for alpha 2/(N+1), Wilder's smoothing for alpha 1/N.
-    """
-    column[: min(seed_end, len(column))] = np.nan
-    if seed_end >= len(column):
-        return
-    seed = x[seed_end - seed_len + 1 : seed_end + 1].mean()
-    column[seed_end] = seed
-    from scipy.signal import lfilter  # here: importing scipy.signal takes ~1.5 s, names need none
-
-    zi = [(1.0 - alpha) * seed]
-    column[seed_end + 1 :] = lfilter([alpha], [1.0, alpha - 1.0], x[seed_end + 1 :], zi=zi)[0]
-
-
 def _change_columns(s: _Sheet, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> None:
     returns, logs = s["returns"][1:], s["log_returns"][1:]
     np.divide(c[1:], c[:-1], out=returns)
@@ -214,10 +151,11 @@ def _volume_columns(s: _Sheet, v: np.ndarray) -> None:
     np.divide(change, total, out=change, where=total != 0)  # total == 0 leaves 0 - 0 = 0
     n = FEATURE_PARAMS["volume_ma"]
     ratio = s["volume_ma_ratio"][n - 1 :]
-    mean = _window_sum(_spans(v, n), n)
-    mean /= n
-    ratio[:] = 1.0
-    np.divide(v[n - 1 :], mean, out=ratio, where=mean != 0)
+    window_sums(v, (n,), (ratio,))
+    ratio /= n  # the mean, divided into the volume in place
+    quiet = ratio == 0
+    np.divide(v[n - 1 :], ratio, out=ratio, where=~quiet)
+    ratio[quiet] = 1.0
     s.unknown_before(("volume_change",), 1)
     s.unknown_before(("volume_ma_ratio",), n - 1)
 
@@ -228,17 +166,22 @@ def _wilder_columns(s: _Sheet, h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> 
     atr_period = FEATURE_PARAMS["atr"]["period"]
     change = c[1:] - c[:-1]
     gain, loss = np.maximum(change, 0.0), np.maximum(-change, 0.0, out=change)
-    average_gain, average_loss = s["rsi"][1:], np.empty(len(gain))
-    _smooth(average_gain, gain, 1.0 / period, period - 1, period)
-    _smooth(average_loss, loss, 1.0 / period, period - 1, period)
+    true_range = np.subtract(h[1:], lo[1:])
+    buffer = np.empty(len(true_range))
+    np.fmax(true_range, np.abs(np.subtract(h[1:], c[:-1], out=buffer), out=buffer), out=true_range)
+    np.fmax(true_range, np.abs(np.subtract(lo[1:], c[:-1], out=buffer), out=buffer), out=true_range)
+    average_gain, average_loss = s["rsi"][1:], buffer
+    seeded_averages(
+        (
+            Average(average_gain, gain, 1.0 / period, period - 1, period),
+            Average(average_loss, loss, 1.0 / period, period - 1, period),
+            Average(s["atr"][1:], true_range, 1.0 / atr_period, atr_period - 1, atr_period),
+        )
+    )
     average_loss += average_gain
     average_gain *= 100.0
     np.divide(average_gain, average_loss, out=average_gain, where=average_loss != 0)
     average_gain[average_loss == 0] = 50.0
-    true_range = np.subtract(h[1:], lo[1:], out=gain)
-    np.fmax(true_range, np.abs(np.subtract(h[1:], c[:-1], out=loss), out=loss), out=true_range)
-    np.fmax(true_range, np.abs(np.subtract(lo[1:], c[:-1], out=loss), out=loss), out=true_range)
-    _smooth(s["atr"][1:], true_range, 1.0 / atr_period, atr_period - 1, atr_period)
     np.divide(s["atr"], c, out=s["atr_ratio"])
     s.unknown_before(("rsi",), period)
     s.unknown_before(("atr", "atr_ratio"), atr_period)
@@ -249,25 +192,30 @@ def _macd_columns(s: _Sheet, c: np.ndarray) -> None:
     closes ending there); all three outputs start on the signal's first hour."""
     fast, slow, signal = (FEATURE_PARAMS["macd"][k] for k in ("fast", "slow", "signal"))
     line, slow_ema = s["macd"], np.empty(len(c))
-    _smooth(line, c, 2.0 / (fast + 1), slow - 1, fast)
-    _smooth(slow_ema, c, 2.0 / (slow + 1), slow - 1, slow)
+    seeded_averages(
+        (
+            Average(line, c, 2.0 / (fast + 1), slow - 1, fast),
+            Average(slow_ema, c, 2.0 / (slow + 1), slow - 1, slow),
+        )
+    )
     line -= slow_ema
     s["macd_signal"][: slow - 1] = np.nan
-    _smooth(s["macd_signal"][slow - 1 :], line[slow - 1 :], 2.0 / (signal + 1), signal - 1, signal)
+    alpha = 2.0 / (signal + 1)
+    signal_line = s["macd_signal"][slow - 1 :]
+    seeded_averages((Average(signal_line, line[slow - 1 :], alpha, signal - 1, signal),))
     np.subtract(line, s["macd_signal"], out=s["macd_hist"])
     s.unknown_before(("macd", "macd_hist"), slow + signal - 2)
 
 
 def _average_columns(s: _Sheet, c: np.ndarray) -> None:
     """SMA, EMA and close/SMA per window."""
-    spans = _spans(c, max(MA_WINDOWS))
+    window_sums(c, MA_WINDOWS, [s[f"sma_{n}"][n - 1 :] for n in MA_WINDOWS])
     for n in MA_WINDOWS:
         sma = s[f"sma_{n}"]
         sma[: n - 1] = np.nan
-        _window_sum(spans, n, out=sma[n - 1 :])
         sma[n - 1 :] /= n
-        _smooth(s[f"ema_{n}"], c, 2.0 / (n + 1), n - 1, n)
         np.divide(c, sma, out=s[f"price_to_sma_{n}"])
+    seeded_averages([Average(s[f"ema_{n}"], c, 2.0 / (n + 1), n - 1, n) for n in MA_WINDOWS])
 
 
 def _bollinger_columns(s: _Sheet, c: np.ndarray) -> None:
@@ -278,8 +226,8 @@ def _bollinger_columns(s: _Sheet, c: np.ndarray) -> None:
         s[name][n - 1 :]
         for name in ("bb_middle", "bb_upper", "bb_lower", "bb_width", "bb_position")
     )
-    mean, var = _window_moments(c, n, params["std_ddof"])
-    middle[:] = mean
+    var = np.empty(len(middle))
+    window_moments(c, n, params["std_ddof"], _FLAT_STD, middle, var)
     std = np.sqrt(var, out=var)
     np.add(middle, np.multiply(params["nbdev_up"], std, out=upper), out=upper)
     np.subtract(middle, np.multiply(params["nbdev_down"], std, out=lower), out=lower)
@@ -295,10 +243,12 @@ def _trend_columns(s: _Sheet, c: np.ndarray) -> None:
     """Volatility of hourly returns, and momentum/ROC over 5, 10, 20 hours."""
     ddof = FEATURE_PARAMS["volatility"]["ddof"]
     returns = s["returns"][1:]  # returns[0] is unknown
+    means = np.empty(len(returns))  # not a feature: the volatility kernel's by-product
     for n in VOLATILITY_WINDOWS:
         column = s[f"volatility_{n}"]
         column[:n] = np.nan
-        np.sqrt(_window_moments(returns, n, ddof)[1], out=column[n:])
+        window_moments(returns, n, ddof, _FLAT_STD, means[: max(len(column) - n, 0)], column[n:])
+        np.sqrt(column[n:], out=column[n:])
     for n in MOMENTUM_WINDOWS:
         momentum, roc = s[f"momentum_{n}"], s[f"roc_{n}"]
         s.unknown_before((f"momentum_{n}", f"roc_{n}"), n)
@@ -326,7 +276,8 @@ def feature_matrix(
     The result is Fortran-ordered (one contiguous column per feature).
     """
     arrays = (open, high, low, close, volume, value)
-    o, h, lo, c, v, _ = inputs = [np.asarray(a, dtype=np.float64) for a in arrays]
+    # contiguous: the compiled kernels have one cached version, for contiguous float64 arrays
+    o, h, lo, c, v, _ = inputs = [np.asarray(a, np.float64, order="C") for a in arrays]
     if len({a.shape for a in inputs}) != 1 or c.ndim != 1:
         raise ValueError(f"six 1-D arrays of one length expected, got {[a.shape for a in inputs]}")
     sheet = _Sheet(len(c))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,7 @@ from features.indicators import (
     feature_hash,
     feature_matrix,
 )
+from features.recursions import Average, seeded_averages, window_moments, window_sums
 
 PROJECT = Path(__file__).resolve().parents[2]
 OHLCV = PROJECT.parent / "shared" / "data" / "ohlcv"
@@ -318,4 +321,120 @@ assert not {"talib", "torch", "ray", "lightgbm"} & loaded, sorted(loaded)
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# The compiled kernels (features/recursions.py) against their definitions as plain Python loops.
+# Python floats are IEEE doubles doing the same operations in the same order, so "equal" is exact.
+
+
+def _reference_average(x: list[float], alpha: float, seed_end: int, seed_len: int) -> np.ndarray:
+    """NaN before seed_end, numpy's mean of the seed_len inputs ending there, then the recursion."""
+    out = [math.nan] * len(x)
+    if seed_end < len(x):
+        y = float(np.mean(x[seed_end - seed_len + 1 : seed_end + 1]))
+        out[seed_end] = y
+        for t in range(seed_end + 1, len(x)):
+            y = alpha * x[t] + (1.0 - alpha) * y
+            out[t] = y
+    return np.array(out)
+
+
+def test_seeded_averages_equal_the_plain_python_recursion() -> None:
+    """Seven averages in one call (two groups of lanes, one padded), with the seeding rules in use:
+    EMA seeded at its own N, Wilder's 1/N, MACD's fast EMA seeded late, a seed on the last row, a
+    one-value seed on the first, and one whose seed lies beyond the end (all NaN)."""
+    x = (1e6 * np.exp(np.cumsum(np.random.default_rng(3).normal(0, 0.02, 60)))).tolist()
+    specs = [(2 / 6, 4, 5), (1 / 14, 13, 14), (2 / 13, 25, 12), (2 / 27, 25, 26)]
+    specs += [(2 / 101, 99, 100), (0.5, 59, 3), (0.25, 0, 1)]
+    outs = [np.full(len(x), 7.0) for _ in specs]
+    seeded_averages([Average(o, np.array(x), *spec) for o, spec in zip(outs, specs, strict=True)])
+    for out, spec in zip(outs, specs, strict=True):
+        np.testing.assert_array_equal(out, _reference_average(x, *spec), err_msg=str(spec))
+
+
+def test_seeded_averages_refuse_mismatched_or_overlapping_arrays() -> None:
+    x = np.arange(1.0, 41.0)
+    with pytest.raises(ValueError, match="one length"):
+        seeded_averages([Average(np.empty(39), x, 0.5, 4, 5)])
+    with pytest.raises(ValueError, match="overlap"):
+        seeded_averages([Average(x, x, 0.5, 4, 5)])
+
+
+def _reference_window_sums(x: list[float], n: int) -> list[float]:
+    """Sums over spans of 1, 2, 4, ... values (span 2k = later span k + earlier span k), then each
+    window as the spans of n's binary digits, largest first, added left to right."""
+    spans, k = {1: x}, 1
+    while 2 * k <= n:
+        spans[2 * k] = [spans[k][j + k] + spans[k][j] for j in range(len(spans[k]) - k)]
+        k *= 2
+    sums = []
+    for j in range(len(x) - n + 1):
+        parts, offset = [], 0
+        for k in sorted((k for k in spans if n & k), reverse=True):
+            parts.append(spans[k][j + offset])
+            offset += k
+        total = parts[0]
+        for part in parts[1:]:
+            total += part
+        sums.append(total)
+    return sums
+
+
+def _price_walk(hours: int, seed: int) -> np.ndarray:
+    return 1e6 * np.exp(np.cumsum(np.random.default_rng(seed).normal(0, 0.01, hours)))
+
+
+def test_window_sums_equal_the_plain_python_span_tree() -> None:
+    """Across the kernel's 1,024-row blocks, for windows with one to four binary digits."""
+    x = _price_walk(2600, 4)
+    x[1000:1040] = 0.0  # a zero-volume stretch: its windows sum to exactly 0
+    windows = (1, 2, 3, 5, 7, 20, 64, 100)
+    outs = [np.empty(len(x) - n + 1) for n in windows]
+    window_sums(x, windows, outs)
+    for n, out in zip(windows, outs, strict=True):
+        np.testing.assert_array_equal(out, _reference_window_sums(x.tolist(), n), err_msg=str(n))
+        assert math.isclose(out[1234], math.fsum(x[1234 : 1234 + n]), rel_tol=1e-14)
+    assert (outs[windows.index(20)][1000:1021] == 0.0).all()
+    window_sums(x[:3], (5,), (np.empty(0),))  # shorter than the window: nothing to sum
+    with pytest.raises(ValueError, match="needs 2591 outputs"):
+        window_sums(x, (10,), (np.empty(2600),))
+
+
+def test_window_moments_equal_the_plain_python_definition() -> None:
+    """Mean and variance from the span-tree sums of x and x*x, negatives clipped, and exactly 0
+    for a window of equal values (whose cancellation noise would otherwise remain)."""
+    x = _price_walk(1500, 5)
+    x[700:730] = x[699]  # a halt: windows inside it are flat
+    n, ddof = 20, 1
+    mean, var = np.empty(len(x) - n + 1), np.empty(len(x) - n + 1)
+    window_moments(x, n, ddof, 1e-6, mean, var)
+    sums = _reference_window_sums(x.tolist(), n)
+    squares = _reference_window_sums([v * v for v in x.tolist()], n)
+    for j, (total, square_total) in enumerate(zip(sums, squares, strict=True)):
+        m = total / n
+        v = max(square_total - m * m * n, 0.0) / (n - ddof)
+        flat = v <= m * m * 1e-6**2 and len(set(x[j : j + n])) == 1
+        assert (mean[j], var[j]) == (m, 0.0 if flat else v), j
+    assert (var[699:711] == 0.0).all() and (var[711:] > 0).all()
+    np.testing.assert_allclose(var[:650], [np.var(x[j : j + n], ddof=1) for j in range(650)], 1e-6)
+
+
+def test_kernels_still_work_where_numba_can_write_no_cache() -> None:
+    """Where neither the package directory nor the user cache is writable numba refuses to cache
+    (here forced: no cache locator applies) and would fail the import; the kernels compile
+    uncached instead."""
+    code = """
+import numpy as np
+import features.recursions as r
+assert type(r._four_averages._cache).__name__ == "NullCache"
+out = np.empty(30)
+r.seeded_averages([r.Average(out, np.arange(30.0), 0.5, 4, 5)])
+assert np.isnan(out[:4]).all() and out[4] == 2.0 and out[5] == 3.5, out
+print("ok")
+"""
+    env = os.environ | {"NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
