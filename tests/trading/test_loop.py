@@ -1,29 +1,35 @@
-"""The TradingLoop actor end to end: accelerated hours through the real Serve graph, paper arms,
-the ledger, a kill and restart in the middle, and a clean stop."""
+"""The TradingLoop actor end to end: accelerated hours through the real Serve graph (Groq and
+Ollama stand-ins answering), both paper arms, a kill and restart in the middle, a clean stop;
+then the A/B report of that run."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 import ray
 
+from trading.ab_report import ab_report, format_report, write_ab_report
 from trading.ledger import Ledger
 from trading.loop import ClockSettings, LoopSettings, get_loop, start_loop
 
+from standins.groq_server import Turn
+
 pytestmark = pytest.mark.slow
 START = "2025-06-01T00:00:30"  # KST; the newest closed hour at start is 2025-05-31 23:00
+HOURS_BEFORE_KILL, HOURS_AFTER = 3, 4
 
 
-def settings(serve_app, ohlcv_dir: Path, ledger: Path, hours: int) -> LoopSettings:
+def settings(serve_app, ohlcv_dir: Path, ledger: Path) -> LoopSettings:
     return LoopSettings(
         mode="paper",
         serve_url=serve_app.url,
         data_dir=str(ohlcv_dir),
         overrides=["loop.markets=[KRW-BTC]", f"ledger.path={ledger}"],
         clock=ClockSettings(kind="accelerated", start=START, speed=900.0),  # an hour in 4 s
-        max_hours=hours,
+        max_hours=HOURS_AFTER,
     )
 
 
@@ -41,27 +47,57 @@ def wait_hours(loop, hours: int, timeout_s: float = 240) -> dict:
     raise AssertionError(f"the loop did not run {hours} hours in {timeout_s} s")
 
 
-def test_accelerated_paper_loop_survives_a_kill(serve_app, ohlcv_dir, tmp_path) -> None:
-    ledger_path = tmp_path / "ledger.sqlite"
-    loop = start_loop(settings(serve_app, ohlcv_dir, ledger_path, hours=3))
-    assert start_loop(settings(serve_app, ohlcv_dir, ledger_path, hours=3)) == loop  # one loop
-    wait_hours(loop, 2)
+@pytest.fixture(scope="module")
+def paper_run(serve_app, llm_standins, ohlcv_dir, tmp_path_factory) -> dict:
+    groq, ollama = llm_standins
+    groq.default, ollama.default = Turn.ratio(0.6), Turn.ratio(0.65)  # they agree: 0.6
+    ledger = tmp_path_factory.mktemp("loop") / "ledger.sqlite"
+    loop = start_loop(settings(serve_app, ohlcv_dir, ledger))
+    again = start_loop(settings(serve_app, ohlcv_dir, ledger))
+    wait_hours(loop, HOURS_BEFORE_KILL)
     ray.kill(loop, no_restart=False)  # the actor restarts from its constructor
-    status = wait_hours(get_loop(), 3)
-    assert status["errors"] == [] and status["alarm"] is None
+    status = wait_hours(get_loop(), HOURS_AFTER)
     final = ray.get(get_loop().stop.remote(), timeout=180)
     ray.kill(get_loop(), no_restart=True)
-    with Ledger(ledger_path) as ledger:
+    return {"ledger": ledger, "status": status, "final": final, "same": again == loop}
+
+
+def test_one_loop_survives_a_kill_without_repeating_an_order(paper_run) -> None:
+    assert paper_run["same"], "a second start_loop created a second loop"
+    assert paper_run["status"]["errors"] == [] and paper_run["status"]["alarm"] is None
+    with Ledger(paper_run["ledger"]) as ledger:
         decisions = ledger.decisions_frame()
         assert set(decisions["arm"]) == {"llm", "fixed"}
+        assert (decisions["kind"] == "decision").all(), decisions["reason"].tolist()
         hours = sorted(set(decisions["time"]))
-        assert len(hours) >= 4  # 2 before the kill, the re-run of the newest, 1+ after
+        assert len(hours) >= HOURS_BEFORE_KILL + HOURS_AFTER - 1  # one re-run after the restart
         assert not decisions.duplicated(["arm", "market", "time"]).any()
         orders = ledger.orders()
         assert len({(o.arm, o.identifier) for o in orders}) == len(orders)
         assert all(o.status.value in {"filled", "rejected"} for o in orders)
         assert not ledger.pending_orders()
         curve = ledger.equity_curve("llm")
-        assert len(curve) >= 4 and (curve["equity"] > 0).all()
+        assert len(curve) >= len(hours) and (curve["equity"] > 0).all()
         assert ledger.integrity_check() == "ok"
-    assert final["running"] is False and set(final["arms"]) == {"llm", "fixed"}
+    assert paper_run["final"]["running"] is False
+
+
+def test_ab_report_compares_the_arms(paper_run, tmp_path) -> None:
+    with Ledger(paper_run["ledger"]) as ledger:
+        report = ab_report(ledger, ["llm", "fixed"], 1_000_000.0)
+        paths = write_ab_report(ledger, ["llm", "fixed"], 1_000_000.0, tmp_path)
+        bids = {arm: [f for f in ledger.fills(arm=arm) if f.side.value == "bid"]
+                for arm in ("llm", "fixed")}  # fmt: skip
+    llm, fixed = report["llm"], report["fixed"]
+    assert (
+        llm["sizing_sources"] == {"llm-agree": llm["hours"] - 0}
+        or "llm-agree" in llm["sizing_sources"]
+    )
+    assert llm["mean_ratio"] == pytest.approx(0.6) and fixed["mean_ratio"] == pytest.approx(0.3)
+    assert set(fixed["sizing_sources"]) == {"fixed"}
+    if bids["llm"] and bids["fixed"]:  # the first buy of each arm: same hour, same cash
+        assert bids["llm"][0].funds / bids["fixed"][0].funds == pytest.approx(2.0, rel=0.01)
+    table = format_report(report)
+    assert "llm" in table and "fixed" in table and "Sharpe" in table
+    assert json.loads(paths["json"].read_text())["llm"]["hours"] == llm["hours"]
+    assert paths["png"].stat().st_size > 10_000

@@ -1,0 +1,135 @@
+"""How many market-hours per second does `python -m trading backtest` replay, end to end?
+
+    .venv/bin/python bench/backtest.py [--data-dir DIR] [--registry DIR] [--train-hours 5000]
+
+Goal (the trading issue): the four Upbit markets over the full shared history in under a minute.
+
+Models: with `--registry`, each market's CURRENT bundle. Without it, this script first fits smoke
+bundles into a temporary registry with the real CLI (`python -m train fit --local --profile
+smoke`) on only the *first* `--train-hours` candles of each market, so that nearly the whole
+history lies after each bundle's training window and goes through batched bundle inference (the
+costly path); the oos.parquet rows cover the rest. That fit is set-up, not timed.
+
+Timed, in this run: the backtest as the CLI runs it (bundles fetched, candles and features built,
+every unseen hour predicted in batches, then the hour loop for both arms), split into its stages,
+and the floor it is compared with: buy-and-hold walked through the same hours with a PaperBroker
+(one bid, then the account marked every hour), i.e. the cost of visiting the hours at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from features.domain import Order, Side  # noqa: E402
+from features.sources import ParquetDirSource  # noqa: E402
+from serve.sizing import load_sizing_config  # noqa: E402
+from trading.backtest import MarketHours, arm_sources, run_backtest  # noqa: E402
+from trading.backtest_report import format_table, summarize  # noqa: E402
+from trading.config import load_trading_config  # noqa: E402
+from trading.paper import PaperBroker  # noqa: E402
+from train.registry import ModelRegistry  # noqa: E402
+
+MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ohlcv"
+GOAL_S = 60.0
+
+
+def fit_smoke_registry(data_dir: Path, train_hours: int, root: Path) -> Path:
+    """Smoke bundles fitted on each market's first `train_hours` candles, promoted."""
+    head_dir, registry = root / "head", root / "registry"
+    head_dir.mkdir(parents=True)
+    source = ParquetDirSource(data_dir)
+    for market in MARKETS:
+        head = source.history(market).iloc[:train_hours]
+        head.to_parquet(head_dir / f"{market}_minute60.parquet")
+    command = [
+        sys.executable, "-m", "train", "fit", "--local", "--profile", "smoke",
+        "--markets", ",".join(MARKETS), "--data-dir", str(head_dir), "--registry", str(registry),
+    ]  # fmt: skip
+    print("fitting smoke bundles (set-up, not timed): " + " ".join(command[1:]))
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).parents[1])
+    store = ModelRegistry(registry)
+    for market in MARKETS:
+        if store.current(market) is None:
+            store.promote(market, store.versions(market)[-1].version)
+    print(f"  fitted in {time.perf_counter() - started:.0f} s\n")
+    return registry
+
+
+def buy_and_hold_floor(hours: MarketHours, initial: float) -> int:
+    """Walk the replayed hours with one bid and an account mark per hour: the loop's floor."""
+    broker = PaperBroker(initial)
+    wall = hours.times.to_pydatetime()
+    first = hours.start
+    order = Order(hours.market, Side.BID, krw_amount=initial / 1.001, identifier="bh")
+    broker.place(order, float(hours.close[first]))
+    for i in range(first, len(hours.times)):
+        broker.account_state(hours.market, float(hours.close[i]))
+        _ = wall[i]
+    return len(hours.times) - first
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--registry", type=Path, default=None)
+    parser.add_argument("--train-hours", type=int, default=5000)
+    args = parser.parse_args()
+    config = load_trading_config()
+    arms = arm_sources(config, load_sizing_config())
+    with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
+        registry = args.registry or fit_smoke_registry(args.data_dir, args.train_hours, Path(tmp))
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = run_backtest(
+            MARKETS,
+            ParquetDirSource(args.data_dir),
+            ModelRegistry(registry),
+            config,
+            arms,
+            Path(tmp) / "fetched",
+        )
+        total = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    floor_started = time.perf_counter()
+    initial = config.paper.initial_krw
+    floor_hours = sum(buy_and_hold_floor(h, initial) for h in result.hours.values())
+    floor = time.perf_counter() - floor_started
+
+    print(format_table(summarize(result)) + "\n")
+    replayed = result.hours_replayed
+    predicted = sum(len(h.replayed) for h in result.hours.values())
+    t = result.timings
+    print(f"markets: {', '.join(MARKETS)}; arms: {', '.join(arms)}; models: {registry}")
+    print(f"{predicted:,} market-hours x {len(arms)} arms = {replayed:,} replayed hours")
+    print(f"  fetch + candles + features  {t['features_s']:7.2f} s")
+    print(
+        f"  batched inference           {t['inference_s']:7.2f} s  "
+        f"({predicted / t['inference_s']:,.0f} market-hours/s)"
+    )
+    print(
+        f"  hour loop (both arms)       {t['hour_loop_s']:7.2f} s  "
+        f"({replayed / t['hour_loop_s']:,.0f} hours/s)"
+    )
+    print(
+        f"  end to end                  {total:7.2f} s  ({replayed / total:,.0f} hours/s; "
+        f"process CPU {cpu:.1f} s: wall far above it means the cores were shared)"
+    )
+    print(
+        f"baseline, buy-and-hold walk with a PaperBroker: {floor:.2f} s for {floor_hours:,} "
+        f"hours ({floor_hours / floor:,.0f} hours/s)"
+    )
+    verdict = "met" if total < GOAL_S else "MISSED"
+    print(f"goal: four markets, full history, under {GOAL_S:.0f} s: {verdict} ({total:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""One market-hour, from prediction to the Decision that may be sent: the live loop and the
+backtester both call `plan_hour`, so a backtest trades exactly as the loop would.
+
+The order of the rules is fixed here and nowhere else:
+    guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
+    decide(...)            -> the model's signal and the sizing ratio become an order (or none)
+    apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
+    guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
+Everything is pure: same inputs, same (Decision, RiskGuard), so a replay of recorded live hours
+reproduces the live decisions, identifiers included.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from features.domain import AccountState, Decision, Prediction, Signal
+from trading.config import EmergencyConfig, TradingConfig
+from trading.policy import decide
+from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
+from trading.risk import volatility_ratio as spike_ratio
+from trading.upbit_rules import is_dust
+
+SIZING_VOLATILITY_HOURS = 24  # the sizing rule's "recent volatility": std of 24 hourly returns
+
+
+def hour_emergency_score(
+    account: AccountState,
+    price: float,
+    closes: np.ndarray,
+    sell_probability: float,
+    config: EmergencyConfig,
+) -> float:
+    """The emergency score of this hour; 0 when nothing sellable is held.
+
+    A flat or dust position cannot be sold by the emergency rule anyway, so the volatility ratio
+    (the costly part, a std over `baseline_hours` closes) is only computed while holding.
+    """
+    if not config.enabled or is_dust(account.position * price):
+        return 0.0
+    loss = loss_from_entry(account.entry_price, price)
+    spike = spike_ratio(closes, config.recent_hours, config.baseline_hours)
+    return emergency_score(loss, spike, sell_probability, config)
+
+
+def plan_hour(
+    prediction: Prediction,
+    ratio: float,
+    sizing_source: str,
+    account: AccountState,
+    price: float,
+    hour: datetime,
+    closes: np.ndarray,
+    guard: RiskGuard,
+    config: TradingConfig,
+    attempt: int = 0,
+) -> tuple[Decision, RiskGuard]:
+    """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
+
+    `closes` are the market's recent closes ending with `price` (at least
+    `risk.emergency.baseline_hours + 1` of them for a full volatility baseline; fewer only weaken
+    the spike term to "no evidence"). `account.equity` must be the account's equity marked at
+    `price`: it is what the kill switch observes.
+    """
+    guard = guard.observe(hour, account.equity)
+    decision = decide(
+        prediction, ratio, sizing_source, account, price, hour, config.policy, attempt
+    )
+    emergency = config.risk.emergency
+    score = hour_emergency_score(
+        account, price, closes, prediction.probabilities[Signal.SELL], emergency
+    )
+    decision = apply_emergency(decision, account, price, score, emergency, attempt)
+    return guard.gate(decision), guard
+
+
+def sizing_volatility(closes: np.ndarray, hours: int = SIZING_VOLATILITY_HOURS) -> float:
+    """Std of the last `hours` simple hourly returns (0.01 = 1 % an hour), as the sizing rule
+    reads `volatility`; 0.0 with fewer than two returns, so a young market is not refused."""
+    prices = np.asarray(closes, dtype=float)[-(hours + 1) :]
+    if len(prices) < 3:
+        return 0.0
+    return float(np.std(prices[1:] / prices[:-1] - 1.0))
+
+
+def rolling_sizing_volatility(
+    closes: np.ndarray, hours: int = SIZING_VOLATILITY_HOURS
+) -> np.ndarray:
+    """`sizing_volatility` at every position of `closes` at once (the backtester's batch form):
+    entry i equals `sizing_volatility(closes[: i + 1], hours)`, the same numpy std per window."""
+    prices = np.asarray(closes, dtype=float)
+    out = np.zeros(len(prices))
+    head = min(hours, len(prices))
+    for i in range(head):  # partial windows at the start: too few to vectorise usefully
+        out[i] = sizing_volatility(prices[: i + 1], hours)
+    if len(prices) > hours:
+        returns = prices[1:] / prices[:-1] - 1.0
+        out[hours:] = np.std(sliding_window_view(returns, hours), axis=1)
+    return out
