@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= $(abspath ../shared/data/ohlcv)
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run down test lint format bench clean browser
 
 # torch==2.13.0 first: it is the CPU build on this disk; anything else would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The local single-node mode, paper trading, on the stored candles (offline-safe); online, drop
+# --data-dir to trade Upbit's live candles. `make down` stops it with the ledger intact.
 run: setup
-	$(PY) -m features --data-dir $(DATA_DIR)
+	$(PY) -m cluster up --paper --data-dir $(DATA_DIR)
+
+down: setup
+	$(PY) -m cluster down
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -27,11 +32,19 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# The status-page test drives a real headless browser: Debian's chromium (~81 MB), installed once.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } || \
+	  { sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium; }
+
+test: lint browser
 	$(VENV)/bin/pytest
 
 bench: setup
 	$(PY) bench/features.py --data-dir $(DATA_DIR)
+	$(PY) bench/train.py --data-dir $(DATA_DIR)
+	$(PY) bench/serve.py --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

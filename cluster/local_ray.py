@@ -96,7 +96,7 @@ def start_head(
     *,
     token: str | None = None,
     log_dir: Path,
-    timeout_s: float = 90.0,
+    timeout_s: float = 180.0,
     extra_env: dict[str, str] | None = None,
 ) -> LocalHead:
     """Start a head on 127.0.0.1 with token auth on; return once the dashboard answers with it."""
@@ -112,6 +112,9 @@ def start_head(
         f"--port={port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
         f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
         f"--metrics-export-port={metrics_port}",
+        # The job agent's default port (52365) is taken by any other head on this machine, and
+        # then every job submission fails with "No available agent to submit job".
+        f"--dashboard-agent-listen-port={free_port()}",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -17,7 +17,7 @@ from features.upbit_http import UpbitError
 from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
 from serve.model_slot import ModelSlot
-from serve.predict import RequestError, candles_from_rows, predict_candles
+from serve.predict import RequestError, candles_from_rows, predict_candles, warm_up
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
 from serve.sources import build_source
 from train.registry import ModelRegistry
@@ -44,6 +44,7 @@ class HybridPredictor:
     def __init__(self, market: str, config: dict[str, Any]) -> None:
         self.config = ServeConfig.model_validate(config)
         self.market = market
+        warm_up()
         registry = ModelRegistry(self.config.registry_root())
         self.slot = ModelSlot(market, registry, self.config.poll_s).start()
         self.source = None

@@ -40,22 +40,41 @@ class RawPrediction:
 
 
 def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame:
-    """Request rows ({time, open, high, low, close, volume, value}) -> a validated candle frame."""
-    if not rows:
-        raise RequestError(422, "candles is empty")
+    """Request rows ({time, open, high, low, close, volume, value}) -> a validated candle frame.
+
+    Built column by column (half the time of a DataFrame of dicts, on the serving hot path).
+    """
+    if not isinstance(rows, list) or not rows:
+        raise RequestError(422, "candles must be a non-empty list")
     if len(rows) > max_rows:
         raise RequestError(422, f"at most {max_rows} candles per request, got {len(rows)}")
-    frame = pd.DataFrame(rows)
-    missing = [c for c in ("time", *CANDLE_COLUMNS) if c not in frame.columns]
-    if missing:
-        raise RequestError(422, f"candles lack field(s): {', '.join(missing)}")
     try:
-        frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("time")))
-        candles = normalize_candles(frame)
+        n = len(rows)
+        columns = {c: np.fromiter((r[c] for r in rows), "float64", n) for c in CANDLE_COLUMNS}
+        times = pd.DatetimeIndex(pd.to_datetime([r["time"] for r in rows], format="ISO8601"))
+    except KeyError as exc:
+        raise RequestError(422, f"a candle lacks the field {exc.args[0]!r}") from exc
+    except (ValueError, TypeError) as exc:
+        raise RequestError(422, f"malformed candles: {exc}") from exc
+    try:
+        candles = normalize_candles(pd.DataFrame(columns, index=times))
         validate_candles(candles)
-    except (CandleError, ValueError, TypeError) as exc:
+    except (CandleError, ValueError) as exc:
         raise RequestError(422, f"malformed candles: {exc}") from exc
     return candles
+
+
+def warm_up() -> None:
+    """Run the feature kernels once so the first request does not pay their JIT load/compile."""
+    hours = SERVING_WINDOW + 1
+    close = 100.0 * np.exp(np.cumsum(np.full(hours, 1e-3)))
+    index = pd.date_range("2024-01-01", periods=hours, freq="h", name="time")
+    shape = pd.DataFrame(
+        {"open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+         "volume": np.ones(hours), "value": close},
+        index=index,
+    )  # fmt: skip
+    serving_features(shape, SEQUENCE_LENGTH)
 
 
 def volatility(candles: pd.DataFrame, hours: int = VOLATILITY_HOURS) -> float:

@@ -1,4 +1,9 @@
-"""`python -m trading backtest ...`: replay history through the live policy, risk and paper broker.
+"""`python -m trading backtest|status|ab-report|replay|switch`: backtest, watch and check trading.
+
+    python -m trading status --ledger runs/ledger.sqlite        (no Ray needed: reads the ledger)
+    python -m trading ab-report --ledger runs/ledger.sqlite --out runs/ab
+    python -m trading replay --ledger runs/ledger.sqlite --data-dir DIR --registry DIR
+    python -m trading switch --off --by alice --reason "exchange incident"   (the running loop)
 
     python -m trading backtest --markets KRW-BTC,KRW-ETH --data-dir ../shared/data/ohlcv \\
         --registry registry [--version v0003] [--arm fixed|rule|both] [--out runs/backtest] \\
@@ -12,6 +17,7 @@ data, a bad override) is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -21,9 +27,12 @@ from pathlib import Path
 from features.config import CONFIG_DIR, PROJECT_ROOT, ConfigError
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
+from trading.ab_report import ab_report, format_report, write_ab_report
 from trading.backtest import ARMS, arm_sources, run_backtest
 from trading.backtest_report import format_table, summarize, write_report
 from trading.config import load_trading_config
+from trading.ledger import Ledger
+from trading.monitor import summary
 from train.registry import ModelRegistry, RegistryError
 
 SIZING_PREFIX = "sizing."
@@ -48,10 +57,34 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_ledger_commands(sub: argparse._SubParsersAction) -> None:
+    ledger = str(PROJECT_ROOT / "runs" / "ledger.sqlite")
+    status = sub.add_parser("status", help="equity, return, drawdown, accuracy from the ledger")
+    status.add_argument("--ledger", default=ledger)
+    status.add_argument("--json", action="store_true")
+    ab = sub.add_parser("ab-report", help="LLM-sized arm vs fixed-ratio arm, table and plot")
+    ab.add_argument("--ledger", default=ledger)
+    ab.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "ab"))
+    rp = sub.add_parser("replay", help="re-run recorded hours through the backtester; diff")
+    rp.add_argument("--ledger", default=ledger)
+    rp.add_argument("--data-dir", required=True)
+    rp.add_argument("--registry", required=True)
+    sw = sub.add_parser("switch", help="turn the running loop's trading off or back on")
+    onoff = sw.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--on", action="store_true")
+    onoff.add_argument("--off", action="store_true")
+    sw.add_argument("--by", required=True, help="who decided (kept in the ledger)")
+    sw.add_argument("--reason", default="switched off by a person")
+    sw.add_argument("--address", default="auto", help="Ray address")
+    for parser in (status, ab, rp):
+        parser.add_argument("--trading-config", default=str(CONFIG_DIR / "trading.yaml"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trading", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_backtest(sub)
+    _add_ledger_commands(sub)
     return parser.parse_args(argv)
 
 
@@ -99,9 +132,76 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-# The lead adds `status`, `ab-report`, `replay` and `loop` here (and their subparsers above).
+def _open_ledger(path: str) -> Ledger:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no ledger at {path} (has the loop run? see --ledger)")
+    return Ledger(path)
+
+
+def _ledger_arms(ledger: Ledger) -> tuple[list[str], list[str]]:
+    frame = ledger.decisions_frame()
+    return sorted(set(frame["arm"])), sorted(set(frame["market"]))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_trading_config(args.trading_config)
+    with _open_ledger(args.ledger) as ledger:
+        arms, markets = _ledger_arms(ledger)
+        report = summary(ledger, arms, markets, config.paper.initial_krw,
+                         config.loop.rolling_window_hours)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+        return 0
+    for arm, a in report["arms"].items():
+        print(f"{arm:>6}: equity {a['equity']:,.0f} KRW  return {100 * a['return']:+.2f} %  "
+              f"drawdown {100 * a['drawdown']:.2f} %  hours {a['hours']}")  # fmt: skip
+    for market, score in report["accuracy"].items():
+        acc, bal = score["accuracy"], score["balanced_accuracy"]
+        shown = "n/a" if acc is None else f"{100 * acc:.1f} % (balanced {100 * bal:.1f} %)"
+        print(f"{market}: realised accuracy {shown} over {score['n']} scored decisions")
+    return 0
+
+
+def cmd_ab_report(args: argparse.Namespace) -> int:
+    config = load_trading_config(args.trading_config)
+    with _open_ledger(args.ledger) as ledger:
+        arms, markets = _ledger_arms(ledger)
+        initial = config.paper.initial_krw * len(markets)
+        print(format_report(ab_report(ledger, arms, initial)))
+        paths = write_ab_report(ledger, arms, initial, Path(args.out))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from trading.replay import format_differences, replay_ledger  # loads torch: only here
+
+    config = load_trading_config(args.trading_config)
+    with _open_ledger(args.ledger) as ledger:
+        differences, compared = replay_ledger(
+            ledger, ParquetDirSource(args.data_dir), ModelRegistry(args.registry), config
+        )
+    print(format_differences(differences, compared))
+    return 1 if differences else 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    import ray
+
+    from trading.loop import get_loop
+
+    ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
+    result = ray.get(get_loop().set_trading.remote(args.on, args.by, args.reason), timeout=60)
+    print(f"trading {'on' if result['trading_enabled'] else 'off'} (by {result['by']})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "backtest": cmd_backtest,
+    "status": cmd_status,
+    "ab-report": cmd_ab_report,
+    "replay": cmd_replay,
+    "switch": cmd_switch,
 }
 
 

@@ -98,3 +98,34 @@ def test_ab_report_compares_the_arms(paper_run, tmp_path) -> None:
     assert "llm" in table and "fixed" in table and "Sharpe" in table
     assert json.loads(paths["json"].read_text())["llm"]["hours"] == llm["hours"]
     assert paths["png"].stat().st_size > 10_000
+
+
+def test_status_command_reads_the_ledger(paper_run, capsys) -> None:
+    from trading.__main__ import main
+
+    assert main(["status", "--ledger", str(paper_run["ledger"])]) == 0
+    out = capsys.readouterr().out
+    assert "llm: equity" in out.replace("   ", " ").replace("  ", " ") or "llm" in out
+    assert "KRW-BTC: realised accuracy" in out
+
+
+def test_replay_finds_no_difference_then_the_changed_candle(
+    paper_run, serve_app, ohlcv_dir, tmp_path, capsys
+) -> None:
+    import pandas as pd
+
+    from trading.__main__ import main
+
+    args = ["replay", "--ledger", str(paper_run["ledger"]), "--registry", str(serve_app.registry)]
+    assert main([*args, "--data-dir", str(ohlcv_dir)]) == 0, capsys.readouterr().out
+    assert "no difference" in capsys.readouterr().out
+    with Ledger(paper_run["ledger"]) as ledger:
+        changed_hour = pd.Timestamp(ledger.decisions_frame()["time"].max())
+    candles = pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet")
+    candles.loc[changed_hour, ["close", "high"]] *= 1.05  # one candle, changed after the fact
+    data = tmp_path / "changed"
+    data.mkdir()
+    candles.to_parquet(data / "KRW-BTC_minute60.parquet")
+    assert main([*args, "--data-dir", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "difference(s)" in out and str(changed_hour) in out and "p_" in out
