@@ -22,9 +22,9 @@ from typing import Any
 import requests
 import yaml
 
+from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import resolve_path
 
-ADMIN_TOKEN_ENV = "HYBRID_ADMIN_TOKEN"
 APPS = ("hybrid", "trading")
 
 

@@ -13,9 +13,6 @@ from pydantic import Field, field_validator
 
 from features.config import CONFIG_DIR, MARKET_PATTERN, PROJECT_ROOT, Strict, load_config
 
-# The bearer token for endpoints that change state or show account data; never in a file.
-ADMIN_TOKEN_ENV = "HYBRID_ADMIN_TOKEN"
-
 
 class SourceConfig(Strict):
     """Where a predictor reads candles when a request carries none."""

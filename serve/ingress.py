@@ -8,8 +8,6 @@ admin bearer token from the environment (`HYBRID_ADMIN_TOKEN`); without it confi
 from __future__ import annotations
 
 import asyncio
-import hmac
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.config import ADMIN_TOKEN_ENV
+from serve.admin import check_admin
 from serve.metrics import request_metrics
 
 api = FastAPI(title="hybrid-trader", version="1.0")
@@ -52,15 +50,6 @@ class PredictAllBody(BaseModel):
     markets: list[str] | None = None
     candles: dict[str, list[dict[str, Any]]] | None = None
     accounts: dict[str, Account] | None = None
-
-
-def check_admin(authorization: str | None) -> None:
-    expected = os.environ.get(ADMIN_TOKEN_ENV, "")
-    if not expected:
-        raise HTTPException(503, f"admin endpoints are off: {ADMIN_TOKEN_ENV} is not set")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong bearer token")
 
 
 def shape(prediction: dict[str, Any], sizing: dict[str, Any]) -> dict[str, Any]:

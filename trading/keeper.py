@@ -8,19 +8,17 @@ the loop's status and the kill switch behind the admin bearer token.
 
 from __future__ import annotations
 
-import hmac
-import os
 import threading
 from typing import Any
 
 import ray
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
 from ray import serve
 
+from serve.admin import check_admin
 from trading.loop import LoopSettings, get_loop, start_loop
 
-ADMIN_TOKEN_ENV = "HYBRID_ADMIN_TOKEN"
 api = FastAPI(title="hybrid-trader trading", version="1.0")
 
 
@@ -28,15 +26,6 @@ class Switch(BaseModel):
     enabled: bool
     by: str = Field(min_length=1)
     reason: str = "switched off by a person"
-
-
-def check_admin(authorization: str | None) -> None:
-    expected = os.environ.get(ADMIN_TOKEN_ENV, "")
-    if not expected:
-        raise HTTPException(503, f"account endpoints are off: {ADMIN_TOKEN_ENV} is not set")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong bearer token")
 
 
 @serve.deployment

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from features.indicators import SERVING_WINDOW
-from serve.config import ADMIN_TOKEN_ENV
+from serve.admin import ADMIN_TOKEN_ENV
 from train.registry import ModelRegistry
 
 from standins.groq_server import Turn
