@@ -125,7 +125,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     state.save(state_path)
     import ray
 
-    ray.init(address=gcs, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address=gcs, ignore_reinit_error=True)  # training progress shows here
     trained = _train_missing(state, args.profile or cfg.train.profile)
     config = deploy_config(
         Path(project_path(cfg.serve.deploy_config)), state, port, _loop_args(args, state)

@@ -67,7 +67,7 @@ class HybridPredictor:
         except (UpbitError, OSError, LookupError) as exc:
             raise RequestError(503, f"{self.market}: candles unavailable: {exc}") from exc
 
-    def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    async def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         loaded = self.slot.loaded
         if loaded is None:
             return error(503, self.slot.status()["last_error"] or f"no model for {self.market}")
