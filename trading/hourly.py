@@ -115,9 +115,11 @@ class HourlyTrader:
             return None
         price = float(candles["close"].iloc[-1])
         self._record_outcome(market, hour, candles["close"])
-        first = self.accounts[(self.arms[0], market)]
+        # The sizing node sizes for the arm that follows it (llm, or live), so it sees that account.
+        sized = [a for a in self.arms if a != "fixed"] or self.arms
+        account = self.accounts[(sized[0], market)]
         try:
-            served = self.predictor.predict(market, candles, self._state(first, price))
+            served = self.predictor.predict(market, candles, self._state(account, price))
         except ServeUnavailable as exc:
             self._no_decision(market, hour, str(exc))
             return price
