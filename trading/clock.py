@@ -23,13 +23,20 @@ class Clock(Protocol):
 
     def sleep_until(self, moment: pd.Timestamp) -> None: ...
 
+    def seconds_until(self, moment: pd.Timestamp) -> float:
+        """Real seconds until the clock reads `moment` (0 when it already has)."""
+        ...
+
 
 class WallClock:
     def now(self) -> pd.Timestamp:
         return pd.Timestamp(now_kst())
 
     def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(max(0.0, (moment - self.now()).total_seconds()))
+        time.sleep(self.seconds_until(moment))
+
+    def seconds_until(self, moment: pd.Timestamp) -> float:
+        return max(0.0, (moment - self.now()).total_seconds())
 
 
 @dataclass
@@ -46,7 +53,10 @@ class AcceleratedClock:
         return self.start + pd.Timedelta(seconds=elapsed)
 
     def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(max(0.0, (moment - self.now()).total_seconds() / self.speed))
+        time.sleep(self.seconds_until(moment))
+
+    def seconds_until(self, moment: pd.Timestamp) -> float:
+        return max(0.0, (moment - self.now()).total_seconds() / self.speed)
 
 
 def closed_hour(moment: datetime | pd.Timestamp) -> pd.Timestamp:

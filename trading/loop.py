@@ -148,9 +148,8 @@ class LoopCore:
         self.run_hour(closed_hour(self.clock.now() - pd.Timedelta(seconds=delay)))
         while not self._done():
             wake = next_run(self.clock.now() - pd.Timedelta(seconds=delay), delay)
-            self.clock.sleep_until(wake)
-            if self.stop_event.is_set():
-                break
+            if self.stop_event.wait(self.clock.seconds_until(wake)):
+                break  # `stop` wakes the wait at once instead of after up to an hour
             self.run_hour(closed_hour(wake - pd.Timedelta(seconds=delay)))
 
     def status(self) -> dict[str, Any]:
