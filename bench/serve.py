@@ -68,8 +68,13 @@ from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
 from features.serving import serving_features  # noqa: E402
 from serve.app import build_app, config_from_args  # noqa: E402
 from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
-from serve.predict import candles_from_rows, predict_candles, volatility  # noqa: E402
-from serve.sizing import SizingRequest, load_sizing_config, rule_sizing  # noqa: E402
+from serve.predict import candles_from_rows, predict_candles  # noqa: E402
+from serve.sizing import (  # noqa: E402
+    SizingRequest,
+    load_sizing_config,
+    rule_sizing,
+    sizing_volatility,  # noqa: E402
+)
 from train.bundle import load_bundle  # noqa: E402
 from train.registry import ModelRegistry  # noqa: E402
 
@@ -463,7 +468,7 @@ def stage_times(
             window, SEQUENCE_LENGTH, max_gap
         ),
         "model.predict_proba (LSTM + head)": lambda: model.predict_proba(features),
-        "volatility": lambda: volatility(candles),
+        "volatility": lambda: sizing_volatility(candles["close"].to_numpy()),
         "predict_candles (features + model + volatility)": lambda: predict_candles(
             model, market, candles
         ),

@@ -17,12 +17,11 @@ from cluster.local import (
     candles_dir,
     deploy_config,
     prepare_secrets,
-    project_path,
     serve_deploy,
     start_head,
     wait_http,
 )
-from features.config import CONFIG_DIR, ConfigError, load_features_config
+from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 
 TRAIN_HOURS = 8760 + 2000  # what the quick profile reads, plus warm-up
 
@@ -109,18 +108,18 @@ def _check_live(args: argparse.Namespace) -> str:
 
 def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     mode = _check_live(args)
-    runs = Path(project_path(cfg.paths.state)).parent
+    runs = Path(resolve_path(cfg.paths.state)).parent
     prepare_secrets(runs)
     features = load_features_config()
     markets = args.markets.split(",") if args.markets else features.markets
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
-    state_path = Path(project_path(cfg.paths.state))
+    state_path = Path(resolve_path(cfg.paths.state))
     gcs, dashboard, started = _head(args, cfg, state_path)
     port = args.serve_port or cfg.serve.port
     state = State(
         gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
-        project_path(args.registry or cfg.paths.registry),
-        project_path(args.ledger or cfg.paths.ledger), data_dir, mode,
+        resolve_path(args.registry or cfg.paths.registry),
+        resolve_path(args.ledger or cfg.paths.ledger), data_dir, mode,
     )  # fmt: skip
     state.save(state_path)
     import ray
@@ -128,7 +127,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     ray.init(address=gcs, ignore_reinit_error=True)  # training progress shows here
     trained = _train_missing(state, args.profile or cfg.train.profile)
     config = deploy_config(
-        Path(project_path(cfg.serve.deploy_config)), state, port, _loop_args(args, state)
+        Path(resolve_path(cfg.serve.deploy_config)), state, port, _loop_args(args, state)
     )
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
     graph_only = {**config, "applications": config["applications"][:1]}
@@ -168,8 +167,8 @@ def _summary(state: State, trained: list[str], retrain: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    state = State.load(Path(project_path(cfg.paths.state)))
-    prepare_secrets(Path(project_path(cfg.paths.state)).parent)
+    state = State.load(Path(resolve_path(cfg.paths.state)))
+    prepare_secrets(Path(resolve_path(cfg.paths.state)).parent)
     import ray
     import requests
 
@@ -203,7 +202,7 @@ def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
 
 def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    state_path = Path(project_path(cfg.paths.state))
+    state_path = Path(resolve_path(cfg.paths.state))
     state = State.load(state_path)
     prepare_secrets(state_path.parent)
     import ray

@@ -22,8 +22,8 @@ from typing import Any
 import requests
 import yaml
 
+from features.config import resolve_path
 from serve.admin import ADMIN_TOKEN_ENV
-from serve.config import resolve_path
 
 APPS = ("hybrid", "trading")
 
@@ -184,7 +184,3 @@ def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
             last = str(exc)
         time.sleep(1)
     raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
-
-
-def project_path(path: str) -> str:
-    return resolve_path(path) if "://" not in path else path

@@ -93,10 +93,15 @@ class FeaturesConfig(Strict):
         return self.splits.spec(self.labels.horizon_hours, sequence_length)
 
     def resolve_data_dir(self) -> str:
-        """A relative data_dir is relative to the project root, so any working directory works."""
-        if "://" in self.data_dir or Path(self.data_dir).is_absolute():
-            return self.data_dir
-        return str((PROJECT_ROOT / self.data_dir).resolve())
+        return resolve_path(self.data_dir)
+
+
+def resolve_path(path: str) -> str:
+    """A relative path is relative to the project root, so any working directory works; absolute
+    paths and URIs are kept as they are."""
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str((PROJECT_ROOT / path).resolve())
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from ray.serve import Application
 
-from features.config import CONFIG_DIR
-from serve.config import ServeConfig, load_serve_config, resolve_path
+from features.config import CONFIG_DIR, resolve_path
+from serve.config import ServeConfig, load_serve_config
 from serve.deployments import HybridPredictor, SizingNode
 from serve.ingress import Ingress
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, PROJECT_ROOT, Strict, load_config
+from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config, resolve_path
 
 
 class SourceConfig(Strict):
@@ -22,13 +22,6 @@ class SourceConfig(Strict):
     cache_dir: str = "cache/candles"  # upbit: the Parquet cache in front of the exchange
     upbit_base_url: str = "https://api.upbit.com"
     timeout_s: float = Field(5.0, gt=0)
-
-
-def resolve_path(path: str) -> str:
-    """A relative path is relative to the project root, so any working directory works."""
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str((PROJECT_ROOT / path).resolve())
 
 
 class ServeConfig(Strict):

@@ -6,7 +6,6 @@ baseline and the tests. Request problems raise `RequestError` with the HTTP stat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +15,8 @@ import pandas as pd
 from features.candles import CANDLE_COLUMNS, CandleError, normalize_candles, validate_candles
 from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW
 from features.serving import serving_features
+from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
-
-VOLATILITY_HOURS = 24
 
 
 class RequestError(ValueError):
@@ -77,14 +75,6 @@ def warm_up() -> None:
     serving_features(shape, SEQUENCE_LENGTH)
 
 
-def volatility(candles: pd.DataFrame, hours: int = VOLATILITY_HOURS) -> float:
-    closes = candles["close"].to_numpy()[-(hours + 1) :]
-    if len(closes) < 3:
-        return 0.0
-    value = float(np.std(np.diff(np.log(closes)), ddof=1))
-    return value if math.isfinite(value) else 0.0
-
-
 def predict_candles(model: HybridModel, market: str, candles: pd.DataFrame) -> RawPrediction:
     """The newest closed hour's probabilities; too few or gappy candles are a 422."""
     if len(candles) < SERVING_WINDOW:
@@ -102,5 +92,5 @@ def predict_candles(model: HybridModel, market: str, candles: pd.DataFrame) -> R
         time=rows.index[-1],
         probabilities=(float(proba[0]), float(proba[1]), float(proba[2])),
         model_version=model.version,
-        volatility=volatility(candles),
+        volatility=sizing_volatility(candles["close"].to_numpy()),
     )

@@ -35,11 +35,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol, get_args
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config
@@ -117,6 +118,19 @@ def load_sizing_config(
     path: Path | str = CONFIG_DIR / "sizing.yaml", overrides: list[str] | None = None
 ) -> SizingConfig:
     return load_config(SizingConfig, path, overrides)
+
+
+SIZING_VOLATILITY_HOURS = 24  # the rule's "recent volatility": std of 24 hourly returns
+
+
+def sizing_volatility(closes: Sequence[float], hours: int = SIZING_VOLATILITY_HOURS) -> float:
+    """Std of the last `hours` simple hourly returns (0.01 = 1 % an hour), the `volatility` the
+    rule reads; 0.0 with fewer than two returns, so a young market is not refused. Serve, the live
+    loop and the backtester all size with this one definition."""
+    prices = np.asarray(closes, dtype=float)[-(hours + 1) :]
+    if len(prices) < 3:
+        return 0.0
+    return float(np.std(prices[1:] / prices[:-1] - 1.0))
 
 
 @dataclass(frozen=True)

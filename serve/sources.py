@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from features.config import resolve_path
 from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
-from serve.config import SourceConfig, resolve_path
+from serve.config import SourceConfig
 
 
 def build_source(config: SourceConfig) -> CandleSource:

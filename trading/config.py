@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, PROJECT_ROOT, Strict, load_config
+from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config, resolve_path
 from trading.upbit_rules import MIN_ORDER_KRW
 
 SizingArm = Literal["llm", "fixed"]
@@ -104,9 +104,7 @@ class LedgerConfig(Strict):
     path: str = Field("runs/ledger.sqlite", min_length=1)
 
     def resolve_path(self) -> Path:
-        """A relative path is relative to the project root, so any working directory works."""
-        path = Path(self.path)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return Path(resolve_path(self.path))
 
 
 class TradingConfig(Strict):

@@ -19,9 +19,8 @@ import pandas as pd
 import ray
 from pydantic import Field
 
-from features.config import CONFIG_DIR, Strict, load_features_config
+from features.config import CONFIG_DIR, Strict, load_features_config, resolve_path
 from features.sources import ParquetDirSource, UpbitSource
-from serve.config import resolve_path
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour, next_run
 from trading.config import TradingConfig, load_trading_config

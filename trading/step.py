@@ -18,13 +18,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from features.domain import AccountState, Decision, Prediction, Signal
+from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
 from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
 from trading.risk import volatility_ratio as spike_ratio
 from trading.upbit_rules import is_dust
-
-SIZING_VOLATILITY_HOURS = 24  # the sizing rule's "recent volatility": std of 24 hourly returns
 
 
 def hour_emergency_score(
@@ -75,15 +74,6 @@ def plan_hour(
     )
     decision = apply_emergency(decision, account, price, score, emergency, attempt)
     return guard.gate(decision), guard
-
-
-def sizing_volatility(closes: np.ndarray, hours: int = SIZING_VOLATILITY_HOURS) -> float:
-    """Std of the last `hours` simple hourly returns (0.01 = 1 % an hour), as the sizing rule
-    reads `volatility`; 0.0 with fewer than two returns, so a young market is not refused."""
-    prices = np.asarray(closes, dtype=float)[-(hours + 1) :]
-    if len(prices) < 3:
-        return 0.0
-    return float(np.std(prices[1:] / prices[:-1] - 1.0))
 
 
 def rolling_sizing_volatility(

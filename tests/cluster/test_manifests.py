@@ -252,7 +252,8 @@ def test_import_paths_name_a_module_level_app(import_path):
 
 
 def test_hybrid_app_is_the_local_deploy_config_with_cluster_settings():
-    from serve.config import load_serve_config, resolve_path
+    from features.config import resolve_path
+    from serve.config import load_serve_config
 
     local = yaml.safe_load((ROOT / "configs" / "serve_deploy.yaml").read_text())
     (expected,) = [a for a in local["applications"] if a["name"] == "hybrid"]

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import requests
 
 from features.indicators import SERVING_WINDOW
 from serve.admin import ADMIN_TOKEN_ENV
+from trading.serve_client import candle_rows
 from train.registry import ModelRegistry
 
 from standins.groq_server import Turn
@@ -33,12 +33,6 @@ def root(serve_app) -> Path:
 @pytest.fixture(scope="module")
 def llms(llm_standins):
     return llm_standins
-
-
-def candle_rows(candles: pd.DataFrame) -> list[dict[str, Any]]:
-    frame = candles.reset_index()
-    frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return frame.to_dict(orient="records")
 
 
 def test_predict_one_market_with_candles(app_url, real_candles, llms) -> None:
