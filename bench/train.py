@@ -3,13 +3,14 @@
     .venv/bin/python bench/train.py [--data-dir DIR] [--profile smoke] [--epochs 4]
                                     [--lstm-epochs 5] [--cpus-per-worker 0.25] [--verbose]
 
-(a) The four markets fitted concurrently by `fit_markets_on_ray` (one Ray task driving one
-    one-worker TorchTrainer per market, as `python -m train fit` does) against the same four
+(a) The four markets fitted concurrently by `fit_markets_on_ray` (one one-worker TorchTrainer per
+    market, each driven from a thread, as `python -m train fit` does) against the same four
     fitted one after another, twice over: through `fit_with_torch_trainer` (the same trainer, one
-    at a time) and through the plain in-process `fit_market` (what `fit --local` does). Ratios are
-    sequential / parallel: above 1 the parallel run is faster. Patience is set to the epoch count,
-    so every run trains exactly the same number of epochs whatever its shuffling. Last, one
-    TorchTrainer whose loop does nothing: Ray Train's fixed cost per run on this machine.
+    at a time, each given every CPU of the head, so torch and LightGBM use all the cores as they
+    do in-process) and through the plain in-process `fit_market` (what `fit --local` does).
+    Ratios are sequential / parallel: above 1 the parallel run is faster. Patience is set to the
+    epoch count, so every run trains exactly the same number of epochs whatever its shuffling.
+    Last, one TorchTrainer whose loop does nothing: Ray Train's fixed cost per run on this machine.
     (`--skip-sequential-ray` leaves the sequential TorchTrainer baseline out, for big profiles.)
 (b) LSTM training throughput (sequences/s, training steps only) of the one loop `train_encoder`,
     2x128 encoder as in the quick profile, on one market's fold-0 slices built once in the driver:
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-worker", type=float, default=0.25, help="(a): CPU per worker")
     parser.add_argument("--lstm-market", default="KRW-BTC", help="(b): the market whose slices")
     parser.add_argument("--lstm-epochs", type=int, default=5, help="(b): epochs per measurement")
-    parser.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (default: cores)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="head's CPUs (default: cores)")
     parser.add_argument("--skip-a", action="store_true", help="only (b)")
     parser.add_argument("--skip-b", action="store_true", help="only (a) (and (c))")
     parser.add_argument(
@@ -68,14 +69,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _auth_before_ray() -> None:
-    """Ray 2.60 turns token auth on for a new local cluster and, without a token in the
-    environment, writes one to ~/.ray/auth_token: give this run its own token instead (the same
-    thing tests/conftest.py does). Must happen before Ray is imported."""
-    if "RAY_AUTH_MODE" not in os.environ:
-        from cluster.local_ray import auth_env, new_token
+def start_bench_head(num_cpus: int, log_dir: Path):
+    """A head of its own, started as `python -m cluster up` and the tests start one (`ray start`,
+    dashboard, token auth), so the state API works in its processes. Train V2's placement-group
+    cleaner asks that API whether the controller is alive, and on a `ray.init()` cluster that it
+    cannot find (here: a stale /tmp/ray/ray_current_cluster) every run's shutdown waited 12 s.
+    Must happen before Ray is imported in this process (its token goes into the environment)."""
+    from cluster.local_ray import auth_env, new_token, start_head
 
-        os.environ.update(auth_env(new_token()))
+    token = new_token()
+    os.environ.update(auth_env(token))
+    return start_head(num_cpus, token=token, log_dir=log_dir)
 
 
 def cores() -> str:
@@ -144,10 +148,12 @@ def bench_markets(args: argparse.Namespace, storage: str, use_gpu: bool) -> None
     spans = ", ".join(f"{r.market} {r.ended - r.started:.1f} s" for r in runs)
     print(f"  parallel, fit_markets_on_ray: {parallel:.1f} s wall (per market: {spans})")
 
+    whole = float(args.num_cpus or os.cpu_count() or 1)  # one trainer at a time: all the head
+
     def one_by_one_ray() -> None:
         for market in MARKETS:
             fit_with_torch_trainer(
-                market, data_dir, profile=profile, cpus_per_worker=args.cpus_per_worker, **common
+                market, data_dir, profile=profile, cpus_per_worker=whole, **common
             )
 
     def one_by_one_local() -> None:
@@ -162,7 +168,7 @@ def bench_markets(args: argparse.Namespace, storage: str, use_gpu: bool) -> None
     print("  sequential / parallel (above 1: parallel is faster; goal >= 0.95x):")
     name = "parallel (fit_markets_on_ray)"
     if seq_ray is not None:
-        print(ratio_line(name, parallel, "sequential fit_with_torch_trainer", seq_ray))
+        print(ratio_line(name, parallel, f"sequential TorchTrainer, {whole:g} CPU", seq_ray))
     print(ratio_line(name, parallel, "sequential in-process fit_market", seq_local))
     extra = (
         ""
@@ -397,32 +403,32 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data_dir / f"{args.lstm_market}_minute60.parquet").exists():
         raise SystemExit(f"no candles in {args.data_dir}")
     os.chdir(ROOT)  # Ray hands the driver's working directory to its workers' sys.path
-    _auth_before_ray()
-    import ray
-    import torch
-
     started = time.perf_counter()
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {cores()}, Python "
-        f"{platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads here), ray {ray.__version__}; "
-        f"load average {load_average()} (shared machine: noisy)"
-    )
-    ray.init(
-        address="local",  # a fresh cluster, never a head someone else started on this machine
-        num_cpus=args.num_cpus or os.cpu_count(),
-        log_to_driver=args.verbose,
-        include_dashboard=False,
-        logging_level="INFO" if args.verbose else "WARNING",
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        head = start_bench_head(args.num_cpus or os.cpu_count() or 1, Path(tmp) / "head")
+        try:
+            import ray
+            import torch
+
+            print(
+                f"machine: {platform.node()} {platform.machine()}, {cores()}, Python "
+                f"{platform.python_version()}, torch {torch.__version__} "
+                f"({torch.get_num_threads()} threads here), ray {ray.__version__}; "
+                f"load average {load_average()} (shared machine: noisy)"
+            )
+            ray.init(
+                address=head.gcs_address,
+                log_to_driver=args.verbose,
+                logging_level="INFO" if args.verbose else "WARNING",
+            )
+            storage = str(Path(tmp) / "storage")
             if not args.skip_a:
                 bench_markets(args, storage, has_gpu())
             if not args.skip_b:
                 bench_lstm(args, storage)
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
+            head.stop()
     print(f"\ntotal {time.perf_counter() - started:.0f} s wall; load average {load_average()}")
 
 
