@@ -65,7 +65,7 @@ from ray.serve.handle import DeploymentHandle  # noqa: E402
 from cluster.local_ray import free_port  # noqa: E402
 from features.domain import AccountState, Signal  # noqa: E402
 from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
-from features.serving import serving_features  # noqa: E402
+from features.serving import serving_matrix  # noqa: E402
 from serve.app import build_app, config_from_args  # noqa: E402
 from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
 from serve.predict import candles_from_rows, predict_candles  # noqa: E402
@@ -449,7 +449,7 @@ def stage_times(
     candles = candles_from_rows(rows, max_rows)
     window = candles.iloc[-SERVING_WINDOW - 48 :]
     max_gap = int(model.metadata.get("max_gap_hours", 6))
-    features = serving_features(window, SEQUENCE_LENGTH, max_gap).to_numpy()[None, :, :]
+    features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
     parsed = json.loads(body)
     pickled = pickle.dumps(rows, protocol=5)
     raw = predict_candles(model, market, candles)
@@ -464,7 +464,7 @@ def stage_times(
         ),
         "pickle.loads(rows)": lambda: pickle.loads(pickled),
         "candles_from_rows (DataFrame + validate)": lambda: candles_from_rows(rows, max_rows),
-        "serving_features (46 features, window)": lambda: serving_features(
+        "serving_matrix (46 features, window)": lambda: serving_matrix(
             window, SEQUENCE_LENGTH, max_gap
         ),
         "model.predict_proba (LSTM + head)": lambda: model.predict_proba(features),

@@ -50,12 +50,16 @@ class HybridPredictor:
         self.source = None
         self.replica = replica_id()
         self.predictions, self.version_gauge = prediction_metrics()
+        self._published: int | None = None
         self._publish_version()
 
     def _publish_version(self) -> None:
+        """Sets the gauge when the served version changed (once per change, not per request)."""
         loaded = self.slot.loaded
         number = int(loaded.version.lstrip("v")) if loaded else 0
-        self.version_gauge.set(number, tags={"market": self.market})
+        if number != self._published:
+            self.version_gauge.set(number, tags={"market": self.market})
+            self._published = number
 
     def _candles(self, rows: list[dict[str, Any]] | None):
         if rows is not None:

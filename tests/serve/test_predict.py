@@ -1,0 +1,110 @@
+"""The predictor's pure path, without Ray: request rows -> candles -> one prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.candles import normalize_candles
+from features.indicators import SERVING_WINDOW
+from features.serving import serving_features, serving_matrix
+from serve.predict import RequestError, candles_from_rows, predict_candles
+from trading.serve_client import candle_rows
+from train.bundle import load_bundle
+
+ROWS = SERVING_WINDOW + 48
+
+
+@pytest.fixture(scope="module")
+def btc(real_candles: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return real_candles["KRW-BTC"].iloc[-ROWS:]
+
+
+def pandas_parse(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The plain pandas route the fast parser must agree with."""
+    frame = pd.DataFrame(rows)
+    index = pd.DatetimeIndex(pd.to_datetime(frame.pop("time"), format="ISO8601"))
+    return normalize_candles(frame.set_index(index))
+
+
+def refused(rows: Any) -> str:
+    with pytest.raises(RequestError) as caught:
+        candles_from_rows(rows, 5000)
+    assert caught.value.status == 422
+    return caught.value.message
+
+
+def test_naive_iso_rows_parse_as_pandas_parses_them(btc: pd.DataFrame) -> None:
+    rows = candle_rows(btc)
+    parsed = candles_from_rows(rows, 5000)
+    pd.testing.assert_frame_equal(parsed, pandas_parse(rows))
+    pd.testing.assert_frame_equal(parsed, btc.astype("float64"), check_freq=False)
+    assert parsed.index.name == "time" and parsed.index.tz is None
+
+
+def test_zoned_and_other_iso_spellings_end_as_naive_kst(btc: pd.DataFrame) -> None:
+    rows = candle_rows(btc.iloc[-30:])
+    expected = candles_from_rows(rows, 5000)
+    kst = [{**r, "time": r["time"] + "+09:00"} for r in rows]
+    utc = [
+        {**r, "time": (pd.Timestamp(r["time"]) - pd.Timedelta(hours=9)).isoformat() + "Z"}
+        for r in rows
+    ]
+    spaced = [{**r, "time": r["time"].replace("T", " ")} for r in rows]
+    for variant in (kst, utc, spaced):
+        pd.testing.assert_frame_equal(candles_from_rows(variant, 5000), expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"time": "yesterday-ish"}, "malformed candles"),
+        ({"time": 1_700_000_000}, "malformed candles"),
+        ({"open": "abc"}, "malformed candles"),
+        ({"open": [1.0, 2.0]}, "malformed candles"),
+        ({"high": 1.0}, "high"),
+        ({"close": float("nan")}, "'close'"),
+        ({"volume": -1.0}, "negative volume"),
+        ({"time": "2025-09-30T08:30:00"}, "not on the hour"),
+    ],
+)
+def test_a_bad_candle_is_a_422_naming_the_problem(
+    btc: pd.DataFrame, change: dict[str, Any], named: str
+) -> None:
+    rows = candle_rows(btc.iloc[-5:])
+    rows[-1] = {**rows[-1], **change}
+    assert named in refused(rows)
+
+
+def test_malformed_requests_are_refused_with_a_reason(btc: pd.DataFrame) -> None:
+    rows = candle_rows(btc.iloc[-5:])
+    assert "lacks the field 'value'" in refused([*rows[:-1], {k: v for k, v in rows[-1].items()
+                                                               if k != "value"}])  # fmt: skip
+    assert "non-empty list" in refused([])
+    assert "non-empty list" in refused({"time": "2025-09-30T08:00:00"})
+    assert "malformed candles" in refused([*rows[:-1], ["not", "a", "dict"]])
+    assert "duplicate time" in refused([*rows, rows[-1]])
+    with pytest.raises(RequestError, match="at most 3 candles"):
+        candles_from_rows(rows, 3)
+
+
+def test_serving_matrix_is_serving_features_without_the_labels(btc: pd.DataFrame) -> None:
+    frame = serving_features(btc)
+    matrix = serving_matrix(btc)
+    np.testing.assert_array_equal(matrix, frame.to_numpy())
+    assert frame.index[-1] == btc.index[-1]
+
+
+def test_predict_candles_matches_the_bundle_on_the_same_window(
+    btc: pd.DataFrame, smoke_bundle
+) -> None:
+    model = load_bundle(smoke_bundle)
+    raw = predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc), 5000))
+    expected = model.predict_proba(serving_features(btc).to_numpy()[None])[0]
+    assert raw.time == btc.index[-1]
+    np.testing.assert_array_equal(np.array(raw.probabilities), expected)
+    with pytest.raises(RequestError, match=f"need at least {SERVING_WINDOW}"):
+        predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc.iloc[-100:]), 5000))
