@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,6 +44,9 @@ ROOT = HERE.parent
 # driver's sys.path that Ray hands its workers, in every worker) would import this file instead.
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != HERE]
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from cluster.local_ray import LocalHead
 
 MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
 DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
@@ -69,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_bench_head(num_cpus: int, log_dir: Path):
+def start_bench_head(num_cpus: int, log_dir: Path) -> LocalHead:
     """A head of its own, started as `python -m cluster up` and the tests start one (`ray start`,
     dashboard, token auth), so the state API works in its processes. Train V2's placement-group
     cleaner asks that API whether the controller is alive, and on a `ray.init()` cluster that it

@@ -75,13 +75,12 @@ def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame
         raise RequestError(422, f"malformed candles: {exc}") from exc
     try:
         parsed = _naive_iso_times(times)
-        if parsed is not None:
-            index = pd.DatetimeIndex(parsed, name="time")
-            candles = pd.DataFrame(values, index=index, columns=list(CANDLE_COLUMNS))
-        else:
-            index = pd.DatetimeIndex(pd.to_datetime(times, format="ISO8601"))
-            frame = pd.DataFrame(values, index=index, columns=list(CANDLE_COLUMNS))
-            candles = normalize_candles(frame)
+        index = pd.DatetimeIndex(
+            parsed if parsed is not None else pd.to_datetime(times, format="ISO8601"), name="time"
+        )
+        candles = pd.DataFrame(values, index=index, columns=list(CANDLE_COLUMNS))
+        if parsed is None:  # zoned or other spellings: converted to naive KST as sources do
+            candles = normalize_candles(candles)
         validate_candles(candles)
     except (CandleError, ValueError, TypeError) as exc:
         raise RequestError(422, f"malformed candles: {exc}") from exc

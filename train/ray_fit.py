@@ -166,20 +166,19 @@ def fit_markets_on_ray(
     On GPUs each market gets one worker at `gpu_fraction` of a card: several DDP workers on one
     card fail in NCCL ("Duplicate GPU detected"), so num_workers is forced to 1 there.
     """
-    jobs: dict[str, dict[str, Any]] = {}
-    for market, profile in profiles.items():
-        kwargs = {
-            "data_dir": data_dir,
-            "features": features,
-            "profile": profile,
-            "profile_name": profile_name,
-            "use_gpu": use_gpu,
-            "num_workers": 1 if use_gpu else num_workers,
-            "cpus_per_worker": cpus_per_worker,
-            "gpus_per_worker": gpu_fraction,
-            "storage_path": storage_path,
-        }
-        jobs[market] = kwargs
-    with ThreadPoolExecutor(max_workers=max(len(jobs), 1), thread_name_prefix="fit") as pool:
-        futures = [pool.submit(_drive_market, market, kwargs) for market, kwargs in jobs.items()]
+    common = {
+        "data_dir": data_dir,
+        "features": features,
+        "profile_name": profile_name,
+        "use_gpu": use_gpu,
+        "num_workers": 1 if use_gpu else num_workers,
+        "cpus_per_worker": cpus_per_worker,
+        "gpus_per_worker": gpu_fraction,
+        "storage_path": storage_path,
+    }
+    with ThreadPoolExecutor(max_workers=max(len(profiles), 1), thread_name_prefix="fit") as pool:
+        futures = [
+            pool.submit(_drive_market, market, {**common, "profile": profile})
+            for market, profile in profiles.items()
+        ]
         return [future.result() for future in futures]
