@@ -1,8 +1,12 @@
-"""The hybrid model and its bundle on disk: lstm.pt, lightgbm.txt, transform.json, metadata.json.
+"""The hybrid model and its bundle on disk: lstm.pt, lightgbm.txt, transform.json, metadata.json;
+and `load_bundle`, the one loader of every family's bundle.
 
 No pickle anywhere: the encoder is a state dict loaded with `weights_only=True`, the head is
 LightGBM's text format, the transform and metadata are JSON. Loading checks the feature hash and
 every shape, so a bundle made for other features or a corrupt file is refused with a reason.
+`load_bundle` reads `family` from metadata.json (hybrid when absent: bundles made before families)
+and returns the family's model; every one answers `predict_proba(raw windows (n, 24, 46))`,
+`metadata` and `version`, so Serve, the backtester, `evaluate` and `replay` serve any family.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import pickle  # only for its exception type: loading stays weights_only
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -19,15 +23,29 @@ import torch
 
 from features.indicators import FEATURE_HASH, FEATURE_NAMES
 from features.transform import SequenceTransform, TransformError
+from train.bundle_io import BundleError, bundle_family, read_metadata, require_files
 from train.encoder_loop import encode
+from train.ensemble import load_ensemble
+from train.gbm import load_gbm
 from train.head import calibrated_proba, head_inputs, raw_scores
 from train.model import EncoderSpec, LSTMEncoder
+
+__all__ = ["BUNDLE_FILES", "BundleError", "HybridModel", "ServableModel", "load_bundle"]
 
 BUNDLE_FILES = ("lstm.pt", "lightgbm.txt", "transform.json", "metadata.json")
 
 
-class BundleError(ValueError):
-    """A model bundle is missing, corrupt, or was made for other features or shapes."""
+class ServableModel(Protocol):
+    """What every family's model offers its callers (Serve, backtest, evaluate, replay)."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str: ...
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray: ...
+
+    def save(self, directory: Path) -> Path: ...
 
 
 @dataclass
@@ -64,6 +82,7 @@ class HybridModel:
         (directory / "transform.json").write_text(self.transform.to_json())
         meta = {
             **self.metadata,
+            "family": "hybrid",
             "feature_names": list(FEATURE_NAMES),
             "feature_hash": FEATURE_HASH,
             "encoder": self.encoder.spec.to_dict(),
@@ -72,24 +91,6 @@ class HybridModel:
         }
         (directory / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
         return directory
-
-
-def _read_metadata(directory: Path) -> dict[str, Any]:
-    missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
-    if missing:
-        raise BundleError(f"bundle {directory} lacks {', '.join(missing)}")
-    try:
-        meta = json.loads((directory / "metadata.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{directory / 'metadata.json'} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise BundleError(f"{directory / 'metadata.json'} must hold a JSON object")
-    if meta.get("feature_hash") != FEATURE_HASH:
-        raise BundleError(
-            f"bundle {directory} was trained on feature hash {meta.get('feature_hash')!r}, "
-            f"this code computes {FEATURE_HASH!r}: retrain it"
-        )
-    return meta
 
 
 def _load_encoder(directory: Path, meta: dict[str, Any]) -> LSTMEncoder:
@@ -132,9 +133,22 @@ def _load_head(directory: Path, expected_inputs: int) -> lgb.Booster:
     return head
 
 
-def load_bundle(directory: Path | str) -> HybridModel:
+def load_bundle(directory: Path | str) -> ServableModel:
+    """The model of any family's bundle directory, refused with a reason when it cannot serve."""
     directory = Path(directory)
-    meta = _read_metadata(directory)
+    meta = read_metadata(directory)
+    family = bundle_family(meta)
+    if family == "gbm":
+        return load_gbm(directory, meta)
+    if family == "ensemble":
+        return load_ensemble(directory, meta, load_bundle)
+    if family != "hybrid":
+        raise BundleError(f"{directory / 'metadata.json'}: unknown model family {family!r}")
+    return load_hybrid(directory, meta)
+
+
+def load_hybrid(directory: Path, meta: dict[str, Any]) -> HybridModel:
+    require_files(directory, BUNDLE_FILES)
     try:
         transform = SequenceTransform.from_json((directory / "transform.json").read_text())
     except (TransformError, UnicodeDecodeError) as exc:

@@ -1,9 +1,11 @@
-"""`configs/train.yaml`: training profiles (smoke, quick, full) and the promotion gate."""
+"""`configs/train.yaml`: training profiles (smoke, quick, full), families, the gate, research."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from features.config import CONFIG_DIR, SplitConfig, Strict, load_config
@@ -56,6 +58,45 @@ class SliceConfig(Strict):
         return self
 
 
+class GbmSliceConfig(Strict):
+    """Shares of a training window for the gbm family, oldest first, purged apart: the trees fit
+    the oldest hours, early stopping and the temperature read the newest."""
+
+    fit: float = Field(0.8, gt=0)
+    early_stop: float = Field(0.1, gt=0)
+    calibrate: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> GbmSliceConfig:
+        total = self.fit + self.early_stop + self.calibrate
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"gbm slice shares must sum to 1, got {total}")
+        return self
+
+
+class GbmConfig(Strict):
+    """The gbm family: LightGBM on the window's last row and lagged summaries (train/gbm.py)."""
+
+    num_leaves: int = Field(15, ge=2, le=1024)
+    num_rounds: int = Field(300, ge=1, le=10000)
+    learning_rate: float = Field(0.05, gt=0, le=1.0)
+    min_data_in_leaf: int = Field(100, ge=1)
+    feature_fraction: float = Field(0.8, gt=0, le=1.0)
+    lambda_l2: float = Field(1.0, ge=0)
+    max_bin: int = Field(63, ge=4, le=1023)
+    early_stopping_rounds: int | None = Field(30, ge=1)
+    balanced: bool = True  # class weights inverse to frequency, as the hybrid's encoder
+    slices: GbmSliceConfig = GbmSliceConfig()
+
+
+class EnsembleConfig(Strict):
+    """The ensemble's weight on the hybrid is fitted on the components' out-of-sample predictions
+    of the `lookback_folds` folds before each test fold (0.5 until `min_hours` of them exist)."""
+
+    lookback_folds: int = Field(3, ge=1, le=100)
+    min_hours: int = Field(200, ge=1)
+
+
 class LeakyConfig(Strict):
     enabled: bool = True
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -69,6 +110,8 @@ class TrainProfile(Strict):
     head: HeadConfig = HeadConfig()
     slices: SliceConfig = SliceConfig()
     leaky: LeakyConfig = LeakyConfig()
+    gbm: GbmConfig = GbmConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
 
 
 class GateConfig(Strict):
@@ -112,10 +155,67 @@ class TuneConfig(Strict):
         return space
 
 
+Family = Literal["hybrid", "gbm", "ensemble"]
+FAMILIES: tuple[str, ...] = ("hybrid", "gbm", "ensemble")
+
+
+class BootstrapConfig(Strict):
+    samples: int = Field(1000, ge=50, le=100000)
+    block_hours: int = Field(168, ge=1)  # a week: labels overlap by 6 h, regimes last longer
+    seed: int = 0
+
+
+class ReferenceLabel(Strict):
+    """The label every report scores against, whatever a model trained on (design, Round 2)."""
+
+    horizon_hours: int = Field(6, ge=1, le=168)
+    threshold: float = Field(0.005, gt=0)
+
+
+class ResearchConfig(Strict):
+    """`python -m train research`: the fold grid, what runs, how results are judged."""
+
+    origin: str = "2018-01-01T00:00"  # KST; fold k tests [origin + k*fold_hours, +fold_hours)
+    fold_hours: int = Field(720, ge=24)
+    min_train_hours: int = Field(4000, ge=100)  # a fold exists only with this many before it
+    min_test_hours: int = Field(24, ge=1)
+    start: str | None = "2023-01-01T00:00"  # default --start: the four markets share these hours
+    families: list[Family] = ["gbm"]
+    leaky_parts: int = Field(5, ge=2, le=20)  # shuffled K-fold of the seed's protocol; 0 = off
+    cpus_per_fold: float = Field(1.0, gt=0)
+    arm: Literal["fixed", "rule"] = "fixed"  # the sizing the after-fee replay uses
+    cache_dir: str = "runs/research-cache"  # path (relative to the project) or URI
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    reference_label: ReferenceLabel = ReferenceLabel()
+
+    @field_validator("origin", "start")
+    @classmethod
+    def _timestamp(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                stamp = pd.Timestamp(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a time: {exc}") from exc
+            if stamp.tzinfo is not None:
+                raise ValueError(f"{value!r}: give a KST wall time without a zone")
+        return value
+
+    @field_validator("families")
+    @classmethod
+    def _some(cls, families: list[str]) -> list[str]:
+        if not families or len(set(families)) != len(families):
+            raise ValueError(f"research.families must name distinct families, got {families}")
+        return families
+
+
 class TrainConfig(Strict):
     profiles: dict[str, TrainProfile]
+    # What `python -m train fit` fits per market (`--family` overrides); the gate promotes the
+    # best of them and CURRENT on hours none of them trained on.
+    families: list[Family] = ["hybrid"]
     gate: GateConfig = GateConfig()
     tune: TuneConfig = TuneConfig()
+    research: ResearchConfig = ResearchConfig()
 
     def profile(self, name: str) -> TrainProfile:
         if name not in self.profiles:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.dataset import MarketDataset
-from features.splits import HOUR_NS, Fold, seed_leaky_split
+from features.folds import purged_parts
+from features.splits import Fold, seed_leaky_split
 from features.transform import SequenceTransform
 from train.bundle import HybridModel
 from train.config import SliceConfig, TrainProfile
@@ -25,7 +26,10 @@ from train.encoder_loop import EncoderResult, TrainHooks, encode, train_encoder
 from train.head import calibrated_proba, fit_head, fit_temperature, head_inputs, raw_scores
 from train.model import EncoderSpec
 
-SLICE_NAMES = ("encoder", "early_stop", "head", "calibrate")
+# Oldest first: the encoder's hours, then the head's, then early stopping and calibration on the
+# newest hours of the window (so a refit on every labelled hour tunes its epoch and temperature
+# on the hours nearest the ones it will serve).
+SLICE_NAMES = ("encoder", "head", "early_stop", "calibrate")
 
 
 @dataclass(frozen=True)
@@ -58,19 +62,8 @@ def purged_slices(
     times: np.ndarray, positions: np.ndarray, shares: SliceConfig, purge_hours: int
 ) -> dict[str, np.ndarray]:
     """Consecutive slices of a training window, each purged of the hours next to its predecessor."""
-    parts = _cut(positions, [getattr(shares, n) for n in SLICE_NAMES])
-    slices: dict[str, np.ndarray] = {}
-    previous_end: int | None = None
-    for name, part in zip(SLICE_NAMES, parts, strict=True):
-        if previous_end is not None:
-            part = part[times[part] > previous_end + purge_hours * HOUR_NS]
-        if len(part) == 0:
-            raise ValueError(
-                f"slice {name!r} is empty after purging: the training window is too short"
-            )
-        slices[name] = part
-        previous_end = int(times[part[-1]])
-    return slices
+    named = {name: getattr(shares, name) for name in SLICE_NAMES}
+    return purged_parts(times, positions, named, purge_hours)
 
 
 def walk_forward_plan(data: MarketDataset, fold: Fold, shares: SliceConfig, purge: int) -> FoldPlan:

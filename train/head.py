@@ -9,10 +9,11 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
 
+from train.calibration import calibrated_proba, fit_temperature
 from train.config import HeadConfig
+
+__all__ = ["calibrated_proba", "compute_threads", "fit_head", "fit_temperature", "head_inputs"]
 
 
 def head_inputs(encoded: np.ndarray, last_rows: np.ndarray | None) -> np.ndarray:
@@ -51,18 +52,3 @@ def raw_scores(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
     # A loaded booster would otherwise predict with the thread count it was trained with.
     scores = booster.predict(x, raw_score=True, num_threads=compute_threads())
     return np.asarray(scores).reshape(len(x), 3)
-
-
-def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """The temperature in [0.05, 20] that minimises log loss of softmax(scores / T)."""
-
-    def nll(log_t: float) -> float:
-        logp = log_softmax(scores / np.exp(log_t), axis=1)
-        return float(-logp[np.arange(len(y)), y].mean())
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
-
-
-def calibrated_proba(scores: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(scores / temperature, axis=1)

@@ -131,7 +131,7 @@ def test_slices_are_ordered_and_purged() -> None:
     positions = np.arange(2000)
     slices = purged_slices(times, positions, SliceConfig(), purge_hours=30)
     names = list(slices)
-    assert names == ["encoder", "early_stop", "head", "calibrate"]
+    assert names == ["encoder", "head", "early_stop", "calibrate"]  # the newest pick and calibrate
     for a, b in zip(names[:-1], names[1:], strict=True):
         gap = (times[slices[b][0]] - times[slices[a][-1]]) / 3_600e9
         assert gap > 30

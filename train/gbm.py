@@ -1,0 +1,191 @@
+"""The gbm family: LightGBM on the window's last row plus lagged summaries, no sequence model.
+
+Its inputs come from the very (n, 24, F) raw window the predictor already builds for the hybrid,
+so serving needs no extra candles and one function (`window_inputs`) feeds training and serving.
+Price columns are read relative to the window's last close and volumes relative to the window's
+mean (`features.transform.relative_windows`, fit-free), so a tree split learnt at 2022 prices
+still reads 2025 prices. Columns are looked up by name: feature groups added to the window later
+reach the last row without touching this file.
+
+Slices of a training window (oldest first, purged apart): `fit` grows the trees, `early_stop`
+picks how many, `calibrate` fits the softmax temperature on hours the trees never saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from features.dataset import MarketDataset
+from features.indicators import FEATURE_HASH, FEATURE_NAMES
+from features.transform import relative_windows
+from train.bundle_io import BundleError, require_files
+from train.calibration import calibrated_proba, fit_temperature, process_threads
+from train.config import GbmConfig
+from train.plain_gbm import balanced_weights
+
+GBM_FILES = ("lightgbm.txt", "metadata.json")
+RETURN_LAGS = (1, 3, 6, 12, 23)
+VOLATILITY_SPANS = (6, 24)
+SUMMARY_COLUMNS = (
+    "rsi", "bb_position", "macd_hist", "volume_ma_ratio", "atr_ratio", "high_low_ratio",
+    "close_open_ratio", "volume_change",
+)  # fmt: skip
+SUMMARY_LAGS = (1, 6, 12, 23)
+INPUT_REVISION = 1  # bump when window_inputs changes: part of the research cache key
+_CHUNK = 4096
+
+
+def input_names(feature_names: tuple[str, ...] = FEATURE_NAMES) -> tuple[str, ...]:
+    return (
+        *(f"last_{n}" for n in feature_names),
+        *(f"log_return_{k}h" for k in RETURN_LAGS),
+        *(f"volatility_{k}h" for k in VOLATILITY_SPANS),
+        *(f"{c}_lag{k}" for c in SUMMARY_COLUMNS for k in SUMMARY_LAGS),
+        *(f"{c}_mean24" for c in SUMMARY_COLUMNS),
+        "window_high",
+        "window_low",
+    )
+
+
+def window_inputs(raw: np.ndarray, feature_names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
+    """(n, L, F) raw windows -> (n, len(input_names())) float64 tree inputs."""
+    if raw.ndim != 3 or raw.shape[2] != len(feature_names):
+        raise ValueError(f"expected windows (n, L, {len(feature_names)}), got {raw.shape}")
+    rel = relative_windows(raw)
+    col = {name: j for j, name in enumerate(feature_names)}
+    close = rel[:, :, col["close"]]  # the last hour is 1 by construction
+    log_ret = raw[:, :, col["log_returns"]]
+    parts = [rel[:, -1, :]]
+    parts.append(np.column_stack([-np.log(close[:, -1 - k]) for k in RETURN_LAGS]))
+    parts.append(np.column_stack([log_ret[:, -k:].std(axis=1, ddof=1) for k in VOLATILITY_SPANS]))
+    summary = rel[:, :, [col[c] for c in SUMMARY_COLUMNS]]
+    lags = summary[:, [-1 - k for k in SUMMARY_LAGS], :]  # (n, lags, columns)
+    parts.append(lags.transpose(0, 2, 1).reshape(len(raw), -1))
+    parts.append(summary.mean(axis=1))
+    parts.append(rel[:, :, col["high"]].max(axis=1)[:, None] - 1.0)
+    parts.append(1.0 - rel[:, :, col["low"]].min(axis=1)[:, None])
+    return np.concatenate(parts, axis=1)
+
+
+def design_rows(data: MarketDataset, positions: np.ndarray) -> np.ndarray:
+    """`window_inputs` of the windows ending at `positions`, in chunks so memory stays flat."""
+    out = np.empty((len(positions), len(input_names())))
+    for start in range(0, len(positions), _CHUNK):
+        chunk = positions[start : start + _CHUNK]
+        out[start : start + len(chunk)] = window_inputs(data.raw_windows(chunk))
+    return out
+
+
+def _params(config: GbmConfig, seed: int) -> dict[str, Any]:
+    return {
+        "objective": "multiclass",
+        "num_class": 3,
+        "num_leaves": config.num_leaves,
+        "learning_rate": config.learning_rate,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "feature_fraction": config.feature_fraction,
+        "lambda_l2": config.lambda_l2,
+        "max_bin": config.max_bin,
+        "seed": seed,
+        "deterministic": True,
+        "num_threads": process_threads(),
+        "verbose": -1,
+    }
+
+
+def raw_scores(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
+    scores = booster.predict(x, raw_score=True, num_threads=process_threads())
+    return np.asarray(scores).reshape(len(x), 3)
+
+
+@dataclass(frozen=True)
+class GbmSlices:
+    """Rows (already tree inputs) and labels of the three slices of one training window."""
+
+    fit: tuple[np.ndarray, np.ndarray]
+    early_stop: tuple[np.ndarray, np.ndarray]
+    calibrate: tuple[np.ndarray, np.ndarray]
+
+
+def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:
+    """Trees on `fit` (stopped early on `early_stop`), temperature on `calibrate`."""
+    x, y = slices.fit
+    weight = balanced_weights(y) if config.balanced else None
+    train = lgb.Dataset(x, label=y, weight=weight, free_raw_data=True)
+    callbacks, valid = [], []
+    if config.early_stopping_rounds is not None:
+        xs, ys = slices.early_stop
+        valid = [lgb.Dataset(xs, label=ys, reference=train)]
+        callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
+    booster = lgb.train(
+        _params(config, seed), train, config.num_rounds, valid_sets=valid, callbacks=callbacks
+    )
+    # With early stopping, predict() and save_model() both use the best iteration only.
+    x_cal, y_cal = slices.calibrate
+    return booster, fit_temperature(raw_scores(booster, x_cal), y_cal)
+
+
+@dataclass
+class GbmModel:
+    """A fitted gbm: the same interface as the hybrid (`predict_proba` of raw windows)."""
+
+    booster: lgb.Booster
+    temperature: float
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unregistered"))
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        """(n, 24, F) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities."""
+        raw = np.asarray(windows, dtype="float64")
+        if len(raw) == 0:
+            return np.zeros((0, 3))
+        return self.predict_inputs(window_inputs(raw))
+
+    def predict_inputs(self, x: np.ndarray) -> np.ndarray:
+        return calibrated_proba(raw_scores(self.booster, x), self.temperature)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(directory / "lightgbm.txt"))
+        meta = {
+            **self.metadata,
+            "family": "gbm",
+            "feature_names": list(FEATURE_NAMES),
+            "feature_hash": FEATURE_HASH,
+            "gbm_inputs": list(input_names()),
+            "temperature": self.temperature,
+        }
+        (directory / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
+        return directory
+
+
+def load_gbm(directory: Path, meta: dict[str, Any]) -> GbmModel:
+    """A gbm bundle; refused with the reason when its inputs or temperature do not fit."""
+    require_files(directory, GBM_FILES)
+    if tuple(meta.get("gbm_inputs", ())) != input_names():
+        raise BundleError(
+            f"{directory / 'metadata.json'}: the bundle's gbm inputs differ from this code's "
+            f"{len(input_names())} window summaries: retrain it"
+        )
+    try:
+        booster = lgb.Booster(model_file=str(directory / "lightgbm.txt"))
+    except lgb.basic.LightGBMError as exc:
+        raise BundleError(f"{directory / 'lightgbm.txt'} is not a LightGBM model: {exc}") from exc
+    if booster.num_feature() != len(input_names()):
+        raise BundleError(
+            f"{directory / 'lightgbm.txt'} reads {booster.num_feature()} inputs, "
+            f"the window gives {len(input_names())}"
+        )
+    temperature = float(meta.get("temperature", float("nan")))
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise BundleError(f"{directory / 'metadata.json'}: temperature {temperature} is not > 0")
+    return GbmModel(booster, temperature, meta)
