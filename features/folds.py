@@ -75,9 +75,7 @@ class AnchoredFold:
         return f"{self.test_start:%Y-%m-%d %H:%M}..{self.test_end - HOUR:%Y-%m-%d %H:%M}"
 
 
-def train_positions(
-    times: np.ndarray, test_start: int, window: TrainWindow
-) -> np.ndarray:
+def train_positions(times: np.ndarray, test_start: int, window: TrainWindow) -> np.ndarray:
     """Sample positions that may train a fold starting at `test_start` (int ns)."""
     cutoff = test_start - window.purge_hours * HOUR_NS
     keep = times < cutoff

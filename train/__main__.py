@@ -1,4 +1,5 @@
-"""`python -m train fit|evaluate|report|list|promote|rollback`: fit, judge and manage models."""
+"""`python -m train fit|research|evaluate|report|list|promote|rollback`: fit, research, judge and
+manage models."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from train.gate import judge
 from train.pipeline import fit_market, load_market
 from train.registry import ModelRegistry, RegistryError, format_versions
 from train.report import market_report, registry_report, window_report
+from train.research_cli import add_research_parser, cmd_research
 from train.score_window import score_window
 
 
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Ray Train storage for run results: absolute path or URI",
     )
     _common(fit, market=False)
+    add_research_parser(sub)
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
     ev.add_argument("--version")
@@ -229,6 +232,7 @@ def cmd_manage(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": cmd_fit,
+    "research": cmd_research,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "list": cmd_manage,

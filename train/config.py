@@ -181,14 +181,15 @@ class ResearchConfig(Strict):
     min_test_hours: int = Field(24, ge=1)
     start: str | None = "2023-01-01T00:00"  # default --start: the four markets share these hours
     families: list[Family] = ["gbm"]
-    leaky_parts: int = Field(5, ge=2, le=20)  # shuffled K-fold of the seed's protocol; 0 = off
+    leaky_parts: int = Field(5, ge=2, le=20)  # shuffled K-fold of the seed's protocol
+    leaky_from: str = "2022-01-01T00:00"  # the K-fold shuffles the samples from here on
     cpus_per_fold: float = Field(1.0, gt=0)
     arm: Literal["fixed", "rule"] = "fixed"  # the sizing the after-fee replay uses
     cache_dir: str = "runs/research-cache"  # path (relative to the project) or URI
     bootstrap: BootstrapConfig = BootstrapConfig()
     reference_label: ReferenceLabel = ReferenceLabel()
 
-    @field_validator("origin", "start")
+    @field_validator("origin", "start", "leaky_from")
     @classmethod
     def _timestamp(cls, value: str | None) -> str | None:
         if value is not None:

@@ -34,8 +34,7 @@ def fit_weight(p_hybrid: np.ndarray, p_gbm: np.ndarray, y: np.ndarray) -> float:
     """The weight on the hybrid (a 0.05 grid over [0, 1]) with the lowest log loss on `y`."""
     rows = np.arange(len(y))
     losses = [
-        -np.log(np.clip(blend(p_hybrid, p_gbm, w)[rows, y], 1e-15, 1.0)).mean()
-        for w in WEIGHT_GRID
+        -np.log(np.clip(blend(p_hybrid, p_gbm, w)[rows, y], 1e-15, 1.0)).mean() for w in WEIGHT_GRID
     ]
     return float(WEIGHT_GRID[int(np.argmin(losses))])
 

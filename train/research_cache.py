@@ -1,0 +1,163 @@
+"""The research cache: each fold's out-of-sample probabilities as one Parquet file.
+
+Layout under the root (a local path or any pyarrow.fs URI)::
+
+    <root>/<market>/<family>/<config hash>/f<fold>_<test start>_<test end>_<fingerprint>.parquet
+
+A file holds the fold's predicted hours (index `time`) with `fold`, `p_sell`, `p_hold`, `p_buy`,
+and in its schema metadata when and where it was computed. Labels are not stored: a report labels
+the hours itself, so the same predictions can be scored against any label. A key changes when
+anything that changes the predictions changes (the family's configuration, the candles the fold
+read, the fold's span), so a hit can be trusted and a second run recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from features.candles import CANDLE_COLUMNS
+from features.exchange import check_market
+
+PROBA = ["p_sell", "p_hold", "p_buy"]
+_INFO_KEY = b"hybrid_trader.research"
+
+
+def config_hash(description: dict[str, Any]) -> str:
+    """12 hex digits of sha256 over the sorted JSON of everything that changes predictions."""
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def candle_fingerprints(candles: pd.DataFrame, bounds: list[pd.Timestamp]) -> dict[str, str]:
+    """For each bound, a fingerprint of every candle that opens before it (times and values).
+
+    One chained pass: candles are hashed in order and the digest is read off at each bound, so
+    many folds cost one read of the market's history.
+    """
+    index = candles.index.asi8
+    values = np.ascontiguousarray(candles[list(CANDLE_COLUMNS)].to_numpy(dtype="float64"))
+    digest = hashlib.blake2b(digest_size=8)
+    out: dict[str, str] = {}
+    done = 0
+    for bound in sorted(set(bounds)):
+        stop = int(np.searchsorted(index, bound.value, side="left"))
+        digest.update(index[done:stop].tobytes())
+        digest.update(values[done:stop].tobytes())
+        done = max(done, stop)
+        out[str(bound)] = digest.copy().hexdigest()
+    return out
+
+
+@dataclass(frozen=True)
+class FoldKey:
+    """Everything that identifies one fold's predictions."""
+
+    market: str
+    family: str
+    config: str  # config_hash
+    fold: int  # the grid's fold number (walk-forward) or the part (leaky K-fold)
+    start: pd.Timestamp
+    end: pd.Timestamp
+    fingerprint: str
+
+    def relative_path(self) -> str:
+        check_market(self.market)
+        name = f"f{self.fold:+05d}_{self.start:%Y%m%dT%H}_{self.end:%Y%m%dT%H}_{self.fingerprint}"
+        return f"{self.market}/{self.family}/{self.config}/{name}.parquet"
+
+
+class PredictionCache:
+    """Read and write fold predictions under one root; safe for concurrent writers.
+
+    Local files are written under a temporary name and renamed, so a reader never sees half a file;
+    object stores make a put visible whole.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        text = str(root)
+        if "://" in text:
+            self._fs, self._base = pafs.FileSystem.from_uri(text)
+        else:
+            self._fs, self._base = pafs.LocalFileSystem(), str(Path(text).resolve())
+        self.root = text
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+
+    def _path(self, key: FoldKey) -> str:
+        return f"{self._base.rstrip('/')}/{key.relative_path()}"
+
+    def has(self, key: FoldKey) -> bool:
+        return self._fs.get_file_info(self._path(key)).type == pafs.FileType.File
+
+    def read(self, key: FoldKey) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """The fold's frame and its run info, or None when it was never computed."""
+        if not self.has(key):
+            return None
+        with self._fs.open_input_file(self._path(key)) as handle:
+            table = pq.read_table(handle)
+        info = json.loads((table.schema.metadata or {}).get(_INFO_KEY, b"{}"))
+        return table.to_pandas(), info
+
+    def write(self, key: FoldKey, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+        missing = {"fold", *PROBA} - set(frame.columns)
+        if missing or frame.index.name != "time":
+            raise ValueError(f"{key.relative_path()}: a fold frame needs index 'time' and {PROBA}")
+        table = pa.Table.from_pandas(frame[["fold", *PROBA]], preserve_index=True)
+        meta = dict(table.schema.metadata or {})
+        meta[_INFO_KEY] = json.dumps(info, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+        path = self._path(key)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if not self._local:
+            with self._fs.open_output_stream(path) as out:
+                pq.write_table(table, out)
+            return
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "wb") as out:
+            out.write(buffer.getvalue())
+        os.replace(temporary, path)
+
+    def configs(self, market: str) -> list[tuple[str, str]]:
+        """(family, config hash) of every configuration with predictions for `market`."""
+        base = f"{self._base.rstrip('/')}/{check_market(market)}"
+        if self._fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        selector = pafs.FileSelector(base, recursive=True)
+        found = set()
+        for info in self._fs.get_file_info(selector):
+            parts = info.path[len(base) :].strip("/").split("/")
+            if (
+                info.type == pafs.FileType.File
+                and len(parts) == 3
+                and parts[2].endswith(".parquet")
+            ):
+                found.add((parts[0], parts[1]))
+        return sorted(found)
+
+    def spans(
+        self, market: str, family: str, config: str
+    ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        """Test spans stored for one configuration (from the file names)."""
+        base = f"{self._base.rstrip('/')}/{check_market(market)}/{family}/{config}"
+        selector = pafs.FileSelector(base, allow_not_found=True)
+        spans = []
+        for info in self._fs.get_file_info(selector):
+            name = info.base_name
+            if name.endswith(".parquet"):
+                _, start, end, _ = name.removesuffix(".parquet").split("_")
+                spans.append((pd.Timestamp(start), pd.Timestamp(end)))
+        return spans

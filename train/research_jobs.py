@@ -1,0 +1,205 @@
+"""One research fold, computed: the LightGBM-based jobs (gbm family, plain baselines, leaky gbm).
+
+Each job is a pure function of the market's material (dataset and precomputed tree inputs) and
+its key, so it runs the same in a Ray task, in a plain loop (`--local`) and in a test. Nothing
+here imports torch: a Ray worker running these starts in a fraction of a second. The hybrid's
+folds live in `train.research_hybrid` (they need torch and run inside a TorchTrainer).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.candles import CandleError
+from features.config import FeaturesConfig
+from features.dataset import MarketDataset, build_dataset
+from features.folds import (
+    FoldGrid,
+    TrainWindow,
+    anchored_folds,
+    leaky_kfold,
+    purged_parts,
+    train_positions,
+)
+from features.labels import fold_threshold
+from features.sources import ParquetDirSource
+from train.calibration import calibrated_proba
+from train.config import TrainProfile
+from train.gbm import GbmSlices, design_rows, fit_gbm, raw_scores
+from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
+from train.research_cache import PROBA, FoldKey, candle_fingerprints
+
+JobKind = Literal["gbm", "plain", "gbm~leaky", "hybrid", "hybrid~leaky"]
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job of one research run shares (all of it is in the config hashes)."""
+
+    profile: TrainProfile
+    features: FeaturesConfig
+    purge_hours: int
+    leaky_parts: int
+
+    @property
+    def seed(self) -> int:
+        return self.profile.optim.seed
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    key: FoldKey
+    kind: JobKind
+    train_hours: int | None = None  # rolling training window; None: all history before the fold
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    key: FoldKey
+    frame: pd.DataFrame  # index time; fold, p_sell, p_hold, p_buy
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MarketIndex:
+    """The small part of a market's material the driver needs: timeline, closes, samples,
+    fingerprints of the candles before every fold bound."""
+
+    market: str
+    times: pd.DatetimeIndex
+    close: np.ndarray
+    samples: np.ndarray
+    fingerprints: dict[str, str]
+
+    @property
+    def sample_times(self) -> pd.DatetimeIndex:
+        return self.times[self.samples]
+
+
+@dataclass(frozen=True)
+class MarketMaterial:
+    """The big part, built once per market and shared by every fold job (Ray object store)."""
+
+    data: MarketDataset
+    gbm_rows: np.ndarray | None  # window inputs of every sample, aligned with data.samples
+    plain_rows: np.ndarray | None  # the 17 plain columns of every dataset row
+
+
+def fold_bounds(sample_times: pd.DatetimeIndex, grid: FoldGrid, horizon: int) -> list:
+    """The times whose candle prefixes fingerprint the folds: each test end plus the horizon
+    (the last test label reads that far), and the end of all data (the leaky protocol's)."""
+    window = TrainWindow(purge_hours=0)
+    ends = [
+        f.test_end + pd.Timedelta(hours=horizon) for f in anchored_folds(sample_times, grid, window)
+    ]
+    return [*ends, pd.Timestamp.max]
+
+
+def prepare_market(
+    data_dir: str, market: str, features: FeaturesConfig, grid: FoldGrid, kinds: set[str]
+) -> tuple[MarketMaterial, MarketIndex]:
+    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold."""
+    candles = ParquetDirSource(data_dir).history(market)
+    if len(candles) == 0:
+        raise CandleError(f"{market}: no candles in {data_dir}")
+    data = build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)
+    gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
+    plain_rows = plain_features(data) if "plain" in kinds else None
+    bounds = fold_bounds(data.sample_times, grid, data.horizon)
+    index = MarketIndex(
+        market, data.times, data.close, data.samples, candle_fingerprints(candles, bounds)
+    )
+    return MarketMaterial(data, gbm_rows, plain_rows), index
+
+
+def _threshold(settings: JobSettings, data: MarketDataset, rows: np.ndarray) -> float:
+    lab = settings.features.labels
+    return fold_threshold(lab.mode, lab.threshold, lab.hold_share, data.forward_returns[rows])
+
+
+def walk_forward_rows(
+    data: MarketDataset, job: FoldJob, purge_hours: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset rows that train and test one walk-forward fold (see features.folds)."""
+    t = data.sample_times.asi8
+    test = data.samples[(t >= job.key.start.value) & (t < job.key.end.value)]
+    window = TrainWindow(purge_hours, job.train_hours)
+    return data.samples[train_positions(t, job.key.start.value, window)], test
+
+
+def leaky_rows(
+    data: MarketDataset, job: FoldJob, settings: JobSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's protocol over the samples of the job's span: part `fold` of a shuffled K-fold."""
+    t = data.sample_times.asi8
+    span = data.samples[(t >= job.key.start.value) & (t < job.key.end.value)]
+    part = job.key.fold
+    train, test = leaky_kfold(len(span), settings.leaky_parts, settings.seed)[part]
+    shuffled = np.random.default_rng(settings.seed + part).permutation(span[train])
+    return shuffled, span[test]
+
+
+def _gbm_inputs(material: MarketMaterial, rows: np.ndarray) -> np.ndarray:
+    assert material.gbm_rows is not None, "prepare_market built no gbm inputs"
+    return material.gbm_rows[np.searchsorted(material.data.samples, rows)]
+
+
+def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> np.ndarray:
+    data = material.data
+    cfg = s.profile.gbm
+    shares = cfg.slices.model_dump()
+    if job.kind == "gbm~leaky":
+        train, test = leaky_rows(data, job, s)
+        bounds = np.round(np.cumsum([0, *shares.values()]) * len(train)).astype(int)
+        parts = dict(zip(shares, np.split(train, bounds[1:-1]), strict=True))
+    else:
+        train, test = walk_forward_rows(data, job, s.purge_hours)
+        parts = purged_parts(data.times.asi8, train, shares, s.purge_hours)
+    threshold = _threshold(s, data, train)
+
+    def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _gbm_inputs(material, rows), data.labels(threshold, rows)
+
+    slices = GbmSlices(xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]))
+    booster, temperature = fit_gbm(cfg, slices, s.seed)
+    return test, calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
+
+
+def _plain_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> np.ndarray:
+    assert material.plain_rows is not None, "prepare_market built no plain inputs"
+    data = material.data
+    train, test = walk_forward_rows(data, job, s.purge_hours)
+    threshold = _threshold(s, data, train)
+    booster = fit_plain(material.plain_rows[train], data.labels(threshold, train), s.seed)
+    return test, plain_proba(booster, material.plain_rows[test])
+
+
+def run_job(material: MarketMaterial, job: FoldJob, settings: JobSettings) -> FoldResult:
+    """Fit one fold's model on its training rows and predict its test rows."""
+    started = time.time()
+    run = _plain_job if job.kind == "plain" else _gbm_job
+    test, proba = run(material, job, settings)
+    ended = time.time()
+    frame = pd.DataFrame(proba, index=material.data.times[test], columns=PROBA)
+    frame.index.name = "time"
+    frame.insert(0, "fold", job.key.fold)
+    info = {
+        "started": started,
+        "ended": ended,
+        "seconds": ended - started,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "kind": job.kind,
+    }
+    return FoldResult(job.key, frame, info)
+
+
+def plain_train_hours(family: str) -> int | None:
+    return PLAIN_VARIANTS[family]

@@ -1,0 +1,267 @@
+"""The research report: every model of every market scored on the same hours against the
+reference label, with intervals, per-fold figures, after-fee trading and a deflated Sharpe.
+
+Rows per market: the requested families, each family's leaky twin (the seed's protocol, predicted
+on the same hours by a model whose training part did not hold them), and the baselines: the plain
+LightGBM recipe with 12 months and with all history (`train.plain_gbm`), the majority class of the
+hours before each fold, and persistence (the label of t - H). Labels are computed here, from the
+closes, with the reference label (`research.reference_label`): predictions never carry labels, so
+a model trained on another label is still judged on this one.
+
+Hours: those in the requested range whose reference label is known and that every row predicted.
+Trading goes through `trader` (the CLI passes `trading.research_trades`: plan_hour and the
+PaperBroker), so this module stays below trading in the layering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.exchange import FEE_RATE, HOUR
+from features.labels import forward_returns, label_returns
+from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
+from train.research_stats import (
+    METRICS,
+    block_starts,
+    bootstrap_metrics,
+    curve_figures,
+    deflated_sharpe,
+    interval,
+    point_metrics,
+)
+
+PROBA = ["p_sell", "p_hold", "p_buy"]
+REFERENCE_BASELINE = "plain-12m"
+CHANCE_BASELINES = ("majority", "persistence")
+MODEL_FAMILIES = ("hybrid", "gbm", "ensemble")
+
+
+@dataclass(frozen=True)
+class TradeRequest:
+    """One model's predictions to replay after fees on a market's timeline."""
+
+    market: str
+    model: str
+    times: pd.DatetimeIndex  # the timeline, history included, ending at the last reported hour
+    close: np.ndarray
+    predictions: pd.DataFrame  # index time, PROBA columns
+
+
+Trader = Callable[[list[TradeRequest]], list[dict[str, Any]]]
+
+
+def one_hot(labels: np.ndarray, smoothing: float = 1e-3) -> np.ndarray:
+    out = np.full((len(labels), 3), smoothing / 2)
+    out[np.arange(len(labels)), labels] = 1.0 - smoothing
+    return out
+
+
+def reference_labels(research: MarketResearch, req: ResearchRequest) -> pd.Series:
+    ref = req.research.reference_label
+    index = research.index
+    close = pd.Series(index.close, index=index.times)
+    fwd = forward_returns(close, ref.horizon_hours).to_numpy()
+    return pd.Series(label_returns(fwd, ref.threshold), index=index.times)
+
+
+def chance_baselines(
+    research: MarketResearch, labels: pd.Series, hours: pd.DatetimeIndex, req: ResearchRequest
+) -> dict[str, pd.DataFrame]:
+    """Majority class of the labelled hours before each fold (purged), and persistence."""
+    sample_labels = labels.reindex(research.index.sample_times).dropna()
+    majority = []
+    for fold in research.folds:
+        before = sample_labels[sample_labels.index < fold.test_start - req.purge_hours * HOUR]
+        cls = int(before.value_counts().idxmax()) if len(before) else 1
+        inside = hours[(hours >= fold.test_start) & (hours < fold.test_end)]
+        majority.append(pd.DataFrame(one_hot(np.full(len(inside), cls)), index=inside,
+                                     columns=PROBA))  # fmt: skip
+    horizon = req.research.reference_label.horizon_hours
+    past = labels.reindex(hours - horizon * HOUR).to_numpy()
+    persistence = one_hot(np.where(np.isfinite(past), past, 1).astype(np.int64))
+    return {
+        "majority": pd.concat(majority) if majority else pd.DataFrame(columns=PROBA),
+        "persistence": pd.DataFrame(persistence, index=hours, columns=PROBA),
+    }
+
+
+def common_hours(
+    research: MarketResearch, labels: pd.Series, req: ResearchRequest, names: list[str]
+) -> pd.DatetimeIndex:
+    hours = research.index.sample_times
+    in_folds = np.zeros(len(hours), dtype=bool)
+    for fold in research.folds:
+        in_folds |= (hours >= fold.test_start) & (hours < fold.test_end)
+    hours = hours[in_folds]
+    if req.start is not None:
+        hours = hours[hours >= req.start]
+    if req.end is not None:
+        hours = hours[hours <= req.end]
+    hours = hours[np.isfinite(labels.reindex(hours).to_numpy())]
+    for name in names:
+        if "~" not in name:  # leaky twins cover only research.leaky_from on: scored where they do
+            hours = hours.intersection(research.predictions[name].index)
+    return hours
+
+
+def model_names(research: MarketResearch, req: ResearchRequest) -> list[str]:
+    families = [f for f in req.families if f in research.predictions]
+    leaky = [f"{f}~leaky" for f in families if f"{f}~leaky" in research.predictions]
+    return [*families, *leaky, *BASELINE_FAMILIES]
+
+
+def per_fold(
+    research: MarketResearch, hours: pd.DatetimeIndex, y: np.ndarray, proba: np.ndarray
+) -> list[dict[str, Any]]:
+    rows = []
+    for fold in research.folds:
+        inside = (hours >= fold.test_start) & (hours < fold.test_end)
+        if inside.any():
+            m = point_metrics(y[inside], proba[inside])
+            rows.append({"fold": fold.number, "start": str(fold.test_start), "n": m["n"],
+                         "balanced_accuracy": m["balanced_accuracy"],
+                         "log_loss": m["log_loss"]})  # fmt: skip
+    return rows
+
+
+def _score_one(
+    research: MarketResearch, hours: pd.DatetimeIndex, y: np.ndarray, proba: np.ndarray,
+    req: ResearchRequest,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+    boot = req.research.bootstrap
+    starts, block = block_starts(len(hours), boot.block_hours, boot.samples, boot.seed)
+    samples = bootstrap_metrics(y, proba, starts, block)
+    entry = {
+        "metrics": point_metrics(y, proba),
+        "intervals": {k: interval(samples[k]) for k in METRICS},
+        "per_fold": per_fold(research, hours, y, proba),
+    }
+    return entry, samples
+
+
+def score_models(
+    research: MarketResearch, hours: pd.DatetimeIndex, labels: pd.Series,
+    frames: dict[str, pd.DataFrame], req: ResearchRequest,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Point metrics, intervals and per-fold figures of every model, and each model's balanced
+    accuracy minus the plain baseline's and persistence's with a paired interval (same blocks:
+    the bootstrap draws depend only on the number of hours and the seed)."""
+    samples, out = {}, {}
+    for name, frame in frames.items():
+        own = hours.intersection(frame.index)
+        y = labels.loc[own].to_numpy(dtype=np.int64)
+        entry, samples[name] = _score_one(research, own, y, frame.loc[own, PROBA].to_numpy(), req)
+        out[name] = entry | {
+            "config": research.configs.get(name, "fixed"),
+            "paired": len(own) == len(hours),
+        }
+    for name in out:
+        out[name]["versus"] = {
+            other: {"balanced_accuracy": out[name]["metrics"]["balanced_accuracy"]
+                    - out[other]["metrics"]["balanced_accuracy"],
+                    "interval": interval(samples[name]["balanced_accuracy"]
+                                         - samples[other]["balanced_accuracy"])}
+            for other in (REFERENCE_BASELINE, "persistence")
+            if other != name and out[name]["paired"] and other in out
+        }  # fmt: skip
+    return out
+
+
+def buy_and_hold(close: np.ndarray, initial: float) -> dict[str, Any]:
+    """All cash in at the first reported close, valued as if sold at each close (both fees)."""
+    equity = initial * (1 - FEE_RATE) * close / close[0] * (1 - FEE_RATE)
+    return curve_figures(equity, initial, np.ones(len(close)), trades=2)
+
+
+def trade_requests(
+    research: MarketResearch, hours: pd.DatetimeIndex, frames: dict[str, pd.DataFrame]
+) -> list[TradeRequest]:
+    index = research.index
+    stop = int(index.times.get_loc(hours[-1])) + 1
+    times, close = index.times[:stop], index.close[:stop]
+    return [TradeRequest(index.market, name, times, close,
+                         frame.loc[hours.intersection(frame.index), PROBA])
+            for name, frame in frames.items()]  # fmt: skip
+
+
+def configs_tried(req: ResearchRequest, market: str) -> int:
+    """Model configurations with predictions for this market in the cache (baselines and leaky
+    twins are not candidates), at least the ones in this report."""
+    found = {c for f, c in req.cache.configs(market) if f in MODEL_FAMILIES}
+    return max(len(found), 1)
+
+
+def _attach_trading(
+    models: dict[str, dict[str, Any]], results: list[dict[str, Any]], trials: int
+) -> dict[str, Any]:
+    curves = {}
+    for result in results:
+        figures = curve_figures(result["equity"], result["initial"], result["position_value"],
+                                result["trades"])  # fmt: skip
+        returns = figures.pop("hourly_returns")
+        entry = models[result["model"]]
+        entry["trading"] = figures
+        entry["dsr"] = deflated_sharpe(returns, trials)
+        curves[result["model"]] = (result["times"], result["equity"] / result["initial"])
+    return curves
+
+
+def market_report(
+    research: MarketResearch, req: ResearchRequest, trader: Trader
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON block of one market, and the curves the plot draws."""
+    labels = reference_labels(research, req)
+    names = model_names(research, req)
+    hours = common_hours(research, labels, req, names)
+    if len(hours) == 0:
+        raise ValueError(f"{research.index.market}: no hour is predicted by every model")
+    frames = {n: research.predictions[n] for n in names}
+    frames |= chance_baselines(research, labels, hours, req)
+    models = score_models(research, hours, labels, frames, req)
+    trials = configs_tried(req, research.index.market)
+    results = trader(trade_requests(research, hours, frames))
+    curves = _attach_trading(models, results, trials)
+    close = research.index.close[research.index.times.get_indexer(hours)]
+    initial = results[0]["initial"] if results else 1.0
+    hold = buy_and_hold(close, initial)
+    hold.pop("hourly_returns")
+    block = {
+        "hours": int(len(hours)),
+        "span": [str(hours[0]), str(hours[-1])],
+        "folds": [
+            {"fold": f.number, "start": str(f.test_start), "end": str(f.test_end)}
+            for f in research.folds
+        ],  # fmt: skip
+        "configs_tried": trials,
+        "models": models,
+        "buy_and_hold": hold,
+    }
+    curves["buy&hold"] = (hours, close / close[0] * (1 - FEE_RATE) ** 2)
+    return block, {"hours": hours, "curves": curves, "models": models}
+
+
+def build_report(
+    req: ResearchRequest, markets: dict[str, MarketResearch], trader: Trader,
+    run: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The whole report (JSON-ready) and the per-market curves for the plot."""
+    blocks, plots, records = {}, {}, []
+    for market, research in markets.items():
+        blocks[market], plots[market] = market_report(research, req, trader)
+        records += research.records
+    report = {
+        "profile": req.profile_name,
+        "families": req.families,
+        "range": [str(req.start) if req.start else None, str(req.end) if req.end else None],
+        "fold_grid": {"origin": req.research.origin, "fold_hours": req.research.fold_hours},
+        "reference_label": req.research.reference_label.model_dump(),
+        "markets": blocks,
+        "run": run,
+        "folds_run": records,
+    }
+    return report, plots

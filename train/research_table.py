@@ -1,0 +1,131 @@
+"""The research report as text (a table per market, then its per-fold balanced accuracy) and as
+one PNG (per-fold balanced accuracy and equity curves, one column per market)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+HEADER = (
+    f"{'model':<14} {'n':>6} {'acc':>6} {'bal_acc [95% CI]':>22} {'logloss [95% CI]':>22} "
+    f"{'brier':>6} {'macroF1':>7} {'rec S/H/B':>14} {'dBA vs plain-12m':>22} "
+    f"{'return':>8} {'Sharpe':>6} {'maxDD':>6} {'trades':>6} {'expo':>5} {'DSR':>5}"
+)
+
+
+def _ci(value: float, bounds: list[float], pct: bool) -> str:
+    if pct:
+        return f"{value:.1%} [{bounds[0]:.1%},{bounds[1]:.1%}]"
+    return f"{value:.3f} [{bounds[0]:.3f},{bounds[1]:.3f}]"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def model_line(name: str, entry: dict[str, Any]) -> str:
+    m, ci = entry["metrics"], entry["intervals"]
+    rec = "/".join(f"{m['recall'][c]:.2f}" for c in ("sell", "hold", "buy"))
+    vs = entry["versus"].get("plain-12m")
+    delta = ""
+    if vs is not None:
+        low, high = vs["interval"]
+        delta = f"{vs['balanced_accuracy']:+.3f} [{low:+.3f},{high:+.3f}]"
+    t = entry.get("trading", {})
+    dsr = entry.get("dsr", {}).get("dsr")
+    return (
+        f"{name:<14} {m['n']:>6} {m['accuracy']:>6.1%} "
+        f"{_ci(m['balanced_accuracy'], ci['balanced_accuracy'], True):>22} "
+        f"{_ci(m['log_loss'], ci['log_loss'], False):>22} {m['brier']:>6.3f} "
+        f"{m['macro_f1']:>7.3f} {rec:>14} {delta:>22} "
+        f"{_num(t.get('total_return'), '+.1%'):>8} {_num(t.get('sharpe'), '.2f'):>6} "
+        f"{_num(t.get('max_drawdown'), '.1%'):>6} {t.get('trades', '-'):>6} "
+        f"{_num(t.get('exposure'), '.0%'):>5} {_num(dsr, '.2f'):>5}"
+    )
+
+
+def hold_line(hold: dict[str, Any]) -> str:
+    return (
+        f"{'buy & hold':<14} {'':>6} {'':>6} {'':>22} {'':>22} {'':>6} {'':>7} {'':>14} "
+        f"{'':>22} {hold['total_return']:>+8.1%} {_num(hold['sharpe'], '.2f'):>6} "
+        f"{hold['max_drawdown']:>6.1%} {hold['trades']:>6} {1:>5.0%} {'':>5}"
+    )
+
+
+def fold_lines(models: dict[str, dict[str, Any]]) -> list[str]:
+    names = list(models)
+    head = f"  {'fold start':<17}{'n':>5} " + " ".join(f"{n[:11]:>11}" for n in names)
+    lines = [head]
+    by_fold: dict[int, dict[str, Any]] = {}
+    for name in names:
+        for row in models[name]["per_fold"]:
+            by_fold.setdefault(row["fold"], {"start": row["start"], "n": row["n"]})[name] = row
+    for fold in sorted(by_fold):
+        row = by_fold[fold]
+        cells = " ".join(
+            f"{row[n]['balanced_accuracy']:>11.3f}" if n in row else f"{'-':>11}" for n in names
+        )
+        lines.append(f"  {row['start'][:16]:<17}{row['n']:>5} {cells}")
+    return lines
+
+
+def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
+    ref = report["reference_label"]
+    parts = []
+    for market, block in report["markets"].items():
+        head = (
+            f"{market}  {block['span'][0]} .. {block['span'][1]}  ({block['hours']} hours, "
+            f"{len(block['folds'])} folds of {report['fold_grid']['fold_hours']} h)  "
+            f"label {ref['horizon_hours']} h / {ref['threshold']:.2%}  profile "
+            f"{report['profile']}  configurations tried: {block['configs_tried']}"
+        )
+        lines = [head, HEADER, "-" * len(HEADER)]
+        lines += [model_line(name, entry) for name, entry in block["models"].items()]
+        lines.append(hold_line(block["buy_and_hold"]))
+        if per_fold:
+            lines.append("per-fold balanced accuracy:")
+            lines += fold_lines(block["models"])
+        parts.append("\n".join(lines))
+    run = report["run"]
+    parts.append(
+        f"{len(report['folds_run'])} fold jobs ({sum(not r['cached'] for r in report['folds_run'])}"
+        f" computed), {run['seconds']:.1f} s. DSR: deflated Sharpe ratio, the probability that the"
+        " hourly Sharpe beats the best of the configurations tried by chance."
+    )
+    return "\n\n".join(parts)
+
+
+def plot_report(plots: dict[str, Any], path: Path) -> Path:
+    """Per market: per-fold balanced accuracy (top) and equity over initial (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markets = list(plots)
+    fig, axes = plt.subplots(2, len(markets), figsize=(5 * len(markets), 8), squeeze=False)
+    for col, market in enumerate(markets):
+        top, bottom = axes[0][col], axes[1][col]
+        for name, entry in plots[market]["models"].items():
+            rows = entry["per_fold"]
+            x = [pd.Timestamp(r["start"]) for r in rows]
+            style = "-" if "~" not in name and name not in ("majority",) else ":"
+            top.plot(x, [r["balanced_accuracy"] for r in rows], style, label=name, linewidth=1)
+        top.axhline(1 / 3, color="grey", linewidth=0.5)
+        top.set_title(f"{market}: balanced accuracy per fold", fontsize=9)
+        for name, (times, curve) in plots[market]["curves"].items():
+            if "~" in name or name == "majority":
+                continue
+            bottom.plot(times, curve, label=name, linewidth=1)
+        bottom.set_title(f"{market}: equity / initial, after fees", fontsize=9)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    axes[1][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
