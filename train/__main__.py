@@ -8,18 +8,14 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
-from features.dataset import MarketDataset
+from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
-from train.config import GateConfig, TrainProfile, TuneConfig, load_train_config
-from train.gate import judge
-from train.pipeline import fit_market, load_market
+from train.fit_cli import cmd_fit
 from train.registry import ModelRegistry, RegistryError, format_versions
 from train.report import market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
@@ -47,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="override configs/train.yaml, e.g. --set profiles.quick.optim.epochs=3",
+    )
+    fit.add_argument(
+        "--family",
+        default=None,
+        help="comma-separated of hybrid, gbm, ensemble (default: families in configs/train.yaml)",
     )
     fit.add_argument(
         "--local",
@@ -86,112 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _common(promote)
     promote.add_argument("--version", required=True)
     return parser.parse_args(argv)
-
-
-def register_and_gate(
-    registry: ModelRegistry, gate: GateConfig, bundle: Path, data: MarketDataset
-) -> str:
-    """Register a written bundle as a candidate and promote it only if the gate says so."""
-    market = data.market
-    version = registry.register(market, bundle)
-    current = registry.current(market)
-    current_model = None
-    if current is not None and current != version:
-        with tempfile.TemporaryDirectory() as tmp:
-            current_model = load_bundle(registry.fetch(market, current, dest_dir=Path(tmp)))
-    verdict = judge(gate, data, pd.read_parquet(bundle / "oos.parquet"), current_model)
-    if verdict.promote:
-        registry.promote(market, version)
-    print(market_report(registry.read_metadata(market, version)))
-    return f"{market} {version}: {verdict.reason}"
-
-
-def _fit_local(args: argparse.Namespace, ctx: FitContext) -> None:
-    for market in ctx.markets:
-        started = time.perf_counter()
-        data = load_market(ctx.source, market, ctx.features, ctx.profile)
-        fit = fit_market(data, ctx.features, ctx.profile, profile_name=args.profile)
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = fit.model.save(Path(tmp) / "bundle")
-            fit.oos.to_parquet(bundle / "oos.parquet")
-            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
-        print(f"{line} ({time.perf_counter() - started:.1f} s)\n")
-
-
-def _fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
-    import ray
-
-    from train.ray_fit import detect_gpu, fetch_bundle, fit_markets_on_ray
-
-    ray.init(address=args.ray_address, ignore_reinit_error=True)
-    use_gpu = args.use_gpu or detect_gpu()
-    profiles = {market: ctx.profile for market in ctx.markets}
-    if args.tune:
-        profiles = _tune(args, ctx, use_gpu)
-    runs = fit_markets_on_ray(
-        profiles,
-        args.data_dir,
-        ctx.features,
-        args.profile,
-        use_gpu=use_gpu,
-        gpu_fraction=ctx.tune.gpu_fraction,
-        storage_path=args.storage_path,
-    )
-    for run in runs:
-        data = load_market(ctx.source, run.market, ctx.features, profiles[run.market])
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = fetch_bundle(run.checkpoint, Path(tmp) / "bundle")
-            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
-        print(f"{line} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
-
-
-def _tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
-    from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
-
-    if not ctx.tune.search_space:
-        raise ConfigError("--tune needs tune.search_space in the train config")
-    print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
-    outcomes = tune_markets_on_ray(
-        ctx.markets,
-        args.data_dir,
-        ctx.features,
-        ctx.profile,
-        ctx.tune,
-        args.storage_path,
-        use_gpu=use_gpu,
-    )
-    print(format_outcomes(outcomes) + "\n")
-    return tuned_profiles(ctx.profile, outcomes)
-
-
-@dataclass(frozen=True)
-class FitContext:
-    markets: list[str]
-    features: FeaturesConfig
-    profile: TrainProfile
-    gate: GateConfig
-    tune: TuneConfig
-    source: ParquetDirSource
-    registry: ModelRegistry
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    train_cfg = load_train_config(args.train_config, args.set)
-    ctx = FitContext(
-        markets=[m.strip() for m in args.markets.split(",") if m.strip()],
-        features=load_features_config(args.features_config),
-        profile=train_cfg.profile(args.profile),
-        gate=train_cfg.gate,
-        tune=train_cfg.tune,
-        source=ParquetDirSource(args.data_dir),
-        registry=ModelRegistry(args.registry),
-    )
-    known = ctx.source.markets()
-    unknown = [m for m in ctx.markets if m not in known]
-    if unknown:
-        raise LookupError(f"no candles for {', '.join(unknown)} in {args.data_dir}; found {known}")
-    (_fit_local if args.local else _fit_ray)(args, ctx)
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

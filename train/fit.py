@@ -23,7 +23,7 @@ from features.transform import SequenceTransform
 from train.bundle import HybridModel
 from train.config import SliceConfig, TrainProfile
 from train.encoder_loop import EncoderResult, TrainHooks, encode, train_encoder
-from train.head import calibrated_proba, fit_head, fit_temperature, head_inputs, raw_scores
+from train.head import fit_head, fit_temperature, head_inputs, raw_scores
 from train.model import EncoderSpec
 
 # Oldest first: the encoder's hours, then the head's, then early stopping and calibration on the
@@ -122,5 +122,5 @@ def fit_plan(
     temperature = fit_temperature(raw_scores(head, inputs(x_cal)), y_cal)
     model = HybridModel(result.model, head, transform, temperature, use_last, {})
     x_test, y_test = xy(plan.test)
-    proba = calibrated_proba(raw_scores(head, inputs(x_test)), temperature)
+    proba = model.predict_proba_transformed(x_test)  # a refit has no test hours: (0, 3)
     return PlanOutcome(plan, model, threshold, proba, y_test, result, time.perf_counter() - started)

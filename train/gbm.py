@@ -33,9 +33,15 @@ GBM_FILES = ("lightgbm.txt", "metadata.json")
 RETURN_LAGS = (1, 3, 6, 12, 23)
 VOLATILITY_SPANS = (6, 24)
 SUMMARY_COLUMNS = (
-    "rsi", "bb_position", "macd_hist", "volume_ma_ratio", "atr_ratio", "high_low_ratio",
-    "close_open_ratio", "volume_change",
-)  # fmt: skip
+    "rsi",
+    "bb_position",
+    "macd_hist",
+    "volume_ma_ratio",
+    "atr_ratio",
+    "high_low_ratio",
+    "close_open_ratio",
+    "volume_change",
+)
 SUMMARY_LAGS = (1, 6, 12, 23)
 INPUT_REVISION = 1  # bump when window_inputs changes: part of the research cache key
 _CHUNK = 4096

@@ -1,7 +1,11 @@
-"""Fit one market: every walk-forward fold, the leaky comparison, the baselines, the bundle.
+"""Fit one market with one family: every walk-forward fold, the leaky comparison, the baselines,
+and the bundle.
 
-The bundle's model is the last fold's model: the deployed network is exactly the one whose
-out-of-sample hours were measured, and those hours stay unseen by it for the promotion gate.
+Walk-forward measures the *procedure*; the bundle that serves is that procedure refit on every
+labelled hour of the profile's window, up to the newest closed candle whose label is known (its
+early-stop and calibration slices are the newest hours, purged), so a deployed model has seen the
+latest weeks. Its metadata carries the procedure's walk-forward record and `oos.parquet` its
+out-of-sample predictions; the gate compares those with other candidates' on the same hours.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,13 +28,16 @@ from features.dataset import MarketDataset, build_dataset
 from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH, SERVING_WINDOW
 from features.labels import class_shares, fold_threshold, label_returns
 from features.splits import HOUR_NS, SplitSpec, walk_forward_splits
-from train.bundle import HybridModel
+from features.transform import SequenceTransform
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
 from train.evaluate import evaluate_predictions, one_hot
-from train.fit import FoldPlan, PlanOutcome, fit_plan, leaky_plan, walk_forward_plan
+from train.fitters import Fitter, Plan, make_fitter
 from train.head import calibrated_proba as softmax_scores
 from train.head import fit_head, raw_scores
+from train.plain_gbm import fit_plain, plain_features, plain_proba
+
+PROBA = ["p_sell", "p_hold", "p_buy"]
 
 if TYPE_CHECKING:
     from features.sources import CandleSource
@@ -40,7 +48,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class MarketFit:
     market: str
-    model: HybridModel
+    model: Any  # a ServableModel of the family (train.bundle)
     oos: pd.DataFrame
     report: dict[str, Any]
 
@@ -79,35 +87,39 @@ def persistence_labels(data: MarketDataset, positions: np.ndarray, threshold: fl
 
 
 def baselines(
-    data: MarketDataset, outcome: PlanOutcome, profile: TrainProfile
+    data: MarketDataset, plan: Plan, threshold: float, profile: TrainProfile
 ) -> dict[str, np.ndarray]:
-    """Probabilities of the three baselines on one fold's test hours."""
-    plan, threshold = outcome.plan, outcome.threshold
+    """Probabilities of the baselines on one fold's test hours, from its training rows only."""
     train = plan.transform_fit
-    majority = int(np.bincount(data.labels(threshold, train), minlength=3).argmax())
-    transform = outcome.model.transform
+    y_train = data.labels(threshold, train)
+    majority = int(np.bincount(y_train, minlength=3).argmax())
+    transform = SequenceTransform.fit(data.features, train)
     last_train = transform.apply(data.features, train)[:, -1, :]
     last_test = transform.apply(data.features, plan.test)[:, -1, :]
-    head = fit_head(profile.head, last_train, data.labels(threshold, train), profile.optim.seed)
+    head = fit_head(profile.head, last_train, y_train, profile.optim.seed)
+    plain = plain_features(data)
+    booster = fit_plain(plain[train], y_train, profile.optim.seed)
     return {
         "majority class": one_hot(np.full(len(plan.test), majority)),
         "persistence (label t-H)": one_hot(persistence_labels(data, plan.test, threshold)),
         "LightGBM last row only": softmax_scores(raw_scores(head, last_test), 1.0),
+        "plain LightGBM (17 features)": plain_proba(booster, plain[plan.test]),
     }
 
 
-def oos_frame(data: MarketDataset, outcome: PlanOutcome, fold: int) -> pd.DataFrame:
-    test = outcome.plan.test
+def oos_frame(
+    data: MarketDataset, test: np.ndarray, proba: np.ndarray, threshold: float, fold: int
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "fold": fold,
-            "label": outcome.test_labels,
-            "p_sell": outcome.test_proba[:, 0],
-            "p_hold": outcome.test_proba[:, 1],
-            "p_buy": outcome.test_proba[:, 2],
+            "label": data.labels(threshold, test),
+            "p_sell": proba[:, 0],
+            "p_hold": proba[:, 1],
+            "p_buy": proba[:, 2],
             "close": data.close[test],
             "next_return": next_returns(data, test),
-            "threshold": outcome.threshold,
+            "threshold": threshold,
         },
         index=pd.DatetimeIndex(data.times[test], name="time"),
     )
@@ -136,6 +148,11 @@ def data_fingerprint(data: MarketDataset) -> str:
     return digest[:16]
 
 
+def fold_threshold_for(features: FeaturesConfig, data: MarketDataset, rows: np.ndarray) -> float:
+    lab = features.labels
+    return fold_threshold(lab.mode, lab.threshold, lab.hold_share, data.forward_returns[rows])
+
+
 def fit_market(
     data: MarketDataset,
     features: FeaturesConfig,
@@ -143,55 +160,74 @@ def fit_market(
     hooks: TrainHooks | None = None,
     progress: Progress = print,
     profile_name: str = "custom",
+    family: str = "hybrid",
 ) -> MarketFit:
+    """Walk-forward folds (the procedure's record), the leaky comparison, then the bundle: the
+    same procedure refit on every labelled hour of the profile's window."""
+    fitter = make_fitter(family, profile, data, hooks)
     spec = split_spec(features, profile)
-    folds = walk_forward_splits(data.sample_times, spec)
-    lab = features.labels
-    outcomes, frames, base_rows = [], [], {}
-    for fold in folds:
-        plan: FoldPlan = walk_forward_plan(data, fold, profile.slices, spec.purge)
-        train_returns = data.forward_returns[plan.transform_fit]
-        threshold = fold_threshold(lab.mode, lab.threshold, lab.hold_share, train_returns)
-        outcome = fit_plan(profile, data, plan, threshold, hooks)
-        progress(
-            f"{data.market} {plan.name}: {len(plan.test)} test hours, "
-            f"best epoch {outcome.encoder.best_epoch}, {outcome.seconds:.1f} s"
+    frames, base_rows, fold_rows, threshold = [], {}, [], 0.0
+    for fold in walk_forward_splits(data.sample_times, spec):
+        started = time.perf_counter()
+        plan = fitter.plan(
+            f"fold {fold.number}", data.samples[fold.train], data.samples[fold.test], spec.purge
         )
-        outcomes.append(outcome)
-        frames.append(oos_frame(data, outcome, fold.number))
-        for name, proba in baselines(data, outcome, profile).items():
+        threshold = fold_threshold_for(features, data, plan.transform_fit)
+        fitted = fitter.fit(plan, threshold)
+        progress(f"{data.market} {family} {plan.name}: {len(plan.test)} test hours, "
+                 f"{fitted.note}, {time.perf_counter() - started:.1f} s")  # fmt: skip
+        frames.append(oos_frame(data, plan.test, fitted.proba, threshold, fold.number))
+        fold_rows.append(
+            evaluate_predictions(data.labels(threshold, plan.test), fitted.proba,
+                                 next_returns(data, plan.test))
+            | {"name": plan.name, "test_span": _span(data, plan.test)}
+        )  # fmt: skip
+        for name, proba in baselines(data, plan, threshold, profile).items():
             base_rows.setdefault(name, []).append(proba)
     oos = pd.concat(frames)
     y, nxt = oos["label"].to_numpy(), oos["next_return"].to_numpy()
-    proba = oos[["p_sell", "p_hold", "p_buy"]].to_numpy()
     report: dict[str, Any] = {
-        "walk_forward": evaluate_predictions(y, proba, nxt),
+        "family": family,
+        "walk_forward": evaluate_predictions(y, oos[PROBA].to_numpy(), nxt),
         "baselines": {
             n: evaluate_predictions(y, np.concatenate(p), nxt) for n, p in base_rows.items()
         },
-        "folds": [
-            evaluate_predictions(o.test_labels, o.test_proba, next_returns(data, o.plan.test))
-            | {"name": o.plan.name, "test_span": _span(data, o.plan.test)}
-            for o in outcomes
-        ],
+        "folds": fold_rows,
     }
     if profile.leaky.enabled:
-        leaky = fit_plan(
-            profile,
-            data,
-            leaky_plan(data, profile.slices, profile.leaky.test_fraction, profile.optim.seed),
-            outcomes[-1].threshold,
-            hooks,
-        )
-        progress(f"{data.market} leaky protocol: {leaky.seconds:.1f} s")
+        started = time.perf_counter()
+        plan = fitter.leaky()
+        leaky = fitter.fit(plan, threshold)
+        progress(f"{data.market} {family} leaky protocol: {time.perf_counter() - started:.1f} s")
         report["leaky"] = evaluate_predictions(
-            leaky.test_labels, leaky.test_proba, next_returns(data, leaky.plan.test)
+            data.labels(threshold, plan.test), leaky.proba, next_returns(data, plan.test)
         )
-    last = outcomes[-1]
-    last.model.metadata.update(
-        bundle_metadata(data, features, profile, profile_name, last, report, oos)
+    model, refit = refit_market(fitter, data, features, spec.purge, progress)
+    model.metadata.update(
+        bundle_metadata(data, features, profile, profile_name, refit, report, oos)
     )
-    return MarketFit(data.market, last.model, oos, report)
+    return MarketFit(data.market, model, oos, report)
+
+
+def refit_market(
+    fitter: Fitter, data: MarketDataset, features: FeaturesConfig, purge: int, progress: Progress
+) -> tuple[Any, RefitRecord]:
+    """The procedure on every labelled hour: the model that serves, trained up to the newest."""
+    started = time.perf_counter()
+    plan = fitter.plan("refit", data.samples, np.zeros(0, dtype=np.int64), purge)
+    threshold = fold_threshold_for(features, data, plan.transform_fit)
+    fitted = fitter.fit(plan, threshold)
+    progress(f"{data.market} {fitter.family} refit on {len(plan.transform_fit)} hours to "
+             f"{data.times[plan.transform_fit[-1]]}: {fitted.note}, "
+             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    return fitted.model, RefitRecord(fitter.family, plan, threshold)
+
+
+@dataclass(frozen=True)
+class RefitRecord:
+    family: str
+    plan: Plan
+    threshold: float
 
 
 def bundle_metadata(
@@ -199,27 +235,30 @@ def bundle_metadata(
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
-    last: PlanOutcome,
+    refit: RefitRecord,
     report: dict[str, Any],
     oos: pd.DataFrame,
 ) -> dict[str, Any]:
-    slices = last.plan.slices
+    slices, train = refit.plan.slices, refit.plan.transform_fit
+    last_fold = oos[oos["fold"] == oos["fold"].max()]
     return {
         "market": data.market,
+        "family": refit.family,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_hash": FEATURE_HASH,
         "sequence_length": SEQUENCE_LENGTH,
         "serving_window": SERVING_WINDOW,
         "horizon": data.horizon,
-        "label_threshold": last.threshold,
+        "label_threshold": refit.threshold,
         "label_mode": features.labels.mode,
         "max_gap_hours": features.max_gap_hours,
-        "train_window": _span(data, last.plan.transform_fit),
-        "train_class_shares": class_shares(data.labels(last.threshold, last.plan.transform_fit)),
+        "train_window": _span(data, train),
+        "train_class_shares": class_shares(data.labels(refit.threshold, train)),
         "slices": {name: _span(data, rows) for name, rows in slices.items()},
         "validation_window": _span(data, slices["early_stop"]),
+        "refit": "every labelled hour of the profile's window; walk_forward is the procedure's",
         "oos_window": [str(oos.index.min()), str(oos.index.max())],
-        "last_test_window": _span(data, last.plan.test),
+        "last_test_window": [str(last_fold.index.min()), str(last_fold.index.max())],
         "data_fingerprint": data_fingerprint(data),
         "profile": profile_name,
         "hyperparameters": profile.model_dump(),

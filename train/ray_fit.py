@@ -64,7 +64,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     hooks = ray_train_hooks(report)
     started = time.perf_counter()
     data = load_market(ParquetDirSource(config["data_dir"]), market, features, profile)
-    fit = fit_market(data, features, profile, hooks, progress, config["profile_name"])
+    fit = fit_market(data, features, profile, hooks, progress, config["profile_name"], "hybrid")
     final = {"market": market, "run": -1.0, "fit_seconds": time.perf_counter() - started}
     if rank != 0:
         ray.train.report(final)
@@ -182,3 +182,34 @@ def fit_markets_on_ray(
             for market, profile in profiles.items()
         ]
         return [future.result() for future in futures]
+
+
+def gbm_bundle_files(
+    data_dir: str, market: str, features: FeaturesConfig, profile: TrainProfile, profile_name: str
+) -> dict[str, bytes]:
+    """A Ray task's body: fit one market's gbm family and hand back its bundle's files (a few
+    MB of LightGBM text and JSON), so the driver receives them on any node without shared disk."""
+    data = load_market(ParquetDirSource(data_dir), market, features, profile)
+
+    def say(line: str) -> None:
+        print(f"[fit {market}] {line.removeprefix(market + ' ')}", flush=True)
+
+    fit = fit_market(data, features, profile, None, say, profile_name, family="gbm")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = fit.model.save(Path(tmp) / "bundle")
+        fit.oos.to_parquet(bundle / "oos.parquet")
+        files = [p for p in bundle.rglob("*") if p.is_file()]
+        return {p.relative_to(bundle).as_posix(): p.read_bytes() for p in files}
+
+
+def fit_gbm_on_ray(
+    markets: list[str],
+    data_dir: str,
+    features: FeaturesConfig,
+    profile: TrainProfile,
+    profile_name: str,
+    cpus: float = 1.0,
+) -> dict[str, ray.ObjectRef]:
+    """One plain Ray task per market (no TorchTrainer: nothing here is torch); returns at once."""
+    task = ray.remote(gbm_bundle_files).options(num_cpus=cpus)
+    return {m: task.remote(data_dir, m, features, profile, profile_name) for m in markets}

@@ -111,14 +111,20 @@ def _init_ray(args: argparse.Namespace) -> None:
     import ray
 
     if args.ray_address == "local":
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-                 ignore_reinit_error=True, log_to_driver=True)  # fmt: skip
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=True,
+        )
     elif not ray.is_initialized():
         ray.init(address=args.ray_address, ignore_reinit_error=True)
 
 
-def _write(report: dict[str, Any], plots: dict[str, Any], text: str, out: Path | None,
-           plot: bool) -> None:  # fmt: skip
+def _write(
+    report: dict[str, Any], plots: dict[str, Any], text: str, out: Path | None, plot: bool
+) -> None:
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +140,9 @@ def cmd_research(args: argparse.Namespace) -> int:
     if not args.local:
         _init_ray(args)
     markets, run = run_research(req, say, local=args.local)
-    run["command"] = "python -m train " + " ".join(sys.argv[1:] if sys.argv[0].endswith(
-        "__main__.py") else sys.argv)  # fmt: skip
+    run["command"] = "python -m train " + " ".join(
+        sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
+    )
     trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold)
     report, plots = build_report(req, markets, trader, run)
     text = format_report(report)

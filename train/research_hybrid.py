@@ -54,8 +54,13 @@ def hybrid_job(
     frame.index.name = "time"
     frame.insert(0, "fold", job.key.fold)
     ended = time.time()
-    info = {"started": started, "ended": ended, "seconds": ended - started, "kind": job.kind,
-            "best_epoch": outcome.encoder.best_epoch}  # fmt: skip
+    info = {
+        "started": started,
+        "ended": ended,
+        "seconds": ended - started,
+        "kind": job.kind,
+        "best_epoch": outcome.encoder.best_epoch,
+    }
     return frame, info
 
 
@@ -89,9 +94,11 @@ def run_hybrid_jobs(
         job = job_from_dict(raw)
         frame, info = hybrid_job(data, job, settings, hooks)
         cache.write(job.key, frame, info)
-        say(f"[research {market} {job.kind}] fold {job.key.fold} {job.key.start:%Y-%m-%d}.."
+        say(
+            f"[research {market} {job.kind}] fold {job.key.fold} {job.key.start:%Y-%m-%d}.."
             f"{job.key.end:%Y-%m-%d}: {len(frame)} hours, best epoch {info['best_epoch']}, "
-            f"{info['seconds']:.1f} s")  # fmt: skip
+            f"{info['seconds']:.1f} s"
+        )
         done.append(info)
     return done
 

@@ -79,8 +79,9 @@ def chance_baselines(
         before = sample_labels[sample_labels.index < fold.test_start - req.purge_hours * HOUR]
         cls = int(before.value_counts().idxmax()) if len(before) else 1
         inside = hours[(hours >= fold.test_start) & (hours < fold.test_end)]
-        majority.append(pd.DataFrame(one_hot(np.full(len(inside), cls)), index=inside,
-                                     columns=PROBA))  # fmt: skip
+        majority.append(
+            pd.DataFrame(one_hot(np.full(len(inside), cls)), index=inside, columns=PROBA)
+        )
     horizon = req.research.reference_label.horizon_hours
     past = labels.reindex(hours - horizon * HOUR).to_numpy()
     persistence = one_hot(np.where(np.isfinite(past), past, 1).astype(np.int64))
@@ -123,16 +124,25 @@ def per_fold(
         inside = (hours >= fold.test_start) & (hours < fold.test_end)
         if inside.any():
             m = point_metrics(y[inside], proba[inside])
-            rows.append({"fold": fold.number, "start": str(fold.test_start), "n": m["n"],
-                         "balanced_accuracy": m["balanced_accuracy"],
-                         "log_loss": m["log_loss"]})  # fmt: skip
+            rows.append(
+                {
+                    "fold": fold.number,
+                    "start": str(fold.test_start),
+                    "n": m["n"],
+                    "balanced_accuracy": m["balanced_accuracy"],
+                    "log_loss": m["log_loss"],
+                }
+            )
     return rows
 
 
 def _score_one(
-    research: MarketResearch, hours: pd.DatetimeIndex, y: np.ndarray, proba: np.ndarray,
+    research: MarketResearch,
+    hours: pd.DatetimeIndex,
+    y: np.ndarray,
+    proba: np.ndarray,
     req: ResearchRequest,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     boot = req.research.bootstrap
     starts, block = block_starts(len(hours), boot.block_hours, boot.samples, boot.seed)
     samples = bootstrap_metrics(y, proba, starts, block)
@@ -145,9 +155,12 @@ def _score_one(
 
 
 def score_models(
-    research: MarketResearch, hours: pd.DatetimeIndex, labels: pd.Series,
-    frames: dict[str, pd.DataFrame], req: ResearchRequest,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+    research: MarketResearch,
+    hours: pd.DatetimeIndex,
+    labels: pd.Series,
+    frames: dict[str, pd.DataFrame],
+    req: ResearchRequest,
+) -> dict[str, dict[str, Any]]:
     """Point metrics, intervals and per-fold figures of every model, and each model's balanced
     accuracy minus the plain baseline's and persistence's with a paired interval (same blocks:
     the bootstrap draws depend only on the number of hours and the seed)."""
@@ -162,13 +175,16 @@ def score_models(
         }
     for name in out:
         out[name]["versus"] = {
-            other: {"balanced_accuracy": out[name]["metrics"]["balanced_accuracy"]
-                    - out[other]["metrics"]["balanced_accuracy"],
-                    "interval": interval(samples[name]["balanced_accuracy"]
-                                         - samples[other]["balanced_accuracy"])}
+            other: {
+                "balanced_accuracy": out[name]["metrics"]["balanced_accuracy"]
+                - out[other]["metrics"]["balanced_accuracy"],
+                "interval": interval(
+                    samples[name]["balanced_accuracy"] - samples[other]["balanced_accuracy"]
+                ),
+            }
             for other in (REFERENCE_BASELINE, "persistence")
             if other != name and out[name]["paired"] and other in out
-        }  # fmt: skip
+        }
     return out
 
 
@@ -184,9 +200,12 @@ def trade_requests(
     index = research.index
     stop = int(index.times.get_loc(hours[-1])) + 1
     times, close = index.times[:stop], index.close[:stop]
-    return [TradeRequest(index.market, name, times, close,
-                         frame.loc[hours.intersection(frame.index), PROBA])
-            for name, frame in frames.items()]  # fmt: skip
+    return [
+        TradeRequest(
+            index.market, name, times, close, frame.loc[hours.intersection(frame.index), PROBA]
+        )
+        for name, frame in frames.items()
+    ]
 
 
 def configs_tried(req: ResearchRequest, market: str) -> int:
@@ -201,8 +220,9 @@ def _attach_trading(
 ) -> dict[str, Any]:
     curves = {}
     for result in results:
-        figures = curve_figures(result["equity"], result["initial"], result["position_value"],
-                                result["trades"])  # fmt: skip
+        figures = curve_figures(
+            result["equity"], result["initial"], result["position_value"], result["trades"]
+        )
         returns = figures.pop("hourly_returns")
         entry = models[result["model"]]
         entry["trading"] = figures
@@ -236,7 +256,7 @@ def market_report(
         "folds": [
             {"fold": f.number, "start": str(f.test_start), "end": str(f.test_end)}
             for f in research.folds
-        ],  # fmt: skip
+        ],
         "configs_tried": trials,
         "models": models,
         "buy_and_hold": hold,
@@ -246,9 +266,11 @@ def market_report(
 
 
 def build_report(
-    req: ResearchRequest, markets: dict[str, MarketResearch], trader: Trader,
+    req: ResearchRequest,
+    markets: dict[str, MarketResearch],
+    trader: Trader,
     run: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The whole report (JSON-ready) and the per-market curves for the plot."""
     blocks, plots, records = {}, {}, []
     for market, research in markets.items():

@@ -111,21 +111,32 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
         )
     if family == "ensemble":
         parts = {c: config_hash(describe(c, req)) for c in ("hybrid", "gbm")}
-        return {"family": "ensemble", "components": parts,
-                "ensemble": req.profile.ensemble.model_dump()}  # fmt: skip
+        return {
+            "family": "ensemble",
+            "components": parts,
+            "ensemble": req.profile.ensemble.model_dump(),
+        }
     raise ValueError(f"unknown research family {family!r}")
 
 
 def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFold]:
-    window = TrainWindow(req.purge_hours, None, req.research.min_train_hours,
-                         req.research.min_test_hours)  # fmt: skip
+    window = TrainWindow(
+        req.purge_hours, None, req.research.min_train_hours, req.research.min_test_hours
+    )
     return anchored_folds(index.sample_times, req.grid, window)
 
 
 def _fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
     bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
-    return FoldKey(index.market, family, config_hash(describe(family, req)), fold.number,
-                   fold.test_start, fold.test_end, index.fingerprints[bound])  # fmt: skip
+    return FoldKey(
+        index.market,
+        family,
+        config_hash(describe(family, req)),
+        fold.number,
+        fold.test_start,
+        fold.test_end,
+        index.fingerprints[bound],
+    )
 
 
 def _leaky_keys(family: str, index: MarketIndex, req: ResearchRequest) -> list[FoldKey]:
@@ -134,8 +145,10 @@ def _leaky_keys(family: str, index: MarketIndex, req: ResearchRequest) -> list[F
     span = (first, times[-1] + pd.Timedelta(hours=1))
     fingerprint = index.fingerprints[str(pd.Timestamp.max)]
     digest = config_hash(describe(family, req))
-    return [FoldKey(index.market, family, digest, part, *span, fingerprint)
-            for part in range(req.research.leaky_parts)]  # fmt: skip
+    return [
+        FoldKey(index.market, family, digest, part, *span, fingerprint)
+        for part in range(req.research.leaky_parts)
+    ]
 
 
 def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFold], list[FoldJob]]:
@@ -151,10 +164,16 @@ def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFo
     lookback = req.profile.ensemble.lookback_folds if "ensemble" in req.families else 0
     first = in_range[0].number - lookback
     component_folds = [f for f in folds if first <= f.number <= in_range[-1].number]
-    jobs = [FoldJob(_fold_key(c, f, index, req), c, req.profile.data.last_hours)
-            for c in req.components() for f in component_folds]  # fmt: skip
-    jobs += [FoldJob(_fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
-             for b in BASELINE_FAMILIES for f in in_range]  # fmt: skip
+    jobs = [
+        FoldJob(_fold_key(c, f, index, req), c, req.profile.data.last_hours)
+        for c in req.components()
+        for f in component_folds
+    ]
+    jobs += [
+        FoldJob(_fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
+        for b in BASELINE_FAMILIES
+        for f in in_range
+    ]
     if req.leaky:
         for c in req.components():
             jobs += [FoldJob(k, f"{c}~leaky") for k in _leaky_keys(f"{c}~leaky", index, req)]
@@ -173,8 +192,10 @@ def run_and_store(
 def _progress(say: Say, key: FoldKey, info: dict[str, Any], rows: int, cached: bool) -> None:
     how = "cached" if cached else f"{info.get('seconds', 0):.1f} s"
     what = "part" if key.family.endswith("~leaky") else "fold"
-    say(f"[research {key.market} {key.family}] {what} {key.fold} {key.start:%Y-%m-%d}.."
-        f"{key.end:%Y-%m-%d}: {rows} hours, {how}")  # fmt: skip
+    say(
+        f"[research {key.market} {key.family}] {what} {key.fold} {key.start:%Y-%m-%d}.."
+        f"{key.end:%Y-%m-%d}: {rows} hours, {how}"
+    )
 
 
 class Collector:
@@ -187,9 +208,17 @@ class Collector:
 
     def add(self, key: FoldKey, frame: pd.DataFrame, info: dict[str, Any], cached: bool) -> None:
         self.frames.setdefault((key.market, key.family), []).append(frame)
-        self.records.append({"market": key.market, "family": key.family, "fold": key.fold,
-                             "start": str(key.start), "end": str(key.end), "cached": cached,
-                             **info})  # fmt: skip
+        self.records.append(
+            {
+                "market": key.market,
+                "family": key.family,
+                "fold": key.fold,
+                "start": str(key.start),
+                "end": str(key.end),
+                "cached": cached,
+                **info,
+            }
+        )
         _progress(self.say, key, info, len(frame), cached)
 
 
@@ -209,10 +238,16 @@ def _split_cached(
 def hybrid_config(req: ResearchRequest, market: str, jobs: list[FoldJob]) -> dict[str, Any]:
     from train.research_hybrid import job_to_dict
 
-    return {"market": market, "data_dir": req.data_dir, "cache_root": req.cache.root,
-            "features": req.features.model_dump(), "profile": req.profile.model_dump(),
-            "purge_hours": req.purge_hours, "leaky_parts": req.research.leaky_parts,
-            "jobs": [job_to_dict(j) for j in jobs]}  # fmt: skip
+    return {
+        "market": market,
+        "data_dir": req.data_dir,
+        "cache_root": req.cache.root,
+        "features": req.features.model_dump(),
+        "profile": req.profile.model_dump(),
+        "purge_hours": req.purge_hours,
+        "leaky_parts": req.research.leaky_parts,
+        "jobs": [job_to_dict(j) for j in jobs],
+    }
 
 
 def _read_back(jobs: list[FoldJob], cache: PredictionCache, collector: Collector) -> None:
@@ -221,9 +256,17 @@ def _read_back(jobs: list[FoldJob], cache: PredictionCache, collector: Collector
         if hit is None:
             raise RuntimeError(f"the hybrid run finished without {job.key.relative_path()}")
         collector.frames.setdefault((job.key.market, job.key.family), []).append(hit[0])
-        collector.records.append({"market": job.key.market, "family": job.key.family,
-                                  "fold": job.key.fold, "start": str(job.key.start),
-                                  "end": str(job.key.end), "cached": False, **hit[1]})  # fmt: skip
+        collector.records.append(
+            {
+                "market": job.key.market,
+                "family": job.key.family,
+                "fold": job.key.fold,
+                "start": str(job.key.start),
+                "end": str(job.key.end),
+                "cached": False,
+                **hit[1],
+            }
+        )
 
 
 def _is_hybrid(job: FoldJob) -> bool:
@@ -236,8 +279,7 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
 
     collector, indexes = Collector(say), {}
     for market in req.markets:
-        material, index = prepare_market(req.data_dir, market, req.features, req.grid,
-                                         _kinds(req))  # fmt: skip
+        material, index = prepare_market(req.data_dir, market, req.features, req.grid, _kinds(req))
         indexes[market] = index
         _, jobs = plan_jobs(index, req)
         pending = _split_cached(jobs, req.cache, collector)
@@ -257,9 +299,13 @@ def _kinds(req: ResearchRequest) -> set[str]:
 
 
 def execute_on_ray(
-    req: ResearchRequest, say: Say, *, hybrid_cpus: float = 0.5, use_gpu: bool = False,
+    req: ResearchRequest,
+    say: Say,
+    *,
+    hybrid_cpus: float = 0.5,
+    use_gpu: bool = False,
     storage_path: str | None = None,
-) -> tuple[dict[str, MarketIndex], Collector]:  # fmt: skip
+) -> tuple[dict[str, MarketIndex], Collector]:
     """Markets prepared in parallel, then every uncached fold as a Ray task or TorchTrainer."""
     import ray
 
@@ -268,8 +314,9 @@ def execute_on_ray(
     cpus = req.research.cpus_per_fold
     prepare = ray.remote(prepare_market).options(num_returns=2, num_cpus=cpus)
     runner = ray.remote(run_and_store).options(num_cpus=cpus)
-    refs = {m: prepare.remote(req.data_dir, m, req.features, req.grid, _kinds(req))
-            for m in req.markets}  # fmt: skip
+    refs = {
+        m: prepare.remote(req.data_dir, m, req.features, req.grid, _kinds(req)) for m in req.markets
+    }
     indexes = dict(zip(req.markets, ray.get([refs[m][1] for m in req.markets]), strict=True))
     collector, tasks, hybrid = Collector(say), {}, {}
     for market, index in indexes.items():
@@ -285,7 +332,7 @@ def execute_on_ray(
         trainers: dict[str, Future] = {
             m: pool.submit(
                 run_hybrid_on_ray, hybrid_config(req, m, jobs), hybrid_cpus, use_gpu, storage_path
-            )  # fmt: skip
+            )
             for m, jobs in hybrid.items()
         }
         waiting = list(tasks)
@@ -310,17 +357,23 @@ def _ensemble(req: ResearchRequest, market: MarketResearch) -> pd.DataFrame:
     """The ensemble's folds from its components' cached folds, stored like any fold."""
     hybrid, gbm = market.predictions["hybrid"], market.predictions["gbm"]
     weights = fold_weights(
-        hybrid, gbm, training_labels(market.index, req.features),
-        req.features.labels.horizon_hours, req.profile.ensemble.lookback_folds,
+        hybrid,
+        gbm,
+        training_labels(market.index, req.features),
+        req.features.labels.horizon_hours,
+        req.profile.ensemble.lookback_folds,
         req.profile.ensemble.min_hours,
-    )  # fmt: skip
+    )
     blended = blend_folds(hybrid, gbm, weights)
     for fold in market.folds:
         key = _fold_key("ensemble", fold, market.index, req)
         if not req.cache.has(key):
             part = blended[blended["fold"] == fold.number]
-            req.cache.write(key, part[["fold", "p_sell", "p_hold", "p_buy"]],
-                            {"weight": weights.get(fold.number)})  # fmt: skip
+            req.cache.write(
+                key,
+                part[["fold", "p_sell", "p_hold", "p_buy"]],
+                {"weight": weights.get(fold.number)},
+            )
     return blended
 
 
@@ -356,8 +409,10 @@ def run_research(
     ended = time.time()
     jobs = len(collector.records)
     computed = sum(not r["cached"] for r in collector.records)
-    say(f"[research] {jobs} fold jobs, {computed} computed, {jobs - computed} from the cache, "
-        f"{ended - started:.1f} s")  # fmt: skip
+    say(
+        f"[research] {jobs} fold jobs, {computed} computed, {jobs - computed} from the cache, "
+        f"{ended - started:.1f} s"
+    )
     return markets, {"started": started, "ended": ended, "seconds": ended - started}
 
 

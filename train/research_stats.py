@@ -126,8 +126,10 @@ def expected_max_sharpe(trials: int, observations: int) -> float:
     if trials < 2 or observations < 2:
         return 0.0
     scale = math.sqrt(1.0 / (observations - 1))
-    return scale * ((1 - EULER_GAMMA) * norm.ppf(1 - 1 / trials)
-                    + EULER_GAMMA * norm.ppf(1 - 1 / (trials * math.e)))  # fmt: skip
+    return scale * (
+        (1 - EULER_GAMMA) * norm.ppf(1 - 1 / trials)
+        + EULER_GAMMA * norm.ppf(1 - 1 / (trials * math.e))
+    )
 
 
 def deflated_sharpe(returns: np.ndarray, trials: int) -> dict[str, float | int | None]:
