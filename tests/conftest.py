@@ -11,6 +11,9 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_OHLCV = PROJECT_ROOT.parent / "shared" / "data" / "ohlcv"
 MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+# The smoke bundle is refit on every labelled hour of its candles, which stop here: the shared
+# hours after it play "after the model shipped" for the backtester's and Serve's tests.
+SMOKE_END = "2025-08-31 23:00"
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +31,8 @@ def real_candles(ohlcv_dir: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="session")
 def smoke_fit(real_candles):
-    """One market fitted with the smoke profile on real candles, once per session (~10 s)."""
+    """One market fitted with the smoke profile on real candles up to SMOKE_END, once per
+    session (~10 s)."""
     from features.config import load_features_config
     from features.dataset import build_dataset
     from features.indicators import SERVING_WINDOW
@@ -37,7 +41,8 @@ def smoke_fit(real_candles):
 
     features = load_features_config()
     profile = load_train_config().profile("smoke")
-    candles = real_candles["KRW-BTC"].iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
+    candles = real_candles["KRW-BTC"].loc[:SMOKE_END]
+    candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
     data = build_dataset(candles, "KRW-BTC", features.labels.horizon_hours, features.max_gap_hours)
     fit = fit_market(data, features, profile, progress=lambda _: None, profile_name="smoke")
     return data, fit

@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--start")
     ev.add_argument("--end")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument(
+        "--allow-in-sample",
+        action="store_true",
+        help="score hours inside the bundle's training window too (the table marks them)",
+    )
     rep = sub.add_parser("report", help="the results table of every market's CURRENT bundle")
     _common(rep, market=False)
     for name in ("list", "rollback"):
@@ -100,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(registry.fetch(args.market, args.version, dest_dir=Path(tmp)))
     end = pd.Timestamp(args.end) if args.end else None
-    result = score_window(model, candles, pd.Timestamp(args.start), end)
+    result = score_window(model, candles, pd.Timestamp(args.start), end, args.allow_in_sample)
     print(json.dumps(result, indent=1) if args.json else window_report(result))
     return 0
 
@@ -108,8 +113,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     registry = ModelRegistry(args.registry)
-    metas = [registry.read_metadata(m) for m in registry.markets() if registry.current(m)]
-    print(registry_report(metas))
+    markets = {}
+    for market in registry.markets():
+        metas = [v.metadata for v in registry.versions(market) if v.complete and not v.problem]
+        if metas:
+            markets[market] = (metas, registry.current(market))
+    print(registry_report(markets))
     print(f"\n(report built in {time.perf_counter() - started:.2f} s)")
     return 0
 

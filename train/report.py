@@ -1,4 +1,5 @@
-"""Tables from registry metadata: walk-forward truth beside the leaky protocol and baselines."""
+"""Tables from registry metadata: walk-forward truth beside the leaky protocol and baselines, for
+every family of a market side by side."""
 
 from __future__ import annotations
 
@@ -9,26 +10,46 @@ from train.evaluate import SEED_CLAIM, format_table
 
 def market_rows(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     metrics = meta.get("metrics", {})
+    family = meta.get("family", "hybrid")
     rows: list[tuple[str, dict[str, Any]]] = []
     if "walk_forward" in metrics:
-        rows.append(("hybrid, walk-forward OOS", metrics["walk_forward"]))
+        rows.append((f"{family}, walk-forward OOS", metrics["walk_forward"]))
     if "leaky" in metrics:
-        rows.append(("hybrid, seed's leaky split", metrics["leaky"]))
+        rows.append((f"{family}, seed's leaky split", metrics["leaky"]))
     rows += [(name, m) for name, m in metrics.get("baselines", {}).items()]
     return rows
 
 
-def market_report(meta: dict[str, Any]) -> str:
+def market_report(meta: dict[str, Any], mark: str = "") -> str:
     head = (
-        f"{meta.get('market')} {meta.get('version', '')}  profile={meta.get('profile')}  "
+        f"{meta.get('market')} {meta.get('version', '')}{mark}  {meta.get('family', 'hybrid')}  "
+        f"profile={meta.get('profile')}  "
         f"OOS {meta.get('oos_window', ['?', '?'])[0]} .. {meta.get('oos_window', ['?', '?'])[1]}  "
         f"horizon {meta.get('horizon')} h, threshold {meta.get('label_threshold', 0):.4f}"
     )
     return head + "\n" + format_table(market_rows(meta))
 
 
-def registry_report(metas: list[dict[str, Any]]) -> str:
-    parts = [market_report(m) for m in metas]
+def newest_per_family(
+    metas: list[dict[str, Any]], current: str | None
+) -> list[tuple[dict[str, Any], str]]:
+    """CURRENT first, then the newest version of every other family (oldest-first input)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for meta in metas:
+        newest[meta.get("family", "hybrid")] = meta
+    rows = [(m, " (CURRENT)") for m in metas if m.get("version") == current]
+    shown = {m.get("family", "hybrid") for m, _ in rows}
+    rows += [(m, " (candidate)") for f, m in newest.items() if f not in shown]
+    return rows
+
+
+def registry_report(markets: dict[str, tuple[list[dict[str, Any]], str | None]]) -> str:
+    """Per market: CURRENT and the newest version of every other family, the losers included."""
+    parts = [
+        market_report(meta, mark)
+        for metas, current in markets.values()
+        for meta, mark in newest_per_family(metas, current)
+    ]
     parts.append(f"Seed's claim for comparison: {SEED_CLAIM}.")
     return "\n\n".join(parts)
 
@@ -38,4 +59,9 @@ def window_report(result: dict[str, Any]) -> str:
     rows += list(result["baselines"].items())
     start, end = result["window"]
     head = f"{result['market']} {start} .. {end} ({result['hours']} hours)"
+    if result.get("in_sample_hours"):
+        head += (
+            f"\nIN-SAMPLE: {result['in_sample_hours']} of these hours lie inside the bundle's "
+            "training window; its scores there say nothing about later hours"
+        )
     return head + "\n" + format_table(rows)

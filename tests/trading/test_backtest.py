@@ -85,12 +85,12 @@ def test_bundle_alone_never_predicts_inside_its_training_window(
     assert predictions.index.min() > cutoff
     usable = data.times[prediction_positions(data)]
     assert predictions.index.equals(usable[usable > cutoff])
-    # The bundle is the last fold's model: on that fold's test hours it reproduces oos.parquet,
-    # so the backtest's inference path is the one the training measured.
+    # The bundle is refit on every labelled hour its candles had (issue 15), so it trades only
+    # the hours after its oos record; there it is the bundle's own batch prediction.
     oos = pd.read_parquet(smoke_bundle / "oos.parquet")
-    last = oos[oos["fold"] == oos["fold"].max()]
-    proba = bundle_proba(model, data, data.times.get_indexer(last.index))
-    np.testing.assert_allclose(proba, last[PROBA].to_numpy(), atol=1e-5)
+    assert cutoff >= oos.index.max()
+    proba = bundle_proba(model, data, data.times.get_indexer(predictions.index[:48]))
+    np.testing.assert_array_equal(proba, predictions[PROBA].to_numpy()[:48])
 
 
 def test_equity_and_fees_add_up(result) -> None:

@@ -25,6 +25,7 @@ def test_smoke_fit_reports_walk_forward_leaky_and_baselines(smoke_fit) -> None:
         "majority class",
         "persistence (label t-H)",
         "LightGBM last row only",
+        "plain LightGBM (17 features)",
     }
     wf = report["walk_forward"]
     for key in (
@@ -58,17 +59,23 @@ def test_smoke_fit_reports_walk_forward_leaky_and_baselines(smoke_fit) -> None:
         assert key in meta, key
 
 
-def test_oos_has_one_row_per_test_hour_outside_every_training_window(smoke_fit) -> None:
+def test_oos_has_one_row_per_test_hour_and_the_bundle_is_refit_to_the_newest(smoke_fit) -> None:
     data, fit = smoke_fit
     oos = fit.oos
     assert oos.index.is_unique and oos.index.is_monotonic_increasing
     assert np.allclose(oos[["p_sell", "p_hold", "p_buy"]].sum(axis=1), 1.0)
     folds = fit.report["folds"]
     assert len(folds) == oos["fold"].nunique() == 2
-    train_end = pd.Timestamp(fit.model.metadata["train_window"][1])
-    last_fold = oos[oos["fold"] == oos["fold"].max()]
-    assert (last_fold.index > train_end + pd.Timedelta(hours=data.horizon + 23)).all()
     assert set(oos.index).issubset(set(data.sample_times))
+    meta = fit.model.metadata
+    # The bundle is the procedure refit on every labelled hour: its training window ends at the
+    # newest hour whose label is known, calibration last, after early stopping, purged apart.
+    assert pd.Timestamp(meta["train_window"][1]) == data.sample_times.max() == oos.index.max()
+    assert pd.Timestamp(meta["slices"]["calibrate"][1]) == data.sample_times.max()
+    gap = pd.Timestamp(meta["slices"]["calibrate"][0]) - pd.Timestamp(
+        meta["slices"]["early_stop"][1]
+    )
+    assert gap > pd.Timedelta(hours=data.horizon + data.sequence_length)
 
 
 def test_bundle_round_trip_gives_identical_probabilities(smoke_fit, smoke_bundle: Path) -> None:
