@@ -71,6 +71,22 @@ def test_later_window_scores_hours_the_model_never_saw(
     assert 0.0 <= result["model"]["balanced_accuracy"] <= 1.0
 
 
+def test_evaluate_refuses_hours_the_bundle_trained_on(
+    registry_root: Path, ohlcv_dir: Path, capsys
+) -> None:
+    window = ["--start", "2025-06-20", "--end", "2025-07-05"]
+    args = ["evaluate", "--market", "KRW-BTC", "--registry", str(registry_root),
+            "--data-dir", str(ohlcv_dir), *window]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "inside v0001's training window" in err and "--allow-in-sample" in err
+    assert main([*args, "--allow-in-sample", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["in_sample_hours"] < result["hours"]
+    assert main([*args, "--allow-in-sample"]) == 0
+    assert "IN-SAMPLE" in capsys.readouterr().out
+
+
 def test_gate_promotes_rollback_restores(registry_root: Path, ohlcv_dir: Path, capsys) -> None:
     args = [
         "fit",
@@ -159,3 +175,19 @@ def test_bad_input_is_a_clear_error(registry_root: Path, early_data: Path, capsy
         == 2
     )
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_a_gbm_fit_is_gated_against_the_hybrid_and_reported_beside_it(
+    registry_root: Path, ohlcv_dir: Path, capsys
+) -> None:
+    args = ["fit", "--markets", "KRW-BTC", "--data-dir", str(ohlcv_dir),
+            "--registry", str(registry_root), "--family", "gbm", *SMOKE]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "shared unseen hours" in out and "(gbm)" in out and "(hybrid)" in out
+    registry = ModelRegistry(str(registry_root))
+    assert registry.read_metadata("KRW-BTC", "v0003")["family"] == "gbm"
+    assert main(["report", "--registry", str(registry_root)]) == 0
+    report = capsys.readouterr().out
+    assert "gbm, walk-forward OOS" in report and "hybrid, walk-forward OOS" in report
+    assert "(CURRENT)" in report and "(candidate)" in report

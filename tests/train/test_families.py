@@ -1,0 +1,146 @@
+"""Model families on real candles: each bundle round-trips and trades through the backtester, the
+refit reaches the newest labelled hour, and the gate promotes only what is better."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.sources import ParquetDirSource
+from trading.backtest import fixed_ratio_source, run_backtest, trained_until
+from trading.config import load_trading_config
+from train.bundle import load_bundle
+from train.config import GateConfig, load_train_config
+from train.ensemble import EnsembleModel
+from train.ensemble_fit import assemble
+from train.fit_cli import register_and_gate
+from train.gate import Contender, judge
+from train.gbm import GbmModel
+from train.pipeline import fit_market
+from train.registry import ModelRegistry
+
+MARKET = "KRW-BTC"
+PROBA = ["p_sell", "p_hold", "p_buy"]
+
+
+@pytest.fixture(scope="module")
+def gbm_fit(smoke_fit):
+    """The gbm family on the smoke fit's very dataset (seconds)."""
+    from features.config import load_features_config
+
+    data, _ = smoke_fit
+    profile = load_train_config().profile("smoke")
+    quiet = lambda line: None  # noqa: E731
+    return fit_market(data, load_features_config(), profile, None, quiet, "smoke", "gbm")
+
+
+@pytest.fixture(scope="module")
+def bundles(smoke_fit, gbm_fit, smoke_bundle, tmp_path_factory) -> dict[str, Path]:
+    _, hybrid = smoke_fit
+    root = tmp_path_factory.mktemp("families")
+    ensemble = assemble(hybrid, gbm_fit, lookback_folds=1, min_hours=200)
+    out = {"hybrid": smoke_bundle}
+    for family, fit in (("gbm", gbm_fit), ("ensemble", ensemble)):
+        out[family] = fit.model.save(root / family)
+        fit.oos.to_parquet(out[family] / "oos.parquet")
+    return out
+
+
+def test_gbm_and_ensemble_round_trip_through_load_bundle(smoke_fit, gbm_fit, bundles) -> None:
+    data, hybrid = smoke_fit
+    windows = data.raw_windows(data.samples[-64:])
+    gbm = load_bundle(bundles["gbm"])
+    assert isinstance(gbm, GbmModel) and gbm.metadata["family"] == "gbm"
+    np.testing.assert_array_equal(gbm.predict_proba(windows), gbm_fit.model.predict_proba(windows))
+    ensemble = load_bundle(bundles["ensemble"])
+    assert isinstance(ensemble, EnsembleModel) and ensemble.metadata["family"] == "ensemble"
+    w = ensemble.weight
+    expected = w * hybrid.model.predict_proba(windows) + (1 - w) * gbm_fit.model.predict_proba(
+        windows
+    )
+    np.testing.assert_allclose(ensemble.predict_proba(windows), expected, atol=1e-12)
+    assert np.allclose(ensemble.predict_proba(windows).sum(axis=1), 1.0)
+    names = sorted(p.relative_to(bundles["ensemble"]).as_posix()
+                   for p in bundles["ensemble"].rglob("*") if p.is_file())  # fmt: skip
+    assert names == [
+        "gbm/lightgbm.txt", "gbm/metadata.json", "hybrid/lightgbm.txt", "hybrid/lstm.pt",
+        "hybrid/metadata.json", "hybrid/transform.json", "metadata.json", "oos.parquet",
+    ]  # fmt: skip
+
+
+def test_gbm_refit_ends_at_the_newest_labelled_hour(smoke_fit, gbm_fit) -> None:
+    data, _ = smoke_fit
+    meta = gbm_fit.model.metadata
+    newest = data.sample_times.max()
+    assert pd.Timestamp(meta["train_window"][1]) == newest
+    assert pd.Timestamp(meta["slices"]["calibrate"][1]) == newest
+    assert list(meta["slices"]) == ["fit", "early_stop", "calibrate"]
+    assert newest == data.times.max() - pd.Timedelta(hours=data.horizon)
+    assert len(gbm_fit.report["folds"]) == 2 and "leaky" in gbm_fit.report
+
+
+@pytest.mark.parametrize("family", ["hybrid", "gbm", "ensemble"])
+def test_every_family_trades_through_the_backtesters_bundle_path(
+    family: str, bundles, ohlcv_dir: Path, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.promote(MARKET, registry.register(MARKET, bundles[family]))
+    config = load_trading_config()
+    result = run_backtest([MARKET], ParquetDirSource(ohlcv_dir), registry, config,
+                          {"fixed": fixed_ratio_source(0.3)}, tmp_path / "work")  # fmt: skip
+    decisions = result.decisions
+    cutoff = trained_until(registry.read_metadata(MARKET))
+    from_bundle = decisions[decisions["source"] == "bundle"]
+    assert len(from_bundle) > 500  # September 2025: after the bundle's training labels
+    assert (pd.DatetimeIndex(from_bundle["time"]) > cutoff).all()
+    assert (decisions["source"] == "oos").sum() == len(
+        pd.read_parquet(bundles[family] / "oos.parquet")
+    )
+
+
+def _doctored(oos: pd.DataFrame, right: bool) -> pd.DataFrame:
+    """The record with probability 0.9 on the true label (right) or on a wrong one."""
+    y = oos["label"].to_numpy()
+    target = y if right else (y + 1) % 3
+    proba = np.full((len(oos), 3), 0.05)
+    proba[np.arange(len(oos)), target] = 0.9
+    out = oos.copy()
+    out[PROBA] = proba
+    return out
+
+
+def test_judge_prefers_the_lower_log_loss_on_shared_unseen_hours(smoke_fit, gbm_fit) -> None:
+    data, _ = smoke_fit
+    meta = gbm_fit.model.metadata
+    current = Contender("v0001", "gbm", gbm_fit.oos, meta, gbm_fit.model)
+    gate = GateConfig()
+    threshold = meta["label_threshold"]
+    worse = Contender("v0002", "gbm", _doctored(gbm_fit.oos, right=False), meta)
+    better = Contender("v0003", "gbm", _doctored(gbm_fit.oos, right=True), meta)
+    refused = judge(gate, data, [worse], current, threshold)
+    assert refused.promote is None and "kept CURRENT" in refused.reason
+    assert refused.scores["v0002"]["log_loss"] > refused.scores["v0001"]["log_loss"]
+    chosen = judge(gate, data, [worse, better], current, threshold)
+    assert chosen.promote == "v0003"
+    assert "800 shared unseen hours" in chosen.reason
+
+
+def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
+    smoke_fit, gbm_fit, bundles, tmp_path: Path
+) -> None:
+    data, _ = smoke_fit
+    registry = ModelRegistry(tmp_path / "registry")
+    gate = load_train_config().gate
+    register_and_gate(registry, gate, {"gbm": bundles["gbm"]}, data)
+    assert registry.current(MARKET) == "v0001"
+    for right, expected in ((False, "v0001"), (True, "v0003")):
+        candidate = Path(shutil.copytree(bundles["gbm"], tmp_path / f"candidate-{right}"))
+        _doctored(gbm_fit.oos, right).to_parquet(candidate / "oos.parquet")
+        line = register_and_gate(registry, gate, {"gbm": candidate}, data)
+        assert registry.current(MARKET) == expected, line
+    statuses = {v.version: v.status.value for v in registry.versions(MARKET)}
+    assert statuses == {"v0001": "previous", "v0002": "candidate", "v0003": "current"}
