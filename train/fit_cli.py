@@ -89,7 +89,8 @@ def register_and_gate(
         registry.promote(market, verdict.promote)
     for version in versions.values():
         print(market_report(registry.read_metadata(market, version)))
-    return f"{market}: {verdict.reason}"
+    named = verdict.promote or list(versions.values())[-1]
+    return f"{market} {named}: {verdict.reason}"  # the retrainer reads "<market> vNNNN: ..."
 
 
 def market_fits(components: dict[str, MarketFit], ctx: FitContext) -> dict[str, MarketFit]:
@@ -176,7 +177,7 @@ def fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
                 )
             bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles")
             line = register_and_gate(ctx.registry, ctx.gate, bundles, data)
-        print(f"{line} (use_gpu={use_gpu})\n")
+        print(f"{line} (fitted on Ray, use_gpu={use_gpu})\n")
 
 
 def write_files(files: dict[str, bytes], directory: Path) -> Path:

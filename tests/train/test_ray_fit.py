@@ -78,7 +78,15 @@ def test_cli_fits_through_ray_by_default(
         "smoke",
         "--storage-path",
         str(tmp_path / "ray"),
+        "--family",
+        "hybrid,gbm,ensemble",
     ]
     assert main(args) == 0
-    assert "on Ray, use_gpu=False" in capsys.readouterr().out
-    assert ModelRegistry(str(registry)).current("KRW-ETH") == "v0001"
+    out = capsys.readouterr().out
+    assert "on Ray, use_gpu=False" in out and "shared unseen hours" in out
+    store = ModelRegistry(str(registry))
+    families = {v.metadata["family"]: v.version for v in store.versions("KRW-ETH")}
+    assert set(families) == {"hybrid", "gbm", "ensemble"}  # one TorchTrainer, one task, assembled
+    assert store.current("KRW-ETH") in families.values()
+    ensemble = load_bundle(store.fetch("KRW-ETH", families["ensemble"], dest_dir=tmp_path / "f"))
+    assert 0.0 <= ensemble.weight <= 1.0
