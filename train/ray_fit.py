@@ -208,8 +208,10 @@ def fit_gbm_on_ray(
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
-    cpus: float = 1.0,
+    cpus: float = 0.25,
 ) -> dict[str, ray.ObjectRef]:
-    """One plain Ray task per market (no TorchTrainer: nothing here is torch); returns at once."""
+    """One plain Ray task per market (no TorchTrainer needed), returning at once. A quarter CPU
+    each, as the trainers: on a head whose Serve replicas hold part of the CPUs a whole-CPU task
+    could wait for ever; Ray gives a fractional task one OpenMP thread."""
     task = ray.remote(gbm_bundle_files).options(num_cpus=cpus)
     return {m: task.remote(data_dir, m, features, profile, profile_name) for m in markets}
