@@ -42,6 +42,9 @@ from train.research_jobs import (
 Say = Callable[[str], None]
 BASELINE_FAMILIES = tuple(PLAIN_VARIANTS)
 COMPONENTS = {"gbm": ("gbm",), "hybrid": ("hybrid",), "ensemble": ("hybrid", "gbm")}
+HYBRID_REVISION = (
+    2  # 2: slices encoder, head, early_stop, calibrate (early stop and calibration last)
+)
 
 
 @dataclass(frozen=True)
