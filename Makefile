@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/features.py --data-dir $(DATA_DIR)
 	$(PY) bench/train.py --data-dir $(DATA_DIR)
 	$(PY) bench/serve.py --data-dir $(DATA_DIR)
+	$(PY) bench/research.py --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -97,11 +97,25 @@ def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
     return "\n\n".join(parts)
 
 
+COLORS = {
+    "hybrid": "tab:blue", "gbm": "tab:orange", "ensemble": "tab:green", "plain-12m": "tab:red",
+    "plain-all": "tab:purple", "persistence": "tab:brown", "majority": "tab:gray",
+    "buy&hold": "black",
+}  # fmt: skip
+
+
+def _style(name: str) -> dict[str, Any]:
+    base = name.split("~")[0]
+    return {"color": COLORS.get(base, "tab:olive"), "linestyle": ":" if "~" in name else "-",
+            "linewidth": 1.2 if base in ("hybrid", "gbm", "ensemble") else 0.8}  # fmt: skip
+
+
 def plot_report(plots: dict[str, Any], path: Path) -> Path:
     """Per market: per-fold balanced accuracy (top) and equity over initial (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     markets = list(plots)
@@ -109,18 +123,21 @@ def plot_report(plots: dict[str, Any], path: Path) -> Path:
     for col, market in enumerate(markets):
         top, bottom = axes[0][col], axes[1][col]
         for name, entry in plots[market]["models"].items():
+            if name == "majority":
+                continue
             rows = entry["per_fold"]
             x = [pd.Timestamp(r["start"]) for r in rows]
-            style = "-" if "~" not in name and name not in ("majority",) else ":"
-            top.plot(x, [r["balanced_accuracy"] for r in rows], style, label=name, linewidth=1)
+            top.plot(x, [r["balanced_accuracy"] for r in rows], label=name, **_style(name))
         top.axhline(1 / 3, color="grey", linewidth=0.5)
         top.set_title(f"{market}: balanced accuracy per fold", fontsize=9)
         for name, (times, curve) in plots[market]["curves"].items():
-            if "~" in name or name == "majority":
-                continue
-            bottom.plot(times, curve, label=name, linewidth=1)
+            if "~" not in name and name != "majority":
+                bottom.plot(times, curve, label=name, **_style(name))
         bottom.set_title(f"{market}: equity / initial, after fees", fontsize=9)
         for ax in (top, bottom):
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
