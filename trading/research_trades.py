@@ -13,29 +13,36 @@ from typing import Any
 
 import numpy as np
 
-from serve.sizing import load_sizing_config
+from serve.sizing import SIZING_VOLATILITY_HOURS, load_sizing_config
 from trading.backtest import fixed_ratio_source, market_hours, replay, rule_ratio_source
 from trading.config import TradingConfig, load_trading_config
 from train.research_report import PROBA, TradeRequest
 
 
 def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[str, Any]:
-    """The equity after each hour from the first prediction to the timeline's end."""
-    if arm == "rule":
-        source = rule_ratio_source(load_sizing_config())
-    else:
-        source = fixed_ratio_source(config.ab.fixed_ratio)
+    """A fresh paper account from the request's first prediction to its last: the equity after
+    each hour. The timeline is cut to the history the risk inputs read (identical results)."""
+    source = (
+        rule_ratio_source(load_sizing_config())
+        if arm == "rule"
+        else fixed_ratio_source(config.ab.fixed_ratio)
+    )
     predictions = request.predictions[PROBA].assign(source="oos", model_version=request.model)
-    hours = market_hours(request.market, request.times, request.close, predictions)
+    history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1
+    first, last = request.times.get_indexer(predictions.index[[0, -1]])
+    span = slice(max(0, first - history), last + 1)
+    hours = market_hours(request.market, request.times[span], request.close[span], predictions)
     run = replay(hours, arm, source, config)
     return {
         "market": request.market,
         "model": request.model,
+        "fold": request.fold,
         "times": run.times,
         "equity": np.asarray(run.equity, dtype=float),
         "position_value": np.asarray(run.position, dtype=float) * run.close,
         "trades": len(run.fills),
         "initial": float(run.initial_krw),
+        "halted": bool(run.records["halted"].iloc[-1]),
     }
 
 
@@ -45,9 +52,13 @@ def trade(requests: list[TradeRequest], arm: str = "fixed") -> list[dict[str, An
 
 
 def trade_on_ray(requests: list[TradeRequest], arm: str, cpus: float) -> list[dict[str, Any]]:
-    """One Ray task per replay: each is a Python loop over the hours, so they parallelise."""
+    """One Ray task per market and model (its folds in turn): each replay is a Python loop over
+    the hours, so tasks parallelise, and the market's timeline travels once per task."""
     import ray
 
-    config = load_trading_config()
-    remote = ray.remote(trade_one).options(num_cpus=cpus)
-    return ray.get([remote.remote(r, arm, config) for r in requests])
+    groups: dict[tuple[str, str], list[TradeRequest]] = {}
+    for request in requests:
+        groups.setdefault((request.market, request.model), []).append(request)
+    remote = ray.remote(trade).options(num_cpus=cpus)
+    results = ray.get([remote.remote(group, arm) for group in groups.values()])
+    return [r for group in results for r in group]

@@ -10,7 +10,11 @@ a model trained on another label is still judged on this one.
 
 Hours: those in the requested range whose reference label is known and that every row predicted.
 Trading goes through `trader` (the CLI passes `trading.research_trades`: plan_hour and the
-PaperBroker), so this module stays below trading in the layering.
+PaperBroker), so this module stays below trading in the layering. Each fold is replayed on a fresh
+paper account and risk guard, as if a person re-enabled the kill switch every month: over three
+years one bad day would otherwise switch an arm off for good (daily loss limit and max drawdown
+stay off until re-enabled) and the rest of the span would measure nothing. The folds' curves are
+chained into one; `folds_halted` counts the folds that ended with the switch off.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ class TradeRequest:
 
     market: str
     model: str
-    times: pd.DatetimeIndex  # the timeline, history included, ending at the last reported hour
+    fold: int
+    times: pd.DatetimeIndex  # the market's timeline; the replay reads the history it needs
     close: np.ndarray
-    predictions: pd.DataFrame  # index time, PROBA columns
+    predictions: pd.DataFrame  # index time, PROBA columns: one fold's reported hours
 
 
 Trader = Callable[[list[TradeRequest]], list[dict[str, Any]]]
@@ -197,37 +202,66 @@ def buy_and_hold(close: np.ndarray, initial: float) -> dict[str, Any]:
 def trade_requests(
     research: MarketResearch, hours: pd.DatetimeIndex, frames: dict[str, pd.DataFrame]
 ) -> list[TradeRequest]:
-    index = research.index
-    stop = int(index.times.get_loc(hours[-1])) + 1
-    times, close = index.times[:stop], index.close[:stop]
-    return [
-        TradeRequest(
-            index.market, name, times, close, frame.loc[hours.intersection(frame.index), PROBA]
-        )
-        for name, frame in frames.items()
-    ]
+    """One replay per model and fold, on that fold's reported hours."""
+    index, requests = research.index, []
+    for name, frame in frames.items():
+        own = frame.loc[hours.intersection(frame.index), PROBA]
+        for fold in research.folds:
+            part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
+            if len(part):
+                requests.append(
+                    TradeRequest(index.market, name, fold.number, index.times, index.close, part)
+                )
+    return requests
 
 
-def configs_tried(req: ResearchRequest, market: str) -> int:
-    """Model configurations with predictions for this market in the cache (baselines and leaky
-    twins are not candidates), at least the ones in this report."""
-    found = {c for f, c in req.cache.configs(market) if f in MODEL_FAMILIES}
-    return max(len(found), 1)
+def configs_tried(req: ResearchRequest, market: str, hours: pd.DatetimeIndex) -> int:
+    """Model configurations in the cache with predictions on any of these hours (baselines and
+    leaky twins are not candidates); at least one, the report's own."""
+    first, last = hours[0], hours[-1]
+    tried = {
+        (family, config)
+        for family, config in req.cache.configs(market)
+        if family in MODEL_FAMILIES
+        and any(s <= last and e > first for s, e in req.cache.spans(market, family, config))
+    }
+    return max(len(tried), 1)
+
+
+def chain_folds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's per-fold replays as one curve: each fold starts where the previous ended."""
+    results = sorted(results, key=lambda r: r["fold"])
+    initial, level, parts, times = results[0]["initial"], 1.0, [], []
+    for r in results:
+        parts.append(level * np.asarray(r["equity"]) / r["initial"])
+        level = parts[-1][-1]
+        times.append(pd.DatetimeIndex(r["times"]))
+    return {
+        "equity": initial * np.concatenate(parts),
+        "times": times[0].append(times[1:]) if len(times) > 1 else times[0],
+        "position_value": np.concatenate([r["position_value"] for r in results]),
+        "trades": sum(r["trades"] for r in results),
+        "initial": initial,
+        "folds_halted": sum(bool(r["halted"]) for r in results),
+    }
 
 
 def _attach_trading(
     models: dict[str, dict[str, Any]], results: list[dict[str, Any]], trials: int
 ) -> dict[str, Any]:
-    curves = {}
+    by_model: dict[str, list[dict[str, Any]]] = {}
     for result in results:
+        by_model.setdefault(result["model"], []).append(result)
+    curves = {}
+    for name, parts in by_model.items():
+        chained = chain_folds(parts)
         figures = curve_figures(
-            result["equity"], result["initial"], result["position_value"], result["trades"]
+            chained["equity"], chained["initial"], chained["position_value"], chained["trades"]
         )
         returns = figures.pop("hourly_returns")
-        entry = models[result["model"]]
-        entry["trading"] = figures
-        entry["dsr"] = deflated_sharpe(returns, trials)
-        curves[result["model"]] = (result["times"], result["equity"] / result["initial"])
+        models[name]["trading"] = figures | {"folds_halted": chained["folds_halted"]}
+        models[name]["dsr"] = deflated_sharpe(returns, trials)
+        curves[name] = (chained["times"], chained["equity"] / chained["initial"])
     return curves
 
 
@@ -243,7 +277,7 @@ def market_report(
     frames = {n: research.predictions[n] for n in names}
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
-    trials = configs_tried(req, research.index.market)
+    trials = configs_tried(req, research.index.market, hours)
     results = trader(trade_requests(research, hours, frames))
     curves = _attach_trading(models, results, trials)
     close = research.index.close[research.index.times.get_indexer(hours)]

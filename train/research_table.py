@@ -11,7 +11,7 @@ import pandas as pd
 HEADER = (
     f"{'model':<14} {'n':>6} {'acc':>6} {'bal_acc [95% CI]':>22} {'logloss [95% CI]':>22} "
     f"{'brier':>6} {'macroF1':>7} {'rec S/H/B':>14} {'dBA vs plain-12m':>22} "
-    f"{'return':>8} {'Sharpe':>6} {'maxDD':>6} {'trades':>6} {'expo':>5} {'DSR':>5}"
+    f"{'return':>8} {'Sharpe':>6} {'maxDD':>6} {'trades':>6} {'halt':>4} {'expo':>5} {'DSR':>5}"
 )
 
 
@@ -42,7 +42,7 @@ def model_line(name: str, entry: dict[str, Any]) -> str:
         f"{m['macro_f1']:>7.3f} {rec:>14} {delta:>22} "
         f"{_num(t.get('total_return'), '+.1%'):>8} {_num(t.get('sharpe'), '.2f'):>6} "
         f"{_num(t.get('max_drawdown'), '.1%'):>6} {t.get('trades', '-'):>6} "
-        f"{_num(t.get('exposure'), '.0%'):>5} {_num(dsr, '.2f'):>5}"
+        f"{t.get('folds_halted', '-'):>4} {_num(t.get('exposure'), '.0%'):>5} {_num(dsr, '.2f'):>5}"
     )
 
 
@@ -50,7 +50,7 @@ def hold_line(hold: dict[str, Any]) -> str:
     return (
         f"{'buy & hold':<14} {'':>6} {'':>6} {'':>22} {'':>22} {'':>6} {'':>7} {'':>14} "
         f"{'':>22} {hold['total_return']:>+8.1%} {_num(hold['sharpe'], '.2f'):>6} "
-        f"{hold['max_drawdown']:>6.1%} {hold['trades']:>6} {1:>5.0%} {'':>5}"
+        f"{hold['max_drawdown']:>6.1%} {hold['trades']:>6} {'':>4} {1:>5.0%} {'':>5}"
     )
 
 
@@ -91,8 +91,10 @@ def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
     run = report["run"]
     parts.append(
         f"{len(report['folds_run'])} fold jobs ({sum(not r['cached'] for r in report['folds_run'])}"
-        f" computed), {run['seconds']:.1f} s. DSR: deflated Sharpe ratio, the probability that the"
-        " hourly Sharpe beats the best of the configurations tried by chance."
+        f" computed), {run.get('seconds', 0):.1f} s. Trading: each fold on a fresh paper account"
+        " (`halt`: folds that ended with the kill switch off), chained. DSR: deflated Sharpe ratio,"
+        " the probability that the hourly Sharpe beats the best of the configurations tried by"
+        " chance."
     )
     return "\n\n".join(parts)
 
