@@ -4,9 +4,12 @@
     then the report (after-fee replays as Ray tasks). Goal here: under 2 minutes.
 (b) Baseline, measured in the same run: the very same fold jobs one after another in this process
     (`--local`: LightGBM gets every core through its own threads), into a second cold cache.
-Prints wall times, the ratio (b)/(a) of the fold stage (goal >= 0.95 on 2 cores) and whether both
-produced identical predictions. Not a test. Note `cat /proc/loadavg` beside the figures: this
-machine is shared.
+(c) With --one-thread-too: (b) again with LightGBM on one thread (OMP_NUM_THREADS=1), the setting
+    every Ray worker runs with; on a loaded machine OpenMP threads that spin while they wait can
+    make (b) slower than it would be quiet.
+Prints wall times, the ratios (b)/(a) and (c)/(a) of the fold stage (goal >= 0.95 on 2 cores)
+and the largest difference between the runs' probabilities. Not a test. The load average is
+printed beside every figure: this machine is shared.
 
     .venv/bin/python bench/research.py --data-dir ../shared/data/ohlcv [--markets ...] [--no-leaky]
 """
@@ -81,6 +84,7 @@ def main() -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--no-leaky", action="store_true")
     parser.add_argument("--skip-local", action="store_true", help="only (a)")
+    parser.add_argument("--one-thread-too", action="store_true", help="also (c)")
     args = parser.parse_args()
     args.data_dir = os.path.abspath(args.data_dir)
 
@@ -113,6 +117,14 @@ def main() -> int:
             "(b) report, replays in turn",
             lambda: build_report(local_req, local_markets, lambda r: trade(r, "fixed"), {}),
         )
+        if args.one_thread_too:
+            os.environ["OMP_NUM_THREADS"] = "1"  # read by train.calibration.process_threads
+            one_req = replace(req, cache=PredictionCache(Path(tmp) / "one"))
+            _, one_folds = timed(
+                "(c) the same folds in turn, LightGBM on one thread",
+                lambda: run_research(one_req, quiet, local=True),
+            )
+            print(f"fold stage, one thread: {one_folds:.1f} s, ratio {one_folds / ray_folds:.2f}x")
     print(f"fold stage: Ray {ray_folds:.1f} s, sequential {local_folds:.1f} s, "
           f"ratio {local_folds / ray_folds:.2f}x (goal >= 0.95)")  # fmt: skip
     print(f"report stage: Ray {ray_report:.1f} s, sequential {local_report:.1f} s, "
