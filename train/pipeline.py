@@ -174,7 +174,7 @@ def fit_market(
         )
         threshold = fold_threshold_for(features, data, plan.transform_fit)
         fitted = fitter.fit(plan, threshold)
-        progress(f"{data.market} {family} {plan.name}: {len(plan.test)} test hours, "
+        progress(f"{data.market} {plan.name} ({family}): {len(plan.test)} test hours, "
                  f"{fitted.note}, {time.perf_counter() - started:.1f} s")  # fmt: skip
         frames.append(oos_frame(data, plan.test, fitted.proba, threshold, fold.number))
         fold_rows.append(
@@ -198,7 +198,7 @@ def fit_market(
         started = time.perf_counter()
         plan = fitter.leaky()
         leaky = fitter.fit(plan, threshold)
-        progress(f"{data.market} {family} leaky protocol: {time.perf_counter() - started:.1f} s")
+        progress(f"{data.market} leaky protocol ({family}): {time.perf_counter() - started:.1f} s")
         report["leaky"] = evaluate_predictions(
             data.labels(threshold, plan.test), leaky.proba, next_returns(data, plan.test)
         )
@@ -217,7 +217,7 @@ def refit_market(
     plan = fitter.plan("refit", data.samples, np.zeros(0, dtype=np.int64), purge)
     threshold = fold_threshold_for(features, data, plan.transform_fit)
     fitted = fitter.fit(plan, threshold)
-    progress(f"{data.market} {fitter.family} refit on {len(plan.transform_fit)} hours to "
+    progress(f"{data.market} refit ({fitter.family}) on {len(plan.transform_fit)} hours to "
              f"{data.times[plan.transform_fit[-1]]}: {fitted.note}, "
              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return fitted.model, RefitRecord(fitter.family, plan, threshold)
