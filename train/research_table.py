@@ -135,7 +135,8 @@ def plot_report(plots: dict[str, Any], path: Path) -> Path:
         for name, (times, curve) in plots[market]["curves"].items():
             if "~" not in name and name != "majority":
                 bottom.plot(times, curve, label=name, **_style(name))
-        bottom.set_title(f"{market}: equity / initial, after fees", fontsize=9)
+        bottom.set_yscale("log")
+        bottom.set_title(f"{market}: equity / initial, after fees (log scale)", fontsize=9)
         for ax in (top, bottom):
             locator = mdates.AutoDateLocator()
             ax.xaxis.set_major_locator(locator)
