@@ -11,7 +11,7 @@ import pytest
 from train.__main__ import main
 from train.registry import ModelRegistry
 
-SMOKE = ["--profile", "smoke", "--local"]
+SMOKE = ["--profile", "smoke", "--local", "--family", "hybrid"]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_a_gbm_fit_is_gated_against_the_hybrid_and_reported_beside_it(
     registry_root: Path, ohlcv_dir: Path, capsys
 ) -> None:
     args = ["fit", "--markets", "KRW-BTC", "--data-dir", str(ohlcv_dir),
-            "--registry", str(registry_root), "--family", "gbm", *SMOKE]  # fmt: skip
+            "--registry", str(registry_root), *SMOKE, "--family", "gbm"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "shared unseen hours" in out and "(gbm)" in out and "(hybrid)" in out
