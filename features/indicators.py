@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.candles import CANDLE_COLUMNS, HOUR, CandleError, repair_segments, validate_candles
+from features.candles import CANDLE_COLUMNS, CandleError, repair_segments, validate_candles
+from features.exchange import HOUR_NS
 from features.recursions import Average, seeded_averages, window_moments, window_sums
 
 SEQUENCE_LENGTH = 24
@@ -303,7 +304,7 @@ def _frame(matrix: np.ndarray, index: pd.Index) -> pd.DataFrame:
 
 
 def _is_contiguous(index: pd.DatetimeIndex) -> bool:
-    return len(index) < 2 or bool((np.diff(index.asi8) == HOUR.value).all())
+    return len(index) < 2 or bool((np.diff(index.asi8) == HOUR_NS).all())
 
 
 def compute_features(candles: pd.DataFrame) -> pd.DataFrame:

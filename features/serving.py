@@ -13,14 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.candles import (
-    HOUR,
-    CandleError,
-    candle_arrays,
-    fill_hours,
-    gap_lengths,
-    validate_candles,
-)
+from features.candles import CandleError, candle_arrays, fill_hours, gap_lengths, validate_candles
+from features.exchange import HOUR, HOUR_NS
 from features.indicators import (
     FEATURE_NAMES,
     SEQUENCE_LENGTH,
@@ -43,7 +37,7 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
     close is the fill price, exactly as the batch path (which repairs the whole history) fills it.
     """
     times = window.index.asi8
-    start = int(times[-1]) - (hours - 1) * HOUR.value
+    start = int(times[-1]) - (hours - 1) * HOUR_NS
     first = max(int(np.searchsorted(times, start)) - 1, 0)
     times = times[first:]
     segment_start = _segment_start(times, window.index[first:], max_gap_hours)
@@ -51,7 +45,7 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
         raise CandleError(
             f"serving needs {hours} contiguous hours ending {window.index[-1]}, but the last "
             f"segment starts {pd.Timestamp(segment_start)} "
-            f"({(int(times[-1]) - segment_start) // HOUR.value + 1} hours): fetch more candles; "
+            f"({(int(times[-1]) - segment_start) // HOUR_NS + 1} hours): fetch more candles; "
             f"a gap over max_gap_hours={max_gap_hours} restarts the warm-up"
         )
     return fill_hours(times, candle_arrays(window.iloc[first:]), start, hours)[0]

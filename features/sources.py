@@ -29,16 +29,14 @@ import pyupbit
 from pyarrow import fs as pafs
 
 from features.candles import (
-    HOUR,
-    KST,
     CandleError,
     current_hour_kst,
     drop_forming,
     empty_candles,
     normalize_candles,
-    now_kst,
     validate_candles,
 )
+from features.exchange import HOUR, KST, now_kst
 from features.upbit_http import UPBIT_API, RetryPolicy, UpbitHttp, UpbitNoData
 
 logger = logging.getLogger(__name__)
@@ -231,7 +229,8 @@ class UpbitSource:
 
     def _fetch(self, market: str, count: int, before: pd.Timestamp) -> pd.DataFrame:
         """The `count` newest candles opened before `before` (KST), or fewer near the listing."""
-        to_utc = (before - pd.Timedelta(hours=9)).to_pydatetime()
+        # pyupbit sends `to` as it is, and Upbit reads a time without an offset as UTC.
+        to_utc = before.tz_localize(KST).tz_convert("UTC").tz_localize(None).to_pydatetime()
         try:
             raw = self.http.call(
                 pyupbit.get_ohlcv, market, interval="minute60", count=count, to=to_utc, period=0.0

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-HOUR_NS = pd.Timedelta(hours=1).value
+from features.exchange import HOUR_NS
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from features.domain import Side
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.backtest import ArmRun, BacktestResult
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
 
 HOURS_PER_YEAR = 24 * 365
 BUY_AND_HOLD = "buy&hold"

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 
 from features.domain import AccountState, Decision, Order
+from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
 from trading.accounts import account_state, holdings_value
 from trading.broker import Broker, BrokerBanned, BrokerError, Fill, OrderRejected, OrderState
-from trading.clock import HOUR
 from trading.config import TradingConfig
 from trading.ledger import Ledger
-from trading.ledger_schema import FINAL_STATUSES
+from trading.ledger_rows import FINAL_STATUSES
 from trading.risk import RiskGuard
 from trading.serve_client import Predictor, ServedSignal, ServeUnavailable
 from trading.step import plan_hour

@@ -19,8 +19,10 @@ def test_cli_overrides_are_typed_and_validated() -> None:
     assert config.labels.threshold == 0.01 and config.markets == ["KRW-BTC"]
     with pytest.raises(ConfigError, match="threshold"):
         load_features_config(overrides=["labels.threshold=0.0001"])
-    with pytest.raises(ConfigError, match="market names"):
+    with pytest.raises(ConfigError, match="invalid market name 'btc'"):
         load_features_config(overrides=["markets=[btc]"])
+    with pytest.raises(ConfigError, match="duplicate markets"):
+        load_features_config(overrides=["markets=[KRW-BTC, KRW-BTC]"])
     with pytest.raises(ConfigError, match="must look like"):
         load_features_config(overrides=["nonsense"])
 
@@ -37,7 +39,17 @@ def test_unknown_keys_and_bad_files_are_named(tmp_path: Path) -> None:
         load_features_config(tmp_path / "missing.yaml")
 
 
+def test_a_file_without_markets_is_an_error_naming_it(tmp_path: Path) -> None:
+    """The YAML is the one market list: no Python default quietly stands in for it."""
+    bare = tmp_path / "features.yaml"
+    bare.write_text("max_gap_hours: 6\n")
+    with pytest.raises(ConfigError, match="markets\n  Field required") as caught:
+        load_features_config(bare)
+    assert str(bare) in str(caught.value)
+
+
 def test_relative_data_dir_resolves_from_the_project_root() -> None:
-    config = FeaturesConfig(data_dir="../shared/data/ohlcv")
+    config = FeaturesConfig(markets=["KRW-BTC"], data_dir="../shared/data/ohlcv")
     assert Path(config.resolve_data_dir()) == (CONFIG_DIR.parent / "../shared/data/ohlcv").resolve()
-    assert FeaturesConfig(data_dir="s3://bucket/ohlcv").resolve_data_dir() == "s3://bucket/ohlcv"
+    s3 = FeaturesConfig(markets=["KRW-BTC"], data_dir="s3://bucket/ohlcv")
+    assert s3.resolve_data_dir() == "s3://bucket/ohlcv"

@@ -18,6 +18,7 @@ import pyupbit
 import pyupbit.request_api as request_api
 
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
+from features.exchange import KST
 from features.sources import CachedSource, ParquetDirSource, UnknownMarketError, UpbitSource
 from features.upbit_http import (
     RetryPolicy,
@@ -93,7 +94,7 @@ def closed(server: UpbitStandIn, market: str = "KRW-BTC") -> pd.DataFrame:
 
 
 def utc(kst: pd.Timestamp) -> str:
-    return (kst - pd.Timedelta(hours=9)).strftime(UTC_FORMAT)
+    return kst.tz_localize(KST).tz_convert(None).strftime(UTC_FORMAT)
 
 
 # -- Upbit through the real pyupbit client ----------------------------------------------------
