@@ -36,7 +36,7 @@ from features.candles import (
     normalize_candles,
     validate_candles,
 )
-from features.exchange import HOUR, KST, now_kst
+from features.exchange import HOUR, KST, UnknownMarketError, now_kst
 from features.upbit_http import UPBIT_API, RetryPolicy, UpbitHttp, UpbitNoData
 
 logger = logging.getLogger(__name__)
@@ -45,15 +45,6 @@ FILE_SUFFIX = "_minute60.parquet"
 # Set on a cache file once it reaches back to the market's first candle on the exchange.
 COMPLETE_KEY = b"hybrid_trader.history_from_listing"
 UPBIT_CHUNK = 2000  # candles per pyupbit call (10 pages) when back-filling to the listing date
-
-
-class UnknownMarketError(LookupError):
-    """The source has no such market; the message lists the markets it does have."""
-
-    def __init__(self, market: str, known: list[str]) -> None:
-        super().__init__(f"unknown market {market!r}; known: {', '.join(known) or 'none'}")
-        self.market = market
-        self.known = known
 
 
 class CandleSource(Protocol):
