@@ -13,15 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features import indicators
 from features.candles import CandleError, candle_arrays, fill_hours, gap_lengths, validate_candles
 from features.exchange import HOUR, HOUR_NS
-from features.indicators import (
-    FEATURE_NAMES,
-    SEQUENCE_LENGTH,
-    SERVING_WINDOW,
-    WARMUP_HOURS,
-    feature_matrix,
-)
+from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, feature_matrix
 
 
 def _segment_start(times: np.ndarray, index: pd.DatetimeIndex, max_gap_hours: int) -> int:
@@ -65,7 +60,7 @@ def serving_matrix(
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    hours = max(SERVING_WINDOW, WARMUP_HOURS + rows - 1)
+    hours = max(indicators.SERVING_WINDOW, indicators.WARMUP_HOURS + rows - 1)
     validate_candles(window)
     if len(window) == 0:
         raise CandleError(f"serving needs {hours} hours of candles, got none")
