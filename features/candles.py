@@ -24,12 +24,15 @@ class CandleError(ValueError):
     """A candle frame breaks the contract; the message names the first problem found."""
 
 
+def to_kst(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    """A tz-naive KST timestamp; tz-aware input is converted, naive input is taken as KST."""
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert(KST).tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
 def current_hour_kst(now: datetime | None = None) -> pd.Timestamp:
     """The open time of the hour still forming at `now` (KST, tz-naive)."""
-    moment = pd.Timestamp(now if now is not None else now_kst())
-    if moment.tzinfo is not None:
-        moment = moment.tz_convert(KST).tz_localize(None)
-    return moment.floor("h")
+    return to_kst(now if now is not None else now_kst()).floor("h")
 
 
 def drop_forming(candles: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:

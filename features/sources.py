@@ -34,6 +34,7 @@ from features.candles import (
     drop_forming,
     empty_candles,
     normalize_candles,
+    to_kst,
     validate_candles,
 )
 from features.exchange import HOUR, KST, UnknownMarketError, now_kst
@@ -70,12 +71,6 @@ class CandleSource(Protocol):
 
 def candle_file_name(market: str) -> str:
     return f"{market}{FILE_SUFFIX}"
-
-
-def to_kst(moment: datetime | pd.Timestamp) -> pd.Timestamp:
-    """A tz-naive KST timestamp; tz-aware input is converted, naive input is taken as KST."""
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_convert(KST).tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def as_kst(moment: datetime | pd.Timestamp | None) -> pd.Timestamp | None:

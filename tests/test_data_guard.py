@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import OHLCV_ENV, PROJECT_ROOT
-
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OHLCV_ENV = (
+    "HYBRID_TEST_OHLCV"  # the folder tests/conftest.py reads the candles from (the contract)
+)
 PROBES = [
     "tests/features/test_sources.py::test_parquet_dir_unknown_market_lists_known",
     "tests/features/test_indicators.py::test_compute_features_refuses_a_gap",

@@ -3,14 +3,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
+from features.config import (
+    CONFIG_DIR,
+    FEATURES_YAML,
+    ConfigError,
+    FeaturesConfig,
+    load_features_config,
+)
+from features.exchange import ROUND_TRIP_FEE
 
 
 def test_shipped_config_is_valid() -> None:
     config = load_features_config()
-    assert config.markets == ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
-    assert config.labels.threshold >= 0.001
+    assert config.markets == yaml.safe_load(FEATURES_YAML.read_text())["markets"]  # the one list
+    assert config.labels.threshold >= ROUND_TRIP_FEE
     assert config.split_spec(24).purge >= config.labels.horizon_hours + 24
 
 

@@ -21,6 +21,7 @@ import pytest
 from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, repair_gaps, repair_segments
 from features.config import load_features_config
+from features.exchange import HOUR, HOUR_NS
 from features.indicators import (
     FEATURE_NAMES,
     SEQUENCE_LENGTH,
@@ -116,10 +117,10 @@ def gap_edges(candles: pd.DataFrame) -> Iterator[pd.Timestamp]:
     """Hours whose serving window holds a real gap: right after one, and where the window's first
     hour falls inside one (its fill price then comes from before the window)."""
     index = candles.index
-    after_gap = np.flatnonzero(np.diff(index.asi8) > pd.Timedelta(hours=1).value) + 1
+    after_gap = np.flatnonzero(np.diff(index.asi8) > HOUR_NS) + 1
     for position in after_gap[after_gap > 3 * SERVING_WINDOW][:6]:
-        first_missing = index[position - 1] + pd.Timedelta(hours=1)
-        for hour in (index[position], first_missing + (SERVING_WINDOW - 1) * pd.Timedelta(hours=1)):
+        first_missing = index[position - 1] + HOUR
+        for hour in (index[position], first_missing + (SERVING_WINDOW - 1) * HOUR):
             if hour in index:
                 yield hour
 

@@ -19,7 +19,7 @@ import pyupbit.request_api as request_api
 
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
 from features.config import load_features_config
-from features.exchange import KST, UnknownMarketError
+from features.exchange import HOUR, KST, UnknownMarketError
 from features.sources import CachedSource, ParquetDirSource, UpbitSource
 from features.upbit_http import (
     RetryPolicy,
@@ -119,9 +119,7 @@ def test_history_returns_exactly_the_served_range(
     served = closed(standin)
     expected = served.loc[(served.index >= start) & (served.index <= end)]
     pd.testing.assert_frame_equal(got, expected, check_freq=False)
-    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(
-        end + pd.Timedelta("1h")
-    )
+    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(end + HOUR)
     in_utc = start.tz_localize("Asia/Seoul").tz_convert("UTC")  # tz-aware bounds are converted
     aware = source.history("KRW-BTC", in_utc, end, now=standin.now)
     pd.testing.assert_frame_equal(aware, expected, check_freq=False)

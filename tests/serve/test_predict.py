@@ -10,13 +10,13 @@ import pytest
 
 from features.candles import normalize_candles
 from features.exchange import KST
-from features.indicators import SERVING_WINDOW
+from features.indicators import CANDLES_FOR_SERVING, SERVING_WINDOW
 from features.serving import serving_features, serving_matrix
 from serve.predict import RequestError, candles_from_rows, predict_candles
 from trading.serve_client import candle_rows
 from train.bundle import load_bundle
 
-ROWS = SERVING_WINDOW + 48
+ROWS = CANDLES_FOR_SERVING
 
 
 @pytest.fixture(scope="module")
