@@ -125,8 +125,8 @@ SERVING_WINDOW, CANDLES_FOR_SERVING = serving_windows(WARMUP_HOURS)
 # SERVING_WINDOW: contiguous hours serving needs to produce SEQUENCE_LENGTH converged rows.
 # CANDLES_FOR_SERVING: how many candles to fetch (or keep of a request) to serve one prediction.
 # Serving code reads these three names through the module at call time (`indicators.SERVING_WINDOW`,
-# not `from features.indicators import SERVING_WINDOW`), so a test that patches the warm-up
-# (`serving_windows` gives the derived pair) changes every window of the process at once.
+# not `from features.indicators import SERVING_WINDOW`), so a test that patches the warm-up (the
+# `warmup_hours` fixture of tests/conftest.py sets all three) changes every window of the process.
 
 _FLAT_STD = 1e-6  # windows with std below this fraction of their mean are checked for flatness
 _INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
