@@ -41,10 +41,11 @@ browser:
 test: lint browser
 	$(VENV)/bin/pytest
 
+# Three of the four benches; `python -m bench.backtest` (it first fits four smoke bundles) runs alone.
 bench: setup
-	$(PY) bench/features.py --data-dir $(DATA_DIR)
-	$(PY) bench/train.py --data-dir $(DATA_DIR)
-	$(PY) bench/serve.py --data-dir $(DATA_DIR)
+	$(PY) -m bench.features --data-dir $(DATA_DIR)
+	$(PY) -m bench.train --data-dir $(DATA_DIR)
+	$(PY) -m bench.serve --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,9 +1,9 @@
 """How fast does the Serve graph answer `POST /v1/predict/{market}`, against what it cannot avoid?
 
-    .venv/bin/python bench/serve.py [--requests 300] [--threads 4] [--registry DIR] [--profile]
+    .venv/bin/python -m bench.serve [--requests 300] [--threads 4] [--registry DIR] [--profile]
 
 One run measures, on one local Ray (`ray.init(num_cpus=2)`), over HTTP with a fixed payload (the
-newest 830 real candles of the market) and one persistent `requests.Session`:
+newest SERVING_WINDOW + 7 = 830 real candles of the market) and one persistent `requests.Session`:
 
   graph     serve.app's graph (Ingress -> HybridPredictor[market] -> SizingNode, rule sizer only)
   floor     an app of the same shape and options whose deployments do no work: the same FastAPI
@@ -29,7 +29,6 @@ import logging
 import os
 import pickle
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,12 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# This file is bench/serve.py: with bench/ on sys.path `import serve` would find it, not the
-# project's package, here and (Ray copies the driver's script directory) in every replica.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(ROOT))
 # A bench-local Ray: no token (Ray 2.60 turns token auth on even for `ray.init()` and writes a token
 # file under ~/.ray unless told not to), and never a cluster found through RAY_ADDRESS.
 for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
@@ -62,9 +55,10 @@ from ray import serve  # noqa: E402
 from ray.serve import Application  # noqa: E402
 from ray.serve.handle import DeploymentHandle  # noqa: E402
 
+from bench import DATA_DIR, ROOT, fit_smoke_registry  # noqa: E402
 from cluster.local_ray import free_port  # noqa: E402
 from features.domain import AccountState, Signal  # noqa: E402
-from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
+from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
 from features.serving import serving_matrix  # noqa: E402
 from serve.app import build_app, config_from_args  # noqa: E402
 from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
@@ -73,14 +67,13 @@ from serve.sizing import (  # noqa: E402
     SizingRequest,
     load_sizing_config,
     rule_sizing,
-    sizing_volatility,  # noqa: E402
+    sizing_volatility,
 )
 from train.bundle import load_bundle  # noqa: E402
 from train.registry import ModelRegistry  # noqa: E402
 
-DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
 DEPLOY_CONFIG = ROOT / "configs" / "serve_deploy.yaml"
-PAYLOAD_ROWS = 830
+PAYLOAD_ROWS = SERVING_WINDOW + 7  # what a client sends: the serving window and a few hours more
 GOAL_P50, GOAL_P99 = 1.3, 2.0
 
 
@@ -90,28 +83,6 @@ def candle_rows(data_dir: Path, market: str, n: int) -> list[dict[str, Any]]:
     frame = pd.read_parquet(data_dir / f"{market}_minute60.parquet").iloc[-n:].reset_index()
     frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
     return frame.to_dict(orient="records")
-
-
-def fit_smoke_registry(root: Path, market: str, data_dir: Path) -> Path:
-    registry = root / "registry"
-    command = [
-        sys.executable,
-        "-m",
-        "train",
-        "fit",
-        "--local",
-        "--markets",
-        market,
-        "--profile",
-        "smoke",
-        "--data-dir",
-        str(data_dir),
-        "--registry",
-        str(registry),
-    ]
-    print(f"# no --registry: fitting a smoke model into {registry} ...", flush=True)
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return registry
 
 
 def load_model(registry: Path, market: str, dest: Path):
@@ -355,7 +326,7 @@ def handle_hops(label: str, market: str, rows: list[dict[str, Any]], n: int) -> 
     sizing = serve.get_deployment_handle("SizingNode", app_name=label)
     prediction = predictor.predict.remote(rows).result()
     hops = {
-        "predictor.predict(830 rows)": time_calls(
+        f"predictor.predict({PAYLOAD_ROWS} rows)": time_calls(
             lambda: predictor.predict.remote(rows).result(), n
         ),
         "sizing.size": time_calls(lambda: sizing.size.remote(prediction, FLAT_ACCOUNT).result(), n),
@@ -427,7 +398,8 @@ def profile_report(
     empty = floor["empty"]
     print(
         f"# profile: floor app over HTTP with an empty body (no candles): p50 {empty['p50']:.2f}"
-        f" ms, p99 {empty['p99']:.2f} ms (with the 830 candles: p50 {floor['seq']['p50']:.2f})"
+        f" ms, p99 {empty['p99']:.2f} ms (with the {PAYLOAD_ROWS} candles:"
+        f" p50 {floor['seq']['p50']:.2f})"
     )
     for label, result in (("graph", graph), ("floor", floor)):
         print(f"# profile: {label}, handle calls from the driver (median ms)")
@@ -447,7 +419,7 @@ def stage_times(
 ) -> dict[str, float]:
     """Where the in-process work goes, plus the costs the HTTP path adds around it."""
     candles = candles_from_rows(rows, max_rows)
-    window = candles.iloc[-SERVING_WINDOW - 48 :]
+    window = candles.iloc[-CANDLES_FOR_SERVING:]
     max_gap = int(model.metadata.get("max_gap_hours", 6))
     features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
     parsed = json.loads(body)
@@ -494,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp_dir = Path(tmp)
-        registry = args.registry or fit_smoke_registry(tmp_dir, args.market, args.data_dir)
+        registry = args.registry or fit_smoke_registry(
+            [args.market], args.data_dir, tmp_dir / "registry"
+        )
         sizing_path = rule_sizer_config(tmp_dir / "sizing.yaml")
         app_args = {
             "set": f"registry={registry.resolve()};poll_s=5;markets=[{args.market}];"

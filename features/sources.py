@@ -29,16 +29,15 @@ import pyupbit
 from pyarrow import fs as pafs
 
 from features.candles import (
-    HOUR,
-    KST,
     CandleError,
     current_hour_kst,
     drop_forming,
     empty_candles,
     normalize_candles,
-    now_kst,
+    to_kst,
     validate_candles,
 )
+from features.exchange import HOUR, KST, UnknownMarketError, now_kst
 from features.upbit_http import UPBIT_API, RetryPolicy, UpbitHttp, UpbitNoData
 
 logger = logging.getLogger(__name__)
@@ -47,15 +46,6 @@ FILE_SUFFIX = "_minute60.parquet"
 # Set on a cache file once it reaches back to the market's first candle on the exchange.
 COMPLETE_KEY = b"hybrid_trader.history_from_listing"
 UPBIT_CHUNK = 2000  # candles per pyupbit call (10 pages) when back-filling to the listing date
-
-
-class UnknownMarketError(LookupError):
-    """The source has no such market; the message lists the markets it does have."""
-
-    def __init__(self, market: str, known: list[str]) -> None:
-        super().__init__(f"unknown market {market!r}; known: {', '.join(known) or 'none'}")
-        self.market = market
-        self.known = known
 
 
 class CandleSource(Protocol):
@@ -81,12 +71,6 @@ class CandleSource(Protocol):
 
 def candle_file_name(market: str) -> str:
     return f"{market}{FILE_SUFFIX}"
-
-
-def to_kst(moment: datetime | pd.Timestamp) -> pd.Timestamp:
-    """A tz-naive KST timestamp; tz-aware input is converted, naive input is taken as KST."""
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_convert(KST).tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def as_kst(moment: datetime | pd.Timestamp | None) -> pd.Timestamp | None:
@@ -231,7 +215,8 @@ class UpbitSource:
 
     def _fetch(self, market: str, count: int, before: pd.Timestamp) -> pd.DataFrame:
         """The `count` newest candles opened before `before` (KST), or fewer near the listing."""
-        to_utc = (before - pd.Timedelta(hours=9)).to_pydatetime()
+        # pyupbit sends `to` as it is, and Upbit reads a time without an offset as UTC.
+        to_utc = before.tz_localize(KST).tz_convert("UTC").tz_localize(None).to_pydatetime()
         try:
             raw = self.http.call(
                 pyupbit.get_ohlcv, market, interval="minute60", count=count, to=to_utc, period=0.0

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config, resolve_path
+from features.config import CONFIG_DIR, Strict, load_config, resolve_path
+from features.exchange import MARKET_PATTERN
 
 
 class SourceConfig(Strict):

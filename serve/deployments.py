@@ -11,8 +11,8 @@ from typing import Any
 
 from ray import serve
 
+from features import indicators
 from features.domain import AccountState, Signal
-from features.indicators import SERVING_WINDOW
 from features.upbit_http import UpbitError
 from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
@@ -67,7 +67,7 @@ class HybridPredictor:
         if self.source is None:
             self.source = build_source(self.config.source)
         try:
-            return self.source.latest(self.market, SERVING_WINDOW + 48)
+            return self.source.latest(self.market, indicators.CANDLES_FOR_SERVING)
         except (UpbitError, OSError, LookupError) as exc:
             raise RequestError(503, f"{self.market}: candles unavailable: {exc}") from exc
 

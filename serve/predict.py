@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, normalize_candles, validate_candles
-from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW
+from features.indicators import SEQUENCE_LENGTH
 from features.serving import serving_matrix
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
@@ -89,7 +90,7 @@ def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame
 
 def warm_up() -> None:
     """Run the feature kernels once so the first request does not pay their JIT load/compile."""
-    hours = SERVING_WINDOW + 1
+    hours = indicators.SERVING_WINDOW + 1
     close = 100.0 * np.exp(np.cumsum(np.full(hours, 1e-3)))
     index = pd.date_range("2024-01-01", periods=hours, freq="h", name="time")
     shape = pd.DataFrame(
@@ -102,12 +103,13 @@ def warm_up() -> None:
 
 def predict_candles(model: HybridModel, market: str, candles: pd.DataFrame) -> RawPrediction:
     """The newest closed hour's probabilities; too few or gappy candles are a 422."""
-    if len(candles) < SERVING_WINDOW:
+    need = indicators.SERVING_WINDOW
+    if len(candles) < need:
         raise RequestError(
-            422, f"{market}: need at least {SERVING_WINDOW} hourly candles, got {len(candles)}"
+            422, f"{market}: need at least {need} hourly candles, got {len(candles)}"
         )
     try:
-        rows = serving_matrix(candles.iloc[-SERVING_WINDOW - 48 :], SEQUENCE_LENGTH,
+        rows = serving_matrix(candles.iloc[-indicators.CANDLES_FOR_SERVING :], SEQUENCE_LENGTH,
                               int(model.metadata.get("max_gap_hours", 6)))  # fmt: skip
     except CandleError as exc:
         raise RequestError(422, f"{market}: {exc}") from exc

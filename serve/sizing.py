@@ -43,8 +43,9 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 from pydantic import Field, model_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config
+from features.config import CONFIG_DIR, Strict, load_config
 from features.domain import AccountState, Signal
+from features.exchange import InvalidMarketError, check_market
 from serve.llm_clients import (
     GROQ_BASE_URL_ENV,
     GROQ_KEY_ENV,
@@ -144,8 +145,10 @@ class SizingRequest:
     account: AccountState
 
     def __post_init__(self) -> None:
-        if not isinstance(self.market, str) or not MARKET_PATTERN.match(self.market):
-            raise ValueError(f"SizingRequest.market must look like KRW-BTC, got {self.market!r}")
+        try:
+            check_market(self.market)
+        except InvalidMarketError as exc:
+            raise ValueError(f"SizingRequest.market: {exc}") from exc
         if isinstance(self.signal, bool) or self.signal not in tuple(Signal):
             raise ValueError(f"SizingRequest.signal must be a Signal, got {self.signal!r}")
         object.__setattr__(self, "signal", Signal(self.signal))

@@ -1,29 +1,67 @@
-"""Shared fixtures: the real candles beside the project, loaded once per session."""
+"""Shared fixtures: the real candles beside the project, loaded once per session, and the session's
+real Ray head, Serve graph and LLM stand-ins."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from features.config import load_features_config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_OHLCV = PROJECT_ROOT.parent / "shared" / "data" / "ohlcv"
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+OHLCV_ENV = "HYBRID_TEST_OHLCV"  # another candle folder for the tests (an empty one: no data)
+MARKETS = tuple(load_features_config().markets)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(scope="session")
 def ohlcv_dir() -> Path:
-    if not (SHARED_OHLCV / "KRW-BTC_minute60.parquet").exists():
-        pytest.skip(f"real candle data not found at {SHARED_OHLCV} (../shared beside the project)")
-    return SHARED_OHLCV
+    """The real candles: ../shared/data/ohlcv, or the folder ${OHLCV_ENV} names.
+
+    Without them every test that needs them is skipped with the reason; with CI=true they fail
+    instead, so a CI run can never pass green by skipping most of the suite.
+    """
+    directory = Path(os.environ.get(OHLCV_ENV) or SHARED_OHLCV)
+    missing = [m for m in MARKETS if not (directory / f"{m}_minute60.parquet").exists()]
+    if missing:
+        reason = (
+            f"real candle data not found at {directory} (no {', '.join(missing)}): put ../shared "
+            f"beside the project or name a folder in ${OHLCV_ENV}"
+        )
+        if in_ci():
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return directory
 
 
 @pytest.fixture(scope="session")
 def real_candles(ohlcv_dir: Path) -> dict[str, pd.DataFrame]:
-    """The four Upbit markets' hourly candles as stored (KST open times, gaps not filled)."""
+    """The configured Upbit markets' hourly candles as stored (KST open times, gaps not filled)."""
     return {m: pd.read_parquet(ohlcv_dir / f"{m}_minute60.parquet") for m in MARKETS}
+
+
+@pytest.fixture
+def warmup_hours(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Set the features' warm-up for one test: WARMUP_HOURS and the windows derived from it
+    (`features.indicators.serving_windows`) change together for this process, and every serving
+    path that reads them through the module follows."""
+    from features import indicators
+
+    def set_warmup(hours: int) -> None:
+        serving_window, candles_for_serving = indicators.serving_windows(hours)
+        monkeypatch.setattr(indicators, "WARMUP_HOURS", hours)
+        monkeypatch.setattr(indicators, "SERVING_WINDOW", serving_window)
+        monkeypatch.setattr(indicators, "CANDLES_FOR_SERVING", candles_for_serving)
+
+    return set_warmup
 
 
 @pytest.fixture(scope="session")

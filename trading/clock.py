@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 import pandas as pd
 
-from features.candles import now_kst
-
-HOUR = timedelta(hours=1)
+from features.exchange import HOUR, now_kst
 
 
 class Clock(Protocol):

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config, resolve_path
-from trading.upbit_rules import MIN_ORDER_KRW
+from features.config import CONFIG_DIR, MarketList, Strict, load_config, resolve_path
+from features.exchange import MIN_ORDER_KRW
 
 SizingArm = Literal["llm", "fixed"]
 
@@ -85,18 +85,15 @@ class LoopConfig(Strict):
     delay_after_close_s: float = Field(5.0, ge=0.0, le=600.0)
     rolling_window_hours: int = Field(168, ge=24, le=2160)
     # None: the markets of configs/features.yaml.
-    markets: list[str] | None = None
+    markets: MarketList | None = None
 
     @field_validator("markets")
     @classmethod
-    def _markets(cls, markets: list[str] | None) -> list[str] | None:
-        if markets is None:
-            return None
-        bad = [m for m in markets if not MARKET_PATTERN.match(m) or not m.startswith("KRW-")]
-        if bad or not markets:
-            raise ValueError(f"loop.markets must be KRW markets like KRW-BTC, got {markets}")
-        if len(set(markets)) != len(markets):
-            raise ValueError(f"duplicate markets in {markets}")
+    def _krw_only(cls, markets: list[str] | None) -> list[str] | None:
+        """The accounts hold KRW: a BTC-quoted market would need another cash balance."""
+        other = [m for m in markets or [] if not m.startswith("KRW-")]
+        if other:
+            raise ValueError(f"loop.markets must be KRW markets like KRW-BTC, got {other}")
         return markets
 
 

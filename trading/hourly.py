@@ -16,21 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features import indicators
 from features.domain import AccountState, Decision, Order
+from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
 from trading.accounts import account_state, holdings_value
 from trading.broker import Broker, BrokerBanned, BrokerError, Fill, OrderRejected, OrderState
-from trading.clock import HOUR
 from trading.config import TradingConfig
 from trading.ledger import Ledger
-from trading.ledger_schema import FINAL_STATUSES
+from trading.ledger_rows import FINAL_STATUSES
 from trading.risk import RiskGuard
 from trading.serve_client import Predictor, ServedSignal, ServeUnavailable
 from trading.step import plan_hour
 
 log = logging.getLogger(__name__)
-CANDLES_FOR_SERVING = 823 + 48  # features.indicators.SERVING_WINDOW plus gap-fill room
 
 
 @dataclass
@@ -74,7 +74,7 @@ class HourlyTrader:
         self.accounts = accounts
         self.labels = labels
         self.on_hour = on_hour
-        self.window = max(CANDLES_FOR_SERVING, config.loop.rolling_window_hours + 1)
+        self.window = max(indicators.CANDLES_FOR_SERVING, config.loop.rolling_window_hours + 1)
 
     def run_hour(self, hour: pd.Timestamp) -> None:
         """Decide and trade the hour whose candle opened at `hour` (it has just closed)."""

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from features.domain import AccountState, Order, Side
+from features.exchange import MIN_ORDER_KRW
 from trading.broker import Balance, Fill, OrderRejected, OrderState
-from trading.upbit_rules import MIN_ORDER_KRW, fee
+from trading.upbit_rules import fee
 
 KRW = "KRW"
 _TOLERANCE = 1e-9  # relative slack for float round-off when an order uses the whole balance

@@ -25,9 +25,10 @@ import math
 from datetime import datetime
 
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
 from trading.config import PolicyConfig
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW, bid_spend, is_dust
+from trading.upbit_rules import bid_spend, is_dust
 
 OrderChoice = tuple[Order | None, str]
 

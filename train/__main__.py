@@ -19,8 +19,8 @@ from train.bundle import BundleError, load_bundle
 from train.config import GateConfig, TrainProfile, TuneConfig, load_train_config
 from train.gate import judge
 from train.pipeline import fit_market, load_market
-from train.registry import ModelRegistry, RegistryError, format_versions
-from train.report import market_report, registry_report, window_report
+from train.registry import ModelRegistry, RegistryError
+from train.report import format_versions, market_report, registry_report, window_report
 from train.score_window import score_window
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.dataset import MarketDataset
-from features.splits import HOUR_NS, Fold, seed_leaky_split
+from features.exchange import HOUR_NS
+from features.splits import Fold, seed_leaky_split
 from features.transform import SequenceTransform
 from train.bundle import HybridModel
 from train.config import SliceConfig, TrainProfile

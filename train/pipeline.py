@@ -20,9 +20,10 @@ import pandas as pd
 
 from features.config import FeaturesConfig
 from features.dataset import MarketDataset, build_dataset
+from features.exchange import HOUR_NS
 from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH, SERVING_WINDOW
 from features.labels import class_shares, fold_threshold, label_returns
-from features.splits import HOUR_NS, SplitSpec, walk_forward_splits
+from features.splits import SplitSpec, walk_forward_splits
 from train.bundle import HybridModel
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks

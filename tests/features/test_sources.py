@@ -18,7 +18,9 @@ import pyupbit
 import pyupbit.request_api as request_api
 
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
-from features.sources import CachedSource, ParquetDirSource, UnknownMarketError, UpbitSource
+from features.config import load_features_config
+from features.exchange import HOUR, KST, UnknownMarketError
+from features.sources import CachedSource, ParquetDirSource, UpbitSource
 from features.upbit_http import (
     RetryPolicy,
     UpbitBadReply,
@@ -31,8 +33,7 @@ from features.upbit_http import (
 
 from standins.upbit_server import Fault, Reply, UpbitStandIn
 
-SHARED_OHLCV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ohlcv"
-MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-XRP"]
+STORED_MARKETS = sorted(load_features_config().markets)  # the shared folder holds exactly these
 CANDLES_PATH = "/v1/candles/minutes/60"
 ORIGINAL_HOOKS = (request_api._call_get, request_api._call_post, request_api._call_delete)
 FAKE_CLOCK = 1000.25  # a quarter past a second: a spent budget means waiting 0.75 s
@@ -47,21 +48,14 @@ class Sleeps(list[float]):
 
 
 @pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    if not (SHARED_OHLCV / "KRW-BTC_minute60.parquet").exists():
-        pytest.skip(f"real candles not found at {SHARED_OHLCV} (../shared beside the project)")
-    return SHARED_OHLCV
-
-
-@pytest.fixture(scope="module")
-def btc(shared_dir: Path) -> pd.DataFrame:
+def btc(ohlcv_dir: Path) -> pd.DataFrame:
     """The newest 800 real KRW-BTC hours (ending 2025-09-30 08:00 KST, with real gaps)."""
-    return pd.read_parquet(shared_dir / "KRW-BTC_minute60.parquet").iloc[-800:]
+    return pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet").iloc[-800:]
 
 
 @pytest.fixture(scope="module")
-def eth(shared_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(shared_dir / "KRW-ETH_minute60.parquet").iloc[-300:]
+def eth(ohlcv_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(ohlcv_dir / "KRW-ETH_minute60.parquet").iloc[-300:]
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def closed(server: UpbitStandIn, market: str = "KRW-BTC") -> pd.DataFrame:
 
 
 def utc(kst: pd.Timestamp) -> str:
-    return (kst - pd.Timedelta(hours=9)).strftime(UTC_FORMAT)
+    return kst.tz_localize(KST).tz_convert(None).strftime(UTC_FORMAT)
 
 
 # -- Upbit through the real pyupbit client ----------------------------------------------------
@@ -125,9 +119,7 @@ def test_history_returns_exactly_the_served_range(
     served = closed(standin)
     expected = served.loc[(served.index >= start) & (served.index <= end)]
     pd.testing.assert_frame_equal(got, expected, check_freq=False)
-    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(
-        end + pd.Timedelta("1h")
-    )
+    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(end + HOUR)
     in_utc = start.tz_localize("Asia/Seoul").tz_convert("UTC")  # tz-aware bounds are converted
     aware = source.history("KRW-BTC", in_utc, end, now=standin.now)
     pd.testing.assert_frame_equal(aware, expected, check_freq=False)
@@ -431,10 +423,10 @@ def test_cache_never_stores_a_forming_candle(btc: pd.DataFrame, tmp_path: Path) 
 # -- the Parquet folder of real candles -------------------------------------------------------
 
 
-def test_parquet_dir_reads_validated_real_candles(shared_dir: Path) -> None:
-    source = ParquetDirSource(shared_dir)
-    assert source.markets() == MARKETS
-    stored = pd.read_parquet(shared_dir / "KRW-BTC_minute60.parquet")
+def test_parquet_dir_reads_validated_real_candles(ohlcv_dir: Path) -> None:
+    source = ParquetDirSource(ohlcv_dir)
+    assert source.markets() == STORED_MARKETS
+    stored = pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet")
     whole = source.history("KRW-BTC")
     pd.testing.assert_frame_equal(whole, stored, check_freq=False)
     assert len(whole) == 50_301 and all(whole.dtypes == "float64")
@@ -445,20 +437,20 @@ def test_parquet_dir_reads_validated_real_candles(shared_dir: Path) -> None:
     validate_candles(window)
 
 
-def test_parquet_dir_latest_respects_now_and_uris(shared_dir: Path) -> None:
-    source = ParquetDirSource(shared_dir)
+def test_parquet_dir_latest_respects_now_and_uris(ohlcv_dir: Path) -> None:
+    source = ParquetDirSource(ohlcv_dir)
     after_close = source.latest("KRW-ETH", 24, now=datetime(2025, 9, 30, 9, 0, 5))
     during = source.latest("KRW-ETH", 24, now=datetime(2025, 9, 30, 8, 30))
     assert len(after_close) == 24 and after_close.index[-1] == pd.Timestamp("2025-09-30 08:00")
     assert during.index[-1] == pd.Timestamp("2025-09-30 07:00")  # 08:00 was still forming
-    by_uri = ParquetDirSource(shared_dir.as_uri())
+    by_uri = ParquetDirSource(ohlcv_dir.as_uri())
     pd.testing.assert_frame_equal(by_uri.latest("KRW-ETH", 24), source.latest("KRW-ETH", 24))
 
 
-def test_parquet_dir_unknown_market_lists_known(shared_dir: Path) -> None:
+def test_parquet_dir_unknown_market_lists_known(ohlcv_dir: Path) -> None:
     with pytest.raises(UnknownMarketError, match="'KRW-DOGE'; known: KRW-BTC, KRW-ETH") as caught:
-        ParquetDirSource(shared_dir).history("KRW-DOGE")
-    assert isinstance(caught.value, LookupError) and caught.value.known == MARKETS
+        ParquetDirSource(ohlcv_dir).history("KRW-DOGE")
+    assert isinstance(caught.value, LookupError) and caught.value.known == STORED_MARKETS
 
 
 def test_parquet_dir_rejects_broken_files_naming_them(btc: pd.DataFrame, tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from features.candles import normalize_candles
-from features.indicators import SERVING_WINDOW
+from features.exchange import KST
+from features.indicators import CANDLES_FOR_SERVING, SERVING_WINDOW
 from features.serving import serving_features, serving_matrix
 from serve.predict import RequestError, candles_from_rows, predict_candles
 from trading.serve_client import candle_rows
 from train.bundle import load_bundle
 
-ROWS = SERVING_WINDOW + 48
+ROWS = CANDLES_FOR_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_zoned_and_other_iso_spellings_end_as_naive_kst(btc: pd.DataFrame) -> No
     expected = candles_from_rows(rows, 5000)
     kst = [{**r, "time": r["time"] + "+09:00"} for r in rows]
     utc = [
-        {**r, "time": (pd.Timestamp(r["time"]) - pd.Timedelta(hours=9)).isoformat() + "Z"}
+        {**r, "time": pd.Timestamp(r["time"]).tz_localize(KST).tz_convert(None).isoformat() + "Z"}
         for r in rows
     ]
     spaced = [{**r, "time": r["time"].replace("T", " ")} for r in rows]

@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlencode
 import jwt
 import pandas as pd
 
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 
 from standins.upbit_server import RecordedRequest, Reply, UpbitStandIn
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
-from features.candles import HOUR, KST, current_hour_kst
+from features.candles import current_hour_kst
+from features.exchange import HOUR, KST
 
 MAX_CANDLES_PER_PAGE = 200
 UPBIT_TIME = "%Y-%m-%dT%H:%M:%S"
@@ -128,7 +129,7 @@ def candle_json(market: str, opened: pd.Timestamp, row: Mapping[str, float], sta
     """One candle in Upbit's reply schema (`candle_date_time_*` are open times)."""
     return {
         "market": market,
-        "candle_date_time_utc": (opened - timedelta(hours=9)).strftime(UPBIT_TIME),
+        "candle_date_time_utc": opened.tz_localize(KST).tz_convert("UTC").strftime(UPBIT_TIME),
         "candle_date_time_kst": opened.strftime(UPBIT_TIME),
         "opening_price": float(row["open"]),
         "high_price": float(row["high"]),

@@ -60,7 +60,7 @@ def main(path: Path, kill_after: str) -> None:
     if kill_after == "inside-fill":
         steps = 4
         # Test-only reach into the connection: SQLite calls this before each statement it runs.
-        ledger._connection().set_trace_callback(_die_before_position_update)
+        ledger._file.connection().set_trace_callback(_die_before_position_update)
     else:
         steps = int(kill_after)
     for _, step in CYCLE[:steps]:

@@ -11,6 +11,7 @@ import pytest
 
 from features.dataset import build_dataset
 from features.domain import Side
+from features.exchange import FEE_RATE
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
 from trading.__main__ import main
@@ -27,7 +28,6 @@ from trading.backtest import (
 )
 from trading.backtest_report import round_trips, summarize
 from trading.config import TradingConfig, load_trading_config
-from trading.upbit_rules import FEE_RATE
 from train.bundle import load_bundle
 from train.registry import ModelRegistry
 

@@ -305,7 +305,7 @@ def test_risk_state_is_an_append_only_history(ledger: Ledger) -> None:
 def test_file_settings_and_lifecycle(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "ledger.db"
     with Ledger(path) as ledger:
-        conn = ledger._connection()
+        conn = ledger._file.connection()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -435,7 +435,7 @@ def test_migrations_run_once_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(ledger_schema.MIGRATIONS, 2, add_notes)
     for _ in range(2):
         with Ledger(path) as ledger:
-            conn = ledger._connection()
+            conn = ledger._file.connection()
             assert ledger_schema.stored_version(conn, path) == 2
             assert ledger.decision(BTC, HOUR) is not None
     assert calls == [1]

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from features.config import ConfigError
 from features.domain import AccountState, Prediction, Side, Signal
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.config import PolicyConfig, load_trading_config
 from trading.policy import decide
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
 
 HOUR = datetime(2025, 3, 1, 14)
 PRICE = 100_000_000.0  # KRW per BTC

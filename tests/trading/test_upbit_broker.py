@@ -19,6 +19,7 @@ import pyupbit
 import requests
 
 from features.domain import Order, Side
+from features.exchange import FEE_RATE
 from features.upbit_http import RetryPolicy
 from trading.broker import (
     Balance,
@@ -30,7 +31,6 @@ from trading.broker import (
     order_identifier,
 )
 from trading.upbit_broker import MissingUpbitKeys, OrderOutcomeUnknown, UpbitBroker
-from trading.upbit_rules import FEE_RATE
 
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 from standins.upbit_server import Fault
