@@ -31,6 +31,14 @@ class TrainPlan(Strict):
     profile: str = "quick"
 
 
+class ReplayPlan(Strict):
+    """Offline (`up --data-dir`): the newest `holdout_hours` stored hours are kept out of training
+    and replayed by the loop on an accelerated clock (`clock_speed` x real time); 0: off."""
+
+    holdout_hours: int = Field(336, ge=0, le=8760)
+    clock_speed: float = Field(1200.0, gt=0, le=1e6)  # 1200: an hour every 3 s
+
+
 class RetrainPlan(Strict):
     enabled: bool = True
     every_hours: float = Field(168.0, gt=0)
@@ -43,6 +51,7 @@ class ClusterConfig(Strict):
     serve: ServePorts = ServePorts()
     paths: Paths = Paths()
     train: TrainPlan = TrainPlan()
+    replay: ReplayPlan = ReplayPlan()
     retrain: RetrainPlan = RetrainPlan()
 
 
