@@ -203,7 +203,8 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     wait_http(f"{state.serve_url}/trading/healthz", lambda body: "running" in body)
     retrain = _retrainer(args, cfg, state, replay)
     ray.shutdown()
-    print(_summary(state, trained, retrain, replay, runs))
+    clock = f"accelerated from {args.clock_start} (--clock-start)" if args.clock_start else None
+    print(_summary(state, trained, retrain, replay, runs, clock))
     return 0
 
 
@@ -222,7 +223,12 @@ def _retrainer(
 
 
 def _summary(
-    state: State, trained: list[str], retrain: str, replay: Replay | None, runs: Path
+    state: State,
+    trained: list[str],
+    retrain: str,
+    replay: Replay | None,
+    runs: Path,
+    clock: str | None,
 ) -> str:
     """What runs where; the status page's URL last, with the admin token in its fragment (the
     browser never sends a fragment to the server, so it reaches no server log)."""
@@ -242,13 +248,13 @@ def _summary(
     if replay:
         from cluster.replay import models_inside
 
-        lines.append(f"Replay:         {replay.describe()}")
+        lines.append(f"Replay:         {replay.describe(clock)}")
         lines += [f"WARNING:        {w}" for w in models_inside(state.registry, state.markets,
                                                                  replay)]  # fmt: skip
     elif state.offline:
         lines.append(
-            "Clock:          wall clock: offline, the loop waits at the newest stored "
-            "candle and records nothing (--holdout-hours > 0 replays stored hours)"
+            f"Clock:          {clock or 'wall clock'}: offline, the loop waits at the newest "
+            "stored candle and records nothing (--holdout-hours > 0 replays stored hours)"
         )
     lines += [
         "Watch it:       python -m cluster status",

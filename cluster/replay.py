@@ -43,13 +43,20 @@ class Replay:
         start = self.first + HOUR + pd.Timedelta(seconds=delay_after_close_s)
         return ClockSettings(kind="accelerated", start=start.to_pydatetime(), speed=self.speed)
 
-    def describe(self) -> str:
-        seconds = 3600 / self.speed
-        minutes = self.hours * seconds / 60
-        return (
+    def describe(self, clock: str | None = None) -> str:
+        """One line for `up`'s summary; `clock` names a clock chosen instead of the replay's."""
+        held_out = (
             f"the newest {self.hours} stored hours, {self.first} .. {self.newest}, are held out "
-            f"of training; the loop replays them at {seconds:g} s an hour (about "
-            f"{minutes:.0f} min), then says it has caught up"
+            "of training; "
+        )
+        if clock:
+            return held_out + f"the loop's clock: {clock}"
+        seconds = 3600 / self.speed
+        total = self.hours * seconds
+        took = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+        return held_out + (
+            f"the loop replays them at {seconds:.3g} s an hour (about {took} if each hour "
+            "keeps up with the clock), then says it has caught up"
         )
 
 
