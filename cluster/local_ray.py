@@ -25,8 +25,6 @@ from pathlib import Path
 
 import requests
 
-AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
-
 
 class HeadError(RuntimeError):
     """The head did not come up; the message carries the tail of `ray start`'s output."""
@@ -79,9 +77,6 @@ class LocalHead:
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
-
-    def env(self) -> dict[str, str]:
-        return auth_env(self.token)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM the head's process group, then SIGKILL what is left (gcs and raylet linger)."""
