@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     up.add_argument("--clock-speed", type=float, help="accelerated clock, x real time "
                     "(default: replay.clock_speed)")  # fmt: skip
-    up.add_argument("--clock-start", help="accelerated clock: start here (KST) instead")
+    up.add_argument(
+        "--clock-start", type=datetime.fromisoformat,
+        help="accelerated clock: start here instead (KST, e.g. 2025-08-19T12:00:30)",
+    )  # fmt: skip
     up.add_argument("--max-hours", type=int, help="the loop stops after this many hours")
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
@@ -158,6 +162,18 @@ def _settings(
     return template, serve, loop
 
 
+def _replay(
+    args: argparse.Namespace, cfg: ClusterConfig, data_dir: str, markets: list[str]
+) -> Replay | None:
+    """Offline only: the newest stored hours to hold out of training and replay (None: off)."""
+    if not args.data_dir:
+        return None
+    from cluster.replay import plan_replay
+
+    hours = cfg.replay.holdout_hours if args.holdout_hours is None else args.holdout_hours
+    return plan_replay(data_dir, markets, hours, args.clock_speed or cfg.replay.clock_speed)
+
+
 def _check_live(args: argparse.Namespace) -> str:
     if not args.live:
         return "paper"
@@ -175,11 +191,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     features = load_features_config()
     markets = args.markets.split(",") if args.markets else features.markets
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
-    hours = cfg.replay.holdout_hours if args.holdout_hours is None else args.holdout_hours
-    speed = args.clock_speed or cfg.replay.clock_speed
-    from cluster.replay import plan_replay
-
-    replay = plan_replay(data_dir, markets, hours, speed) if args.data_dir else None
+    replay = _replay(args, cfg, data_dir, markets)
     gcs, dashboard, started, pid = _head(args, cfg, state_path)
     port = args.serve_port or cfg.serve.port
     state = State(
