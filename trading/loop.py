@@ -291,7 +291,7 @@ class LoopCore:
             "first_hour": text(self.first_hour),
             "last_hour": text(self.last_hour),
             "stored_until": text(self.stored_until),
-            "clock": str(self.clock.now()),
+            "clock": str(self.clock.now().floor("s")),
             "errors": self.errors,
             "alarm": self.alarm,
             "ledger": str(self.config.ledger.resolve_path()),
