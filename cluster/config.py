@@ -1,4 +1,5 @@
-"""`configs/cluster.yaml`: the local single-node mode's ports and paths, and the retraining plan."""
+"""`configs/cluster.yaml`: the local single-node mode's ports and paths, the first run's replay
+of held-out stored hours, and the retraining plan."""
 
 from __future__ import annotations
 
