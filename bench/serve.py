@@ -60,7 +60,8 @@ from cluster.local_ray import free_port  # noqa: E402
 from features.domain import AccountState, Signal  # noqa: E402
 from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
 from features.serving import serving_matrix  # noqa: E402
-from serve.app import build_app, config_from_args  # noqa: E402
+from serve.app import build_app  # noqa: E402
+from serve.config import ServeConfig  # noqa: E402
 from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
 from serve.predict import candles_from_rows, predict_candles  # noqa: E402
 from serve.sizing import (  # noqa: E402
@@ -470,11 +471,12 @@ def main(argv: list[str] | None = None) -> None:
             [args.market], args.data_dir, tmp_dir / "registry"
         )
         sizing_path = rule_sizer_config(tmp_dir / "sizing.yaml")
-        app_args = {
-            "set": f"registry={registry.resolve()};poll_s=5;markets=[{args.market}];"
-            f"sizing_config={sizing_path}"
-        }
-        config = config_from_args(app_args)
+        config = ServeConfig(
+            registry=str(registry.resolve()),
+            poll_s=5,
+            markets=[args.market],
+            sizing_config=str(sizing_path),
+        )
         rows = candle_rows(args.data_dir, args.market, PAYLOAD_ROWS)
         body = json.dumps({"candles": rows}).encode()
 
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             graph = bench_app(
-                "graph", with_options(build_app(app_args), options), args, port, body, rows
+                "graph", with_options(build_app(config), options), args, port, body, rows
             )
             floor = bench_app(
                 "floor", with_options(floor_app([args.market]), options), args, port, body, rows

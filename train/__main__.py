@@ -1,4 +1,8 @@
-"""`python -m train fit|evaluate|report|list|promote|rollback`: fit, judge and manage models."""
+"""`python -m train fit|evaluate|report|list|promote|rollback`: fit, judge and manage models.
+
+`fit_markets(FitRequest(...))` is the same `fit` for code (`python -m cluster up` calls it): it
+returns each market's gate verdict instead of an exit code.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
     fit.add_argument(
+        "--until",
+        type=datetime.fromisoformat,
+        help="the newest candle to train on (KST open time, e.g. 2025-09-16T08:00); later "
+        "ones are held out",
+    )
+    fit.add_argument(
         "--storage-path",
         default=None,
         help="Ray Train storage for run results: absolute path or URI",
@@ -85,9 +96,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class FitVerdict:
+    """What the gate made of one market's new bundle."""
+
+    market: str
+    version: str
+    promoted: bool
+    reason: str
+
+    def __str__(self) -> str:  # the line retraining jobs report (cluster.retrain.VERDICT)
+        return f"{self.market} {self.version}: {self.reason}"
+
+
 def register_and_gate(
     registry: ModelRegistry, gate: GateConfig, bundle: Path, data: MarketDataset
-) -> str:
+) -> FitVerdict:
     """Register a written bundle as a candidate and promote it only if the gate says so."""
     market = data.market
     version = registry.register(market, bundle)
@@ -100,49 +124,53 @@ def register_and_gate(
     if verdict.promote:
         registry.promote(market, version)
     print(market_report(registry.read_metadata(market, version)))
-    return f"{market} {version}: {verdict.reason}"
+    return FitVerdict(market, version, verdict.promote, verdict.reason)
 
 
-def _fit_local(args: argparse.Namespace, ctx: FitContext) -> None:
+def _fit_local(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
+    verdicts = []
     for market in ctx.markets:
         started = time.perf_counter()
         data = load_market(ctx.source, market, ctx.features, ctx.profile)
-        fit = fit_market(data, ctx.features, ctx.profile, profile_name=args.profile)
+        fit = fit_market(data, ctx.features, ctx.profile, profile_name=request.profile)
         with tempfile.TemporaryDirectory() as tmp:
             bundle = fit.model.save(Path(tmp) / "bundle")
             fit.oos.to_parquet(bundle / "oos.parquet")
-            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
-        print(f"{line} ({time.perf_counter() - started:.1f} s)\n")
+            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundle, data))
+        print(f"{verdicts[-1]} ({time.perf_counter() - started:.1f} s)\n")
+    return verdicts
 
 
-def _fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
+def _fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
     import ray
 
     from train.ray_fit import detect_gpu, fetch_bundle, fit_markets_on_ray
 
-    ray.init(address=args.ray_address, ignore_reinit_error=True)
-    use_gpu = args.use_gpu or detect_gpu()
+    ray.init(address=request.ray_address, ignore_reinit_error=True)
+    use_gpu = request.use_gpu or detect_gpu()
     profiles = {market: ctx.profile for market in ctx.markets}
-    if args.tune:
-        profiles = _tune(args, ctx, use_gpu)
+    if request.tune:
+        profiles = _tune(request, ctx, use_gpu)
     runs = fit_markets_on_ray(
         profiles,
-        args.data_dir,
+        request.data_dir,
         ctx.features,
-        args.profile,
+        request.profile,
         use_gpu=use_gpu,
         gpu_fraction=ctx.tune.gpu_fraction,
-        storage_path=args.storage_path,
+        storage_path=request.storage_path,
     )
+    verdicts = []
     for run in runs:
         data = load_market(ctx.source, run.market, ctx.features, profiles[run.market])
         with tempfile.TemporaryDirectory() as tmp:
             bundle = fetch_bundle(run.checkpoint, Path(tmp) / "bundle")
-            line = register_and_gate(ctx.registry, ctx.gate, bundle, data)
-        print(f"{line} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
+            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundle, data))
+        print(f"{verdicts[-1]} (ran {run.ended - run.started:.1f} s on Ray, use_gpu={use_gpu})\n")
+    return verdicts
 
 
-def _tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
+def _tune(request: FitRequest, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
     from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
 
     if not ctx.tune.search_space:
@@ -150,11 +178,11 @@ def _tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str,
     print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
     outcomes = tune_markets_on_ray(
         ctx.markets,
-        args.data_dir,
+        request.data_dir,
         ctx.features,
         ctx.profile,
         ctx.tune,
-        args.storage_path,
+        request.storage_path,
         use_gpu=use_gpu,
     )
     print(format_outcomes(outcomes) + "\n")
@@ -172,22 +200,69 @@ class FitContext:
     registry: ModelRegistry
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    train_cfg = load_train_config(args.train_config, args.set)
+@dataclass(frozen=True)
+class FitRequest:
+    """Fit these markets from these candles into this registry with this profile: on Ray Train
+    (after Ray Tune with `tune`), or in this process with `local`; `until` holds later candles out.
+    """
+
+    markets: list[str]
+    data_dir: str  # folder or URI of <MARKET>_minute60.parquet
+    registry: str  # absolute path or URI
+    profile: str = "quick"
+    until: datetime | None = None
+    ray_address: str | None = None
+    local: bool = False
+    use_gpu: bool = False
+    tune: bool = False
+    storage_path: str | None = None
+    features_config: str = str(CONFIG_DIR / "features.yaml")
+    train_config: str = str(CONFIG_DIR / "train.yaml")
+    overrides: list[str] = field(default_factory=list)  # on train_config, as `--set` takes them
+
+
+def fit_markets(request: FitRequest) -> list[FitVerdict]:
+    """Fit, register and gate every market of `request`; one verdict per market."""
+    train_cfg = load_train_config(request.train_config, request.overrides)
+    profile = train_cfg.profile(request.profile)
+    if request.until is not None:
+        window = profile.data.model_copy(update={"until": request.until})
+        profile = profile.model_copy(update={"data": window})
     ctx = FitContext(
-        markets=[m.strip() for m in args.markets.split(",") if m.strip()],
-        features=load_features_config(args.features_config),
-        profile=train_cfg.profile(args.profile),
+        markets=request.markets,
+        features=load_features_config(request.features_config),
+        profile=profile,
         gate=train_cfg.gate,
         tune=train_cfg.tune,
-        source=ParquetDirSource(args.data_dir),
-        registry=ModelRegistry(args.registry),
+        source=ParquetDirSource(request.data_dir),
+        registry=ModelRegistry(request.registry),
     )
     known = ctx.source.markets()
     unknown = [m for m in ctx.markets if m not in known]
     if unknown:
-        raise LookupError(f"no candles for {', '.join(unknown)} in {args.data_dir}; found {known}")
-    (_fit_local if args.local else _fit_ray)(args, ctx)
+        raise LookupError(f"no candles for {', '.join(unknown)} in {request.data_dir}; "
+                          f"found {known}")  # fmt: skip
+    return (_fit_local if request.local else _fit_ray)(request, ctx)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    fit_markets(
+        FitRequest(
+            markets=[m.strip() for m in args.markets.split(",") if m.strip()],
+            data_dir=args.data_dir,
+            registry=args.registry,
+            profile=args.profile,
+            until=args.until,
+            ray_address=args.ray_address,
+            local=args.local,
+            use_gpu=args.use_gpu,
+            tune=args.tune,
+            storage_path=args.storage_path,
+            features_config=args.features_config,
+            train_config=args.train_config,
+            overrides=args.set,
+        )
+    )
     return 0
 
 

@@ -49,8 +49,9 @@ class MarketFit:
 def load_market(
     source: CandleSource, market: str, features: FeaturesConfig, profile: TrainProfile
 ) -> MarketDataset:
-    """The profile's span of candles, plus the warm-up hours its first sample needs."""
-    candles = source.history(market)
+    """The profile's span of candles (none after `data.until`), plus the warm-up hours its first
+    sample needs."""
+    candles = source.history(market, end=profile.data.until)
     if profile.data.last_hours is not None:
         candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
     return build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)

@@ -34,10 +34,9 @@ def deploy_config(
     config["http_options"]["port"] = port
     app = config["applications"][0]
     config["applications"] = [app]  # the prediction graph only: no trading loop here
-    app["args"]["set"] = ";".join(
-        [f"registry={registry}", "poll_s=0.5", f"markets=[{', '.join(markets)}]",
-         f"source.data_dir={data_dir}", f"sizing_config={sizing}"]
-    )  # fmt: skip
+    args = app["args"]  # serve.config.ServeConfig fields
+    args.update(registry=str(registry), poll_s=0.5, markets=markets, sizing_config=str(sizing))
+    args["source"]["data_dir"] = str(data_dir)
     app["runtime_env"] = {"env_vars": {"GROQ_API_KEY": GROQ_KEY}}  # the replicas' environment
     keep = {"Ingress", "SizingNode", *markets}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
