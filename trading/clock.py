@@ -21,8 +21,6 @@ HOUR = timedelta(hours=1)
 class Clock(Protocol):
     def now(self) -> pd.Timestamp: ...
 
-    def sleep_until(self, moment: pd.Timestamp) -> None: ...
-
     def seconds_until(self, moment: pd.Timestamp) -> float:
         """Real seconds until the clock reads `moment` (0 when it already has)."""
         ...
@@ -31,9 +29,6 @@ class Clock(Protocol):
 class WallClock:
     def now(self) -> pd.Timestamp:
         return pd.Timestamp(now_kst())
-
-    def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(self.seconds_until(moment))
 
     def seconds_until(self, moment: pd.Timestamp) -> float:
         return max(0.0, (moment - self.now()).total_seconds())
@@ -51,9 +46,6 @@ class AcceleratedClock:
     def now(self) -> pd.Timestamp:
         elapsed = (time.time() - self.anchor) * self.speed
         return self.start + pd.Timedelta(seconds=elapsed)
-
-    def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(self.seconds_until(moment))
 
     def seconds_until(self, moment: pd.Timestamp) -> float:
         return max(0.0, (moment - self.now()).total_seconds() / self.speed)

@@ -23,6 +23,7 @@ from trading.broker import Fill, OrderState
 
 KST = timezone(timedelta(hours=9), "KST")  # Korea keeps no daylight saving time
 DEFAULT_ARM = "main"
+LEGACY_SUFFIX = "|0"  # identifiers of schema 1 ended in a retry counter that was always 0
 BUSY_TIMEOUT_MS = 10_000
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _DUST = 1e-12  # coin units below which a position is flat (float residue of selling it all)
@@ -70,7 +71,6 @@ class OrderRecord:
     market: str
     hour: datetime
     side: Side
-    attempt: int
     krw_amount: float
     volume: float
     reason: str
@@ -243,8 +243,15 @@ def _run_all(statements: tuple[str, ...]) -> Callable[[sqlite3.Connection], None
     return migrate
 
 
+# Schema 2: identifiers are `market|hour|side`, so the always-0 retry counter goes. Rows written
+# under schema 1 keep their identifiers (`...|0`), and are read and looked up by them as before.
+_V2 = ("ALTER TABLE orders DROP COLUMN attempt",)
+
 # version -> step from version-1; each runs in one transaction together with its version row.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _run_all(_V1)}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _run_all(_V1),
+    2: _run_all(_V2),
+}
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
@@ -391,13 +398,12 @@ def decision_values(decision: Decision) -> dict[str, object]:
     }
 
 
-def order_values(order: Order, hour: datetime, attempt: int) -> dict[str, object]:
+def order_values(order: Order, hour: datetime) -> dict[str, object]:
     """The orders row of an intent, key columns, status and timestamps excluded."""
     return {
         "market": order.market,
         "hour": to_text(hour),
         "side": order.side.value,
-        "attempt": attempt,
         "krw_amount": float(order.krw_amount),
         "volume": float(order.volume),
         "reason": order.reason,

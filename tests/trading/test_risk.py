@@ -94,7 +94,7 @@ def test_emergency_sell_overrides_a_buy() -> None:
         "KRW-BTC",
         Side.ASK,
         volume=0.001,
-        identifier="KRW-BTC|2025-03-01T14:00|ask|0",
+        identifier="KRW-BTC|2025-03-01T14:00|ask",
         reason=overridden.reason,
     )
     assert "emergency sell" in overridden.reason and "overrides BUY" in overridden.reason
