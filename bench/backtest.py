@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from features.domain import Order, Side  # noqa: E402
 from features.sources import ParquetDirSource  # noqa: E402
 from serve.sizing import load_sizing_config  # noqa: E402
-from trading.backtest import MarketHours, arm_sources, run_backtest  # noqa: E402
+from trading.backtest import arm_sources, run_backtest  # noqa: E402
 from trading.backtest_report import format_table, summarize  # noqa: E402
 from trading.config import load_trading_config  # noqa: E402
 from trading.paper import PaperBroker  # noqa: E402
+from trading.predictions import MarketHours  # noqa: E402
 from train.registry import ModelRegistry  # noqa: E402
 
 MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")

@@ -21,14 +21,13 @@ from pydantic import Field
 
 from features.config import CONFIG_DIR, Strict, load_features_config, resolve_path
 from features.sources import ParquetDirSource, UpbitSource
+from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour, next_run
 from trading.config import TradingConfig, load_trading_config
-from trading.hourly import Account, HourlyTrader, Labels
+from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
 from trading.monitor import LoopMetrics, summary
-from trading.paper import PaperBroker
-from trading.risk import RiskGuard
 from trading.serve_client import ServeClient
 
 log = logging.getLogger(__name__)
@@ -67,34 +66,6 @@ def make_clock(settings: ClockSettings) -> Clock:
     return AcceleratedClock(start, settings.speed, settings.anchor or time.time())
 
 
-def build_accounts(
-    config: TradingConfig, markets: list[str], ledger: Ledger, mode: str, upbit_url: str
-) -> dict[tuple[str, str], Account]:
-    """Paper accounts rebuilt from the ledger's fills; live: one Upbit account, keys from env."""
-    arms = list(config.ab.arms) if mode == "paper" else ["live"]
-    live = None
-    if mode == "live":
-        from trading.upbit_broker import UpbitBroker
-
-        live = UpbitBroker.from_env(base_url=upbit_url)
-    accounts = {}
-    for arm in arms:
-        for market in markets:
-            broker = live or PaperBroker(
-                config.paper.initial_krw,
-                config.paper.slippage_bps,
-                ledger.fills(arm=arm, market=market),
-            )
-            stored = ledger.risk_state(f"{arm}/{market}")
-            guard = (
-                RiskGuard.from_dict(stored, config.risk)
-                if stored
-                else RiskGuard.from_config(config.risk)
-            )
-            accounts[(arm, market)] = Account(arm, market, broker, guard)
-    return accounts
-
-
 class LoopCore:
     """The loop without Ray: builds the trader, runs the schedule, answers status."""
 
@@ -110,7 +81,7 @@ class LoopCore:
             if settings.data_dir
             else UpbitSource(settings.upbit_base_url)
         )
-        accounts = build_accounts(
+        accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
         labels = Labels(features.labels.horizon_hours, features.labels.threshold)

@@ -8,14 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.domain import AccountState, Prediction
+from features.domain import AccountState
 from features.sources import ParquetDirSource
+from serve.schema import PredictionReply, Probabilities, Sizing
+from trading.account import ArmAccount, arm_source
 from trading.config import load_trading_config
-from trading.hourly import Account, HourlyTrader, Labels
+from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
 from trading.paper import PaperBroker
 from trading.risk import RiskGuard
-from trading.serve_client import ServeClient, ServedSignal
+from trading.serve_client import ServeClient
 from trading.upbit_broker import UpbitBroker
 
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
@@ -31,10 +33,17 @@ class FixedSignal:
         self.ratio = ratio
         self.calls = 0
 
-    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> ServedSignal:
+    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
         self.calls += 1
-        prediction = Prediction(market, candles.index[-1], self.probabilities, "v0001")
-        return ServedSignal(prediction, self.ratio, "llm-agree", "test")
+        return PredictionReply(
+            market=market,
+            time=candles.index[-1],
+            probabilities=Probabilities.of(self.probabilities),
+            model_version="v0001",
+            volatility=0.01,
+            served_by="test",
+            sizing=Sizing(ratio=self.ratio, source="llm-agree", reason="test"),
+        )
 
 
 def config(ledger: Path):
@@ -43,9 +52,9 @@ def config(ledger: Path):
 
 def paper_accounts(cfg) -> dict:
     return {
-        (arm, MARKET): Account(
+        (arm, MARKET): ArmAccount(
             arm, MARKET, PaperBroker(cfg.paper.initial_krw, cfg.paper.slippage_bps),
-            RiskGuard.from_config(cfg.risk),
+            RiskGuard.from_config(cfg.risk), arm_source(arm, cfg),
         )
         for arm in ("llm", "fixed")
     }  # fmt: skip
@@ -117,8 +126,9 @@ def test_crash_after_sending_resumes_without_a_second_order(
 
         def live_accounts() -> dict:
             broker = UpbitBroker(ACCESS_KEY, SECRET_KEY, base_url=exchange.url, timeout=5)
+            guard = RiskGuard.from_config(cfg.risk)
             return {
-                ("live", MARKET): Account("live", MARKET, broker, RiskGuard.from_config(cfg.risk))
+                ("live", MARKET): ArmAccount("live", MARKET, broker, guard, arm_source("live", cfg))
             }
 
         first = Ledger(tmp_path / "l.sqlite")
