@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import pandas as pd
@@ -179,18 +180,26 @@ class TradingLoop:
         return self.core.status()
 
 
-def start_loop(settings: LoopSettings, *, pin_to_head: bool = True) -> Any:
-    """The named detached loop, created once: a second call returns the running one."""
+def start_loop(
+    settings: LoopSettings, *, pin_to_head: bool = True, env: Mapping[str, str] | None = None
+) -> Any:
+    """The named detached loop, created once: a second call returns the running one.
+
+    `env`: variables only the loop's own process gets (its runtime environment, kept across
+    restarts), such as a live loop's Upbit keys; never part of `settings`, which is plain data.
+    """
     if settings.clock.kind == "accelerated" and settings.clock.anchor is None:
         clock = settings.clock.model_copy(update={"anchor": time.time()})
         settings = settings.model_copy(update={"clock": clock})
     resources = {"node:__internal_head__": 0.001} if pin_to_head else {}
+    runtime_env = {"env_vars": dict(env)} if env else None
     return TradingLoop.options(
         name=LOOP_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         resources=resources,
+        runtime_env=runtime_env,
     ).remote(settings.model_dump())
 
 

@@ -68,5 +68,8 @@ class ServeClient:
         try:
             parsed = PredictionReply.model_validate_json(reply.content)
         except ValidationError as exc:
-            raise ServeUnavailable(f"Serve's reply for {market} is malformed: {exc}") from exc
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ServeUnavailable(f"Serve's reply for {market} is malformed: {problems}") from exc
         return checked_reply(parsed, market, candles.index[-1])

@@ -1,5 +1,6 @@
-"""One trading hour without Ray: no_decision paths, both A/B arms, and a crash between sending an
-order and recording its fill, resumed without a second order at the (stand-in) exchange."""
+"""One trading hour without Ray: no_decision paths, both A/B arms, a crash between sending an
+order and recording its fill, resumed without a second order at the (stand-in) exchange, and a
+longer feature warm-up that the loop's candle window follows."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.domain import AccountState
+from features import indicators
+from features.domain import AccountState, Signal
 from features.sources import ParquetDirSource
-from serve.schema import PredictionReply, Probabilities, Sizing
+from serve.predict import predict_candles
+from serve.schema import PredictionReply, Probabilities, ServeError, Sizing, refusal
+from serve.sizing import SizingConfig, SizingRequest, rule_sizing
 from trading.account import ArmAccount, arm_source
 from trading.config import load_trading_config
 from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
 from trading.paper import PaperBroker
 from trading.risk import RiskGuard
-from trading.serve_client import ServeClient
+from trading.serve_client import ServeClient, ServeUnavailable
 from trading.upbit_broker import UpbitBroker
+from train.bundle import HybridModel, load_bundle
 
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 
@@ -43,6 +48,31 @@ class FixedSignal:
             volatility=0.01,
             served_by="test",
             sizing=Sizing(ratio=self.ratio, source="llm-agree", reason="test"),
+        )
+
+
+class InProcessServe:
+    """A Predictor that runs Serve's own path in this process: `serve.predict` on a real bundle,
+    sized by the sizing node's rule; a refusal becomes ServeUnavailable with the HTTP status the
+    ingress would answer, as ServeClient reports it."""
+
+    def __init__(self, model: HybridModel) -> None:
+        self.model = model
+        self.sizing = SizingConfig()
+
+    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
+        try:
+            view = predict_candles(self.model, market, candles)
+        except ServeError as exc:
+            status, message = refusal(exc)
+            raise ServeUnavailable(f"Serve answered {status} for {market}: {message}") from exc
+        probabilities = view.probabilities.as_tuple()
+        request = SizingRequest(
+            market, Signal[view.signal], probabilities, view.volatility, account
+        )
+        rule = rule_sizing(request, self.sizing)
+        return PredictionReply.of(
+            view, Sizing(ratio=rule.ratio, source=rule.source, reason=rule.reason)
         )
 
 
@@ -148,3 +178,28 @@ def test_crash_after_sending_resumes_without_a_second_order(
             assert exchange.order_count() == 1, "the restart sent the order a second time"
             (fill,) = ledger.fills(arm="live")
             assert fill.volume > 0 and not ledger.pending_orders()
+
+
+def test_a_longer_warm_up_still_trades(
+    smoke_bundle, ohlcv_dir, real_candles, tmp_path, monkeypatch
+) -> None:
+    """When the features' warm-up grows, serving needs more candles; the loop fetches as many as
+    serving needs (derived from the features, never a literal), so every hour is still decided
+    and none becomes a 422 and a no_decision."""
+    longer = indicators.SERVING_WINDOW + 200
+    monkeypatch.setattr(indicators, "SERVING_WINDOW", longer)
+    serve = InProcessServe(load_bundle(smoke_bundle))
+    hours = real_candles[MARKET].index[-3:]
+    old_window = real_candles[MARKET].loc[: hours[0]].iloc[-(823 + 48) :]  # the old literal
+    flat = AccountState.flat(1_000_000.0)
+    with pytest.raises(ServeUnavailable, match=f"422 .*need at least {longer} hourly candles"):
+        serve.predict(MARKET, old_window, flat)
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        run = trader(cfg, ledger, ParquetDirSource(ohlcv_dir), serve, paper_accounts(cfg))
+        for hour in hours:
+            run.run_hour(hour)
+        frame = ledger.decisions_frame()
+    assert (frame["kind"] == "decision").all(), frame["reason"].tolist()
+    assert len(frame) == 2 * len(hours) and set(frame["time"]) == set(hours)
+    assert set(frame["model_version"]) == {load_bundle(smoke_bundle).version}
