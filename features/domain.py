@@ -73,7 +73,7 @@ class Prediction:
 
     @property
     def signal(self) -> Signal:
-        return Signal(max(range(3), key=lambda k: self.probabilities[k]))
+        return Signal(max(range(3), key=self.probabilities.__getitem__))
 
     @property
     def confidence(self) -> float:

@@ -173,14 +173,24 @@ class RiskGuard:
         return cls(daily_loss_limit=config.daily_loss_limit, max_drawdown=config.max_drawdown)
 
     def observe(self, now: datetime, equity: float) -> RiskGuard:
-        """Record the equity at `now`; switch off when a limit is reached. Never switches on."""
+        """Record the equity at `now`; switch off when a limit is reached. Never switches on.
+
+        The same equity on the same day (a flat account's hours) records nothing new, so the
+        guard itself is kept: a backtest observes every hour, and copying it was its largest cost.
+        """
         if not math.isfinite(equity) or equity < 0:
             raise ValueError(f"equity must be finite and >= 0, got {equity}")
-        state = self
-        if state.day != now.date():
-            start = state.last_equity if state.day is not None else equity
-            state = replace(state, day=now.date(), day_start_equity=start)
-        state = replace(state, peak_equity=max(state.peak_equity, equity), last_equity=equity)
+        day = now.date()
+        if day == self.day and equity == self.last_equity:
+            state = self  # peak_equity >= last_equity already
+        else:
+            start = self.day_start_equity
+            if day != self.day:
+                start = self.last_equity if self.day is not None else equity
+            state = replace(
+                self, day=day, day_start_equity=start,
+                peak_equity=max(self.peak_equity, equity), last_equity=equity,
+            )  # fmt: skip
         if state.halted:
             return state
         reason = kill_reason(
