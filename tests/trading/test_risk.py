@@ -151,6 +151,17 @@ def test_kill_switch_trips_on_drawdown_across_days() -> None:
     assert guard.peak_equity == pytest.approx(955_000)
 
 
+def test_an_unchanged_hour_keeps_the_guard_but_still_checks_the_limits() -> None:
+    calm = RiskConfig(daily_loss_limit=0.5)  # 20 % drawdown still applies
+    guard = RiskGuard.from_config(calm).observe(HOUR, 1_000_000).observe(HOUR, 850_000)
+    assert not guard.halted  # 15 % below the peak
+    assert guard.observe(HOUR + timedelta(hours=1), 850_000) is guard  # nothing new to record
+    tighter = RiskConfig(daily_loss_limit=0.5, max_drawdown=0.10)
+    restored = RiskGuard.from_dict(guard.to_dict(), tighter)  # a restart under a tighter limit
+    again = restored.observe(HOUR + timedelta(hours=1), 850_000)
+    assert again.halted and again.reason.startswith("drawdown 15.00%")
+
+
 def test_day_start_is_the_last_equity_before_the_day() -> None:
     guard = RiskGuard.from_config(RISK).observe(datetime(2025, 3, 1, 23), 1_000_000)
     guard = guard.observe(datetime(2025, 3, 2, 0), 940_000)  # the drop happened overnight
