@@ -28,10 +28,11 @@ from bench import DATA_DIR, MARKETS, fit_smoke_registry
 from features.domain import Order, Side
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
-from trading.backtest import MarketHours, arm_sources, run_backtest
+from trading.backtest import arm_sources, run_backtest
 from trading.backtest_report import format_table, summarize
 from trading.config import load_trading_config
 from trading.paper import PaperBroker
+from trading.predictions import MarketHours
 from train.registry import ModelRegistry
 
 GOAL_S = 60.0

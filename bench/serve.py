@@ -50,20 +50,26 @@ import requests  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.serve import Application  # noqa: E402
 from ray.serve.handle import DeploymentHandle  # noqa: E402
 
 from bench import DATA_DIR, ROOT, fit_smoke_registry  # noqa: E402
 from cluster.local_ray import free_port  # noqa: E402
-from features.domain import AccountState, Signal  # noqa: E402
+from features.domain import Signal  # noqa: E402
 from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
 from features.serving import serving_matrix  # noqa: E402
 from serve.app import build_app  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
-from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
 from serve.predict import candles_from_rows, predict_candles  # noqa: E402
+from serve.schema import (  # noqa: E402
+    FLAT_ACCOUNT,
+    ModelView,
+    PredictBody,
+    PredictionReply,
+    Probabilities,
+    Sizing,
+)
 from serve.sizing import (  # noqa: E402
     SizingRequest,
     load_sizing_config,
@@ -99,12 +105,12 @@ def rule_sizer_config(path: Path) -> Path:
 
 
 def in_process(model, market: str, rows: list[dict[str, Any]], sizing, max_rows: int) -> dict:
-    raw = predict_candles(model, market, candles_from_rows(rows, max_rows))
-    signal = Signal(max(range(3), key=lambda k: raw.probabilities[k]))
+    view = predict_candles(model, market, candles_from_rows(rows, max_rows))
+    probabilities = view.probabilities.as_tuple()
     request = SizingRequest(
-        market, signal, raw.probabilities, raw.volatility, AccountState(**FLAT_ACCOUNT)
+        market, Signal[view.signal], probabilities, view.volatility, FLAT_ACCOUNT
     )
-    return {"signal": int(signal), "ratio": rule_sizing(request, sizing).ratio}
+    return {"signal": view.signal, "ratio": rule_sizing(request, sizing).ratio}
 
 
 def time_calls(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
@@ -120,16 +126,15 @@ def time_calls(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
 
 # -- the floor app: same shape, same parsing, no work ----------------------------------------------
 floor_api = FastAPI(title="floor")
-CONSTANT_PREDICTION = {
-    "market": "KRW-BTC",
-    "time": "2025-09-30T08:00:00",
-    "signal": 1,
-    "probabilities": (0.1, 0.8, 0.1),
-    "model_version": "v0000",
-    "volatility": 0.005,
-    "served_by": "floor",
-}
-CONSTANT_SIZING = {"ratio": 0.05, "source": "rule-no-llm", "reason": "floor"}
+CONSTANT_PREDICTION = ModelView(
+    market="KRW-BTC",
+    time=pd.Timestamp("2025-09-30T08:00:00"),
+    probabilities=Probabilities.of((0.1, 0.8, 0.1)),
+    model_version="v0000",
+    volatility=0.005,
+    served_by="floor",
+)
+CONSTANT_SIZING = Sizing(ratio=0.05, source="rule-no-llm", reason="floor")
 
 
 @serve.deployment
@@ -140,22 +145,22 @@ class FloorIngress:
         self.sizing = sizing
 
     @floor_api.post("/v1/predict/{market}")
-    async def predict_market(self, market: str, body: PredictBody | None = None) -> JSONResponse:
+    async def predict_market(self, market: str, body: PredictBody | None = None) -> PredictionReply:
         body = body or PredictBody()
-        prediction = await self.predictors[market].predict.remote(body.candles)
-        sizing = await self.sizing.size.remote(prediction, FLAT_ACCOUNT)
-        return JSONResponse(shape(prediction, sizing))
+        view = await self.predictors[market].predict.remote(body.candles)
+        sizing = await self.sizing.size.remote(view, body.account or FLAT_ACCOUNT)
+        return PredictionReply.of(view, sizing)
 
 
 @serve.deployment
 class FloorPredictor:
-    def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def predict(self, rows: list[dict[str, Any]] | None = None) -> ModelView:
         return CONSTANT_PREDICTION
 
 
 @serve.deployment
 class FloorSizing:
-    async def size(self, prediction: dict[str, Any], account: dict[str, Any]) -> dict[str, Any]:
+    async def size(self, view: ModelView, account: Any) -> Sizing:
         return CONSTANT_SIZING
 
 
@@ -425,9 +430,9 @@ def stage_times(
     features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
     parsed = json.loads(body)
     pickled = pickle.dumps(rows, protocol=5)
-    raw = predict_candles(model, market, candles)
+    view = predict_candles(model, market, candles)
     request = SizingRequest(
-        market, Signal.BUY, raw.probabilities, raw.volatility, AccountState(**FLAT_ACCOUNT)
+        market, Signal.BUY, view.probabilities.as_tuple(), view.volatility, FLAT_ACCOUNT
     )
     stages = {
         f"json.loads(body, {len(body) // 1024} KiB)": lambda: json.loads(body),

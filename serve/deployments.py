@@ -1,7 +1,8 @@
 """The graph's worker deployments: one HybridPredictor per market, and the SizingNode.
 
-Both return plain dicts, errors included (`{"error": {"status", "message"}}`), so the ingress maps
-them to HTTP codes without unwrapping Ray exceptions. Nothing here places an order.
+They answer with the contract's types (`serve.schema.ModelView`, `Sizing`) and refuse with its
+exceptions (`Unavailable`, `BadRequest`), which reach the ingress through the DeploymentHandle
+as instances of their own classes. Nothing here places an order.
 """
 
 from __future__ import annotations
@@ -9,25 +10,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pandas as pd
 from ray import serve
 
 from features import indicators
+from features.config import resolve_path
 from features.domain import AccountState, Signal
+from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
 from features.upbit_http import UpbitError
-from serve.config import ServeConfig
+from serve.config import ServeConfig, SourceConfig
 from serve.metrics import prediction_metrics, sizing_metrics
 from serve.model_slot import ModelSlot
-from serve.predict import RequestError, candles_from_rows, predict_candles, warm_up
+from serve.predict import candles_from_rows, predict_candles, warm_up
+from serve.schema import BadRequest, ModelView, Sizing, Unavailable
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
-from serve.sources import build_source
 from train.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-SIGNAL_NAMES = {Signal.SELL: "SELL", Signal.HOLD: "HOLD", Signal.BUY: "BUY"}
-
-
-def error(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"status": status, "message": message}}
 
 
 def replica_id() -> str:
@@ -35,6 +34,14 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - outside a replica (tests calling the class directly)
         return "local"
+
+
+def build_source(config: SourceConfig) -> CandleSource:
+    """Where a predictor reads candles when a request carries none."""
+    if config.kind == "parquet":
+        return ParquetDirSource(resolve_path(config.data_dir))
+    upbit = UpbitSource(config.upbit_base_url, timeout=config.timeout_s)
+    return CachedSource(upbit, resolve_path(config.cache_dir))
 
 
 @serve.deployment
@@ -47,7 +54,7 @@ class HybridPredictor:
         warm_up()
         registry = ModelRegistry(self.config.registry_root())
         self.slot = ModelSlot(market, registry, self.config.poll_s).start()
-        self.source = None
+        self.source: CandleSource | None = None
         self.replica = replica_id()
         self.predictions, self.version_gauge = prediction_metrics()
         self._published: int | None = None
@@ -61,7 +68,7 @@ class HybridPredictor:
             self.version_gauge.set(number, tags={"market": self.market})
             self._published = number
 
-    def _candles(self, rows: list[dict[str, Any]] | None):
+    def _candles(self, rows: list[dict[str, Any]] | None) -> pd.DataFrame:
         if rows is not None:
             return candles_from_rows(rows, self.config.max_candles)
         if self.source is None:
@@ -69,28 +76,16 @@ class HybridPredictor:
         try:
             return self.source.latest(self.market, indicators.CANDLES_FOR_SERVING)
         except (UpbitError, OSError, LookupError) as exc:
-            raise RequestError(503, f"{self.market}: candles unavailable: {exc}") from exc
+            raise Unavailable(f"{self.market}: candles unavailable: {exc}") from exc
 
-    async def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    async def predict(self, rows: list[dict[str, Any]] | None = None) -> ModelView:
         loaded = self.slot.loaded
         if loaded is None:
-            return error(503, self.slot.status()["last_error"] or f"no model for {self.market}")
-        try:
-            raw = predict_candles(loaded.model, self.market, self._candles(rows))
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-        signal = Signal(max(range(3), key=lambda k: raw.probabilities[k]))
-        self.predictions.inc(tags={"market": self.market, "signal": SIGNAL_NAMES[signal]})
+            raise Unavailable(self.slot.status()["last_error"] or f"no model for {self.market}")
+        view = predict_candles(loaded.model, self.market, self._candles(rows), self.replica)
+        self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
-        return {
-            "market": self.market,
-            "time": raw.time.isoformat(),
-            "signal": int(signal),
-            "probabilities": raw.probabilities,
-            "model_version": raw.model_version,
-            "volatility": raw.volatility,
-            "served_by": self.replica,
-        }
+        return view
 
     def reload(self) -> dict[str, Any]:
         changed = self.slot.refresh()
@@ -110,17 +105,17 @@ class SizingNode:
         self.sizer = LLMSizer(self.config)  # keys read here, from this replica's environment
         self.sources = sizing_metrics()
 
-    async def size(self, prediction: dict[str, Any], account: dict[str, Any]) -> dict[str, Any]:
+    async def size(self, view: ModelView, account: AccountState) -> Sizing:
         try:
             request = SizingRequest(
-                market=prediction["market"],
-                signal=Signal(prediction["signal"]),
-                probabilities=tuple(prediction["probabilities"]),
-                volatility=float(prediction["volatility"]),
-                account=AccountState(**account),
+                market=view.market,
+                signal=Signal[view.signal],
+                probabilities=view.probabilities.as_tuple(),
+                volatility=view.volatility,
+                account=account,
             )
-        except (ValueError, TypeError, KeyError) as exc:
-            return error(422, f"cannot size this request: {exc}")
+        except ValueError as exc:
+            raise BadRequest(f"cannot size this request: {exc}") from exc
         result = await self.sizer.size(request)
         self.sources.inc(tags={"source": result.source})
-        return {"ratio": result.ratio, "source": result.source, "reason": result.reason}
+        return Sizing(ratio=result.ratio, source=result.source, reason=result.reason)

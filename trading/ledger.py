@@ -24,7 +24,7 @@ from types import TracebackType
 
 import pandas as pd
 
-from features.domain import Decision, Order, Side, Signal
+from features.domain import Decision, Order, Signal, drawdown
 from features.exchange import now_kst
 from trading.broker import Fill, order_identifier
 from trading.ledger_db import LedgerFile, filters, get_row, insert_once
@@ -32,6 +32,7 @@ from trading.ledger_rows import (
     DEFAULT_ARM,
     FILL_STATUS,
     FINAL_STATUSES,
+    LEGACY_SUFFIX,
     NEXT_STATUSES,
     OPEN_STATUSES,
     EquitySnapshot,
@@ -144,16 +145,21 @@ class Ledger:
     # -- orders and fills --------------------------------------------------------------------
 
     def record_order_intent(
-        self, order: Order, hour: datetime, attempt: int, arm: str = DEFAULT_ARM
+        self, order: Order, hour: datetime, arm: str = DEFAULT_ARM
     ) -> OrderRecord:
-        """Write the intent before the order is sent, so a restart asks instead of resending."""
-        identifier = order_identifier(order.market, hour, order.side, attempt)
-        if order.identifier and order.identifier != identifier:
+        """Write the intent before the order is sent, so a restart asks instead of resending.
+
+        The identifier must be the order's market, hour and side (`order_identifier`); one an
+        earlier ledger wrote (`...|0`) is kept as it is, so its order is still looked up by it.
+        """
+        expected = order_identifier(order.market, hour, order.side)
+        identifier = order.identifier or expected
+        if identifier.removesuffix(LEGACY_SUFFIX) != expected:
             raise LedgerError(
-                f"order identifier {order.identifier!r} does not match its market, hour, side "
-                f"and attempt ({identifier!r})"
+                f"order identifier {identifier!r} does not match its market, hour and side "
+                f"({expected!r})"
             )
-        values = order_values(order, hour, attempt)
+        values = order_values(order, hour)
         now = now_text()
         stamps = {"status": OrderStatus.PENDING.value, "created_at": now, "updated_at": now}
         with self._file.write() as conn:
@@ -195,16 +201,6 @@ class Ledger:
             (*params, *OPEN_STATUSES),
         )
         return [order_from_row(row) for row in rows]
-
-    def next_attempt(self, market: str, hour: datetime, side: Side, arm: str = DEFAULT_ARM) -> int:
-        """The attempt number for a new order: Upbit never accepts an identifier twice."""
-        prefix = order_identifier(market, hour, side, 0).rsplit("|", 1)[0] + "|"
-        rows = self._file.read(
-            "SELECT MAX(attempt) FROM orders WHERE arm = ? AND substr(identifier, 1, ?) = ?",
-            (arm, len(prefix), prefix),
-        )
-        last = rows[0][0]
-        return 0 if last is None else last + 1
 
     def record_fill(
         self, fill: Fill, arm: str = DEFAULT_ARM, filled_at: datetime | None = None
@@ -276,7 +272,7 @@ class Ledger:
             derived = {
                 "equity": equity,
                 "peak_equity": peak,
-                "drawdown": min(1.0, max(0.0, 1.0 - equity / peak)) if peak > 0 else 0.0,
+                "drawdown": drawdown(equity, peak),
                 "created_at": now_text(),
             }
             insert_once(conn, "equity", key, values, derived)

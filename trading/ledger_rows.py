@@ -21,6 +21,7 @@ from features.exchange import KST, now_kst
 from trading.broker import Fill, OrderState
 
 DEFAULT_ARM = "main"
+LEGACY_SUFFIX = "|0"  # identifiers of schema 1 ended in a retry counter that was always 0
 _DUST = 1e-12  # coin units below which a position is flat (float residue of selling it all)
 _Row = TypeVar("_Row")
 
@@ -66,7 +67,6 @@ class OrderRecord:
     market: str
     hour: datetime
     side: Side
-    attempt: int
     krw_amount: float
     volume: float
     reason: str
@@ -228,13 +228,12 @@ def decision_values(decision: Decision) -> dict[str, object]:
     }
 
 
-def order_values(order: Order, hour: datetime, attempt: int) -> dict[str, object]:
+def order_values(order: Order, hour: datetime) -> dict[str, object]:
     """The orders row of an intent, key columns, status and timestamps excluded."""
     return {
         "market": order.market,
         "hour": to_text(hour),
         "side": order.side.value,
-        "attempt": attempt,
         "krw_amount": float(order.krw_amount),
         "volume": float(order.volume),
         "reason": order.reason,

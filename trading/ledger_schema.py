@@ -79,8 +79,15 @@ def _run_all(statements: tuple[str, ...]) -> Callable[[sqlite3.Connection], None
     return migrate
 
 
+# Schema 2: identifiers are `market|hour|side`, so the always-0 retry counter goes. Rows written
+# under schema 1 keep their identifiers (`...|0`), and are read and looked up by them as before.
+_V2 = ("ALTER TABLE orders DROP COLUMN attempt",)
+
 # version -> step from version-1; each runs in one transaction together with its version row.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _run_all(_V1)}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _run_all(_V1),
+    2: _run_all(_V2),
+}
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

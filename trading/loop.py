@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -25,14 +26,13 @@ from pydantic import Field
 from features.config import MarketList, Strict, load_features_config, resolve_path
 from features.exchange import HOUR
 from features.sources import ParquetDirSource, UpbitSource
+from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour
 from trading.config import LedgerConfig, TradingConfig, load_trading_config
-from trading.hourly import Account, HourlyTrader, Labels
+from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
 from trading.monitor import LoopMetrics, summary
-from trading.paper import PaperBroker
-from trading.risk import RiskGuard
 from trading.serve_client import ServeClient
 
 log = logging.getLogger(__name__)
@@ -84,34 +84,6 @@ def make_clock(settings: ClockSettings) -> Clock:
     return AcceleratedClock(start, settings.speed, settings.anchor or time.time())
 
 
-def build_accounts(
-    config: TradingConfig, markets: list[str], ledger: Ledger, mode: str, upbit_url: str
-) -> dict[tuple[str, str], Account]:
-    """Paper accounts rebuilt from the ledger's fills; live: one Upbit account, keys from env."""
-    arms = list(config.ab.arms) if mode == "paper" else ["live"]
-    live = None
-    if mode == "live":
-        from trading.upbit_broker import UpbitBroker
-
-        live = UpbitBroker.from_env(base_url=upbit_url)
-    accounts = {}
-    for arm in arms:
-        for market in markets:
-            broker = live or PaperBroker(
-                config.paper.initial_krw,
-                config.paper.slippage_bps,
-                ledger.fills(arm=arm, market=market),
-            )
-            stored = ledger.risk_state(f"{arm}/{market}")
-            guard = (
-                RiskGuard.from_dict(stored, config.risk)
-                if stored
-                else RiskGuard.from_config(config.risk)
-            )
-            accounts[(arm, market)] = Account(arm, market, broker, guard)
-    return accounts
-
-
 class LoopCore:
     """The loop without Ray: builds the trader, runs the schedule, answers status."""
 
@@ -127,7 +99,7 @@ class LoopCore:
             if settings.data_dir
             else UpbitSource(settings.upbit_base_url)
         )
-        accounts = build_accounts(
+        accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
         labels = Labels(features.labels.horizon_hours, features.labels.threshold)
@@ -327,18 +299,26 @@ class TradingLoop:
         return self.core.status()
 
 
-def start_loop(settings: LoopSettings, *, pin_to_head: bool = True) -> Any:
-    """The named detached loop, created once: a second call returns the running one."""
+def start_loop(
+    settings: LoopSettings, *, pin_to_head: bool = True, env: Mapping[str, str] | None = None
+) -> Any:
+    """The named detached loop, created once: a second call returns the running one.
+
+    `env`: variables only the loop's own process gets (its runtime environment, kept across
+    restarts), such as a live loop's Upbit keys; never part of `settings`, which is plain data.
+    """
     if settings.clock.kind == "accelerated" and settings.clock.anchor is None:
         clock = settings.clock.model_copy(update={"anchor": time.time()})
         settings = settings.model_copy(update={"clock": clock})
     resources = {"node:__internal_head__": 0.001} if pin_to_head else {}
+    runtime_env = {"env_vars": dict(env)} if env else None
     return TradingLoop.options(
         name=LOOP_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         resources=resources,
+        runtime_env=runtime_env,
     ).remote(settings.model_dump())
 
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from features.domain import AccountState, Order, Side
+from features.domain import AccountState, Order, Side, drawdown
 from features.exchange import MIN_ORDER_KRW
 from trading.broker import Balance, Fill, OrderRejected, OrderState
 from trading.upbit_rules import fee
@@ -66,7 +66,7 @@ class PaperBroker:
         """Fill `order` now at `reference_price` +/- slippage, or raise OrderRejected.
 
         The identifier is spent even when the order is refused (as on Upbit); `lookup` then
-        answers with a REJECTED fill so a restarted loop knows to try the next attempt.
+        answers with a REJECTED fill, so a restarted loop knows the order was refused.
         """
         if not order.identifier:
             raise OrderRejected(f"{order.market} {order.side.value}: an order needs an identifier")
@@ -120,15 +120,12 @@ class PaperBroker:
         """What the policy may know of `market`: cash, this position, equity marked at `price`."""
         holding = self._holdings.get(currency_of(market), _Holding())
         equity = self._krw + holding.volume * price
-        drawdown = 0.0
-        if peak_equity is not None and peak_equity > 0:
-            drawdown = min(1.0, max(0.0, 1.0 - equity / peak_equity))
         return AccountState(
             cash=self._krw,
             position=holding.volume,
             entry_price=holding.avg_buy_price if holding.volume > 0 else 0.0,
             equity=equity,
-            drawdown=drawdown,
+            drawdown=drawdown(equity, peak_equity),
         )
 
     # -- internals -----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`python -m trading replay --ledger FILE`: re-run recorded live hours through the backtester.
 
-Live and backtest share `plan_hour`, but sharing code is not proof. A replay recomputes every
-recorded hour from the candles and the registry (features, the recorded model version's
-prediction, the policy, risk and a PaperBroker), reusing only the recorded sizing ratios (an LLM
-is not deterministic), and lists every probability, decision, order size or fill that differs.
+Live and backtest share `plan_hour` and `trading.account.ArmAccount`, but sharing code is not
+proof. A replay recomputes every recorded hour from the candles and the registry (features, the
+recorded model version's prediction as Serve computes it, the policy, risk and a PaperBroker),
+reusing only the recorded sizing ratios (an LLM is not deterministic), and lists every
+probability, decision, order size or fill that differs.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from features.domain import Signal
+from features.domain import AccountState, Prediction, Signal
 from features.sources import CandleSource
 from serve.predict import predict_candles
-from trading.backtest import PROBA_COLUMNS, RatioSource, market_hours, replay
+from serve.schema import Sizing
+from trading.account import RatioSource
+from trading.backtest import replay
 from trading.config import TradingConfig
 from trading.ledger import Ledger
+from trading.predictions import PROBA_COLUMNS, market_hours
 from train.registry import ModelRegistry
 
 PROBA_ATOL = 1e-6
@@ -45,8 +49,8 @@ def recorded_ratios(decisions: pd.DataFrame) -> RatioSource:
         for row in decisions.itertuples()
     }
 
-    def source(market, hour, prediction, account, volatility) -> tuple[float, str]:
-        return table[(market, pd.Timestamp(hour))]
+    def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
+        return table[(p.market, pd.Timestamp(p.time))]
 
     return source
 
@@ -63,8 +67,9 @@ def predictions(
         if version not in models:
             models[version] = load_bundle(registry.fetch(market, version, dest_dir=tmp))
         hour = pd.Timestamp(hour)
-        raw = predict_candles(models[version], market, candles.loc[:hour])
-        rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, raw.probabilities, strict=True)),
+        view = predict_candles(models[version], market, candles.loc[:hour])
+        proba = view.probabilities.as_tuple()
+        rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, proba, strict=True)),
                      "source": "replay", "model_version": version})  # fmt: skip
     return pd.DataFrame(rows).set_index("time")
 

@@ -55,7 +55,6 @@ def plan_hour(
     closes: np.ndarray,
     guard: RiskGuard,
     config: TradingConfig,
-    attempt: int = 0,
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -65,14 +64,12 @@ def plan_hour(
     `price`: it is what the kill switch observes.
     """
     guard = guard.observe(hour, account.equity)
-    decision = decide(
-        prediction, ratio, sizing_source, account, price, hour, config.policy, attempt
-    )
+    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy)
     emergency = config.risk.emergency
     score = hour_emergency_score(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
-    decision = apply_emergency(decision, account, price, score, emergency, attempt)
+    decision = apply_emergency(decision, account, price, score, emergency)
     return guard.gate(decision), guard
 
 

@@ -3,7 +3,7 @@
 Balances go through pyupbit (routed by `UpbitHttp`). Orders do not: pyupbit 0.2.34's market-order
 calls take no `identifier` and cannot look one up, and its JWT helper hashes the percent-encoded
 query string while Upbit hashes it unencoded, which breaks for identifiers such as
-`KRW-BTC|2025-09-30T08:00|bid|0`. So the broker signs `POST /v1/orders` and
+`KRW-BTC|2025-09-30T08:00|bid`. So the broker signs `POST /v1/orders` and
 `GET /v1/order?identifier=` itself (PyJWT, HS256, `query_hash` = SHA512 hex of
 `unquote(urlencode(params))`, as Upbit's authentication guide specifies) and sends them through
 `UpbitHttp.send`, which gives them the same base URL, timeout, rate budget and redaction.
@@ -15,10 +15,9 @@ Retry contract for callers (the trading loop):
 - `place` never sends an order twice, except after a 429, which Upbit answers before the order
   is taken. When the reply to the POST is lost (5xx, timeout, unreadable body) it looks the
   identifier up and returns what Upbit has, or raises `OrderOutcomeUnknown`.
-- After any error from `place`, call `lookup(last identifier)` first: a Fill means the order
-  exists (record it, do not resend). Only when it returns None send a new attempt, and always
-  under a new identifier (`order_identifier(..., attempt + 1)`): Upbit refuses an identifier
-  that was ever sent, even when its order was refused.
+- After any error from `place`, call `lookup(identifier)` first: a Fill means the order exists
+  (record it, do not resend). Upbit refuses an identifier that was ever sent, even when its
+  order was refused, so a refused identifier (one market, hour and side) is spent for good.
 - Sending an identifier again is safe: if Upbit holds an order under it for the same market and
   side, `place` returns that order's Fill instead of failing.
 """
@@ -263,14 +262,14 @@ class UpbitBroker:
             reason = (
                 f"UpbitBroker.{what}: the reply to POST {ORDERS_PATH} was lost ({lost.reason}) "
                 f"and the lookup failed too ({exc}); the outcome is unknown: look the identifier "
-                "up before any new attempt"
+                "up before sending anything for this hour"
             )
             raise OrderOutcomeUnknown(self._clean(reason)) from lost
         if found is None:
             reason = (
                 f"UpbitBroker.{what}: the reply to POST {ORDERS_PATH} was lost ({lost.reason}) "
                 f"and Upbit shows no order under this identifier after {self.fill_wait_s} s; the "
-                "outcome is unknown: look it up again before a new attempt (new identifier)"
+                "outcome is unknown: look it up again before sending anything for this hour"
             )
             raise OrderOutcomeUnknown(self._clean(reason)) from lost
         return found
@@ -287,7 +286,7 @@ class UpbitBroker:
             note = f"; looking the identifier up failed too: {lookup_failure}"
             raise OrderRejected(self._clean(refusal + note)) from exc
         if existing is None:
-            note = " (the identifier is spent: a new attempt takes attempt + 1)"
+            note = " (the identifier is spent: Upbit never accepts it again)"
         elif (existing.market, existing.side) == (order.market, order.side):
             logger.info("order %s was already placed; returning its fill", order.identifier)
             return self._poll(order.identifier) or existing

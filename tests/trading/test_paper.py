@@ -10,11 +10,11 @@ from trading.paper import PaperBroker
 CLOSE = 100_000_000.0
 
 
-def bid(krw: float, identifier: str = "KRW-BTC|2025-03-01T14:00|bid|0") -> Order:
+def bid(krw: float, identifier: str = "KRW-BTC|2025-03-01T14:00|bid") -> Order:
     return Order("KRW-BTC", Side.BID, krw_amount=krw, identifier=identifier)
 
 
-def ask(volume: float, identifier: str = "KRW-BTC|2025-03-01T15:00|ask|0") -> Order:
+def ask(volume: float, identifier: str = "KRW-BTC|2025-03-01T15:00|ask") -> Order:
     return Order("KRW-BTC", Side.ASK, volume=volume, identifier=identifier)
 
 
