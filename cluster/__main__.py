@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
     APPS,
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--max-hours", type=int, help="the loop stops after this many hours")
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
+    market_list.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -111,7 +113,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     runs = Path(resolve_path(cfg.paths.state)).parent
     prepare_secrets(runs)
     features = load_features_config()
-    markets = args.markets.split(",") if args.markets else features.markets
+    markets = args.markets.split(",") if args.markets else market_list.system_markets(features)
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
     state_path = Path(resolve_path(cfg.paths.state))
     gcs, dashboard, started = _head(args, cfg, state_path)
@@ -234,7 +236,8 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
+            "markets": market_list.cmd_markets}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
