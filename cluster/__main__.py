@@ -131,6 +131,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     config = deploy_config(
         Path(resolve_path(cfg.serve.deploy_config)), state, port, _loop_args(args, state)
     )
+    config["http_options"]["host"] = cfg.serve.host
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
     graph_only = {**config, "applications": config["applications"][:1]}
     serve_deploy(graph_only, runs / "serve_deploy.graph.yaml", dashboard)

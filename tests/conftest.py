@@ -62,6 +62,17 @@ def missing_tool(what: str, how: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def docker_compose() -> str:
+    """Debian's `docker-compose` (1.29): it renders and validates a compose file with no daemon."""
+    import shutil
+
+    found = shutil.which("docker-compose")
+    if found is None:
+        missing_tool("docker-compose", "`make test` installs it (apt-get install docker-compose)")
+    return found
+
+
+@pytest.fixture(scope="session")
 def s3_standin(tmp_path_factory):
     """A local S3 endpoint (moto's server, its own process, SigV4 checked) with one bucket."""
     import sys
