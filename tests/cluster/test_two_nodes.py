@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,23 @@ PROJECT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("two_node_run.py")
 MARKET = "KRW-BTC"
 PARTS = ("ohlcv", "registry", "ray-results", "cache")
+
+
+def run_in_own_group(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout_s: float
+) -> int:
+    """Run the child in a process group of its own; past the timeout the whole group is killed,
+    Ray's node processes included, and the test fails saying so."""
+    with log.open("wb") as out:
+        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
+        try:
+            return child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            tail = log.read_text(errors="replace")[-4000:]
+            pytest.fail(f"two_node_run.py ran past {timeout_s:.0f} s and was killed:\n{tail}")
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +69,10 @@ def two_node_run(s3_standin, ohlcv_dir: Path, tmp_path_factory) -> dict:
                uris["registry"], "--storage-path", uris["ray-results"], "--cache", uris["cache"],
                "--report", str(report)]  # fmt: skip
     started = time.perf_counter()
-    with log.open("wb") as out:
-        done = subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=540)  # fmt: skip
+    code = run_in_own_group(command, work, env, log, timeout_s=540)
     wall = time.perf_counter() - started
     output = log.read_text(errors="replace")
-    assert done.returncode == 0, f"two_node_run.py exited {done.returncode}:\n{output[-4000:]}"
+    assert code == 0, f"two_node_run.py exited {code}:\n{output[-4000:]}"
     result = json.loads(report.read_text())
     load = os.getloadavg()
     print(f"two-node run: {wall:.1f} s wall, steps {result['seconds']}, load average {load}")
