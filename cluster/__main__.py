@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
     APPS,
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--max-hours", type=int, help="the loop stops after this many hours")
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
+    market_list.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -189,7 +191,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     runs = state_path.parent
     prepare_secrets(runs)
     features = load_features_config()
-    markets = args.markets.split(",") if args.markets else features.markets
+    markets = args.markets.split(",") if args.markets else market_list.system_markets(features)
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
     replay = _replay(args, cfg, data_dir, markets)
     gcs, dashboard, started, pid = _head(args, cfg, state_path)
@@ -207,7 +209,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     trained = _train_missing(state, args.profile or cfg.train.profile, replay)
     template, serve, loop = _settings(args, cfg, state, replay)
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
-    config = deploy_config(template, serve, loop, port)
+    config = deploy_config(template, serve, loop, port, cfg.serve.host)
     graph_only = {**config, "applications": config["applications"][:1]}
     serve_deploy(graph_only, runs / "serve_deploy.graph.yaml", dashboard)
     wait_http(f"{state.serve_url}/healthz", lambda body: body["ready"] == sorted(markets))
@@ -355,7 +357,8 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
+            "markets": market_list.cmd_markets}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ class RayConfig(Strict):
 
 class ServePorts(Strict):
     port: int = Field(8000, ge=1024, le=65535)
+    host: str = "127.0.0.1"  # 0.0.0.0 where a port is published (docker-compose.yml)
     deploy_config: str = "configs/serve_deploy.yaml"
 
 

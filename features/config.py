@@ -85,8 +85,20 @@ class TransformConfig(Strict):
     clip: float = Field(10.0, gt=0)
 
 
+class MarketSelection(Strict):
+    """How the traded markets are chosen. `list` (the default) is `markets` as written; with
+    `traded_value`, Upbit's KRW markets whose 24 h traded value reaches `min_traded_value_krw`,
+    largest first, at most `max_markets`, read from Upbit when the system starts."""
+
+    by: Literal["list", "traded_value"] = "list"
+    min_traded_value_krw: float = Field(10e9, gt=0)
+    max_markets: int | None = Field(None, ge=1)
+    skip_warned: bool = True  # leave out markets under Upbit's investment warning
+
+
 class FeaturesConfig(Strict):
     markets: MarketList  # no default: configs/features.yaml is the one market list
+    selection: MarketSelection = MarketSelection()
     data_dir: str = "../shared/data/ohlcv"
     max_gap_hours: int = Field(6, ge=0, le=72)
     labels: LabelConfig = LabelConfig()

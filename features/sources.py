@@ -7,7 +7,8 @@ backtest ask "what did the exchange know then".
 
 - `ParquetDirSource`: a folder (or pyarrow.fs URI) of `<MARKET>_minute60.parquet` files.
 - `UpbitSource`: Upbit's REST API through the real pyupbit client and `UpbitHttp`.
-- `CachedSource`: a Parquet cache in front of any source, fetching only the hours it lacks.
+- `CachedSource`: a Parquet cache (a folder or pyarrow.fs URI) in front of any source, fetching
+  only the hours it lacks.
 """
 
 from __future__ import annotations
@@ -240,10 +241,14 @@ class UpbitSource:
             before = chunk.index[0]
 
 
+def _candle_table(candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> pa.Table:
+    table = pa.Table.from_pandas(candles, preserve_index=True)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+
+
 def _write_atomic(path: Path, candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> None:
     """Write a temp file beside `path`, fsync, rename: readers see old or new, never half."""
-    table = pa.Table.from_pandas(candles, preserve_index=True)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    table = _candle_table(candles, metadata)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -255,6 +260,18 @@ def _write_atomic(path: Path, candles: pd.DataFrame, metadata: dict[bytes, bytes
         with suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def _put_object(
+    filesystem: pafs.FileSystem, path: str, candles: pd.DataFrame, metadata: dict[bytes, bytes]
+) -> None:
+    """An object store has no rename, but one object written whole replaces the old one for every
+    reader at once; so the file is serialised in memory first and uploaded in one stream, and a
+    failure while serialising uploads nothing."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(_candle_table(candles, metadata), buffer)
+    with filesystem.open_output_stream(path) as out:
+        out.write(buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -270,18 +287,27 @@ class CachedSource:
     inside it is a real exchange gap, never a hole in the cache; requests extend the stretch at
     either end. `start=None` means "from the listing": the first such call back-fills once and
     marks the file. A corrupt cache file is logged and rebuilt from upstream.
+
+    `cache_dir` is a local folder or a pyarrow.fs URI (`s3://bucket/cache?endpoint_override=...`),
+    so every node of a cluster can share one cache; credentials come from the environment.
     """
 
     def __init__(self, upstream: CandleSource, cache_dir: str | Path) -> None:
         self.upstream = upstream
-        self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = str(cache_dir)
+        self._fs, self._root = _filesystem(self.cache_dir)
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        try:
+            self._fs.create_dir(self._root, recursive=True)
+        except OSError as exc:
+            raise OSError(f"candle cache {self.cache_dir} cannot be used: {exc}") from exc
 
     def markets(self) -> list[str]:
         return self.upstream.markets()
 
-    def path(self, market: str) -> Path:
-        return self.cache_dir / candle_file_name(market)
+    def path(self, market: str) -> str:
+        """The market's cache file inside the cache's filesystem (an OS path for a local folder)."""
+        return f"{self._root}/{candle_file_name(market)}"
 
     def history(
         self,
@@ -352,10 +378,10 @@ class CachedSource:
 
     def _load(self, market: str) -> _CacheFile:
         path = self.path(market)
-        if not path.exists():
+        if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
             return _CacheFile(empty_candles(), complete=False)
         try:
-            candles, metadata = _read_table(pafs.LocalFileSystem(), str(path))
+            candles, metadata = _read_table(self._fs, path)
         except CandleError as exc:
             logger.warning("discarding corrupt candle cache, refetching: %s", exc)
             return _CacheFile(empty_candles(), complete=False)
@@ -377,5 +403,11 @@ class CachedSource:
         merged = merged.loc[~merged.index.duplicated(keep="last")].sort_index()
         validate_candles(merged)
         if not merged.empty:
-            _write_atomic(self.path(market), merged, {COMPLETE_KEY: b"1" if complete else b"0"})
+            self._write(market, merged, {COMPLETE_KEY: b"1" if complete else b"0"})
         return _CacheFile(merged, complete)
+
+    def _write(self, market: str, candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> None:
+        if self._local:
+            _write_atomic(Path(self.path(market)), candles, metadata)
+        else:
+            _put_object(self._fs, self.path(market), candles, metadata)

@@ -90,6 +90,47 @@ def smoke_bundle(smoke_fit, tmp_path_factory) -> Path:
     return directory
 
 
+def missing_tool(what: str, how: str) -> None:
+    """A tool a test needs is absent: under CI that is a failure (CI must run every test), on a
+    developer's machine a skip that says how to install it."""
+    message = f"{what} is not installed: {how}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def docker_compose() -> str:
+    """Debian's `docker-compose` (1.29): it renders and validates a compose file with no daemon."""
+    import shutil
+
+    found = shutil.which("docker-compose")
+    if found is None:
+        missing_tool("docker-compose", "`make test` installs it (apt-get install docker-compose)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_standin(tmp_path_factory):
+    """A local S3 endpoint (moto's server, its own process, SigV4 checked) with one bucket."""
+    import sys
+
+    if not Path(sys.executable).with_name("moto_server").exists():
+        missing_tool("moto's S3 server", "pip install -e '.[dev]' (moto[server])")
+    from standins.s3_server import S3StandIn
+
+    with S3StandIn(tmp_path_factory.mktemp("s3") / "moto.log") as s3:
+        yield s3
+
+
+@pytest.fixture
+def s3_env(s3_standin, monkeypatch: pytest.MonkeyPatch):
+    """This test's process holds the S3 credentials in its environment, where pyarrow reads them."""
+    for name, value in s3_standin.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_standin
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Ray reads RAY_AUTH_MODE and RAY_AUTH_TOKEN once, when it is imported: set them for this whole
     session before any test imports Ray, so the test process is a client of the token-auth head."""

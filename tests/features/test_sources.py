@@ -349,7 +349,7 @@ def test_cache_survives_a_crash_mid_write_and_stray_temp_files(
     cache = CachedSource(source, tmp_path)
     standin.now = datetime(2025, 9, 29, 0, 0, 5)
     cache.latest("KRW-BTC", 50, now=standin.now)
-    before = cache.path("KRW-BTC").read_bytes()
+    before = Path(cache.path("KRW-BTC")).read_bytes()
     stray = tmp_path / ".KRW-BTC_minute60.parquet.crashed.tmp"
     stray.write_bytes(b"PAR1 half a file from a crash")
 
@@ -361,7 +361,7 @@ def test_cache_survives_a_crash_mid_write_and_stray_temp_files(
     monkeypatch.setattr(pq, "write_table", crash)
     with pytest.raises(OSError, match="No space left"):
         cache.latest("KRW-BTC", 50, now=standin.now)
-    assert cache.path("KRW-BTC").read_bytes() == before
+    assert Path(cache.path("KRW-BTC")).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [stray.name, "KRW-BTC_minute60.parquet"]
 
     monkeypatch.undo()
@@ -377,12 +377,54 @@ def test_corrupt_cache_file_is_rebuilt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = CachedSource(source, tmp_path)
-    cache.path("KRW-BTC").write_bytes(b"not parquet at all")
+    Path(cache.path("KRW-BTC")).write_bytes(b"not parquet at all")
     with caplog.at_level(logging.WARNING, logger="features.sources"):
         got = cache.latest("KRW-BTC", 24, now=standin.now)
     assert "corrupt candle cache" in caplog.text and "KRW-BTC_minute60.parquet" in caplog.text
     pd.testing.assert_frame_equal(got, closed(standin).iloc[-24:], check_freq=False)
     validate_candles(pd.read_parquet(cache.path("KRW-BTC")))
+
+
+def test_cache_on_an_object_store_is_shared_by_every_reader(
+    standin: UpbitStandIn, source: UpbitSource, s3_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache as a cluster uses it: an S3 URI (endpoint in the URI, keys in the environment).
+    What one node fetched, another node's cache reads without asking Upbit again."""
+    uri = s3_env.uri("cache-shared")
+    standin.now = datetime(2025, 9, 29, 0, 0, 5)
+    first = CachedSource(source, uri).latest("KRW-BTC", 300, now=standin.now)
+    pd.testing.assert_frame_equal(first, closed(standin).iloc[-300:], check_freq=False)
+    bucket = s3_env.filesystem()
+    key = f"{s3_env.bucket}/cache-shared/KRW-BTC_minute60.parquet"
+    assert pq.read_table(key, filesystem=bucket).num_rows == 300
+
+    standin.clear_log()
+    standin.now += timedelta(hours=2)
+    other_node = CachedSource(UpbitSource(standin.url, 2.0), uri)
+    second = other_node.latest("KRW-BTC", 300, now=standin.now)
+    pages = [(r.query["count"], r.query["to"]) for r in standin.candle_requests()]
+    assert pages == [("2", "2025-09-28 17:00:00")]  # only the two hours that closed since
+    pd.testing.assert_frame_equal(second, closed(standin).iloc[-300:], check_freq=False)
+    pd.testing.assert_frame_equal(ParquetDirSource(uri).history("KRW-BTC"), closed(standin)
+                                  .iloc[-302:], check_freq=False)  # fmt: skip
+
+    with bucket.open_output_stream(key) as out:
+        out.write(b"PAR1 torn")
+    with caplog.at_level(logging.WARNING, logger="features.sources"):
+        rebuilt = CachedSource(source, uri).latest("KRW-BTC", 24, now=standin.now)
+    assert "corrupt candle cache" in caplog.text
+    pd.testing.assert_frame_equal(rebuilt, closed(standin).iloc[-24:], check_freq=False)
+    assert s3_env.secret_key not in caplog.text and s3_env.secret_key not in uri
+
+
+def test_cache_on_an_object_store_with_a_wrong_key_names_the_cache(
+    source: UpbitSource, s3_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    uri = s3_env.uri("cache-denied")
+    with pytest.raises(OSError, match="candle cache s3://.*/cache-denied.*ACCESS_DENIED") as caught:
+        CachedSource(source, uri)
+    assert "not-the-secret" not in str(caught.value)
 
 
 class IgnoresNow:
