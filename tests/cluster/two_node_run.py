@@ -135,10 +135,9 @@ def deploy_config(args: argparse.Namespace, upbit_url: str, port: int) -> dict[s
     config["http_options"]["port"] = port
     app = config["applications"][0]
     config["applications"] = [app]  # the prediction graph; the trading loop is not under test
-    app["args"]["set"] = ";".join([
-        f"registry={args.registry}", f"markets=[{MARKET}]", "poll_s=0.5", "source.kind=upbit",
-        f"source.cache_dir={args.cache}", f"source.upbit_base_url={upbit_url}",
-    ])  # fmt: skip
+    source = {**app["args"]["source"], "kind": "upbit", "cache_dir": args.cache,
+              "upbit_base_url": upbit_url}  # fmt: skip
+    app["args"].update(registry=args.registry, markets=[MARKET], poll_s=0.5, source=source)
     app["deployments"] = [d for d in app["deployments"] if d["name"] in {"Ingress", "SizingNode"}]
     app["deployments"].append({
         "name": MARKET, "num_replicas": 1,
