@@ -116,6 +116,8 @@ class ModelView(BaseModel):
     model_version: str
     volatility: float = Field(ge=0.0)  # std of the last 24 simple hourly returns (sizing's input)
     served_by: str  # the replica that answered
+    model_age_hours: float | None = None  # hours from the end of its training window to `time`
+    stale: bool = False  # older than the predictor's max_model_age_hours: opens no position
 
     @computed_field  # type: ignore[prop-decorator]
     @property

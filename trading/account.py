@@ -86,18 +86,22 @@ def arm_source(arm: str, config: TradingConfig, sizing: SizingConfig | None = No
 
 
 # -- what an account knows ---------------------------------------------------------------------
-def account_equity(balances: Mapping[str, Balance], prices: Mapping[str, float]) -> float:
-    """Everything the exchange account holds, once: KRW plus every coin (free and locked) at its
-    market's close in `prices`; a coin the loop does not trade is valued at its average buy
-    price, the only price the account reply carries."""
-    total = 0.0
+def book_value(balances: Mapping[str, Balance], prices: Mapping[str, float]) -> tuple[float, float]:
+    """(KRW, coins' value) of everything an exchange account holds, once: free and locked, each
+    coin at its market's close in `prices`; a coin the loop does not trade is valued at its
+    average buy price, the only price the account reply carries."""
+    cash, coins = 0.0, 0.0
     for currency, held in balances.items():
         units = held.balance + held.locked
         if currency == KRW:
-            total += units
+            cash += units
         elif units > 0:
-            total += units * prices.get(f"{KRW}-{currency}", held.avg_buy_price)
-    return total
+            coins += units * (prices.get(f"{KRW}-{currency}") or held.avg_buy_price)
+    return cash, coins
+
+
+def account_equity(balances: Mapping[str, Balance], prices: Mapping[str, float]) -> float:
+    return sum(book_value(balances, prices))
 
 
 def account_state(

@@ -150,7 +150,7 @@ class Desk:
 
     def reconcile(self, record: OrderRecord, hour: datetime, journal: OrderJournal) -> Execution:
         """Settle an order the journal does not know the outcome of, before an hour trades. An
-        order already marked unknown gets one lookup (its market is halted already)."""
+        order already marked unknown gets one lookup an hour: its market is halted already."""
         again = record.status is OrderStatus.UNKNOWN
         found, why = self.find(record.identifier, 0.0 if again else None)
         if found is not None:
@@ -160,8 +160,8 @@ class Desk:
                 reason = "never reached the broker; its hour passed"
                 journal.mark_order(record.identifier, self.arm, "rejected", reason)
             return NOTHING_SENT
-        if again:
-            return Execution(None, "", f"{record.identifier}: outcome still unknown ({why})")
+        if again:  # its market was halted when it was marked unknown
+            return NOTHING_SENT
         return self.unknown(record.identifier, journal, f"found open at a restart; {why}")
 
     def unknown(self, identifier: str, journal: OrderJournal, why: str) -> Execution:
