@@ -331,7 +331,7 @@ class LoopCore:
         under its lock, so an hour running meanwhile never overwrites it."""
         if enabled and not by.strip():
             raise ValueError("switching trading on needs the name of the person (by)")
-        now = self.clock.now().to_pydatetime()
+        now = self.clock.now().floor("s").to_pydatetime()
         switches = {id(a.kill_switch): a.kill_switch for a in self.trader.accounts.values()}
         for switch in switches.values():
             switch.switch(enabled, by, reason, now)
