@@ -42,6 +42,9 @@ class ServeConfig(Strict):
     source: SourceConfig = SourceConfig()
     poll_s: float = Field(5.0, gt=0, le=3600)  # how often each replica reads CURRENT
     max_candles: int = Field(5000, ge=1000)  # per request, to bound work per call
+    # A model whose training window ended longer ago than this (at the hour it predicts) is
+    # served with `stale: true`; the trading loop opens no position on it. 720 h = 30 days.
+    max_model_age_hours: float = Field(720.0, gt=0)
     sizing_config: str = "configs/sizing.yaml"
     predictor: PredictorDeployment = PredictorDeployment()
 
