@@ -18,7 +18,9 @@ Bounded, so a flood cannot starve the trading loop (`IngressLimits`, the Ingress
   0.0.0.0) the prediction routes need the token too (401).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Serve rebuilds the routes' functions with only the
+# globals their bodies use, so a string annotation naming `Request` would not resolve and FastAPI
+# would take `request` for a query parameter.
 
 import asyncio
 import time
