@@ -148,6 +148,6 @@ def test_every_prediction_says_the_models_age_and_models_shows_it(url, candles) 
     body = reply.json()
     assert body["stale"] is False and isinstance(body["model_age_hours"], float)
     model = requests.get(f"{url}/v1/models", timeout=30).json()["models"][MARKET]
-    assert model["trained_through"] and model["max_model_age_hours"] == 720
+    assert model["trained_through"] and model["max_model_age_hours"] == 2160
     assert model["stale"] is False
     assert model["age_at"] is None or isinstance(model["age_hours"], float)  # once it predicted
