@@ -183,3 +183,15 @@ def test_a_longer_warm_up_still_trades(
     assert (frame["kind"] == "decision").all(), frame["reason"].tolist()
     assert len(frame) == 2 * len(hours) and set(frame["time"]) == set(hours)
     assert set(frame["model_version"]) == {load_bundle(smoke_bundle).version}
+
+
+def test_a_stale_model_opens_no_position_and_the_ledger_says_why(ohlcv_dir, tmp_path, hour):
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        stale = FixedSignal(stale=True)  # BUY, from a model 900 h past its training window
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), stale, paper_accounts(cfg)).run_hour(hour)
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "decision").all() and frame["order_side"].isna().all()
+        assert frame["reason"].str.contains("model v0001 is stale").all()
+        assert frame["reason"].str.contains("BUY not sent").all()
+        assert ledger.orders() == []

@@ -150,3 +150,23 @@ def test_the_stop_loss_fires_at_its_limit_exactly(price: float, fires: bool) -> 
     held = _holding(100_000_000.0, price)
     reason = stop_reason(held, price, 0.0, TradingConfig().risk.stops)
     assert (reason is not None) is fires
+
+
+def test_a_replay_compares_a_protective_hour_by_its_order_not_by_probabilities() -> None:
+    """A protective sell has no prediction to recompute (its stored probabilities are
+    placeholders): the replay compares its order with what the backtester's same rules did."""
+    from types import SimpleNamespace
+
+    from trading.replay import compare_hour
+
+    live = SimpleNamespace(
+        time=HOUR, market=MARKET, arm="fixed", model_version=NO_MODEL, p_sell=0.0, p_hold=1.0,
+        p_buy=0.0, signal=int(Signal.SELL), order_side="ask", order_volume=0.01,
+        order_identifier=f"{MARKET}|2025-03-01T14:00|ask",
+    )  # fmt: skip
+    again = SimpleNamespace(p_sell=np.nan, p_hold=np.nan, p_buy=np.nan, signal="SELL", side="ask",
+                            order_volume=0.01, fill_volume=0.01)  # fmt: skip
+    assert compare_hour(live, again, {}) == []
+    held = SimpleNamespace(**{**vars(again), "side": ""})  # the replay kept the position
+    (difference,) = compare_hour(live, held, {})
+    assert difference.field == "order side"
