@@ -197,6 +197,7 @@ def test_a_switch_off_while_the_hour_runs_is_kept_and_outruns_the_buy(
     for arm in ("fixed", "llm"):
         stored = ledger.risk_state(f"{arm}/{BTC}")
         assert stored["halted"] and stored["reason"] == "exchange incident", stored
+    core.stop_event.set()
     core.release()
     assert ledger.lease.current() is None
 
