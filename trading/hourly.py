@@ -261,7 +261,7 @@ class HourlyTrader:
                 balances = broker.balances()
                 krw, coins = book_value(balances, marks)
                 cash, value = cash + krw, value + coins
-                if broker.durable:
+                if broker.durable and self.reconciled:  # never a baseline not checked first
                     held = {c: b.balance + b.locked for c, b in balances.items()}
                     self.ledger.snapshots.record(hour.to_pydatetime(), held, note="hour end")
             self.ledger.record_equity(hour.to_pydatetime(), cash, value, arm)
