@@ -26,11 +26,14 @@ from cluster.local import (
     app_args,
     candles_dir,
     deploy_config,
+    model_line,
     prepare_secrets,
     serve_deploy,
+    served_models,
     wait_http,
 )
 from cluster.local_ray import HeadError, start_head, stop_head_group
+from cluster.one_loop import loop_keys, refuse_held_ledger, refuse_other_loop
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import ServeConfig
@@ -77,6 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
     market_list.add_parser(sub)
     return parser.parse_args(argv)
+
+
+def _running_head(args: argparse.Namespace, state_path: Path) -> bool:
+    """Whether `up` joins a head that already runs (a loop may be trading there)."""
+    if args.address:
+        return True
+    return state_path.is_file() and _dashboard_up(State.load(state_path).dashboard_url)
 
 
 def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Head:
@@ -194,18 +204,22 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     markets = args.markets.split(",") if args.markets else market_list.system_markets(features)
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
     replay = _replay(args, cfg, data_dir, markets)
+    ledger = resolve_path(args.ledger or cfg.paths.ledger)
+    joined = _running_head(args, state_path)
+    refuse_held_ledger(mode, ledger, joined)
     gcs, dashboard, started, pid = _head(args, cfg, state_path)
-    port = args.serve_port or cfg.serve.port
-    state = State(
-        gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
-        resolve_path(args.registry or cfg.paths.registry),
-        resolve_path(args.ledger or cfg.paths.ledger), data_dir, mode,
-        offline=bool(args.data_dir), head_pid=pid,
-    )  # fmt: skip
-    state.save(state_path)
     import ray
 
     ray.init(address=gcs, ignore_reinit_error=True)  # training progress shows here
+    if joined:
+        refuse_other_loop(mode, ledger)
+    port = args.serve_port or cfg.serve.port
+    state = State(
+        gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
+        resolve_path(args.registry or cfg.paths.registry), ledger, data_dir, mode,
+        offline=bool(args.data_dir), head_pid=pid,
+    )  # fmt: skip
+    state.save(state_path)
     trained = _train_missing(state, args.profile or cfg.train.profile, replay)
     template, serve, loop = _settings(args, cfg, state, replay)
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
@@ -213,6 +227,10 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     graph_only = {**config, "applications": config["applications"][:1]}
     serve_deploy(graph_only, runs / "serve_deploy.graph.yaml", dashboard)
     wait_http(f"{state.serve_url}/healthz", lambda body: body["ready"] == sorted(markets))
+    if mode == "live":  # the keys reach the loop's process only, never the keeper or the head
+        from trading.loop import start_loop
+
+        start_loop(loop, env=loop_keys(mode))
     serve_deploy(config, runs / "serve_deploy.local.yaml", dashboard)
     wait_http(f"{state.serve_url}/trading/healthz", lambda body: "running" in body)
     retrain = _retrainer(args, cfg, state, replay)
@@ -299,14 +317,20 @@ def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         retrain = ray.get(get_retrainer().status.remote(), timeout=30)
     except ValueError:
         retrain = None
+    models = served_models(state.serve_url)
     keys = ("mode", "running", "phase", "hours_run", "first_hour", "last_hour", "stored_until",
-            "alarm", "arms", "accuracy")  # fmt: skip
-    report = {"ray": ray.cluster_resources(), "serve": apps, "health": health,
-              "loop": {k: loop[k] for k in keys}, "retrain": retrain}  # fmt: skip
+            "alarm", "halted_markets", "arms", "accuracy")  # fmt: skip
+    report = {"ray": ray.cluster_resources(), "serve": apps, "health": health, "models": models,
+              "loop": {k: loop.get(k) for k in keys}, "retrain": retrain}  # fmt: skip
     print(json.dumps(report, indent=1, default=str))
+    for market, model in sorted(models.items()):
+        print(f"model {market}: {model_line(model)}")
     print(f"loop: {loop['activity']}")
     problems = [f"Serve app {n} is {s}" for n, s in apps.items() if s != "RUNNING"]
     problems += [f"loop alarm: {loop['alarm']}"] if loop["alarm"] else []
+    problems += [f"{m} halted: {why}" for m, why in (loop.get("halted_markets") or {}).items()]
+    stale = [f"{m}'s model {v['version']} is stale" for m, v in models.items() if v.get("stale")]
+    problems += stale
     problems += [] if loop["running"] else ["the trading loop is not running"]
     print("healthy" if not problems else "NOT healthy: " + "; ".join(problems))
     return 0 if not problems else 1

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # trading.loop imports Ray, which must not load before prepar
     from trading.loop import LoopSettings
 
 APPS = ("hybrid", "trading")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class UpError(RuntimeError):
@@ -151,7 +152,8 @@ def deploy_config(
 ) -> dict[str, Any]:
     """The deploy config with this machine's HTTP address and these settings as the apps' args
     (dumps: Serve validates them again into the same models). Per-deployment options for a market
-    that is not served are dropped: Serve refuses options for a deployment the app does not have."""
+    that is not served are dropped: Serve refuses options for a deployment the app does not have.
+    Serve listening beyond loopback makes the prediction routes require the bearer token."""
     config = json.loads(json.dumps(template))  # a deep copy
     config["http_options"].update(port=port, host=host)
     apps = {app["name"]: app for app in config["applications"]}
@@ -159,6 +161,9 @@ def deploy_config(
     hybrid["args"] = serve.model_dump(mode="json")
     served = {"Ingress", "SizingNode", *serve.served_markets()}
     hybrid["deployments"] = [d for d in hybrid.get("deployments", []) if d["name"] in served]
+    for deployment in hybrid["deployments"]:
+        if deployment["name"] == "Ingress" and host not in LOOPBACK:
+            deployment.setdefault("user_config", {})["require_token"] = True
     apps["trading"]["args"] = loop.model_dump(mode="json")
     return config
 
@@ -187,3 +192,22 @@ def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
             last = str(exc)
         time.sleep(1)
     raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
+
+
+def served_models(serve_url: str) -> dict[str, dict[str, Any]]:
+    """Serve's /v1/models (each market's version, training window, age, staleness)."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    reply = requests.get(
+        f"{serve_url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    return reply.json()["models"] if reply.status_code == 200 else {}
+
+
+def model_line(model: dict[str, Any]) -> str:
+    if not model.get("version"):
+        return f"no model ({model.get('last_error')})"
+    age = model.get("age_hours")
+    aged = "age not known until its first prediction" if age is None else (
+        f"{age:.0f} h old at {model['age_at']}" + (" STALE" if model["stale"] else "")
+    )  # fmt: skip
+    return f"{model['version']}, trained through {model['trained_through']}, {aged}"

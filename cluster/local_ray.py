@@ -25,6 +25,8 @@ from pathlib import Path
 
 import requests
 
+from trading.upbit_broker import ACCESS_KEY_ENV, SECRET_KEY_ENV
+
 
 class HeadError(RuntimeError):
     """The head did not come up; the message carries the tail of `ray start`'s output."""
@@ -137,6 +139,20 @@ def stop_head_group(pgid: int, port: int, grace_s: float = 10.0) -> bool:
     return True
 
 
+# What no Ray worker may inherit from the head's environment: the exchange keys reach only the
+# trading loop's process, through its runtime environment (`trading.loop.start_loop(env=...)`).
+LOOP_ONLY_ENV = (ACCESS_KEY_ENV, SECRET_KEY_ENV)
+
+
+def head_env(environ: dict[str, str], token: str, extra: dict[str, str] | None = None) -> dict:
+    """The head's environment: this one without the loop-only secrets, with token auth."""
+    kept = {k: v for k, v in environ.items() if k not in LOOP_ONLY_ENV}
+    env = {**kept, **auth_env(token), **(extra or {})}
+    # Job drivers run `python ...` from the head's PATH: make it this environment's Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def start_head(
     num_cpus: int | None,
     *,
@@ -159,9 +175,7 @@ def start_head(
     metrics_port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-head-{port}.log"
-    env = {**os.environ, **auth_env(token), **(extra_env or {})}
-    # Job drivers run `python ...` from the head's PATH: make it this environment's Python.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = head_env(dict(os.environ), token, extra_env)
     command = [
         _ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",

@@ -42,6 +42,12 @@ class ServeConfig(Strict):
     source: SourceConfig = SourceConfig()
     poll_s: float = Field(5.0, gt=0, le=3600)  # how often each replica reads CURRENT
     max_candles: int = Field(5000, ge=1000)  # per request, to bound work per call
+    # A model whose training window (metadata `train_window`) ended longer ago than this, at the
+    # hour it predicts, is served with `stale: true`: the loop opens no position on it. A bundle
+    # is the last walk-forward fold's model, so it starts out one test fold old (quick profile:
+    # ~1,030 h); 2,160 h (90 days) is then about six weeks of failed weekly retraining. The full
+    # profile's folds are longer (~4,400 h on the shared data): raise it for full-profile models.
+    max_model_age_hours: float = Field(2160.0, gt=0)
     sizing_config: str = "configs/sizing.yaml"
     predictor: PredictorDeployment = PredictorDeployment()
 

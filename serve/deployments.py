@@ -3,11 +3,18 @@
 They answer with the contract's types (`serve.schema.ModelView`, `Sizing`) and refuse with its
 exceptions (`Unavailable`, `BadRequest`), which reach the ingress through the DeploymentHandle
 as instances of their own classes. Nothing here places an order.
+
+A model's age is the hours from the end of its training window (`train_window` in its metadata)
+to the hour it predicts; past `max_model_age_hours` it is served with `stale: true` and the loop
+opens no position on it. Measured at the predicted hour, not the wall clock, so a replay of stored
+hours judges a model as it was then; `/v1/models` reports the age at the newest hour the replica
+predicted.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -44,7 +51,18 @@ def build_source(config: SourceConfig) -> CandleSource:
     return CachedSource(upbit, resolve_path(config.cache_dir))
 
 
-@serve.deployment
+def model_age_hours(train_window: Any, hour: datetime) -> float | None:
+    """Hours from the end of the training window to `hour`; None when the window is unknown."""
+    try:
+        end = pd.Timestamp(train_window[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    return (pd.Timestamp(hour) - end) / pd.Timedelta(hours=1)
+
+
+# Bounded: a flood waits in no unbounded queue (Serve answers 503 past max_queued_requests);
+# the deploy config may override both per market.
+@serve.deployment(max_ongoing_requests=8, max_queued_requests=32)
 class HybridPredictor:
     """Serves one market's CURRENT bundle; watches CURRENT so promotions arrive by themselves."""
 
@@ -59,6 +77,7 @@ class HybridPredictor:
         self.predictions, self.version_gauge = prediction_metrics()
         self._published: int | None = None
         self._publish_version()
+        self.last_hour: datetime | None = None  # the newest hour this replica predicted
 
     def _publish_version(self) -> None:
         """Sets the gauge when the served version changed (once per change, not per request)."""
@@ -85,7 +104,13 @@ class HybridPredictor:
         view = predict_candles(loaded.model, self.market, self._candles(rows), self.replica)
         self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
-        return view
+        self.last_hour = view.time
+        return view.model_copy(update=self._age(loaded.model.metadata, view.time))
+
+    def _age(self, metadata: dict[str, Any], hour: datetime) -> dict[str, Any]:
+        age = model_age_hours(metadata.get("train_window"), hour)
+        stale = age is not None and age > self.config.max_model_age_hours
+        return {"model_age_hours": age, "stale": stale}
 
     def reload(self) -> dict[str, Any]:
         changed = self.slot.refresh()
@@ -93,7 +118,18 @@ class HybridPredictor:
         return {**self.status(), "changed": changed}
 
     def status(self) -> dict[str, Any]:
-        return {**self.slot.status(), "replica": self.replica}
+        """The slot's status plus the model's age at the newest hour this replica predicted."""
+        status = {**self.slot.status(), "replica": self.replica}
+        window, hour = status.get("train_window"), self.last_hour
+        age = model_age_hours(window, hour) if window and hour is not None else None
+        return {
+            **status,
+            "trained_through": window[1] if window else None,
+            "age_at": str(hour) if hour is not None else None,
+            "age_hours": age,
+            "stale": age is not None and age > self.config.max_model_age_hours,
+            "max_model_age_hours": self.config.max_model_age_hours,
+        }
 
 
 @serve.deployment

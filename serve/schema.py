@@ -52,6 +52,25 @@ class Unavailable(ServeError):
     status = 503
 
 
+class Busy(ServeError):
+    """More predictions in flight than the ingress takes from anonymous clients, or a deployment's
+    queue is full: try again shortly."""
+
+    status = 503
+
+
+class TooLarge(ServeError):
+    """The request body is over the configured size; refused before it is read or parsed."""
+
+    status = 413
+
+
+class Unauthorized(ServeError):
+    """The prediction routes need the bearer token here (Serve listens beyond loopback)."""
+
+    status = 401
+
+
 def refusal(exc: ServeError) -> tuple[int, str]:
     """(HTTP status, message) of a refusal, raised here or in another deployment."""
     original = getattr(exc, "cause", exc)  # across a DeploymentHandle: RayTaskError(<class>)
@@ -69,10 +88,25 @@ class PredictBody(BaseModel):
 
 
 class PredictAllBody(BaseModel):
+    """`markets` (default: every served one) without repeats; candles and accounts only for the
+    markets asked for. The ingress also refuses a market it does not serve (404)."""
+
     model_config = ConfigDict(extra="forbid")
     markets: list[str] | None = None
     candles: dict[str, list[dict[str, Any]]] | None = None
     accounts: dict[str, AccountState] | None = None
+
+    @model_validator(mode="after")
+    def _one_each(self) -> PredictAllBody:
+        markets = self.markets or []
+        repeated = sorted({m for m in markets if markets.count(m) > 1})
+        if repeated:
+            raise ValueError(f"markets lists {', '.join(repeated)} more than once")
+        if self.markets is not None:
+            extra = sorted({*(self.candles or {}), *(self.accounts or {})} - set(markets))
+            if extra:
+                raise ValueError(f"candles or accounts for markets not asked for: {extra}")
+        return self
 
 
 # -- replies ------------------------------------------------------------------------------------
@@ -116,6 +150,8 @@ class ModelView(BaseModel):
     model_version: str
     volatility: float = Field(ge=0.0)  # std of the last 24 simple hourly returns (sizing's input)
     served_by: str  # the replica that answered
+    model_age_hours: float | None = None  # hours from the end of its training window to `time`
+    stale: bool = False  # older than the predictor's max_model_age_hours: opens no position
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -8,30 +8,37 @@ decision. What differs between them is passed in:
 - the arm's `RatioSource`: `fixed_ratio` (the A/B control arm), `rule_ratio` (the sizing node's
   fractional-Kelly fallback), `served_ratio` (what Serve's sizing node answered: the `llm` arm and
   live trading), or a replay's recorded ratios;
-- the `OrderJournal` an order is written to before it is sent: the ledger in the loop, so a
-  restart looks an order up instead of sending it again; `NO_JOURNAL` in a backtest, which keeps
-  its own per-hour rows and whose paper broker is new every run.
+- the `OrderJournal` an order is written to before it is sent (`trading.execution`): the ledger
+  in the loop, so a restart looks an order up instead of sending it again; `NO_JOURNAL` in a
+  backtest, which keeps its own per-hour rows and whose paper broker is new every run;
+- the `KillSwitch`: a paper arm's own in each market, or one for the whole live account, shared
+  by all its markets (so the switch sees the whole account, once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, TypeVar
 
 import numpy as np
 
-from features.domain import AccountState, Decision, Order, Prediction, drawdown
+from features.domain import AccountState, Decision, Prediction, drawdown
 from serve.schema import Sizing
 from serve.sizing import SizingConfig, SizingRequest, rule_sizing
-from trading.broker import Broker, BrokerBanned, BrokerError, Fill, OrderRejected, OrderState
+from trading.broker import Balance, Broker
 from trading.config import TradingConfig
+from trading.execution import NO_JOURNAL, NOTHING_SENT, Desk, Execution, OrderJournal
 from trading.ledger import Ledger
-from trading.ledger_rows import OrderRecord, OrderStatus
-from trading.paper import PaperBroker, currency_of
+from trading.ledger_rows import OrderRecord
+from trading.paper import KRW, PaperBroker, currency_of
 from trading.risk import RiskGuard
-from trading.step import plan_hour
+from trading.step import plan_hour, protect_hour
+from trading.stops import EntryHigh, follow_high
+
+__all__ = ["NO_JOURNAL", "NOTHING_SENT", "ArmAccount", "Execution", "KillSwitch", "OrderJournal"]
 
 RatioSource = Callable[[Prediction, AccountState, float, Sizing | None], tuple[float, str]]
 """(prediction, account, recent volatility, Serve's sizing if asked) -> (ratio, sizing source)."""
@@ -79,17 +86,42 @@ def arm_source(arm: str, config: TradingConfig, sizing: SizingConfig | None = No
 
 
 # -- what an account knows ---------------------------------------------------------------------
+def book_value(balances: Mapping[str, Balance], prices: Mapping[str, float]) -> tuple[float, float]:
+    """(KRW, coins' value) of everything an exchange account holds, once: free and locked, each
+    coin at its market's close in `prices`; a coin the loop does not trade is valued at its
+    average buy price, the only price the account reply carries."""
+    cash, coins = 0.0, 0.0
+    for currency, held in balances.items():
+        units = held.balance + held.locked
+        if currency == KRW:
+            cash += units
+        elif units > 0:
+            coins += units * (prices.get(f"{KRW}-{currency}") or held.avg_buy_price)
+    return cash, coins
+
+
+def account_equity(balances: Mapping[str, Balance], prices: Mapping[str, float]) -> float:
+    return sum(book_value(balances, prices))
+
+
 def account_state(
-    broker: Broker, market: str, price: float, peak_equity: float | None
+    broker: Broker,
+    market: str,
+    price: float,
+    peak_equity: float | None,
+    prices: Mapping[str, float] | None = None,
 ) -> AccountState:
-    """Cash, this market's position and equity marked at `price`; drawdown from `peak_equity`."""
+    """Free cash, this market's free position and the equity marked at `price` (the other
+    markets at `prices`); drawdown from `peak_equity`. A paper arm's account is its own; a live
+    account is the whole exchange account, so its equity counts every KRW and coin once. Coins
+    locked by an open order are equity but cannot be sold, so they are not the position."""
     if isinstance(broker, PaperBroker):
         return broker.account_state(market, price, peak_equity or None)
     balances = broker.balances()
-    cash = balances["KRW"].balance if "KRW" in balances else 0.0
+    cash = balances[KRW].balance if KRW in balances else 0.0
     coin = balances.get(currency_of(market))
-    position = coin.balance + coin.locked if coin else 0.0
-    equity = cash + position * price
+    position = coin.balance if coin else 0.0
+    equity = account_equity(balances, {**(prices or {}), market: price})
     return AccountState(
         cash=cash,
         position=position,
@@ -99,72 +131,81 @@ def account_state(
     )
 
 
-# -- where orders are recorded ---------------------------------------------------------------
-class OrderJournal(Protocol):
-    """The part of `trading.ledger.Ledger` that execution writes to and reads back."""
-
-    def order(self, identifier: str, arm: str) -> OrderRecord | None: ...
-
-    def record_order_intent(self, order: Order, hour: datetime, arm: str) -> object: ...
-
-    def mark_order(
-        self, identifier: str, arm: str, status: OrderStatus | str, error: str | None = None
-    ) -> object: ...
-
-    def record_fill(self, fill: Fill, arm: str) -> object: ...
+# -- the kill switch ---------------------------------------------------------------------------
+T = TypeVar("T")
 
 
-class _NoJournal:
-    """A backtest's journal: nothing is stored, nothing was sent before."""
+@dataclass
+class KillSwitch:
+    """The kill switch of one exchange account: a paper arm's account in one market, or the one
+    live Upbit account every market trades. Its every change (an hour's observation, a person's
+    switch) happens under one lock and is stored (`store`) before the lock is let go, so a
+    person's switch-off arriving while an hour runs is never overwritten by that hour."""
 
-    def order(self, identifier: str, arm: str) -> OrderRecord | None:
-        return None
+    key: str  # the ledger's risk key: "arm/market" (paper) or "live"
+    guard: RiskGuard
+    store: Callable[[dict[str, Any], str], object] | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
-    def record_order_intent(self, order: Order, hour: datetime, arm: str) -> None:
-        return None
+    def change(self, step: Callable[[RiskGuard], tuple[T, RiskGuard]]) -> T:
+        """Apply `step` to the current guard and keep (and store) what it returns."""
+        with self.lock:
+            result, guard = step(self.guard)
+            if guard is not self.guard:
+                self.guard = guard
+                if self.store is not None:
+                    self.store(guard.to_dict(), self.key)
+            return result
 
-    def mark_order(
-        self, identifier: str, arm: str, status: OrderStatus | str, error: str | None = None
-    ) -> None:
-        return None
-
-    def record_fill(self, fill: Fill, arm: str) -> None:
-        return None
-
-
-NO_JOURNAL: OrderJournal = _NoJournal()
-
-
-@dataclass(frozen=True)
-class Execution:
-    """What became of a decision's order: the fill (None when nothing reached the book or the
-    outcome is not known yet) and a note for the decision's reason ("" when it went through)."""
-
-    fill: Fill | None = None
-    note: str = ""
-
-
-NOTHING_SENT = Execution()
+    def switch(self, enabled: bool, by: str, reason: str, now: datetime) -> None:
+        """A person turns trading off, or back on."""
+        self.change(lambda g: (None, g.reset(by, now) if enabled else g.halt(reason, now)))
 
 
 # -- the account -------------------------------------------------------------------------------
 @dataclass
 class ArmAccount:
-    """One arm's account in one market: its broker, its kill switch and its sizing."""
+    """One arm's account in one market: its broker, its kill switch (shared by every market of
+    one live account) and its sizing; `high` is the position's high since entry."""
 
     arm: str
     market: str
     broker: Broker
-    guard: RiskGuard
+    switch: KillSwitch | RiskGuard  # a bare guard becomes this account's own switch
     sizing: RatioSource
+    high: EntryHigh = field(default_factory=EntryHigh)
+    lookup_s: float = 0.0  # how long an order of unknown outcome is looked up
+
+    def __post_init__(self) -> None:
+        if isinstance(self.switch, RiskGuard):
+            self.switch = KillSwitch(f"{self.arm}/{self.market}", self.switch)
+
+    @property
+    def kill_switch(self) -> KillSwitch:
+        assert isinstance(self.switch, KillSwitch)
+        return self.switch
+
+    @property
+    def guard(self) -> RiskGuard:
+        return self.kill_switch.guard
 
     @property
     def risk_key(self) -> str:
-        return f"{self.arm}/{self.market}"
+        return self.kill_switch.key
 
-    def state(self, price: float) -> AccountState:
-        """The account marked at `price`, drawdown from the kill switch's peak."""
-        return account_state(self.broker, self.market, price, self.guard.peak_equity)
+    @property
+    def desk(self) -> Desk:
+        return Desk(self.arm, self.broker, self.lookup_s)
+
+    def state(self, price: float, prices: Mapping[str, float] | None = None) -> AccountState:
+        """The account marked at `price` (other markets at `prices`), drawdown from the kill
+        switch's peak."""
+        return account_state(self.broker, self.market, price, self.guard.peak_equity, prices)
+
+    def watch(self, state: AccountState, price: float, hour: datetime, missed=()) -> EntryHigh:
+        """Move the high since entry to `hour` (`missed`: closes of hours not seen since)."""
+        self.high = follow_high(self.high, state, price, hour, missed)
+        return self.high
 
     def plan(
         self,
@@ -175,84 +216,76 @@ class ArmAccount:
         volatility: float,
         served: Sizing | None,
         config: TradingConfig,
+        stale: str = "",
     ) -> Decision:
-        """This hour's Decision through `plan_hour`, sized by the arm; the guard moves on."""
+        """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on."""
         ratio, source = self.sizing(prediction, state, volatility, served)
-        decision, self.guard = plan_hour(
-            prediction, ratio, source, state, price, prediction.time, closes, self.guard, config
+        return self.kill_switch.change(
+            lambda guard: plan_hour(
+                prediction,
+                ratio,
+                source,
+                state,
+                price,
+                prediction.time,
+                closes,
+                guard,
+                config,
+                high=self.high.high,
+                stale=stale,
+            )  # fmt: skip
         )
-        return decision
+
+    def protect(
+        self, state: AccountState, price: float, hour: datetime, config: TradingConfig, why: str
+    ) -> Decision | None:
+        """An hour without a usable prediction: the price-only rules (`protect_hour`)."""
+        return self.kill_switch.change(
+            lambda guard: protect_hour(
+                self.market, state, price, hour, guard, config, high=self.high.high, why=why
+            )
+        )
 
     def observe(self, hour: datetime, state: AccountState) -> None:
         """An hour without a decision: the kill switch still sees its equity."""
-        self.guard = self.guard.observe(hour, state.equity)
+        self.kill_switch.change(lambda guard: (None, guard.observe(hour, state.equity)))
 
     def execute(self, decision: Decision, price: float, journal: OrderJournal) -> Execution:
         """Send `decision.order` once: written to the journal first; an identifier the journal
-        already holds is looked up at the broker instead, and a settled one is left alone."""
+        already holds is looked up instead, and a settled one is left alone. A BUY whose switch
+        went off after it was planned is not sent."""
         order = decision.order
         if order is None:
             return NOTHING_SENT
         record = journal.order(order.identifier, self.arm)
         if record is not None and record.is_final:
             return NOTHING_SENT
-        if record is None:
-            journal.record_order_intent(order, decision.time, self.arm)
-        else:
-            known = self.broker.lookup(order.identifier)
-            if known is not None:
-                return self._settle(order, known, journal)
-        return self._send(order, price, journal)
+        if record is not None:
+            return self.desk.resume(record, price, journal)
+        if not self.guard.allows(order.side):
+            return Execution(None, f"; not sent: trading was switched off ({self.guard.reason})")
+        journal.record_order_intent(order, decision.time, self.arm)
+        return self.desk.send(order, price, journal)
 
-    def reconcile(self, record: OrderRecord, hour: datetime, journal: OrderJournal) -> None:
-        """Settle an order whose outcome the journal does not know (a crash, a lost reply, a
-        wait). One the broker never saw is sent by this hour's run if it belongs to this hour; an
-        older one is abandoned, since its price is gone."""
-        fill = self.broker.lookup(record.identifier)
-        if fill is None:
-            if record.hour != hour:
-                reason = "never reached the broker; its hour passed"
-                journal.mark_order(record.identifier, self.arm, "rejected", reason)
-            return
-        self._settle(record.to_order(), fill, journal)
-
-    def _send(self, order: Order, price: float, journal: OrderJournal) -> Execution:
-        try:
-            fill = self.broker.place(order, price)
-        except OrderRejected as exc:
-            journal.mark_order(order.identifier, self.arm, "rejected", str(exc))
-            refused = Fill(order.identifier, order.market, order.side, OrderState.REJECTED, 0, 0, 0)
-            return Execution(refused, f"; rejected: {exc}")
-        except BrokerBanned:
-            raise
-        except BrokerError as exc:
-            journal.mark_order(order.identifier, self.arm, "unknown", str(exc))
-            return Execution(None, f"; outcome unknown: {exc}")
-        return self._settle(order, fill, journal)
-
-    def _settle(self, order: Order, fill: Fill, journal: OrderJournal) -> Execution:
-        if fill.state is OrderState.REJECTED:
-            journal.mark_order(order.identifier, self.arm, "rejected", "refused by the broker")
-            return Execution(fill, "; rejected by the broker")
-        if fill.state is OrderState.WAIT:
-            journal.mark_order(order.identifier, self.arm, "sent")
-            return Execution(None, "; accepted, not filled yet")
-        journal.record_fill(fill, self.arm)
-        return Execution(fill)
+    def reconcile(self, record: OrderRecord, hour: datetime, journal: OrderJournal) -> Execution:
+        """Settle an order whose outcome the journal does not know (`Desk.reconcile`)."""
+        return self.desk.reconcile(record, hour, journal)
 
 
 def loop_accounts(
     config: TradingConfig, markets: list[str], ledger: Ledger, mode: str, upbit_url: str
 ) -> dict[tuple[str, str], ArmAccount]:
     """The loop's accounts by (arm, market). Paper: each A/B arm's paper account per market,
-    rebuilt from the ledger's fills. Live: one Upbit account (keys from the environment) for
-    every market, sized by Serve. Kill switches come back from the ledger's last risk state."""
+    rebuilt from the ledger's fills, each with its own kill switch. Live: one Upbit account (keys
+    from the environment) and one kill switch for every market, sized by Serve. Kill switches
+    come back from the ledger's last risk state, highs since entry from the ledger too."""
     arms = list(config.ab.arms) if mode == "paper" else ["live"]
-    live = None
+    live, shared = None, None
     if mode == "live":
         from trading.upbit_broker import UpbitBroker
 
         live = UpbitBroker.from_env(base_url=upbit_url)
+        shared = _switch(LIVE_ACCOUNT, ledger, config)
     accounts = {}
     for arm in arms:
         for market in markets:
@@ -261,13 +294,21 @@ def loop_accounts(
                 config.paper.slippage_bps,
                 ledger.fills(arm=arm, market=market),
             )
-            stored = ledger.risk_state(f"{arm}/{market}")
-            guard = (
-                RiskGuard.from_dict(stored, config.risk)
-                if stored
-                else RiskGuard.from_config(config.risk)
-            )
+            switch = shared or _switch(f"{arm}/{market}", ledger, config)
+            high = EntryHigh.from_dict(ledger.highs.get(arm, market))
             accounts[(arm, market)] = ArmAccount(
-                arm, market, broker, guard, arm_source(arm, config)
-            )
+                arm, market, broker, switch, arm_source(arm, config), high,
+                config.loop.order_lookup_s,
+            )  # fmt: skip
     return accounts
+
+
+LIVE_ACCOUNT = "live"  # the live account's one risk key: every market trades the same account
+
+
+def _switch(key: str, ledger: Ledger, config: TradingConfig) -> KillSwitch:
+    stored = ledger.risk_state(key)
+    guard = (
+        RiskGuard.from_dict(stored, config.risk) if stored else RiskGuard.from_config(config.risk)
+    )
+    return KillSwitch(key, guard, ledger.set_risk_state)

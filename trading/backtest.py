@@ -3,8 +3,8 @@
 Each market's hours and predictions come from `trading.predictions` (walk-forward test hours and
 the bundle after its training window, never an hour a model trained on). Hours before the first
 prediction only warm up the risk inputs; hours after it without a prediction (a repaired gap, a
-window broken by a gap) send nothing, but equity is still marked and the kill switch still
-observes it.
+window broken by a gap) go through `protect_hour` as the loop's hours without a model do: the
+kill switch observes the equity and the price-only stops still sell a held position.
 
 Accounts: each (market, arm) pair is its own `trading.account.ArmAccount` over a PaperBroker of
 `paper.initial_krw` with its own kill switch, so markets and arms never share cash and each result
@@ -123,14 +123,16 @@ def replay(hours: MarketHours, arm: str, sizing: RatioSource, config: TradingCon
     for i in range(hours.start, len(prices)):
         price, hour = prices[i], wall[i]
         state = account.state(price)
+        account.watch(state, price, hour)  # every hour is seen: nothing missed to fold in
         decision, done = None, NOTHING_SENT
         if hours.source[i]:
             prediction = Prediction(market, hour, tuple(probas[i]), hours.model_version[i])
             window = close[max(0, i - baseline) : i + 1]
             decision = account.plan(prediction, state, price, window, volatility[i], None, config)
+        else:  # the price-only rules still protect a held position, as in the loop
+            decision = account.protect(state, price, hour, config, NO_PREDICTION)
+        if decision is not None:
             done = account.execute(decision, price, NO_JOURNAL)
-        else:
-            account.observe(hour, state)
         if done.fill is not None:
             state = account.state(price)
         rows.append(_record(decision, done, state))

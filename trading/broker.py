@@ -69,6 +69,12 @@ class BrokerBanned(BrokerError):
 
 
 class Broker(Protocol):
+    # True when the exchange keeps orders beyond this process (Upbit): an order the ledger sent
+    # but cannot find again may still exist, so it is never resent. False for the paper broker,
+    # whose book is this process's memory (rebuilt from the ledger's fills): an order it lost
+    # died with the process.
+    durable: bool
+
     def place(self, order: Order, reference_price: float) -> Fill:
         """Send a market order; `reference_price` is the candle close (the paper fill price)."""
         ...

@@ -27,6 +27,7 @@ import pandas as pd
 from features.domain import Decision, Order, Signal, drawdown
 from features.exchange import now_kst
 from trading.broker import Fill, order_identifier
+from trading.ledger_books import BalanceSnapshots, EntryHighs, LoopLease, MarketHalts
 from trading.ledger_db import LedgerFile, filters, get_row, insert_once
 from trading.ledger_rows import (
     DEFAULT_ARM,
@@ -81,6 +82,11 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = LedgerFile(self.path)
+        # The money-safety books (trading.ledger_books), on the same connection.
+        self.lease = LoopLease(self._file)
+        self.halts = MarketHalts(self._file)
+        self.snapshots = BalanceSnapshots(self._file)
+        self.highs = EntryHighs(self._file)
 
     def close(self) -> None:
         self._file.close()
@@ -300,7 +306,8 @@ class Ledger:
     def realised_accuracy(
         self, market: str, window: int, arm: str = DEFAULT_ARM, horizon: int | None = None
     ) -> RealisedAccuracy:
-        """Score the last `window` decisions whose outcome is known (horizon: the newest one's)."""
+        """Score the last `window` model decisions whose outcome is known (horizon: the newest
+        one's); a protective sell made without a model (model_version '') is no prediction."""
         if horizon is None:
             newest = self._file.read(
                 "SELECT horizon FROM outcomes WHERE market = ? ORDER BY time DESC LIMIT 1",
@@ -310,7 +317,8 @@ class Ledger:
         rows = self._file.read(
             "SELECT d.signal, o.label FROM decisions d JOIN outcomes o "
             "ON o.market = d.market AND o.time = d.time AND o.horizon = ? "
-            "WHERE d.market = ? AND d.arm = ? ORDER BY d.time DESC LIMIT ?",
+            "WHERE d.market = ? AND d.arm = ? AND d.model_version <> '' "
+            "ORDER BY d.time DESC LIMIT ?",
             (horizon, market, arm, window),
         )
         return RealisedAccuracy.score(

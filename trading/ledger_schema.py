@@ -83,10 +83,31 @@ def _run_all(statements: tuple[str, ...]) -> Callable[[sqlite3.Connection], None
 # under schema 1 keep their identifiers (`...|0`), and are read and looked up by them as before.
 _V2 = ("ALTER TABLE orders DROP COLUMN attempt",)
 
+# Schema 3 (money safety): the loop's lease on the file (one loop per ledger, across clusters),
+# market halts a person acknowledges, the exchange balances the loop last saw (what a restart
+# reconciles against), and each position's high since entry (the trailing stop's memory).
+_V3 = (
+    """CREATE TABLE loop_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, mode TEXT NOT NULL,
+        acquired_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL, expires_at TEXT NOT NULL)""",
+    """CREATE TABLE halts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, market TEXT NOT NULL,
+        reason TEXT NOT NULL CHECK (reason <> ''), raised_at TEXT NOT NULL,
+        acked_by TEXT, acked_at TEXT)""",
+    "CREATE INDEX halts_open ON halts (market) WHERE acked_at IS NULL",
+    """CREATE TABLE balance_snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, balances TEXT NOT NULL,
+        fills_seen INTEGER NOT NULL, note TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+    """CREATE TABLE entry_highs (
+        arm TEXT NOT NULL, market TEXT NOT NULL, high REAL NOT NULL CHECK (high >= 0),
+        seen TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (arm, market))""",
+)
+
 # version -> step from version-1; each runs in one transaction together with its version row.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _run_all(_V1),
     2: _run_all(_V2),
+    3: _run_all(_V3),
 }
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "

@@ -1,17 +1,25 @@
 """`TradingLoop`: the named, detached Ray actor that trades every hour.
 
 A restarted actor does not resume the call that was in flight, so the schedule lives in a thread
-the constructor starts: on every (re)start it rebuilds the paper accounts from the ledger's fills,
-the kill switches from the ledger's risk events, re-runs the newest closed hour (idempotent: the
-ledger's decisions are reused and sent orders looked up, never re-sent), then waits for each next
-hour. The clock is injectable: on the accelerated clock (the first run's replay of held-out stored
-hours, and the tests) an hour passes in seconds and no hour is skipped, and offline, once the stored
-candles end, the loop says it has caught up and waits instead of recording hours it cannot trade.
+the constructor starts: on every (re)start it takes the ledger's lease (one loop per ledger, across
+clusters: a second loop refuses, naming the holder; a restarted actor keeps its id, so its name,
+and takes its own lease back), rebuilds the paper accounts from the ledger's fills, the kill
+switches from the ledger's risk events, reconciles a live account with the exchange
+(`trading.reconcile`), re-runs the newest closed hour (idempotent: the ledger's decisions are
+reused and sent orders looked up, never re-sent), then waits for each next hour. A heartbeat
+thread renews the lease; a loop that loses it stops with an alarm.
+
+The clock is injectable: on the accelerated clock (the first run's replay of held-out stored
+hours, and the tests) an hour passes in seconds and no hour is skipped, and offline, once the
+stored candles end, the loop says it has caught up and waits instead of recording hours it cannot
+trade. Only the wall clock holds orders to `loop.max_order_delay_s` after the candle closed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
@@ -32,8 +40,9 @@ from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour
 from trading.config import LedgerConfig, TradingConfig, load_trading_config
 from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
+from trading.ledger_books import LeaseHeld, LeaseLost
 from trading.monitor import LoopMetrics, summary
-from trading.serve_client import ServeClient
+from trading.serve_client import Predictor, ServeClient, admin_token
 
 log = logging.getLogger(__name__)
 LOOP_NAME = "TradingLoop"
@@ -84,16 +93,53 @@ def make_clock(settings: ClockSettings) -> Clock:
     return AcceleratedClock(start, settings.speed, settings.anchor or time.time())
 
 
-class LoopCore:
-    """The loop without Ray: builds the trader, runs the schedule, answers status."""
+class LoopRefused(RuntimeError):
+    """This loop may not start: another loop holds its ledger (the message names it)."""
 
-    def __init__(self, settings: LoopSettings) -> None:
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:pid{os.getpid()}"
+
+
+class LoopCore:
+    """The loop without Ray: takes the ledger's lease, builds the trader, runs the schedule,
+    answers status. `holder` names this loop in the lease (the actor passes its Ray actor id,
+    which a restart keeps); `predictor` replaces the HTTP client to Serve (tests)."""
+
+    def __init__(
+        self, settings: LoopSettings, holder: str | None = None, predictor: Predictor | None = None
+    ) -> None:
         self.settings = settings
         self.config = settings.trading()
         features = load_features_config(resolve_path(settings.features_config))
         self.markets = self.config.loop.markets or features.markets
         self.ledger = Ledger(self.config.ledger.resolve_path())
+        self.holder = holder or default_holder()
+        try:
+            self.ledger.lease.acquire(self.holder, settings.mode, self.config.loop.lease_ttl_s)
+        except LeaseHeld as exc:
+            self.ledger.close()
+            raise LoopRefused(str(exc)) from exc
+        try:
+            self.trader = self._trader(features, predictor)
+        except BaseException:
+            self.ledger.lease.release(self.holder)
+            raise
         self.clock = make_clock(settings.clock)
+        if not isinstance(self.clock, AcceleratedClock):  # a replay of stored hours is never late
+            self.trader.now = self.clock.now
+        self.hours_run = 0
+        self.first_hour: pd.Timestamp | None = None
+        self.last_hour: pd.Timestamp | None = None
+        self.stored_until: pd.Timestamp | None = None  # offline: the newest stored candle
+        self.caught_up = False
+        self.errors: list[str] = []
+        self.alarm: str | None = None
+        self.stop_event = threading.Event()
+        threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
+
+    def _trader(self, features, predictor: Predictor | None) -> HourlyTrader:
+        settings = self.settings
         source = (
             ParquetDirSource(resolve_path(settings.data_dir))
             if settings.data_dir
@@ -103,18 +149,30 @@ class LoopCore:
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
         labels = Labels(features.labels.horizon_hours, features.labels.threshold)
-        self.trader = HourlyTrader(
-            self.config, self.markets, self.ledger, source, ServeClient(settings.serve_url),
-            accounts, labels,
-        )  # fmt: skip
-        self.hours_run = 0
-        self.first_hour: pd.Timestamp | None = None
-        self.last_hour: pd.Timestamp | None = None
-        self.stored_until: pd.Timestamp | None = None  # offline: the newest stored candle
-        self.caught_up = False
-        self.errors: list[str] = []
-        self.alarm: str | None = None
-        self.stop_event = threading.Event()
+        predictor = predictor or ServeClient(settings.serve_url, token=admin_token())
+        return HourlyTrader(
+            self.config, self.markets, self.ledger, source, predictor, accounts, labels
+        )
+
+    def _heartbeat(self) -> None:
+        """Renew the ledger's lease every quarter of its life; a lost lease stops the loop."""
+        ttl = self.config.loop.lease_ttl_s
+        while not self.stop_event.wait(ttl / 4):
+            try:
+                self.ledger.lease.renew(self.holder, ttl)
+            except LeaseLost as exc:
+                self.alarm = f"lost the ledger's lease ({exc}); the loop stopped"
+                log.critical(self.alarm)
+                self.stop_event.set()
+            except Exception:  # noqa: BLE001 - a busy ledger: try again at the next beat
+                log.exception("renewing the ledger's lease failed")
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop), so another loop may start at once."""
+        try:
+            self.ledger.lease.release(self.holder)
+        except Exception:  # noqa: BLE001 - it expires by itself anyway
+            log.exception("releasing the ledger's lease failed")
 
     def run_hour(self, hour: pd.Timestamp) -> None:
         try:
@@ -237,6 +295,12 @@ class LoopCore:
     def _replay_known(self) -> bool:
         return self.stored_until is not None and self.last_hour is not None
 
+    def halted_markets(self) -> dict[str, str]:
+        return {
+            market: "; ".join(h.reason for h in halts)
+            for market, halts in self.ledger.halts.open().items()
+        }
+
     def status(self) -> dict[str, Any]:
         arms = sorted({arm for arm, _ in self.trader.accounts})
         report = summary(
@@ -257,16 +321,20 @@ class LoopCore:
             "clock": str(self.clock.now().floor("s")),
             "errors": self.errors,
             "alarm": self.alarm,
+            "halted_markets": self.halted_markets(),
+            "holder": self.holder,
             "ledger": str(self.config.ledger.resolve_path()),
         }
 
     def set_trading(self, enabled: bool, by: str, reason: str) -> dict[str, Any]:
-        """A person switches every account's kill switch off or back on."""
-        now = self.clock.now().to_pydatetime()
-        for account in self.trader.accounts.values():
-            guard = account.guard.reset(by, now) if enabled else account.guard.halt(reason, now)
-            account.guard = guard
-            self.ledger.set_risk_state(guard.to_dict(), account.risk_key)
+        """A person switches every account's kill switch off or back on: each switch changes
+        under its lock, so an hour running meanwhile never overwrites it."""
+        if enabled and not by.strip():
+            raise ValueError("switching trading on needs the name of the person (by)")
+        now = self.clock.now().floor("s").to_pydatetime()
+        switches = {id(a.kill_switch): a.kill_switch for a in self.trader.accounts.values()}
+        for switch in switches.values():
+            switch.switch(enabled, by, reason, now)
         return {"trading_enabled": enabled, "by": by}
 
 
@@ -274,7 +342,9 @@ class LoopCore:
 class TradingLoop:
     def __init__(self, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.core = LoopCore(LoopSettings.model_validate(settings))
+        actor = ray.get_runtime_context().get_actor_id()  # kept across restarts: the same holder
+        holder = f"TradingLoop {actor} on {socket.gethostname()}"
+        self.core = LoopCore(LoopSettings.model_validate(settings), holder)
         self.metrics = LoopMetrics()
         self.core.trader.on_hour = lambda trader, hour: self._publish()
         self.thread = threading.Thread(target=self.core.schedule, name="hourly", daemon=True)
@@ -293,9 +363,11 @@ class TradingLoop:
         return self.core.set_trading(enabled, by, reason)
 
     def stop(self) -> dict[str, Any]:
-        """Finish the hour in progress, then stop; the ledger stays as it is."""
+        """Finish the hour in progress, then stop and give the ledger's lease up; the ledger
+        stays as it is."""
         self.core.stop_event.set()
         self.thread.join(timeout=120)
+        self.core.release()
         return self.core.status()
 
 

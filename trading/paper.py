@@ -45,6 +45,8 @@ def currency_of(market: str) -> str:
 class PaperBroker:
     """The Broker protocol over simulated balances; not thread-safe (one loop owns it)."""
 
+    durable = False  # its book lives in this process: an order it never filled died with it
+
     def __init__(
         self, initial_krw: float, slippage_bps: float = 0.0, fills: Iterable[Fill] = ()
     ) -> None:

@@ -4,7 +4,9 @@ Live and backtest share `plan_hour` and `trading.account.ArmAccount`, but sharin
 proof. A replay recomputes every recorded hour from the candles and the registry (features, the
 recorded model version's prediction as Serve computes it, the policy, risk and a PaperBroker),
 reusing only the recorded sizing ratios (an LLM is not deterministic), and lists every
-probability, decision, order size or fill that differs.
+probability, decision, order size or fill that differs. An hour the loop decided without a model
+(a protective sell, model version '') has no prediction to recompute: the backtester runs the
+same price-only rules there, and its order is compared.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trading.backtest import replay
 from trading.config import TradingConfig
 from trading.ledger import Ledger
 from trading.predictions import PROBA_COLUMNS, market_hours
+from trading.step import NO_MODEL
 from train.registry import ModelRegistry
 
 PROBA_ATOL = 1e-6
@@ -71,7 +74,8 @@ def predictions(
         proba = view.probabilities.as_tuple()
         rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, proba, strict=True)),
                      "source": "replay", "model_version": version})  # fmt: skip
-    return pd.DataFrame(rows).set_index("time")
+    columns = ["time", *PROBA_COLUMNS, "source", "model_version"]
+    return pd.DataFrame(rows, columns=columns).set_index("time")
 
 
 def _close(a: float, b: float, atol: float = 0.0) -> bool:
@@ -85,7 +89,7 @@ def compare_hour(live: Any, again: Any, fills: dict[str, Any]) -> list[Differenc
     def differ(name: str, a: Any, b: Any) -> None:
         out.append(Difference(str(live.time), live.market, live.arm, name, a, b))
 
-    for column in PROBA_COLUMNS:
+    for column in PROBA_COLUMNS if live.model_version != NO_MODEL else ():
         if not _close(float(getattr(live, column)), float(getattr(again, column)), PROBA_ATOL):
             differ(column, getattr(live, column), getattr(again, column))
     if Signal(int(live.signal)).name != again.signal:
@@ -116,14 +120,18 @@ def replay_ledger(
         for market, recorded in decisions.groupby("market"):
             last = recorded["time"].max()
             candles = source.history(market, end=last)
-            proba = predictions(candles, market, recorded, registry, Path(tmp))
+            modelled = recorded[recorded["model_version"] != NO_MODEL]
+            if modelled.empty:  # only protective sells: no model hour to start the replay at
+                continue
+            proba = predictions(candles, market, modelled, registry, Path(tmp))
             hours = market_hours(market, candles.index, candles["close"].to_numpy(), proba)
             for arm, live_rows in recorded.groupby("arm"):
                 run = replay(hours, str(arm), recorded_ratios(live_rows), config)
                 again = run.records.set_index("time")
                 fills = {f.identifier: f for f in ledger.fills(arm=str(arm), market=market)}
                 for live in live_rows.itertuples():
-                    differences += compare_hour(live, again.loc[live.time], fills)
+                    if live.time in again.index:  # hours before the first model hour: not run
+                        differences += compare_hour(live, again.loc[live.time], fills)
     return differences, len(decisions)
 
 

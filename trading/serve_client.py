@@ -8,6 +8,7 @@ must be about the market and the hour that were asked for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -16,7 +17,13 @@ import requests
 from pydantic import ValidationError
 
 from features.domain import AccountState
+from serve.admin import ADMIN_TOKEN_ENV
 from serve.schema import PredictionReply
+
+
+def admin_token() -> str | None:
+    """The bearer token the loop shows Serve (the secret lookup: the environment only)."""
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
 class ServeUnavailable(RuntimeError):
@@ -49,10 +56,16 @@ def checked_reply(reply: PredictionReply, market: str, hour: pd.Timestamp) -> Pr
 
 
 class ServeClient:
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    """`token`: the admin bearer token. Serve asks for it on the prediction routes when it
+    listens beyond loopback, and a request that carries it is not counted against the share of
+    predictions anonymous clients may hold in flight, so a flood does not starve the loop."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
         body = {"candles": candle_rows(candles), "account": asdict(account)}

@@ -68,6 +68,8 @@ ACCESS_KEY_ENV = "UPBIT_ACCESS_KEY"
 SECRET_KEY_ENV = "UPBIT_SECRET_KEY"
 ORDERS_PATH = "/v1/orders"
 ORDER_PATH = "/v1/order"
+OPEN_ORDERS_PATH = "/v1/orders/open"
+OPEN_ORDERS_PAGE = 100  # Upbit's largest page of open orders
 JSON_UTF8 = "application/json; charset=utf-8"
 VOLUME_STEP = Decimal("0.00000001")  # Upbit takes coin volumes to 8 decimal places
 ORDER_NOT_FOUND = "order_not_found"
@@ -149,6 +151,8 @@ class UpbitBroker:
     (market orders fill within moments); after it, the Fill comes back with state WAIT.
     """
 
+    durable = True  # Upbit keeps every order: one the loop cannot find may still exist
+
     def __init__(
         self,
         access_key: str,
@@ -221,6 +225,24 @@ class UpbitBroker:
                 return None
             raise self._broker_error(f"lookup({identifier})", exc) from exc
         return self._read(f"lookup({identifier})", fill_from_order, payload, identifier)
+
+    def open_orders(self) -> list[Fill]:
+        """Every order still waiting at Upbit (`GET /v1/orders/open`, state wait, all markets),
+        page by page; what a restart reconciles against the ledger."""
+        found: list[Fill] = []
+        for page in range(1, 1000):
+            params = {"state": "wait", "page": str(page), "limit": str(OPEN_ORDERS_PAGE)}
+            try:
+                rows = self._signed("GET", OPEN_ORDERS_PATH, params=params).json()
+            except UpbitError as exc:
+                raise self._broker_error("open_orders", exc) from exc
+            if not isinstance(rows, list):
+                reason = f"UpbitBroker.open_orders: a list was expected, got {rows!r:.160}"
+                raise BrokerError(self._clean(reason))
+            found += [self._read("open_orders", fill_from_order, row) for row in rows]
+            if len(rows) < OPEN_ORDERS_PAGE:
+                break
+        return found
 
     def place(self, order: Order, reference_price: float) -> Fill:
         """Send a market order and return its Fill; `reference_price` (the paper fill price) is

@@ -7,6 +7,7 @@ fragment only; a second `up` starts nothing twice; `down` leaves the ledger and 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,10 @@ def test_status_reports_healthy_and_caught_up(local) -> None:
     done = cluster("--set", local["state"], "status", timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert '"hybrid": "RUNNING"' in done.stdout and '"phase": "caught_up"' in done.stdout
+    for market in MARKETS:  # each model's age, measured at the newest hour it predicted
+        line = re.search(rf"^model {market}: v0001, trained through (\S+ \S+|\S+), (\d+) h old",
+                         done.stdout, re.MULTILINE)  # fmt: skip
+        assert line and 0 < int(line.group(2)) < 2160, done.stdout[-3000:]  # not stale
     assert done.stdout.rstrip().endswith("healthy")
 
 
@@ -187,6 +192,7 @@ def test_status_page_over_http_and_in_a_browser(local, tmp_path) -> None:
     assert ":ERROR:CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
     assert "<td>llm</td>" in dom.stdout and "KRW-NEW" in dom.stdout, dom.stdout[-2000:]
     assert "caught up with the stored candles" in dom.stdout
+    assert "<th>trained through</th>" in dom.stdout and "<td>v0001</td>" in dom.stdout
     subprocess.run([*common, "--window-size=900,1100", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     assert shot.stat().st_size > 10_000

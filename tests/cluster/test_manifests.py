@@ -264,7 +264,14 @@ def test_hybrid_app_is_the_local_deploy_config_with_cluster_settings():
 
     expected = local_apps()["hybrid"]
     hybrid = apps()["hybrid"]
-    assert hybrid["deployments"] == expected["deployments"]
+    # The same deployments and bounds; only the cluster (on 0.0.0.0) requires the bearer token.
+    (ingress,) = [d for d in hybrid["deployments"] if d["name"] == "Ingress"]
+    assert ingress["user_config"]["require_token"] is True
+    local = copy.deepcopy(expected["deployments"])
+    for deployment in local:
+        if deployment["name"] == "Ingress":
+            deployment["user_config"]["require_token"] = True
+    assert hybrid["deployments"] == local
     config = ServeConfig.model_validate(hybrid["args"])  # as Serve validates the builder's args
     assert config.registry_root().startswith("s3://")  # every replica reads the same models
     assert config.source.kind == "upbit"  # no candle files in the image

@@ -163,7 +163,8 @@ def test_a_crash_triggers_the_emergency_stop_loss() -> None:
 
 def test_the_kill_switch_stops_buys_after_a_drawdown() -> None:
     times, close = _series(np.full(48, -0.03))
-    config = load_trading_config(overrides=["risk.emergency.enabled=false"])
+    price_rules_off = ["risk.stops.stop_loss=null", "risk.stops.trailing_stop=null"]
+    config = load_trading_config(overrides=["risk.emergency.enabled=false", *price_rules_off])
     hours = market_hours(
         MARKET, times, close, _predictions(times, np.tile([0.1, 0.2, 0.7], (49, 1)))
     )

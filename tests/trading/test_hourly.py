@@ -13,7 +13,7 @@ from features import indicators
 from features.domain import AccountState, Signal
 from features.sources import ParquetDirSource
 from serve.predict import predict_candles
-from serve.schema import PredictionReply, Probabilities, ServeError, Sizing, refusal
+from serve.schema import PredictionReply, ServeError, Sizing, refusal
 from serve.sizing import SizingConfig, SizingRequest, rule_sizing
 from trading.account import ArmAccount, arm_source
 from trading.config import load_trading_config
@@ -25,30 +25,10 @@ from trading.serve_client import ServeClient, ServeUnavailable
 from trading.upbit_broker import UpbitBroker
 from train.bundle import HybridModel, load_bundle
 
+from standins.signals import FixedSignal
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 
 MARKET = "KRW-BTC"
-
-
-class FixedSignal:
-    """A Predictor adapter that always answers with the same probabilities and LLM ratio."""
-
-    def __init__(self, probabilities=(0.1, 0.2, 0.7), ratio: float = 0.6) -> None:
-        self.probabilities = probabilities
-        self.ratio = ratio
-        self.calls = 0
-
-    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
-        self.calls += 1
-        return PredictionReply(
-            market=market,
-            time=candles.index[-1],
-            probabilities=Probabilities.of(self.probabilities),
-            model_version="v0001",
-            volatility=0.01,
-            served_by="test",
-            sizing=Sizing(ratio=self.ratio, source="llm-agree", reason="test"),
-        )
 
 
 class InProcessServe:
@@ -203,3 +183,15 @@ def test_a_longer_warm_up_still_trades(
     assert (frame["kind"] == "decision").all(), frame["reason"].tolist()
     assert len(frame) == 2 * len(hours) and set(frame["time"]) == set(hours)
     assert set(frame["model_version"]) == {load_bundle(smoke_bundle).version}
+
+
+def test_a_stale_model_opens_no_position_and_the_ledger_says_why(ohlcv_dir, tmp_path, hour):
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        stale = FixedSignal(stale=True)  # BUY, from a model 900 h past its training window
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), stale, paper_accounts(cfg)).run_hour(hour)
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "decision").all() and frame["order_side"].isna().all()
+        assert frame["reason"].str.contains("model v0001 is stale").all()
+        assert frame["reason"].str.contains("BUY not sent").all()
+        assert ledger.orders() == []
