@@ -10,18 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pandas as pd
 from ray import serve
 
-from features import indicators
-from features.config import resolve_path
 from features.domain import AccountState, Signal
-from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
-from features.upbit_http import UpbitError
-from serve.config import ServeConfig, SourceConfig
+from serve.candle_feed import CandleFeed
+from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
 from serve.model_slot import ModelSlot
-from serve.predict import candles_from_rows, predict_candles, warm_up
+from serve.predict import RequestCandles, predict_candles, warm_up
 from serve.schema import BadRequest, ModelView, Sizing, Unavailable
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
 from train.registry import ModelRegistry
@@ -36,14 +32,6 @@ def replica_id() -> str:
         return "local"
 
 
-def build_source(config: SourceConfig) -> CandleSource:
-    """Where a predictor reads candles when a request carries none."""
-    if config.kind == "parquet":
-        return ParquetDirSource(resolve_path(config.data_dir))
-    upbit = UpbitSource(config.upbit_base_url, timeout=config.timeout_s)
-    return CachedSource(upbit, resolve_path(config.cache_dir))
-
-
 @serve.deployment
 class HybridPredictor:
     """Serves one market's CURRENT bundle; watches CURRENT so promotions arrive by themselves."""
@@ -54,7 +42,7 @@ class HybridPredictor:
         warm_up()
         registry = ModelRegistry(self.config.registry_root())
         self.slot = ModelSlot(market, registry, self.config.poll_s).start()
-        self.source: CandleSource | None = None
+        self.feed = CandleFeed(self.config)
         self.replica = replica_id()
         self.predictions, self.version_gauge = prediction_metrics()
         self._published: int | None = None
@@ -68,21 +56,12 @@ class HybridPredictor:
             self.version_gauge.set(number, tags={"market": self.market})
             self._published = number
 
-    def _candles(self, rows: list[dict[str, Any]] | None) -> pd.DataFrame:
-        if rows is not None:
-            return candles_from_rows(rows, self.config.max_candles)
-        if self.source is None:
-            self.source = build_source(self.config.source)
-        try:
-            return self.source.latest(self.market, indicators.CANDLES_FOR_SERVING)
-        except (UpbitError, OSError, LookupError) as exc:
-            raise Unavailable(f"{self.market}: candles unavailable: {exc}") from exc
-
-    async def predict(self, rows: list[dict[str, Any]] | None = None) -> ModelView:
+    async def predict(self, rows: RequestCandles = None) -> ModelView:
         loaded = self.slot.loaded
         if loaded is None:
             raise Unavailable(self.slot.status()["last_error"] or f"no model for {self.market}")
-        view = predict_candles(loaded.model, self.market, self._candles(rows), self.replica)
+        candles = self.feed.candles(self.market, rows)
+        view = predict_candles(loaded.model, self.market, candles, self.replica)
         self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
         return view
