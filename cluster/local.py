@@ -149,10 +149,11 @@ def app_args(model: type[BaseModel], config: dict[str, Any], app: str, path: Pat
 def deploy_config(
     template: dict[str, Any], serve: ServeConfig, loop: LoopSettings, port: int, host: str
 ) -> dict[str, Any]:
-    """The deploy config with this machine's HTTP address and these settings as the apps' args (dumps:
-    Serve validates them again into the same models). Per-deployment options for a deployment the
-    graph does not have (a market not served; every market in multiplexed mode, whose predictor is
-    the one pool) are dropped: Serve refuses options for a deployment the app does not have."""
+    """The deploy config with this machine's HTTP address and these settings as the apps' args
+    (dumps: Serve validates them again into the same models). Per-deployment options for a
+    deployment the graph does not have (a market not served; every market in multiplexed mode,
+    whose predictor is the one pool) are dropped: Serve refuses options for a deployment the app
+    does not have."""
     config = json.loads(json.dumps(template))  # a deep copy
     config["http_options"].update(port=port, host=host)
     apps = {app["name"]: app for app in config["applications"]}

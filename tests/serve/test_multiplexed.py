@@ -61,6 +61,12 @@ def rule_sizing(path: Path) -> Path:
     return path
 
 
+def register(registry: ModelRegistry, market: str, bundle: Path, temperature: float) -> str:
+    """The smoke bundle as `market`'s next version, with its own calibration temperature."""
+    metadata = {"market": market, "temperature": temperature}
+    return registry.register(market, bundle, metadata=metadata)
+
+
 @pytest.fixture(scope="module")
 def mux(ray_local, ray_head, smoke_bundle, ohlcv_dir, serve_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("mux")
@@ -69,7 +75,7 @@ def mux(ray_local, ray_head, smoke_bundle, ohlcv_dir, serve_port, tmp_path_facto
     make_candles(ohlcv_dir, data)
     registry = ModelRegistry(str(root / "registry"))
     for market, temperature in TEMPERATURES.items():
-        version = registry.register(market, smoke_bundle, metadata={"temperature": temperature})
+        version = register(registry, market, smoke_bundle, temperature)
         registry.promote(market, version)
     sizing = rule_sizing(root / "sizing.yaml")
     config = deploy_config(root / "registry", data, sizing, serve_port, list(MARKETS))
@@ -184,7 +190,7 @@ def test_a_promotion_reaches_the_pool_and_an_evicted_model_comes_back_current(
     mux, expected, smoke_bundle
 ) -> None:
     registry: ModelRegistry = mux["registry"]
-    new = registry.register("KRW-MXA", smoke_bundle, metadata={"temperature": 3.5})
+    new = register(registry, "KRW-MXA", smoke_bundle, 3.5)
     registry.promote("KRW-MXA", new)
     reply = wait_for(mux, expected, "KRW-MXA", version_is(new))
     assert version_is(new)(reply), reply.text
@@ -212,7 +218,7 @@ def test_a_bundle_that_fails_to_load_is_a_503_for_its_market_only(
     mux, expected, smoke_bundle
 ) -> None:
     registry: ModelRegistry = mux["registry"]
-    broken = registry.register("KRW-MXB", smoke_bundle)
+    broken = register(registry, "KRW-MXB", smoke_bundle, 1.0)
     head = mux["root"] / "registry" / "KRW-MXB" / broken / "lightgbm.txt"
     head.write_bytes(b"x" * head.stat().st_size)  # same size: the manifest still vouches for it
     registry.promote("KRW-MXB", broken)
