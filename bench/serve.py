@@ -1,24 +1,27 @@
 """How fast does the Serve graph answer `POST /v1/predict/{market}`, against what it cannot avoid?
 
     .venv/bin/python -m bench.serve [--requests 300] [--threads 4] [--registry DIR] [--profile]
+    .venv/bin/python -m bench.serve --markets 40     # many markets: bench/serve_markets.py
 
 One run measures, on one local Ray (`ray.init(num_cpus=2)`), over HTTP with a fixed payload (the
 newest SERVING_WINDOW + 7 = 830 real candles of the market) and one persistent `requests.Session`:
 
   graph     serve.app's graph (Ingress -> HybridPredictor[market] -> SizingNode, rule sizer only)
   floor     an app of the same shape and options whose deployments do no work: the same FastAPI
-            body parsing (serve.ingress.PredictBody), the candles shipped through the same two
-            handle hops, constants returned
+            body parsing (serve.ingress.PredictBody), the candles parsed into the same columns
+            (serve.predict.CandleColumns) and shipped through the same two handle hops,
+            constants returned
   in-proc   the same prediction in this process (candles_from_rows + predict_candles +
             rule_sizing on the loaded bundle, one torch thread as in a replica): the work floor
 
 Sequential requests first (latency), then `--threads` client threads (throughput); warm-up requests
 are not timed. Both apps take each deployment's options (num_cpus, replicas, autoscaling) from
-configs/serve_deploy.yaml and are deployed one after the other on the same Serve. Goal: graph p50
-within 1.3x and p99 within 2x of the floor. Without `--registry` a smoke model is fitted first
-(`python -m train fit --local --profile smoke`, ~30 s). `--profile` adds where the time goes: the
-stages of the work in process, the handle hops timed from the driver, and each replica's own
-per-call times read from Serve's replica logs. The machine is shared: run it twice, read both.
+configs/serve_deploy.yaml and are deployed one after the other on the same Serve. Goals: graph p50
+within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
+`--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
+`--profile` adds where the time goes: the stages of the work in process, the handle hops timed
+from the driver, and each replica's own per-call times read from Serve's replica logs. The
+machine is shared: run it twice, read both.
 """
 
 from __future__ import annotations
@@ -31,38 +34,46 @@ import pickle
 import re
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# A bench-local Ray: no token (Ray 2.60 turns token auth on even for `ray.init()` and writes a token
-# file under ~/.ray unless told not to), and never a cluster found through RAY_ADDRESS.
-for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-    os.environ.pop(name, None)
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# isort: off
+from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray is imported
+    DEPLOY_CONFIG,
+    PAYLOAD_ROWS,
+    candle_rows,
+    concurrent,
+    deploy_options,
+    in_process,
+    load_model,
+    rule_sizer_config,
+    sequential,
+    summary,
+    time_calls,
+    wait_answering,
+    with_options,
+)
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import ray  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from ray import serve  # noqa: E402
-from ray.serve import Application  # noqa: E402
-from ray.serve.handle import DeploymentHandle  # noqa: E402
+# isort: on
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
-from bench import DATA_DIR, ROOT, fit_smoke_registry  # noqa: E402
-from cluster.local_ray import free_port  # noqa: E402
-from features.domain import Signal  # noqa: E402
-from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
-from features.serving import serving_matrix  # noqa: E402
-from serve.app import build_app  # noqa: E402
-from serve.config import ServeConfig  # noqa: E402
-from serve.predict import candles_from_rows, predict_candles  # noqa: E402
-from serve.schema import (  # noqa: E402
+from bench import DATA_DIR, ROOT, fit_smoke_registry
+from cluster.local_ray import free_port
+from features.domain import Signal
+from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH
+from features.serving import serving_matrix
+from serve.app import build_app
+from serve.config import ServeConfig
+from serve.predict import CandleColumns, candles_from_rows, predict_candles
+from serve.schema import (
     FLAT_ACCOUNT,
     ModelView,
     PredictBody,
@@ -70,58 +81,10 @@ from serve.schema import (  # noqa: E402
     Probabilities,
     Sizing,
 )
-from serve.sizing import (  # noqa: E402
-    SizingRequest,
-    load_sizing_config,
-    rule_sizing,
-    sizing_volatility,
-)
-from train.bundle import load_bundle  # noqa: E402
-from train.registry import ModelRegistry  # noqa: E402
+from serve.sizing import SizingRequest, load_sizing_config, rule_sizing, sizing_volatility
 
-DEPLOY_CONFIG = ROOT / "configs" / "serve_deploy.yaml"
-PAYLOAD_ROWS = SERVING_WINDOW + 7  # what a client sends: the serving window and a few hours more
 GOAL_P50, GOAL_P99 = 1.3, 2.0
-
-
-# -- the payload and the in-process baseline -------------------------------------------------------
-def candle_rows(data_dir: Path, market: str, n: int) -> list[dict[str, Any]]:
-    """The newest n stored candles as request rows (as tests/serve/test_app.py builds them)."""
-    frame = pd.read_parquet(data_dir / f"{market}_minute60.parquet").iloc[-n:].reset_index()
-    frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return frame.to_dict(orient="records")
-
-
-def load_model(registry: Path, market: str, dest: Path):
-    return load_bundle(ModelRegistry(str(registry)).fetch(market, dest_dir=dest))
-
-
-def rule_sizer_config(path: Path) -> Path:
-    sizing = yaml.safe_load((ROOT / "configs" / "sizing.yaml").read_text())
-    sizing["groq"]["enabled"] = False
-    sizing["ollama"]["enabled"] = False
-    path.write_text(yaml.safe_dump(sizing))
-    return path
-
-
-def in_process(model, market: str, rows: list[dict[str, Any]], sizing, max_rows: int) -> dict:
-    view = predict_candles(model, market, candles_from_rows(rows, max_rows))
-    probabilities = view.probabilities.as_tuple()
-    request = SizingRequest(
-        market, Signal[view.signal], probabilities, view.volatility, FLAT_ACCOUNT
-    )
-    return {"signal": view.signal, "ratio": rule_sizing(request, sizing).ratio}
-
-
-def time_calls(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(n)
-    for i in range(n):
-        started = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - started
-    return out * 1000
+GOAL_WORK = 5.0  # graph p50 over HTTP within 5x of the same work in process
 
 
 # -- the floor app: same shape, same parsing, no work ----------------------------------------------
@@ -147,14 +110,15 @@ class FloorIngress:
     @floor_api.post("/v1/predict/{market}")
     async def predict_market(self, market: str, body: PredictBody | None = None) -> PredictionReply:
         body = body or PredictBody()
-        view = await self.predictors[market].predict.remote(body.candles)
+        candles = None if body.candles is None else CandleColumns.parse(body.candles, 5000)
+        view = await self.predictors[market].predict.remote(candles)
         sizing = await self.sizing.size.remote(view, body.account or FLAT_ACCOUNT)
         return PredictionReply.of(view, sizing)
 
 
 @serve.deployment
 class FloorPredictor:
-    def predict(self, rows: list[dict[str, Any]] | None = None) -> ModelView:
+    def predict(self, candles: CandleColumns | None = None) -> ModelView:
         return CONSTANT_PREDICTION
 
 
@@ -169,105 +133,6 @@ def floor_app(markets: list[str]) -> Application:
     return FloorIngress.options(name="Ingress").bind(
         predictors, FloorSizing.options(name="SizingNode").bind()
     )
-
-
-def deploy_options(path: Path) -> dict[str, dict[str, Any]]:
-    """Per-deployment options (num_cpus, replicas, autoscaling) of the deploy config's app."""
-    app = yaml.safe_load(path.read_text())["applications"][0]
-    return {d.pop("name"): d for d in app["deployments"]}
-
-
-def with_options(app: Application, options: dict[str, dict[str, Any]]) -> Application:
-    """The same graph with each deployment's options from the deploy config, as `serve deploy`
-    applies them (`serve.run` of a bound graph would give every replica a whole CPU)."""
-    deployment = app._bound_deployment  # Serve's own build_app reads the graph the same way
-
-    def rebind(value: Any) -> Any:
-        if isinstance(value, Application):
-            return with_options(value, options)
-        if isinstance(value, dict):
-            return {k: rebind(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(rebind(v) for v in value)
-        return value
-
-    args = [rebind(a) for a in deployment.init_args]
-    kwargs = {k: rebind(v) for k, v in deployment.init_kwargs.items()}
-    return deployment.options(**options.get(deployment.name, {})).bind(*args, **kwargs)
-
-
-# -- HTTP load -------------------------------------------------------------------------------------
-def post(session: requests.Session, url: str, body: bytes) -> dict[str, Any]:
-    reply = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
-    if reply.status_code != 200:
-        raise RuntimeError(f"{url}: {reply.status_code} {reply.text[:300]}")
-    return reply.json()
-
-
-def wait_answering(url: str, body: bytes, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    with requests.Session() as session:
-        while True:
-            try:
-                return post(session, url, body)
-            except (requests.RequestException, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-
-def sequential(url: str, body: bytes, n: int, warmup: int) -> np.ndarray:
-    with requests.Session() as session:
-        for _ in range(warmup):
-            post(session, url, body)
-        out = np.empty(n)
-        for i in range(n):
-            started = time.perf_counter()
-            post(session, url, body)
-            out[i] = time.perf_counter() - started
-    return out * 1000
-
-
-def concurrent(url: str, body: bytes, n: int, threads: int) -> tuple[np.ndarray, float]:
-    """n requests over `threads` client threads (one Session each); latencies and requests/s."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(n))
-    barrier = threading.Barrier(threads + 1)
-
-    def client() -> None:
-        with requests.Session() as session:
-            post(session, url, body)  # its own connection, opened before the clock starts
-            barrier.wait()
-            mine = []
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        break
-                started = time.perf_counter()
-                post(session, url, body)
-                mine.append(time.perf_counter() - started)
-            with lock:
-                latencies.extend(mine)
-
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - started
-    return np.array(latencies) * 1000, n / wall
-
-
-def summary(ms: np.ndarray) -> dict[str, float]:
-    return {
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "mean": float(ms.mean()),
-        "rps": 1000.0 / float(ms.mean()),
-    }
 
 
 # -- profiling: replica-side call times from Serve's logs ------------------------------------------
@@ -350,10 +215,16 @@ def header(args: argparse.Namespace) -> None:
         f"# ray {ray.__version__}, python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"pandas {pd.__version__}"
     )
+    asked = f"{args.market}" if args.markets == 1 else "{market}, a random mix"
     print(
-        f"# POST /v1/predict/{args.market}, {PAYLOAD_ROWS} candles, {args.requests} timed "
+        f"# POST /v1/predict/{asked}, {PAYLOAD_ROWS} candles, {args.requests} timed "
         f"requests after {args.warmup} warm-up; options from {DEPLOY_CONFIG.name}"
     )
+    if args.markets > 1:
+        print(
+            f"# {args.markets} markets multiplexed: {args.replicas} replicas x "
+            f"{args.models_per_replica} bundles, against the four-market graph"
+        )
 
 
 def row(name: str, s: dict[str, float]) -> str:
@@ -377,10 +248,11 @@ def report(
         f"\ngraph/floor  p50 {r50:.2f}x (goal <= {GOAL_P50}x)  p99 {r99:.2f}x "
         f"(goal <= {GOAL_P99}x): {ok}"
     )
+    work = g["p50"] / inproc["p50"]
     print(
         f"graph - floor p50 {g['p50'] - f['p50']:+.2f} ms; in-process work p50 "
-        f"{inproc['p50']:.2f} ms; graph/in-process p50 {g['p50'] / inproc['p50']:.1f}x, "
-        f"p99 {g['p99'] / inproc['p99']:.1f}x"
+        f"{inproc['p50']:.2f} ms; graph/in-process p50 {work:.1f}x (goal <= {GOAL_WORK}x: "
+        f"{'MET' if work <= GOAL_WORK else 'MISSED'}), p99 {g['p99'] / inproc['p99']:.1f}x"
     )
     if args.threads > 1:
         print(
@@ -430,6 +302,8 @@ def stage_times(
     features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
     parsed = json.loads(body)
     pickled = pickle.dumps(rows, protocol=5)
+    columns = CandleColumns.parse(rows, max_rows)
+    shipped = pickle.dumps(columns, protocol=5)
     view = predict_candles(model, market, candles)
     request = SizingRequest(
         market, Signal.BUY, view.probabilities.as_tuple(), view.volatility, FLAT_ACCOUNT
@@ -437,11 +311,17 @@ def stage_times(
     stages = {
         f"json.loads(body, {len(body) // 1024} KiB)": lambda: json.loads(body),
         "PredictBody.model_validate (FastAPI's parse)": lambda: PredictBody.model_validate(parsed),
-        f"pickle.dumps(rows) ({len(pickled) // 1024} KiB, a handle hop)": lambda: pickle.dumps(
+        f"pickle.dumps(rows) ({len(pickled) // 1024} KiB, the old hand-over)": lambda: pickle.dumps(
             rows, protocol=5
         ),
         "pickle.loads(rows)": lambda: pickle.loads(pickled),
-        "candles_from_rows (DataFrame + validate)": lambda: candles_from_rows(rows, max_rows),
+        "CandleColumns.parse (ingress: DataFrame + validate)": lambda: CandleColumns.parse(
+            rows, max_rows
+        ),
+        f"pickle.dumps+loads(columns) ({len(shipped) // 1024} KiB, the hand-over)": lambda: (
+            pickle.loads(pickle.dumps(columns, protocol=5))
+        ),
+        "CandleColumns.frame (predictor)": columns.frame,
         "serving_matrix (46 features, window)": lambda: serving_matrix(
             window, SEQUENCE_LENGTH, max_gap
         ),
@@ -466,10 +346,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry", type=Path, help="a registry with the market promoted")
     parser.add_argument("--deploy-config", type=Path, default=DEPLOY_CONFIG)
     parser.add_argument("--profile", action="store_true", help="also show where the time goes")
+    many = parser.add_argument_group("many markets (bench/serve_markets.py)")
+    many.add_argument("--markets", type=int, default=1, help="N > 1: the multiplexed pool over N")
+    many.add_argument("--replicas", type=int, default=2, help="the pool's replicas")
+    many.add_argument("--models-per-replica", type=int, default=24)
+    many.add_argument("--seed", type=int, default=7, help="the random mix of markets")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # Ray gives replicas the driver's working directory on their path
     header(args)
     wall = time.perf_counter()
+    if args.markets > 1:
+        from bench.serve_markets import run_markets
+
+        with tempfile.TemporaryDirectory(prefix="bench-serve-markets-") as tmp:
+            run_markets(args, Path(tmp))
+        print(f"\n# wall time {time.perf_counter() - wall:.0f} s")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp_dir = Path(tmp)
         registry = args.registry or fit_smoke_registry(
