@@ -14,9 +14,10 @@ newest SERVING_WINDOW + 7 = 830 real candles of the market) and one persistent `
   in-proc   the same prediction in this process (candles_from_rows + predict_candles +
             rule_sizing on the loaded bundle, one torch thread as in a replica): the work floor
 
-Sequential requests first (latency), then `--threads` client threads (throughput); warm-up requests
-are not timed. Both apps take each deployment's options (num_cpus, replicas, autoscaling) from
-configs/serve_deploy.yaml and are deployed one after the other on the same Serve. Goals: graph p50
+Both apps are deployed side by side on the same Serve, each deployment with its options (num_cpus,
+replicas, autoscaling) from configs/serve_deploy.yaml. Sequential requests first (latency), one
+call of each per step (in-process, graph, floor) so the machine's load falls on all alike, then
+`--threads` client threads per app (throughput); warm-up steps are not timed. Goals: graph p50
 within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
 `--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
@@ -48,7 +49,7 @@ from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray
     in_process,
     load_model,
     rule_sizer_config,
-    sequential,
+    interleaved,
     summary,
     time_calls,
     wait_answering,
@@ -162,33 +163,34 @@ def log_marks(app: str) -> dict[Path, int]:
     return marks
 
 
-# -- one app ---------------------------------------------------------------------------------------
-def bench_app(
-    label: str,
-    app: Application,
-    args: argparse.Namespace,
-    port: int,
-    body: bytes,
-    rows: list[dict[str, Any]],
-) -> dict[str, Any]:
+# -- both apps, interleaved -----------------------------------------------------------------------
+def deploy(label: str, app: Application, port: int, market: str, body: bytes) -> dict[str, Any]:
     started = time.perf_counter()
     serve.run(app, name=label, route_prefix=f"/{label}")
-    url = f"http://127.0.0.1:{port}/{label}/v1/predict/{args.market}"
+    url = f"http://127.0.0.1:{port}/{label}/v1/predict/{market}"
     sample = wait_answering(url, body)
-    ready_s = time.perf_counter() - started
-    marks = log_marks(label)
-    seq = sequential(url, body, args.requests, args.warmup)
-    result: dict[str, Any] = {"ready_s": ready_s, "seq": summary(seq), "sample": sample}
+    return {"url": url, "ready_s": time.perf_counter() - started, "sample": sample}
+
+
+def measure(apps: dict[str, dict], work, args: argparse.Namespace, body: bytes, rows) -> dict:
+    """The in-process work and both apps, one call each per step, so the machine's load (shared,
+    changing by the minute) falls on all three alike; then the extras, app by app."""
+    marks = {label: log_marks(label) for label in apps}
+    calls = {label: (app["url"], body) for label, app in apps.items()}
+    if args.profile:  # the same hops with no candles: what the payload itself costs
+        calls["empty"] = (apps["floor"]["url"], b"{}")
+    ms = interleaved(work, calls, args.requests, args.warmup)
+    for label, app in apps.items():
+        app["seq"] = summary(ms[label])
+        if args.profile:
+            app["replicas"] = replica_times(label, marks[label])
+            app["hops"] = handle_hops(label, args.market, rows, args.requests // 3)
+        if args.threads > 1:
+            lat, rps = concurrent(app["url"], body, args.requests, args.threads)
+            app["conc"] = {**summary(lat), "rps": rps}
     if args.profile:
-        result["replicas"] = replica_times(label, marks)
-        result["hops"] = handle_hops(label, args.market, rows, args.requests // 3)
-        if label == "floor":  # the same hops with no candles: what the payload itself costs
-            result["empty"] = summary(sequential(url, b"{}", args.requests // 3, 10))
-    if args.threads > 1:
-        lat, rps = concurrent(url, body, args.requests, args.threads)
-        result["conc"] = {**summary(lat), "rps": rps}
-    serve.delete(label)
-    return result
+        apps["floor"]["empty"] = summary(ms["empty"])
+    return summary(ms["in"])
 
 
 def handle_hops(label: str, market: str, rows: list[dict[str, Any]], n: int) -> dict[str, float]:
@@ -383,7 +385,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# model: {registry} {args.market} {model.version} (profile {profile})")
         sizing = load_sizing_config(sizing_path)
         work = lambda: in_process(model, args.market, rows, sizing, config.max_candles)  # noqa: E731
-        inproc = summary(time_calls(work, args.requests, args.warmup))
         stages = (
             stage_times(model, args.market, rows, body, sizing, config.max_candles, 200)
             if args.profile
@@ -396,12 +397,13 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            graph = bench_app(
-                "graph", with_options(build_app(config), options), args, port, body, rows
-            )
-            floor = bench_app(
-                "floor", with_options(floor_app([args.market]), options), args, port, body, rows
-            )
+            built = {"graph": build_app(config), "floor": floor_app([args.market])}
+            apps = {
+                label: deploy(label, with_options(app, options), port, args.market, body)
+                for label, app in built.items()
+            }
+            inproc = measure(apps, work, args, body, rows)
+            graph, floor = apps["graph"], apps["floor"]
         finally:
             ray.shutdown()  # Serve's controller, proxy and replicas go with this local Ray
     report(inproc, graph, floor, args)

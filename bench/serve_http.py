@@ -1,6 +1,6 @@
 """The HTTP and Serve plumbing both serving benches share (`bench.serve`, `bench.serve_markets`):
 request bodies, the in-process baseline, the deploy config's options applied as `serve deploy`
-applies them, sequential and concurrent HTTP load, and latency summaries.
+applies them, interleaved and concurrent HTTP load, and latency summaries.
 
 Importing it sets up a bench-local Ray: no token (Ray 2.60 turns token auth on even for
 `ray.init()` and writes a token file under ~/.ray unless told not to), and never a cluster found
@@ -124,18 +124,6 @@ def wait_answering(url: str, body: bytes, timeout_s: float = 120) -> dict[str, A
                 time.sleep(0.5)
 
 
-def sequential(url: str, body: bytes, n: int, warmup: int) -> np.ndarray:
-    with requests.Session() as session:
-        for _ in range(warmup):
-            post(session, url, body)
-        out = np.empty(n)
-        for i in range(n):
-            started = time.perf_counter()
-            post(session, url, body)
-            out[i] = time.perf_counter() - started
-    return out * 1000
-
-
 def concurrent(url: str, body: bytes, n: int, threads: int) -> tuple[np.ndarray, float]:
     """n requests over `threads` client threads (one Session each); latencies and requests/s."""
     latencies: list[float] = []
@@ -167,6 +155,29 @@ def concurrent(url: str, body: bytes, n: int, threads: int) -> tuple[np.ndarray,
         w.join()
     wall = time.perf_counter() - started
     return np.array(latencies) * 1000, n / wall
+
+
+def interleaved(
+    work: Callable[[], object], calls: dict[str, tuple[str, bytes]], n: int, warmup: int
+) -> dict[str, np.ndarray]:
+    """n steps (after `warmup` untimed ones) of one call each: `work` in this process ("in") and
+    a POST of each (url, body); interleaved, so a change in the machine's load falls on all."""
+    out: dict[str, list[float]] = {name: [] for name in ("in", *calls)}
+    with requests.Session() as session:
+        for step in range(warmup + n):
+            spent = {"in": timed(work)}
+            for name, (url, body) in calls.items():
+                spent[name] = timed(lambda u=url, b=body: post(session, u, b))
+            if step >= warmup:
+                for name, ms in spent.items():
+                    out[name].append(ms)
+    return {name: np.array(values) for name, values in out.items()}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
 
 
 def summary(ms: np.ndarray) -> dict[str, float]:

@@ -44,6 +44,7 @@ from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray
     post,
     rule_sizer_config,
     summary,
+    timed,
     with_options,
 )
 
@@ -97,12 +98,6 @@ def make_registry(source: Path, markets: list[tuple[str, str, float]], root: Pat
 
 
 # -- load: one interleaved loop ----------------------------------------------------------------
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return (time.perf_counter() - started) * 1000
-
-
 def wait_ready(url: str, markets: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
