@@ -174,7 +174,7 @@ def memory_report(args, four: dict, mux: dict, empty_pool: np.ndarray, statuses:
     pooled = pool / n
     loads = sum(s["loads"] for s in statuses.values())
     held = [len(s["models"]) for s in statuses.values()]
-    bundle = (pool - empty_pool) / max(loads, 1)
+    bundle = (pool - empty_pool) / max(sum(held), 1)  # what a held bundle adds to its replica
     print("\n# memory after the timed requests, MB (RSS / PSS)")
     for app, memory in (("four", four), ("mux", mux)):
         for name, procs in sorted(memory.items()):
@@ -182,7 +182,7 @@ def memory_report(args, four: dict, mux: dict, empty_pool: np.ndarray, statuses:
             print(f"  {app:<5} {name:<22} {shown}")
     print(
         f"  mux pool: {loads} bundle loads, replicas hold {held} bundles; pool right after "
-        f"deploy {empty_pool[0]:.0f}/{empty_pool[1]:.0f}, growth per load "
+        f"deploy {empty_pool[0]:.0f}/{empty_pool[1]:.0f}, growth per held bundle "
         f"{bundle[0]:.1f}/{bundle[1]:.1f}"
     )
     ratio = per_market / pooled
@@ -214,9 +214,9 @@ def latency_report(ms: dict[str, np.ndarray]) -> None:
     rows = {
         "in-process work (4 markets)": ms["in"],
         "four-market graph, HTTP": ms["four"],
-        f"multiplexed, HTTP (cold loads in: {len(ms['cold'])})": ms["mux"],
-        "  of which first ask (cold)": ms["cold"],
-        "  of which warm": ms["warm"],
+        "multiplexed, HTTP (cold loads included)": ms["mux"],
+        "  of which a market's first ask (cold)": ms["cold"],
+        "  of which later asks": ms["warm"],
     }
     print(f"\n{'':<42} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'n':>5}")
     for name, values in rows.items():
