@@ -151,15 +151,17 @@ def deploy_config(
     template: dict[str, Any], serve: ServeConfig, loop: LoopSettings, port: int, host: str
 ) -> dict[str, Any]:
     """The deploy config with this machine's HTTP address and these settings as the apps' args
-    (dumps: Serve validates them again into the same models). Per-deployment options for a market
-    that is not served are dropped: Serve refuses options for a deployment the app does not have.
-    Serve listening beyond loopback makes the prediction routes require the bearer token."""
+    (dumps: Serve validates them again into the same models). Per-deployment options for a
+    deployment the graph does not have (a market not served; every market in multiplexed mode,
+    whose predictor is the one pool) are dropped: Serve refuses options for a deployment the app
+    does not have. Serve listening beyond loopback makes the prediction routes require the bearer
+    token."""
     config = json.loads(json.dumps(template))  # a deep copy
     config["http_options"].update(port=port, host=host)
     apps = {app["name"]: app for app in config["applications"]}
     hybrid = apps["hybrid"]
     hybrid["args"] = serve.model_dump(mode="json")
-    served = {"Ingress", "SizingNode", *serve.served_markets()}
+    served = {"Ingress", "SizingNode", *serve.predictor_deployments()}
     hybrid["deployments"] = [d for d in hybrid.get("deployments", []) if d["name"] in served]
     for deployment in hybrid["deployments"]:
         if deployment["name"] == "Ingress" and host not in LOOPBACK:

@@ -35,6 +35,24 @@ class PredictorDeployment(Strict):
     num_cpus: float = Field(0.1, gt=0, le=64)  # fractional: on 2 cores a whole CPU each never fits
 
 
+MULTIPLEXED_DEPLOYMENT = "MultiplexedPredictor"  # the pool's deployment name (multiplexed mode)
+
+
+class ServingConfig(Strict):
+    """How markets map to predictor processes (README "Choosing the serving mode").
+
+    `per_market`: one HybridPredictor deployment per market, each replica a whole process (torch,
+    LightGBM, pandas: ~700 MB) holding one bundle of a few MB; right for a handful of markets.
+    `multiplexed`: one MultiplexedPredictor pool of `replicas` replicas, each holding up to
+    `models_per_replica` bundles, the least recently used evicted (`@serve.multiplexed`); requests
+    carry the model id `<market>@<version>`. Its replicas take `predictor.num_cpus` each.
+    """
+
+    mode: Literal["per_market", "multiplexed"] = "per_market"
+    replicas: int = Field(2, ge=1, le=100)  # multiplexed: the fixed pool
+    models_per_replica: int = Field(24, ge=1, le=1000)  # multiplexed: bundles a replica holds
+
+
 class ServeConfig(Strict):
     markets: MarketList | None = None  # None: the markets of `features_config`
     features_config: str = "configs/features.yaml"
@@ -50,12 +68,20 @@ class ServeConfig(Strict):
     max_model_age_hours: float = Field(2160.0, gt=0)
     sizing_config: str = "configs/sizing.yaml"
     predictor: PredictorDeployment = PredictorDeployment()
+    serving: ServingConfig = ServingConfig()
 
     def served_markets(self) -> list[str]:
         """The markets that get a predictor: `markets`, else configs/features.yaml's."""
         if self.markets is not None:
             return self.markets
         return load_features_config(resolve_path(self.features_config)).markets
+
+    def predictor_deployments(self) -> list[str]:
+        """The names of the graph's predictor deployments: one per market, or the one pool. A deploy
+        config may give options only to deployments the graph has (Serve refuses the others)."""
+        if self.serving.mode == "multiplexed":
+            return [MULTIPLEXED_DEPLOYMENT]
+        return self.served_markets()
 
     def registry_root(self) -> str:
         return resolve_path(self.registry)

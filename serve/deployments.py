@@ -2,13 +2,8 @@
 
 They answer with the contract's types (`serve.schema.ModelView`, `Sizing`) and refuse with its
 exceptions (`Unavailable`, `BadRequest`), which reach the ingress through the DeploymentHandle
-as instances of their own classes. Nothing here places an order.
-
-A model's age is the hours from the end of its training window (`train_window` in its metadata)
-to the hour it predicts; past `max_model_age_hours` it is served with `stale: true` and the loop
-opens no position on it. Measured at the predicted hour, not the wall clock, so a replay of stored
-hours judges a model as it was then; `/v1/models` reports the age at the newest hour the replica
-predicted.
+as instances of their own classes. Nothing here places an order. A prediction carries its model's
+age and staleness (`serve.model_age`).
 """
 
 from __future__ import annotations
@@ -17,18 +12,15 @@ import logging
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from ray import serve
 
-from features import indicators
-from features.config import resolve_path
 from features.domain import AccountState, Signal
-from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
-from features.upbit_http import UpbitError
-from serve.config import ServeConfig, SourceConfig
+from serve.candle_feed import CandleFeed
+from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
+from serve.model_age import prediction_age, status_age
 from serve.model_slot import ModelSlot
-from serve.predict import candles_from_rows, predict_candles, warm_up
+from serve.predict import RequestCandles, predict_candles, warm_up
 from serve.schema import BadRequest, ModelView, Sizing, Unavailable
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
 from train.registry import ModelRegistry
@@ -43,26 +35,12 @@ def replica_id() -> str:
         return "local"
 
 
-def build_source(config: SourceConfig) -> CandleSource:
-    """Where a predictor reads candles when a request carries none."""
-    if config.kind == "parquet":
-        return ParquetDirSource(resolve_path(config.data_dir))
-    upbit = UpbitSource(config.upbit_base_url, timeout=config.timeout_s)
-    return CachedSource(upbit, resolve_path(config.cache_dir))
-
-
-def model_age_hours(train_window: Any, hour: datetime) -> float | None:
-    """Hours from the end of the training window to `hour`; None when the window is unknown."""
-    try:
-        end = pd.Timestamp(train_window[1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        return None
-    return (pd.Timestamp(hour) - end) / pd.Timedelta(hours=1)
-
-
 # Bounded: a flood waits in no unbounded queue (Serve answers 503 past max_queued_requests);
-# the deploy config may override both per market.
-@serve.deployment(max_ongoing_requests=8, max_queued_requests=32)
+# the deploy config may override both per deployment. The multiplexed pool takes the same.
+PREDICTOR_BOUNDS = {"max_ongoing_requests": 8, "max_queued_requests": 32}
+
+
+@serve.deployment(**PREDICTOR_BOUNDS)
 class HybridPredictor:
     """Serves one market's CURRENT bundle; watches CURRENT so promotions arrive by themselves."""
 
@@ -72,7 +50,7 @@ class HybridPredictor:
         warm_up()
         registry = ModelRegistry(self.config.registry_root())
         self.slot = ModelSlot(market, registry, self.config.poll_s).start()
-        self.source: CandleSource | None = None
+        self.feed = CandleFeed(self.config)
         self.replica = replica_id()
         self.predictions, self.version_gauge = prediction_metrics()
         self._published: int | None = None
@@ -87,30 +65,19 @@ class HybridPredictor:
             self.version_gauge.set(number, tags={"market": self.market})
             self._published = number
 
-    def _candles(self, rows: list[dict[str, Any]] | None) -> pd.DataFrame:
-        if rows is not None:
-            return candles_from_rows(rows, self.config.max_candles)
-        if self.source is None:
-            self.source = build_source(self.config.source)
-        try:
-            return self.source.latest(self.market, indicators.CANDLES_FOR_SERVING)
-        except (UpbitError, OSError, LookupError) as exc:
-            raise Unavailable(f"{self.market}: candles unavailable: {exc}") from exc
-
-    async def predict(self, rows: list[dict[str, Any]] | None = None) -> ModelView:
+    async def predict(self, rows: RequestCandles = None) -> ModelView:
         loaded = self.slot.loaded
         if loaded is None:
             raise Unavailable(self.slot.status()["last_error"] or f"no model for {self.market}")
-        view = predict_candles(loaded.model, self.market, self._candles(rows), self.replica)
+        candles = self.feed.candles(self.market, rows)
+        view = predict_candles(loaded.model, self.market, candles, self.replica)
         self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
         self.last_hour = view.time
-        return view.model_copy(update=self._age(loaded.model.metadata, view.time))
-
-    def _age(self, metadata: dict[str, Any], hour: datetime) -> dict[str, Any]:
-        age = model_age_hours(metadata.get("train_window"), hour)
-        stale = age is not None and age > self.config.max_model_age_hours
-        return {"model_age_hours": age, "stale": stale}
+        window = loaded.model.metadata.get("train_window")
+        return view.model_copy(
+            update=prediction_age(window, view.time, self.config.max_model_age_hours)
+        )
 
     def reload(self) -> dict[str, Any]:
         changed = self.slot.refresh()
@@ -120,16 +87,8 @@ class HybridPredictor:
     def status(self) -> dict[str, Any]:
         """The slot's status plus the model's age at the newest hour this replica predicted."""
         status = {**self.slot.status(), "replica": self.replica}
-        window, hour = status.get("train_window"), self.last_hour
-        age = model_age_hours(window, hour) if window and hour is not None else None
-        return {
-            **status,
-            "trained_through": window[1] if window else None,
-            "age_at": str(hour) if hour is not None else None,
-            "age_hours": age,
-            "stale": age is not None and age > self.config.max_model_age_hours,
-            "max_model_age_hours": self.config.max_model_age_hours,
-        }
+        limit = self.config.max_model_age_hours
+        return {**status, **status_age(status.get("train_window"), self.last_hour, limit)}
 
 
 @serve.deployment

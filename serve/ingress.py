@@ -1,10 +1,12 @@
 """The HTTP API (FastAPI inside a Serve ingress): version 1, documented in README.
 
-The ingress owns no model: it routes each market to its HybridPredictor deployment and each
-prediction to the SizingNode, and answers with `serve.schema.PredictionReply`. Every refusal, its
-own or a deployment's, is a `serve.schema.ServeError`, turned into an HTTP code by `_refuse`, the
-one place that does. State-changing routes take the admin bearer token from the environment
-(`HYBRID_ADMIN_TOKEN`); without it configured they refuse.
+The ingress owns no model: it routes each market to its predictor (its own HybridPredictor
+deployment, or the multiplexed pool: `serve.routing`) and each prediction to the SizingNode, and
+answers with `serve.schema.PredictionReply`. Request candles are parsed and validated here, once,
+and cross the handle as columns (`serve.predict.CandleColumns`), not as 800+ row dicts. Every
+refusal, its own or a deployment's, is a `serve.schema.ServeError`, turned into an HTTP code by
+`_refuse`, the one place that does. State-changing routes take the admin bearer token from the
+environment (`HYBRID_ADMIN_TOKEN`); without it configured they refuse.
 
 Bounded, so a flood cannot starve the trading loop (`IngressLimits`, the Ingress deployment's
 `user_config` in configs/serve_deploy.yaml):
@@ -38,7 +40,10 @@ from ray.serve.handle import DeploymentHandle
 
 from features.domain import AccountState
 from serve.admin import check_admin
+from serve.config import ServeConfig
 from serve.metrics import request_metrics
+from serve.predict import CandleColumns
+from serve.routing import market_routes
 from serve.schema import (
     FLAT_ACCOUNT,
     BadRequest,
@@ -91,8 +96,15 @@ async def _refuse(request: Request, exc: ServeError) -> JSONResponse:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, predictors: dict[str, DeploymentHandle], sizing: DeploymentHandle) -> None:
-        self.predictors = predictors
+    def __init__(
+        self,
+        predictors: dict[str, DeploymentHandle] | DeploymentHandle,
+        sizing: DeploymentHandle,
+        config: dict[str, Any],
+    ) -> None:
+        settings = ServeConfig.model_validate(config)
+        self.routes = market_routes(predictors, settings)
+        self.max_candles = settings.max_candles
         self.sizing = sizing
         self.requests, self.latency = request_metrics()
         self.limits = IngressLimits()
@@ -145,16 +157,17 @@ class Ingress:
         except ValidationError as exc:
             raise BadRequest(f"malformed request body: {_problems(exc)}") from exc
 
-    def _predictor(self, market: str) -> DeploymentHandle:
-        if market not in self.predictors:
-            raise MarketNotServed(f"unknown market {market!r}; served: {sorted(self.predictors)}")
-        return self.predictors[market]
+    def _check_served(self, market: str) -> None:
+        if market not in self.routes.markets:
+            raise MarketNotServed(f"unknown market {market!r}; served: {self.routes.markets}")
 
     async def _predict(
         self, market: str, candles: list[dict[str, Any]] | None, account: AccountState | None
     ) -> PredictionReply:
+        self._check_served(market)
+        columns = None if candles is None else CandleColumns.parse(candles, self.max_candles)
         try:
-            view = await self._predictor(market).predict.remote(candles)
+            view = await self.routes.predict(market, columns)
             sizing = await self.sizing.size.remote(view, account or FLAT_ACCOUNT)
         except BackPressureError as exc:  # a deployment's queue is full
             raise Busy(f"busy: {market}'s deployments are at their queue limit ({exc})") from exc
@@ -195,9 +208,9 @@ class Ingress:
         `errors`, not a failure."""
         with self._metered("predict_all"), self._admitted(request):
             body = await self._body(request, PredictAllBody)
-            markets = body.markets or sorted(self.predictors)
+            markets = body.markets or self.routes.markets
             for market in markets:
-                self._predictor(market)
+                self._check_served(market)
             candles, accounts = body.candles or {}, body.accounts or {}
             answers = await asyncio.gather(
                 *(self._predict_or_refusal(m, candles.get(m), accounts.get(m)) for m in markets)
@@ -210,17 +223,17 @@ class Ingress:
 
     @api.get("/v1/markets")
     async def markets(self) -> dict[str, Any]:
-        return {"markets": sorted(self.predictors)}
+        return {"markets": self.routes.markets}
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         """Each market's version, training window, age and staleness, and any load error."""
-        statuses = await asyncio.gather(*(h.status.remote() for h in self.predictors.values()))
+        statuses = await self.routes.statuses()
         return {"models": {s["market"]: s for s in statuses}}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        statuses = await asyncio.gather(*(h.status.remote() for h in self.predictors.values()))
+        statuses = await self.routes.statuses()
         ready = sorted(s["market"] for s in statuses if s["version"])
         missing = sorted(s["market"] for s in statuses if not s["version"])
         return {"status": "ok", "ready": ready, "without_model": missing}
@@ -234,4 +247,5 @@ class Ingress:
     @api.post("/v1/admin/reload/{market}")
     async def reload(self, market: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         check_admin(authorization)
-        return await self._predictor(market).reload.remote()
+        self._check_served(market)
+        return await self.routes.reload(market)

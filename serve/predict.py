@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,46 @@ def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame
     except (CandleError, ValueError, TypeError) as exc:
         raise BadRequest(f"malformed candles: {exc}") from exc
     return candles
+
+
+@dataclass(frozen=True)
+class CandleColumns:
+    """A request's candles parsed and validated once, at the ingress, in the form that crosses a
+    deployment handle: two numpy arrays, which pickle as two buffers (~0.01 ms for 830 candles,
+    against ~0.4 ms for the same rows as dicts), turned back into a frame without a second parse.
+    """
+
+    times: np.ndarray  # int64 ns since the epoch: naive KST open times
+    values: np.ndarray  # (n, 6) float64 in CANDLE_COLUMNS order
+
+    @classmethod
+    def parse(cls, rows: list[dict[str, Any]], max_rows: int) -> CandleColumns:
+        """Request rows -> columns; a BadRequest (422) naming the problem (`candles_from_rows`)."""
+        frame = candles_from_rows(rows, max_rows)
+        return cls(frame.index.asi8, frame.to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def frame(self) -> pd.DataFrame:
+        index = pd.DatetimeIndex(self.times.view("datetime64[ns]"), name="time")
+        return pd.DataFrame(self.values, index=index, columns=list(CANDLE_COLUMNS))
+
+
+RequestCandles = CandleColumns | list[dict[str, Any]] | None
+"""What a predictor's `predict` takes: parsed columns (the ingress), rows (any other handle caller:
+parsed there, as before), or nothing (the predictor reads its configured source)."""
+
+
+def request_candles(candles: RequestCandles, max_rows: int) -> pd.DataFrame | None:
+    """The candle frame of what a predictor was handed; None: read the configured source."""
+    if candles is None:
+        return None
+    if isinstance(candles, CandleColumns):
+        if len(candles) > max_rows:
+            raise BadRequest(f"at most {max_rows} candles per request, got {len(candles)}")
+        return candles.frame()
+    return candles_from_rows(candles, max_rows)
 
 
 def warm_up() -> None:

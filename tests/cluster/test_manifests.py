@@ -277,6 +277,7 @@ def test_hybrid_app_is_the_local_deploy_config_with_cluster_settings():
     assert config.source.kind == "upbit"  # no candle files in the image
     assert config.markets is None, "markets come from configs/features.yaml, the one list"
     assert config.predictor == ServeConfig.model_validate(expected["args"]).predictor
+    assert config.serving == ServeConfig.model_validate(expected["args"]).serving
 
 
 def build(import_path: str, args: dict[str, Any]):
@@ -300,6 +301,33 @@ def test_serve_validates_both_apps_args_into_their_models_and_builds_them(source
     assert options["num_cpus"] == 0.1  # the `predictor` default reaches every market
     keeper = build("trading.keeper:app", found["trading"]["args"])
     assert keeper._bound_deployment.name == "LoopKeeper"
+
+
+def test_multiplexed_mode_builds_one_pool_and_the_deploy_config_keeps_only_its_options():
+    """`serving.mode: multiplexed` in the shipped deploy config's args: the graph has one
+    MultiplexedPredictor pool instead of a deployment per market, and `cluster up`'s deploy config
+    drops the per-market entries (Serve would refuse options for a deployment the app lacks)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.local import deploy_config
+    from serve.config import ServeConfig
+    from trading.loop import LoopSettings
+
+    found = local_apps()
+    args = {**found["hybrid"]["args"], "serving": {"mode": "multiplexed", "replicas": 3}}
+    graph = build("serve.app:app", args)
+    pool, _, settings = graph._bound_deployment.init_args  # Ingress(pool, sizing, settings)
+    assert pool._bound_deployment.name == "MultiplexedPredictor"
+    assert pool._bound_deployment.num_replicas == 3
+    assert pool._bound_deployment.ray_actor_options["num_cpus"] == 0.1  # `predictor`'s
+    assert settings["serving"]["models_per_replica"] == 24
+    template = yaml.safe_load((ROOT / "configs" / "serve_deploy.yaml").read_text())
+    loop = LoopSettings.model_validate(found["trading"]["args"])
+    config = deploy_config(template, ServeConfig.model_validate(args), loop, 18123, "127.0.0.1")
+    ServeDeploySchema.model_validate(config)
+    (hybrid,) = [a for a in config["applications"] if a["name"] == "hybrid"]
+    assert {d["name"] for d in hybrid["deployments"]} == {"Ingress", "SizingNode"}
+    assert hybrid["args"]["serving"]["mode"] == "multiplexed"
 
 
 @pytest.mark.parametrize(

@@ -77,3 +77,28 @@ def wait_ready(url: str, ready: list[str], timeout_s: float = 180) -> None:
             pass
         time.sleep(1)
     raise RuntimeError(f"the Serve app did not become ready at {url}")
+
+
+def deploy_beside(config: dict[str, Any], path: Path, dashboard_url: str, token: str) -> None:
+    """`serve deploy` of `config`'s one application beside whatever the head already serves from a
+    deploy config.
+
+    A deploy config is the whole declarative state: applications it leaves out are deleted. So the
+    applications deployed now are read back from the dashboard's Serve API and deployed again as
+    they are (unchanged code and args: Serve restarts none of their replicas), with `config`'s.
+    """
+    (app,) = config["applications"]
+    reply = requests.get(
+        f"{dashboard_url}/api/serve/applications/",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    reply.raise_for_status()
+    details = reply.json()
+    deployed = [
+        a["deployed_app_config"]
+        for name, a in (details.get("applications") or {}).items()
+        if a.get("deployed_app_config") and name != app["name"]
+    ]
+    path.write_text(yaml.safe_dump({**config, "applications": [*deployed, app]}, sort_keys=False))
+    serve_deploy(path, dashboard_url)
