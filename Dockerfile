@@ -25,15 +25,18 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
 
 # LightGBM's wheel links libgomp at run time. /app holds the project and /data/ledger the trading
-# ledger's mount point; both belong to Ray's user `ray` (uid 1000, gid 100 in Ray's images), so the
-# editable install, numba's cache and SQLite can write there. Numeric ids keep runAsNonRoot checkable.
+# ledger's mount point; /data/registry and ~/ray_results (Ray Train's default storage) are where
+# docker-compose.yml mounts the volumes every node shares. All belong to Ray's user `ray` (uid 1000,
+# gid 100 in Ray's images), so the editable install, numba's cache, SQLite and a fresh named volume
+# (Docker copies the mount point's owner into it) are writable. Numeric ids keep runAsNonRoot
+# checkable.
 USER 0
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
-    && mkdir -p /app /data/ledger \
-    && chown 1000:100 /app /data/ledger
+    && mkdir -p /app /data/ledger /data/registry /home/ray/ray_results \
+    && chown 1000:100 /app /data/ledger /data/registry /home/ray/ray_results
 USER 1000:100
 WORKDIR /app
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= $(abspath ../shared/data/ohlcv)
 
-.PHONY: setup run down test lint format bench clean browser
+.PHONY: setup run down test lint format bench clean browser compose
 
 # torch==2.13.0 first: it is the CPU build on this disk; anything else would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -38,14 +38,22 @@ browser:
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } || \
 	  { sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium; }
 
-test: lint browser
+# tests/cluster/test_compose.py renders docker-compose.yml with Debian's docker-compose (1.29); it
+# needs no Docker daemon.
+compose:
+	@command -v docker-compose >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; } || \
+	  { sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends docker-compose; }
+
+test: lint browser compose
 	$(VENV)/bin/pytest
 
+# Three of the four benches; `python -m bench.backtest` (it first fits four smoke bundles) runs alone.
 bench: setup
-	$(PY) bench/features.py --data-dir $(DATA_DIR)
-	$(PY) bench/train.py --data-dir $(DATA_DIR)
-	$(PY) bench/serve.py --data-dir $(DATA_DIR)
-	$(PY) bench/research.py --data-dir $(DATA_DIR)
+	$(PY) -m bench.features --data-dir $(DATA_DIR)
+	$(PY) -m bench.train --data-dir $(DATA_DIR)
+	$(PY) -m bench.serve --data-dir $(DATA_DIR)
+	$(PY) -m bench.research --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """How many market-hours per second does `python -m trading backtest` replay, end to end?
 
-    .venv/bin/python bench/backtest.py [--data-dir DIR] [--registry DIR] [--train-hours 5000]
+    .venv/bin/python -m bench.backtest [--data-dir DIR] [--registry DIR] [--train-hours 5000]
 
 Goal (the trading issue): the four Upbit markets over the full shared history in under a minute.
 
@@ -19,29 +19,26 @@ and the floor it is compared with: buy-and-hold walked through the same hours wi
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import DATA_DIR, MARKETS, fit_smoke_registry
+from features.domain import Order, Side
+from features.sources import ParquetDirSource
+from serve.sizing import load_sizing_config
+from trading.backtest import arm_sources, run_backtest
+from trading.backtest_report import format_table, summarize
+from trading.config import load_trading_config
+from trading.paper import PaperBroker
+from trading.predictions import MarketHours
+from train.registry import ModelRegistry
 
-from features.domain import Order, Side  # noqa: E402
-from features.sources import ParquetDirSource  # noqa: E402
-from serve.sizing import load_sizing_config  # noqa: E402
-from trading.backtest import MarketHours, arm_sources, run_backtest  # noqa: E402
-from trading.backtest_report import format_table, summarize  # noqa: E402
-from trading.config import load_trading_config  # noqa: E402
-from trading.paper import PaperBroker  # noqa: E402
-from train.registry import ModelRegistry  # noqa: E402
-
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ohlcv"
 GOAL_S = 60.0
 
 
-def fit_smoke_registry(data_dir: Path, train_hours: int, root: Path) -> Path:
+def fit_early_registry(data_dir: Path, train_hours: int, root: Path) -> Path:
     """Smoke bundles fitted on each market's first `train_hours` candles, promoted."""
     head_dir, registry = root / "head", root / "registry"
     head_dir.mkdir(parents=True)
@@ -49,14 +46,8 @@ def fit_smoke_registry(data_dir: Path, train_hours: int, root: Path) -> Path:
     for market in MARKETS:
         head = source.history(market).iloc[:train_hours]
         head.to_parquet(head_dir / f"{market}_minute60.parquet")
-    command = [
-        sys.executable, "-m", "train", "fit", "--local", "--profile", "smoke",
-        "--markets", ",".join(MARKETS), "--data-dir", str(head_dir), "--registry", str(registry),
-    ]  # fmt: skip
-    print("fitting smoke bundles (set-up, not timed): " + " ".join(command[1:]))
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).parents[1])
-    store = ModelRegistry(registry)
+    store = ModelRegistry(fit_smoke_registry(MARKETS, head_dir, registry))
     for market in MARKETS:
         if store.current(market) is None:
             store.promote(market, store.versions(market)[-1].version)
@@ -86,7 +77,7 @@ def main() -> int:
     config = load_trading_config()
     arms = arm_sources(config, load_sizing_config())
     with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
-        registry = args.registry or fit_smoke_registry(args.data_dir, args.train_hours, Path(tmp))
+        registry = args.registry or fit_early_registry(args.data_dir, args.train_hours, Path(tmp))
         started, cpu_started = time.perf_counter(), time.process_time()
         result = run_backtest(
             MARKETS,

@@ -1,6 +1,6 @@
 """How fast are the 46 features, against TA-Lib computing the same columns on the same data?
 
-    .venv/bin/python bench/features.py [--data-dir DIR] [--repeat 15] [--serving-runs 500]
+    .venv/bin/python -m bench.features [--data-dir DIR] [--repeat 15] [--serving-runs 500]
 
 Batch: the four Upbit markets' whole history, gaps repaired once beforehand, so both sides time only
 the indicator maths (the `feature_matrix` core against talib.RSI/MACD/BBANDS/ATR/SMA/EMA/MOM/ROC/
@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 import talib
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from features.candles import CANDLE_COLUMNS, repair_segments, validate_candles  # noqa: E402
-from features.indicators import (  # noqa: E402
+from bench import DATA_DIR, MARKETS, ROOT
+from features.candles import CANDLE_COLUMNS, repair_segments, validate_candles
+from features.indicators import (
     FEATURE_NAMES,
     MA_WINDOWS,
     MOMENTUM_WINDOWS,
@@ -45,11 +44,8 @@ from features.indicators import (  # noqa: E402
     build_features,
     feature_matrix,
 )
-from features.serving import _hourly_tail, serving_features  # noqa: E402
+from features.serving import _hourly_tail, serving_features
 
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
 Arrays = tuple[np.ndarray, ...]
 
 

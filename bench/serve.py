@@ -1,24 +1,28 @@
 """How fast does the Serve graph answer `POST /v1/predict/{market}`, against what it cannot avoid?
 
-    .venv/bin/python bench/serve.py [--requests 300] [--threads 4] [--registry DIR] [--profile]
+    .venv/bin/python -m bench.serve [--requests 300] [--threads 4] [--registry DIR] [--profile]
+    .venv/bin/python -m bench.serve --markets 40     # many markets: bench/serve_markets.py
 
 One run measures, on one local Ray (`ray.init(num_cpus=2)`), over HTTP with a fixed payload (the
-newest 830 real candles of the market) and one persistent `requests.Session`:
+newest SERVING_WINDOW + 7 = 830 real candles of the market) and one persistent `requests.Session`:
 
   graph     serve.app's graph (Ingress -> HybridPredictor[market] -> SizingNode, rule sizer only)
   floor     an app of the same shape and options whose deployments do no work: the same FastAPI
-            body parsing (serve.ingress.PredictBody), the candles shipped through the same two
-            handle hops, constants returned
+            body parsing (serve.ingress.PredictBody), the candles parsed into the same columns
+            (serve.predict.CandleColumns) and shipped through the same two handle hops,
+            constants returned
   in-proc   the same prediction in this process (candles_from_rows + predict_candles +
             rule_sizing on the loaded bundle, one torch thread as in a replica): the work floor
 
-Sequential requests first (latency), then `--threads` client threads (throughput); warm-up requests
-are not timed. Both apps take each deployment's options (num_cpus, replicas, autoscaling) from
-configs/serve_deploy.yaml and are deployed one after the other on the same Serve. Goal: graph p50
-within 1.3x and p99 within 2x of the floor. Without `--registry` a smoke model is fitted first
-(`python -m train fit --local --profile smoke`, ~30 s). `--profile` adds where the time goes: the
-stages of the work in process, the handle hops timed from the driver, and each replica's own
-per-call times read from Serve's replica logs. The machine is shared: run it twice, read both.
+Both apps are deployed side by side on the same Serve, each deployment with its options (num_cpus,
+replicas, autoscaling) from configs/serve_deploy.yaml. Sequential requests first (latency), one
+call of each per step (in-process, graph, floor) so the machine's load falls on all alike, then
+`--threads` client threads per app (throughput); warm-up steps are not timed. Goals: graph p50
+within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
+`--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
+`--profile` adds where the time goes: the stages of the work in process, the handle hops timed
+from the driver, and each replica's own per-call times read from Serve's replica logs. The
+machine is shared: run it twice, read both.
 """
 
 from __future__ import annotations
@@ -27,137 +31,68 @@ import argparse
 import json
 import logging
 import os
-import pickle
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# This file is bench/serve.py: with bench/ on sys.path `import serve` would find it, not the
-# project's package, here and (Ray copies the driver's script directory) in every replica.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(ROOT))
-# A bench-local Ray: no token (Ray 2.60 turns token auth on even for `ray.init()` and writes a token
-# file under ~/.ray unless told not to), and never a cluster found through RAY_ADDRESS.
-for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-    os.environ.pop(name, None)
-os.environ["RAY_AUTH_MODE"] = "disabled"
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import ray  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from ray import serve  # noqa: E402
-from ray.serve import Application  # noqa: E402
-from ray.serve.handle import DeploymentHandle  # noqa: E402
-
-from cluster.local_ray import free_port  # noqa: E402
-from features.domain import AccountState, Signal  # noqa: E402
-from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW  # noqa: E402
-from features.serving import serving_matrix  # noqa: E402
-from serve.app import build_app, config_from_args  # noqa: E402
-from serve.ingress import FLAT_ACCOUNT, PredictBody, shape  # noqa: E402
-from serve.predict import candles_from_rows, predict_candles  # noqa: E402
-from serve.sizing import (  # noqa: E402
-    SizingRequest,
-    load_sizing_config,
-    rule_sizing,
-    sizing_volatility,  # noqa: E402
+# isort: off
+from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray is imported
+    DEPLOY_CONFIG,
+    PAYLOAD_ROWS,
+    candle_rows,
+    concurrent,
+    deploy_options,
+    in_process,
+    interleaved,
+    load_model,
+    rule_sizer_config,
+    summary,
+    wait_answering,
+    with_options,
 )
-from train.bundle import load_bundle  # noqa: E402
-from train.registry import ModelRegistry  # noqa: E402
 
-DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
-DEPLOY_CONFIG = ROOT / "configs" / "serve_deploy.yaml"
-PAYLOAD_ROWS = 830
+# isort: on
+import pandas as pd
+import ray
+import torch
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from bench import DATA_DIR, ROOT, fit_smoke_registry
+from bench.serve_profile import handle_hops, log_marks, profile_report, replica_times, stage_times
+from cluster.local_ray import free_port
+from serve.app import build_app
+from serve.config import ServeConfig
+from serve.predict import CandleColumns
+from serve.schema import (
+    FLAT_ACCOUNT,
+    ModelView,
+    PredictBody,
+    PredictionReply,
+    Probabilities,
+    Sizing,
+)
+from serve.sizing import load_sizing_config
+
 GOAL_P50, GOAL_P99 = 1.3, 2.0
-
-
-# -- the payload and the in-process baseline -------------------------------------------------------
-def candle_rows(data_dir: Path, market: str, n: int) -> list[dict[str, Any]]:
-    """The newest n stored candles as request rows (as tests/serve/test_app.py builds them)."""
-    frame = pd.read_parquet(data_dir / f"{market}_minute60.parquet").iloc[-n:].reset_index()
-    frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return frame.to_dict(orient="records")
-
-
-def fit_smoke_registry(root: Path, market: str, data_dir: Path) -> Path:
-    registry = root / "registry"
-    command = [
-        sys.executable,
-        "-m",
-        "train",
-        "fit",
-        "--local",
-        "--markets",
-        market,
-        "--profile",
-        "smoke",
-        "--data-dir",
-        str(data_dir),
-        "--registry",
-        str(registry),
-    ]
-    print(f"# no --registry: fitting a smoke model into {registry} ...", flush=True)
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return registry
-
-
-def load_model(registry: Path, market: str, dest: Path):
-    return load_bundle(ModelRegistry(str(registry)).fetch(market, dest_dir=dest))
-
-
-def rule_sizer_config(path: Path) -> Path:
-    sizing = yaml.safe_load((ROOT / "configs" / "sizing.yaml").read_text())
-    sizing["groq"]["enabled"] = False
-    sizing["ollama"]["enabled"] = False
-    path.write_text(yaml.safe_dump(sizing))
-    return path
-
-
-def in_process(model, market: str, rows: list[dict[str, Any]], sizing, max_rows: int) -> dict:
-    raw = predict_candles(model, market, candles_from_rows(rows, max_rows))
-    signal = Signal(max(range(3), key=lambda k: raw.probabilities[k]))
-    request = SizingRequest(
-        market, signal, raw.probabilities, raw.volatility, AccountState(**FLAT_ACCOUNT)
-    )
-    return {"signal": int(signal), "ratio": rule_sizing(request, sizing).ratio}
-
-
-def time_calls(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(n)
-    for i in range(n):
-        started = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - started
-    return out * 1000
+GOAL_WORK = 5.0  # graph p50 over HTTP within 5x of the same work in process
 
 
 # -- the floor app: same shape, same parsing, no work ----------------------------------------------
 floor_api = FastAPI(title="floor")
-CONSTANT_PREDICTION = {
-    "market": "KRW-BTC",
-    "time": "2025-09-30T08:00:00",
-    "signal": 1,
-    "probabilities": (0.1, 0.8, 0.1),
-    "model_version": "v0000",
-    "volatility": 0.005,
-    "served_by": "floor",
-}
-CONSTANT_SIZING = {"ratio": 0.05, "source": "rule-no-llm", "reason": "floor"}
+CONSTANT_PREDICTION = ModelView(
+    market="KRW-BTC",
+    time=pd.Timestamp("2025-09-30T08:00:00"),
+    probabilities=Probabilities.of((0.1, 0.8, 0.1)),
+    model_version="v0000",
+    volatility=0.005,
+    served_by="floor",
+)
+CONSTANT_SIZING = Sizing(ratio=0.05, source="rule-no-llm", reason="floor")
 
 
 @serve.deployment
@@ -168,22 +103,23 @@ class FloorIngress:
         self.sizing = sizing
 
     @floor_api.post("/v1/predict/{market}")
-    async def predict_market(self, market: str, body: PredictBody | None = None) -> JSONResponse:
+    async def predict_market(self, market: str, body: PredictBody | None = None) -> PredictionReply:
         body = body or PredictBody()
-        prediction = await self.predictors[market].predict.remote(body.candles)
-        sizing = await self.sizing.size.remote(prediction, FLAT_ACCOUNT)
-        return JSONResponse(shape(prediction, sizing))
+        candles = None if body.candles is None else CandleColumns.parse(body.candles, 5000)
+        view = await self.predictors[market].predict.remote(candles)
+        sizing = await self.sizing.size.remote(view, body.account or FLAT_ACCOUNT)
+        return PredictionReply.of(view, sizing)
 
 
 @serve.deployment
 class FloorPredictor:
-    def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def predict(self, candles: CandleColumns | None = None) -> ModelView:
         return CONSTANT_PREDICTION
 
 
 @serve.deployment
 class FloorSizing:
-    async def size(self, prediction: dict[str, Any], account: dict[str, Any]) -> dict[str, Any]:
+    async def size(self, view: ModelView, account: Any) -> Sizing:
         return CONSTANT_SIZING
 
 
@@ -194,173 +130,34 @@ def floor_app(markets: list[str]) -> Application:
     )
 
 
-def deploy_options(path: Path) -> dict[str, dict[str, Any]]:
-    """Per-deployment options (num_cpus, replicas, autoscaling) of the deploy config's app."""
-    app = yaml.safe_load(path.read_text())["applications"][0]
-    return {d.pop("name"): d for d in app["deployments"]}
-
-
-def with_options(app: Application, options: dict[str, dict[str, Any]]) -> Application:
-    """The same graph with each deployment's options from the deploy config, as `serve deploy`
-    applies them (`serve.run` of a bound graph would give every replica a whole CPU)."""
-    deployment = app._bound_deployment  # Serve's own build_app reads the graph the same way
-
-    def rebind(value: Any) -> Any:
-        if isinstance(value, Application):
-            return with_options(value, options)
-        if isinstance(value, dict):
-            return {k: rebind(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(rebind(v) for v in value)
-        return value
-
-    args = [rebind(a) for a in deployment.init_args]
-    kwargs = {k: rebind(v) for k, v in deployment.init_kwargs.items()}
-    return deployment.options(**options.get(deployment.name, {})).bind(*args, **kwargs)
-
-
-# -- HTTP load -------------------------------------------------------------------------------------
-def post(session: requests.Session, url: str, body: bytes) -> dict[str, Any]:
-    reply = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
-    if reply.status_code != 200:
-        raise RuntimeError(f"{url}: {reply.status_code} {reply.text[:300]}")
-    return reply.json()
-
-
-def wait_answering(url: str, body: bytes, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    with requests.Session() as session:
-        while True:
-            try:
-                return post(session, url, body)
-            except (requests.RequestException, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-
-def sequential(url: str, body: bytes, n: int, warmup: int) -> np.ndarray:
-    with requests.Session() as session:
-        for _ in range(warmup):
-            post(session, url, body)
-        out = np.empty(n)
-        for i in range(n):
-            started = time.perf_counter()
-            post(session, url, body)
-            out[i] = time.perf_counter() - started
-    return out * 1000
-
-
-def concurrent(url: str, body: bytes, n: int, threads: int) -> tuple[np.ndarray, float]:
-    """n requests over `threads` client threads (one Session each); latencies and requests/s."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(n))
-    barrier = threading.Barrier(threads + 1)
-
-    def client() -> None:
-        with requests.Session() as session:
-            post(session, url, body)  # its own connection, opened before the clock starts
-            barrier.wait()
-            mine = []
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        break
-                started = time.perf_counter()
-                post(session, url, body)
-                mine.append(time.perf_counter() - started)
-            with lock:
-                latencies.extend(mine)
-
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - started
-    return np.array(latencies) * 1000, n / wall
-
-
-def summary(ms: np.ndarray) -> dict[str, float]:
-    return {
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "mean": float(ms.mean()),
-        "rps": 1000.0 / float(ms.mean()),
-    }
-
-
-# -- profiling: replica-side call times from Serve's logs ------------------------------------------
-LOG_LINE = re.compile(r"(?P<what>CALL \S+|POST \S+|GET \S+) (?:OK|\d{3}) (?P<ms>[\d.]+)ms")
-
-
-def replica_times(app: str, since: dict[Path, int]) -> dict[str, list[float]]:
-    """Per deployment and method, the call times Serve logged in each replica after `since`."""
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    found: dict[str, list[float]] = {}
-    for path in sorted(logs.glob(f"replica_{app}_*.log")):
-        deployment = path.name.removeprefix(f"replica_{app}_").rsplit("_", 1)[0]
-        lines = path.read_text(errors="replace").splitlines()[since.get(path, 0) :]
-        for line in lines:
-            match = LOG_LINE.search(line)
-            if match:
-                key = f"{deployment} {match['what']}"
-                found.setdefault(key, []).append(float(match["ms"]))
-    return found
-
-
-def log_marks(app: str) -> dict[Path, int]:
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    marks = {}
-    for p in logs.glob(f"replica_{app}_*.log"):
-        marks[p] = len(p.read_text(errors="replace").splitlines())
-    return marks
-
-
-# -- one app ---------------------------------------------------------------------------------------
-def bench_app(
-    label: str,
-    app: Application,
-    args: argparse.Namespace,
-    port: int,
-    body: bytes,
-    rows: list[dict[str, Any]],
-) -> dict[str, Any]:
+# -- both apps, interleaved -----------------------------------------------------------------------
+def deploy(label: str, app: Application, port: int, market: str, body: bytes) -> dict[str, Any]:
     started = time.perf_counter()
     serve.run(app, name=label, route_prefix=f"/{label}")
-    url = f"http://127.0.0.1:{port}/{label}/v1/predict/{args.market}"
+    url = f"http://127.0.0.1:{port}/{label}/v1/predict/{market}"
     sample = wait_answering(url, body)
-    ready_s = time.perf_counter() - started
-    marks = log_marks(label)
-    seq = sequential(url, body, args.requests, args.warmup)
-    result: dict[str, Any] = {"ready_s": ready_s, "seq": summary(seq), "sample": sample}
+    return {"url": url, "ready_s": time.perf_counter() - started, "sample": sample}
+
+
+def measure(apps: dict[str, dict], work, args: argparse.Namespace, body: bytes, rows) -> dict:
+    """The in-process work and both apps, one call each per step, so the machine's load (shared,
+    changing by the minute) falls on all three alike; then the extras, app by app."""
+    marks = {label: log_marks(label) for label in apps}
+    calls = {label: (app["url"], body) for label, app in apps.items()}
+    if args.profile:  # the same hops with no candles: what the payload itself costs
+        calls["empty"] = (apps["floor"]["url"], b"{}")
+    ms = interleaved(work, calls, args.requests, args.warmup)
+    for label, app in apps.items():
+        app["seq"] = summary(ms[label])
+        if args.profile:
+            app["replicas"] = replica_times(label, marks[label])
+            app["hops"] = handle_hops(label, args.market, rows, args.requests // 3)
+        if args.threads > 1:
+            lat, rps = concurrent(app["url"], body, args.requests, args.threads)
+            app["conc"] = {**summary(lat), "rps": rps}
     if args.profile:
-        result["replicas"] = replica_times(label, marks)
-        result["hops"] = handle_hops(label, args.market, rows, args.requests // 3)
-        if label == "floor":  # the same hops with no candles: what the payload itself costs
-            result["empty"] = summary(sequential(url, b"{}", args.requests // 3, 10))
-    if args.threads > 1:
-        lat, rps = concurrent(url, body, args.requests, args.threads)
-        result["conc"] = {**summary(lat), "rps": rps}
-    serve.delete(label)
-    return result
-
-
-def handle_hops(label: str, market: str, rows: list[dict[str, Any]], n: int) -> dict[str, float]:
-    """The predictor and sizing deployments called from the driver through handles (median ms)."""
-    predictor = serve.get_deployment_handle(market, app_name=label)
-    sizing = serve.get_deployment_handle("SizingNode", app_name=label)
-    prediction = predictor.predict.remote(rows).result()
-    hops = {
-        "predictor.predict(830 rows)": time_calls(
-            lambda: predictor.predict.remote(rows).result(), n
-        ),
-        "sizing.size": time_calls(lambda: sizing.size.remote(prediction, FLAT_ACCOUNT).result(), n),
-    }
-    return {k: float(np.median(v)) for k, v in hops.items()}
+        apps["floor"]["empty"] = summary(ms["empty"])
+    return summary(ms["in"])
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -373,10 +170,16 @@ def header(args: argparse.Namespace) -> None:
         f"# ray {ray.__version__}, python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"pandas {pd.__version__}"
     )
+    asked = f"{args.market}" if args.markets == 1 else "{market}, a random mix"
     print(
-        f"# POST /v1/predict/{args.market}, {PAYLOAD_ROWS} candles, {args.requests} timed "
+        f"# POST /v1/predict/{asked}, {PAYLOAD_ROWS} candles, {args.requests} timed "
         f"requests after {args.warmup} warm-up; options from {DEPLOY_CONFIG.name}"
     )
+    if args.markets > 1:
+        print(
+            f"# {args.markets} markets multiplexed: {args.replicas} replicas x "
+            f"{args.models_per_replica} bundles, against the four-market graph"
+        )
 
 
 def row(name: str, s: dict[str, float]) -> str:
@@ -400,10 +203,11 @@ def report(
         f"\ngraph/floor  p50 {r50:.2f}x (goal <= {GOAL_P50}x)  p99 {r99:.2f}x "
         f"(goal <= {GOAL_P99}x): {ok}"
     )
+    work = g["p50"] / inproc["p50"]
     print(
         f"graph - floor p50 {g['p50'] - f['p50']:+.2f} ms; in-process work p50 "
-        f"{inproc['p50']:.2f} ms; graph/in-process p50 {g['p50'] / inproc['p50']:.1f}x, "
-        f"p99 {g['p99'] / inproc['p99']:.1f}x"
+        f"{inproc['p50']:.2f} ms; graph/in-process p50 {work:.1f}x (goal <= {GOAL_WORK}x: "
+        f"{'MET' if work <= GOAL_WORK else 'MISSED'}), p99 {g['p99'] / inproc['p99']:.1f}x"
     )
     if args.threads > 1:
         print(
@@ -418,66 +222,6 @@ def report(
     )
 
 
-def profile_report(
-    stages: dict[str, tuple[float, float]], graph: dict[str, Any], floor: dict[str, Any]
-) -> None:
-    print("\n# profile: in-process stages (ms, one torch thread; min ~ the machine unloaded)")
-    for name, (median, least) in stages.items():
-        print(f"  {name:<52} median {median:7.3f}  min {least:7.3f}")
-    empty = floor["empty"]
-    print(
-        f"# profile: floor app over HTTP with an empty body (no candles): p50 {empty['p50']:.2f}"
-        f" ms, p99 {empty['p99']:.2f} ms (with the 830 candles: p50 {floor['seq']['p50']:.2f})"
-    )
-    for label, result in (("graph", graph), ("floor", floor)):
-        print(f"# profile: {label}, handle calls from the driver (median ms)")
-        for name, ms in result["hops"].items():
-            print(f"  {name:<52} {ms:8.3f}")
-        print(f"# profile: {label}, time inside each replica per call (Serve replica logs, ms)")
-        for key, values in sorted(result["replicas"].items()):
-            v = np.array(values)
-            print(
-                f"  {key:<52} p50 {np.percentile(v, 50):7.2f}  p99 "
-                f"{np.percentile(v, 99):7.2f}  n={len(v)}"
-            )
-
-
-def stage_times(
-    model, market: str, rows: list[dict[str, Any]], body: bytes, sizing, max_rows: int, n: int
-) -> dict[str, float]:
-    """Where the in-process work goes, plus the costs the HTTP path adds around it."""
-    candles = candles_from_rows(rows, max_rows)
-    window = candles.iloc[-SERVING_WINDOW - 48 :]
-    max_gap = int(model.metadata.get("max_gap_hours", 6))
-    features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
-    parsed = json.loads(body)
-    pickled = pickle.dumps(rows, protocol=5)
-    raw = predict_candles(model, market, candles)
-    request = SizingRequest(
-        market, Signal.BUY, raw.probabilities, raw.volatility, AccountState(**FLAT_ACCOUNT)
-    )
-    stages = {
-        f"json.loads(body, {len(body) // 1024} KiB)": lambda: json.loads(body),
-        "PredictBody.model_validate (FastAPI's parse)": lambda: PredictBody.model_validate(parsed),
-        f"pickle.dumps(rows) ({len(pickled) // 1024} KiB, a handle hop)": lambda: pickle.dumps(
-            rows, protocol=5
-        ),
-        "pickle.loads(rows)": lambda: pickle.loads(pickled),
-        "candles_from_rows (DataFrame + validate)": lambda: candles_from_rows(rows, max_rows),
-        "serving_matrix (46 features, window)": lambda: serving_matrix(
-            window, SEQUENCE_LENGTH, max_gap
-        ),
-        "model.predict_proba (LSTM + head)": lambda: model.predict_proba(features),
-        "volatility": lambda: sizing_volatility(candles["close"].to_numpy()),
-        "predict_candles (features + model + volatility)": lambda: predict_candles(
-            model, market, candles
-        ),
-        "rule_sizing": lambda: rule_sizing(request, sizing),
-    }
-    times = {name: time_calls(fn, n) for name, fn in stages.items()}
-    return {name: (float(np.median(ms)), float(ms.min())) for name, ms in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="timed requests per figure")
@@ -488,19 +232,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry", type=Path, help="a registry with the market promoted")
     parser.add_argument("--deploy-config", type=Path, default=DEPLOY_CONFIG)
     parser.add_argument("--profile", action="store_true", help="also show where the time goes")
+    many = parser.add_argument_group("many markets (bench/serve_markets.py)")
+    many.add_argument("--markets", type=int, default=1, help="N > 1: the multiplexed pool over N")
+    many.add_argument("--replicas", type=int, default=2, help="the pool's replicas")
+    many.add_argument("--models-per-replica", type=int, default=24)
+    many.add_argument("--seed", type=int, default=7, help="the random mix of markets")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # Ray gives replicas the driver's working directory on their path
     header(args)
     wall = time.perf_counter()
+    if args.markets > 1:
+        from bench.serve_markets import run_markets
+
+        with tempfile.TemporaryDirectory(prefix="bench-serve-markets-") as tmp:
+            run_markets(args, Path(tmp))
+        print(f"\n# wall time {time.perf_counter() - wall:.0f} s")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp_dir = Path(tmp)
-        registry = args.registry or fit_smoke_registry(tmp_dir, args.market, args.data_dir)
+        registry = args.registry or fit_smoke_registry(
+            [args.market], args.data_dir, tmp_dir / "registry"
+        )
         sizing_path = rule_sizer_config(tmp_dir / "sizing.yaml")
-        app_args = {
-            "set": f"registry={registry.resolve()};poll_s=5;markets=[{args.market}];"
-            f"sizing_config={sizing_path}"
-        }
-        config = config_from_args(app_args)
+        config = ServeConfig(
+            registry=str(registry.resolve()),
+            poll_s=5,
+            markets=[args.market],
+            sizing_config=str(sizing_path),
+        )
         rows = candle_rows(args.data_dir, args.market, PAYLOAD_ROWS)
         body = json.dumps({"candles": rows}).encode()
 
@@ -510,7 +269,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# model: {registry} {args.market} {model.version} (profile {profile})")
         sizing = load_sizing_config(sizing_path)
         work = lambda: in_process(model, args.market, rows, sizing, config.max_candles)  # noqa: E731
-        inproc = summary(time_calls(work, args.requests, args.warmup))
         stages = (
             stage_times(model, args.market, rows, body, sizing, config.max_candles, 200)
             if args.profile
@@ -523,12 +281,13 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            graph = bench_app(
-                "graph", with_options(build_app(app_args), options), args, port, body, rows
-            )
-            floor = bench_app(
-                "floor", with_options(floor_app([args.market]), options), args, port, body, rows
-            )
+            built = {"graph": build_app(config), "floor": floor_app([args.market])}
+            apps = {
+                label: deploy(label, with_options(app, options), port, args.market, body)
+                for label, app in built.items()
+            }
+            inproc = measure(apps, work, args, body, rows)
+            graph, floor = apps["graph"], apps["floor"]
         finally:
             ray.shutdown()  # Serve's controller, proxy and replicas go with this local Ray
     report(inproc, graph, floor, args)

@@ -1,6 +1,6 @@
 """What does Ray cost the training path, against the same work done without it, in the same run?
 
-    .venv/bin/python bench/train.py [--data-dir DIR] [--profile smoke] [--epochs 4]
+    .venv/bin/python -m bench.train [--data-dir DIR] [--profile smoke] [--epochs 4]
                                     [--lstm-epochs 5] [--cpus-per-worker 0.25] [--verbose]
 
 (a) The four markets fitted concurrently by `fit_markets_on_ray` (one one-worker TorchTrainer per
@@ -31,25 +31,16 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# This file is called train.py: with bench/ on sys.path, `import train` (here and, through the
-# driver's sys.path that Ray hands its workers, in every worker) would import this file instead.
-sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != HERE]
-sys.path.insert(0, str(ROOT))
+from bench import DATA_DIR, MARKETS, ROOT
 
 if TYPE_CHECKING:
     from cluster.local_ray import LocalHead
-
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
-DATA_DIR = ROOT.parent / "shared" / "data" / "ohlcv"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

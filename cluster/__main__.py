@@ -1,29 +1,49 @@
-"""`python -m cluster up|status|down`: the whole system on one machine, paper trading by default."""
+"""`python -m cluster up|status|down`: the whole system on one machine, paper trading by default.
+
+Ray reads its token (RAY_AUTH_MODE, RAY_AUTH_TOKEN) when it is first imported, so nothing that
+imports Ray loads before `prepare_secrets` has set them: those imports sit inside the commands.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
     APPS,
     State,
     UpError,
     _dashboard_up,
+    app_args,
     candles_dir,
     deploy_config,
+    model_line,
     prepare_secrets,
     serve_deploy,
-    start_head,
+    served_models,
     wait_http,
 )
+from cluster.local_ray import HeadError, start_head, stop_head_group
+from cluster.one_loop import loop_keys, refuse_held_ledger, refuse_other_loop
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
+from serve.admin import ADMIN_TOKEN_ENV
+from serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from cluster.replay import Replay
+    from trading.loop import ClockSettings, LoopSettings
 
 TRAIN_HOURS = 8760 + 2000  # what the quick profile reads, plus warm-up
+Head = tuple[str, str, bool, int | None]  # GCS address, dashboard URL, started by up, its pid
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,57 +64,126 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--dashboard-url", help="its dashboard, e.g. http://127.0.0.1:8265")
     up.add_argument("--serve-port", type=int)
     up.add_argument("--no-retrain", action="store_true", help="do not schedule retraining")
-    up.add_argument("--clock-start", help="accelerated clock: start (KST), for demos and tests")
-    up.add_argument("--clock-speed", type=float, default=3600.0)
+    up.add_argument(
+        "--holdout-hours", type=int,
+        help="offline: the newest N stored hours are not trained on and the loop replays them on "
+        "the accelerated clock (default: configs/cluster.yaml replay.holdout_hours; 0: off)",
+    )  # fmt: skip
+    up.add_argument("--clock-speed", type=float, help="accelerated clock, x real time "
+                    "(default: replay.clock_speed)")  # fmt: skip
+    up.add_argument(
+        "--clock-start", type=datetime.fromisoformat,
+        help="accelerated clock: start here instead (KST, e.g. 2025-08-19T12:00:30)",
+    )  # fmt: skip
     up.add_argument("--max-hours", type=int, help="the loop stops after this many hours")
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
+    market_list.add_parser(sub)
     return parser.parse_args(argv)
 
 
-def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> tuple[str, str, bool]:
+def _running_head(args: argparse.Namespace, state_path: Path) -> bool:
+    """Whether `up` joins a head that already runs (a loop may be trading there)."""
+    if args.address:
+        return True
+    return state_path.is_file() and _dashboard_up(State.load(state_path).dashboard_url)
+
+
+def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Head:
     if args.address:
         if not args.dashboard_url:
             raise UpError("--address needs --dashboard-url (jobs and serve deploy go through it)")
-        return args.address, args.dashboard_url, False
+        return args.address, args.dashboard_url, False, None
     if state_path.is_file():
         old = State.load(state_path)
         if _dashboard_up(old.dashboard_url):
-            return old.gcs_address, old.dashboard_url, old.started_head
-    gcs, dashboard = start_head(cfg.ray.num_cpus, cfg.ray.port, cfg.ray.dashboard_port)
-    return gcs, dashboard, True
+            return old.gcs_address, old.dashboard_url, old.started_head, old.head_pid
+    try:
+        head = start_head(
+            cfg.ray.num_cpus, token=os.environ["RAY_AUTH_TOKEN"], log_dir=state_path.parent,
+            port=cfg.ray.port, dashboard_port=cfg.ray.dashboard_port, num_gpus=None,
+        )  # fmt: skip
+    except HeadError as exc:
+        raise UpError(f"{exc}\n(another Ray on these ports? --set ray.port=... "
+                      "--set ray.dashboard_port=...)") from exc  # fmt: skip
+    return head.gcs_address, head.dashboard_url, True, head.pid
 
 
-def _train_missing(state: State, profile: str) -> list[str]:
-    from train.__main__ import main as train_main
+def _train_missing(state: State, profile: str, replay: Replay | None) -> list[str]:
+    from train.__main__ import FitRequest, fit_markets
     from train.registry import ModelRegistry
 
     registry = ModelRegistry(state.registry)
     known = set(registry.markets())
     missing = [m for m in state.markets if m not in known or registry.current(m) is None]
-    if missing:
-        print(f"training {', '.join(missing)} ({profile} profile, through Ray): no model yet")
-        code = train_main(
-            ["fit", "--markets", ",".join(missing), "--profile", profile, "--data-dir",
-             state.data_dir, "--registry", state.registry, "--ray-address", state.gcs_address]
-        )  # fmt: skip
-        if code != 0:
-            raise UpError(f"training {', '.join(missing)} failed (exit {code})")
+    if not missing:
+        return []
+    until = replay.until.to_pydatetime() if replay else None
+    print(f"training {', '.join(missing)} ({profile} profile, through Ray"
+          + (f", on candles up to {until}" if until else "") + "): no model yet")  # fmt: skip
+    verdicts = fit_markets(
+        FitRequest(
+            missing,
+            state.data_dir,
+            state.registry,
+            profile,
+            until=until,
+            ray_address=state.gcs_address,
+        )
+    )
+    unpromoted = [str(v) for v in verdicts if not v.promoted]
+    if unpromoted:
+        raise UpError(f"no model was promoted for: {'; '.join(unpromoted)}")
     return missing
 
 
-def _loop_args(args: argparse.Namespace, state: State) -> dict[str, Any]:
-    loop: dict[str, Any] = {
-        "mode": state.mode,
-        "data_dir": state.data_dir,
-        "serve_url": state.serve_url,
-        "overrides": [f"ledger.path={state.ledger}", f"loop.markets=[{', '.join(state.markets)}]"],
-        "max_hours": args.max_hours,
-    }
+def _clock(
+    args: argparse.Namespace, speed: float, replay: Replay | None, delay: float
+) -> ClockSettings:
+    from trading.loop import ClockSettings
+
     if args.clock_start:
-        loop["clock"] = {"kind": "accelerated", "start": args.clock_start,
-                         "speed": args.clock_speed}  # fmt: skip
-    return loop
+        return ClockSettings(kind="accelerated", start=args.clock_start, speed=speed)
+    return replay.clock(delay) if replay else ClockSettings()
+
+
+def _settings(
+    args: argparse.Namespace, cfg: ClusterConfig, state: State, replay: Replay | None
+) -> tuple[dict[str, Any], ServeConfig, LoopSettings]:
+    """The deploy config's template and its two apps' settings, filled for this machine."""
+    from trading.loop import LoopSettings
+
+    path = Path(resolve_path(cfg.serve.deploy_config))
+    template = yaml.safe_load(path.read_text())
+    serve = app_args(ServeConfig, template, APPS[0], path)
+    loop = app_args(LoopSettings, template, APPS[1], path)
+    source = serve.source.model_copy(
+        update={"kind": "parquet", "data_dir": state.data_dir} if state.offline
+        else {"kind": "upbit", "cache_dir": resolve_path(cfg.paths.cache)}
+    )  # fmt: skip
+    serve = serve.model_copy(
+        update={"registry": state.registry, "markets": state.markets, "source": source}
+    )
+    speed = args.clock_speed or cfg.replay.clock_speed
+    clock = _clock(args, speed, replay, loop.trading().loop.delay_after_close_s)
+    loop = loop.model_copy(update={
+        "mode": state.mode, "data_dir": state.data_dir if state.offline else None,
+        "serve_url": state.serve_url, "ledger": state.ledger, "markets": state.markets,
+        "clock": clock, "max_hours": args.max_hours,
+    })  # fmt: skip
+    return template, serve, loop
+
+
+def _replay(
+    args: argparse.Namespace, cfg: ClusterConfig, data_dir: str, markets: list[str]
+) -> Replay | None:
+    """Offline only: the newest stored hours to hold out of training and replay (None: off)."""
+    if not args.data_dir:
+        return None
+    from cluster.replay import plan_replay
+
+    hours = cfg.replay.holdout_hours if args.holdout_hours is None else args.holdout_hours
+    return plan_replay(data_dir, markets, hours, args.clock_speed or cfg.replay.clock_speed)
 
 
 def _check_live(args: argparse.Namespace) -> str:
@@ -108,62 +197,102 @@ def _check_live(args: argparse.Namespace) -> str:
 
 def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     mode = _check_live(args)
-    runs = Path(resolve_path(cfg.paths.state)).parent
+    state_path = Path(resolve_path(cfg.paths.state))
+    runs = state_path.parent
     prepare_secrets(runs)
     features = load_features_config()
-    markets = args.markets.split(",") if args.markets else features.markets
+    markets = args.markets.split(",") if args.markets else market_list.system_markets(features)
     data_dir = candles_dir(args.data_dir, cfg.paths.cache, markets, TRAIN_HOURS)
-    state_path = Path(resolve_path(cfg.paths.state))
-    gcs, dashboard, started = _head(args, cfg, state_path)
-    port = args.serve_port or cfg.serve.port
-    state = State(
-        gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
-        resolve_path(args.registry or cfg.paths.registry),
-        resolve_path(args.ledger or cfg.paths.ledger), data_dir, mode,
-    )  # fmt: skip
-    state.save(state_path)
+    replay = _replay(args, cfg, data_dir, markets)
+    ledger = resolve_path(args.ledger or cfg.paths.ledger)
+    joined = _running_head(args, state_path)
+    refuse_held_ledger(mode, ledger, joined)
+    gcs, dashboard, started, pid = _head(args, cfg, state_path)
     import ray
 
     ray.init(address=gcs, ignore_reinit_error=True)  # training progress shows here
-    trained = _train_missing(state, args.profile or cfg.train.profile)
-    config = deploy_config(
-        Path(resolve_path(cfg.serve.deploy_config)), state, port, _loop_args(args, state)
-    )
+    if joined:
+        refuse_other_loop(mode, ledger)
+    port = args.serve_port or cfg.serve.port
+    state = State(
+        gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
+        resolve_path(args.registry or cfg.paths.registry), ledger, data_dir, mode,
+        offline=bool(args.data_dir), head_pid=pid,
+    )  # fmt: skip
+    state.save(state_path)
+    trained = _train_missing(state, args.profile or cfg.train.profile, replay)
+    template, serve, loop = _settings(args, cfg, state, replay)
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
+    config = deploy_config(template, serve, loop, port, cfg.serve.host)
     graph_only = {**config, "applications": config["applications"][:1]}
     serve_deploy(graph_only, runs / "serve_deploy.graph.yaml", dashboard)
     wait_http(f"{state.serve_url}/healthz", lambda body: body["ready"] == sorted(markets))
+    if mode == "live":  # the keys reach the loop's process only, never the keeper or the head
+        from trading.loop import start_loop
+
+        start_loop(loop, env=loop_keys(mode))
     serve_deploy(config, runs / "serve_deploy.local.yaml", dashboard)
     wait_http(f"{state.serve_url}/trading/healthz", lambda body: "running" in body)
-    retrain = _retrainer(args, cfg, state)
-    print(_summary(state, trained, retrain))
+    retrain = _retrainer(args, cfg, state, replay)
+    ray.shutdown()
+    clock = f"accelerated from {args.clock_start} (--clock-start)" if args.clock_start else None
+    print(_summary(state, trained, retrain, replay, runs, clock))
     return 0
 
 
-def _retrainer(args: argparse.Namespace, cfg: ClusterConfig, state: State) -> str:
+def _retrainer(
+    args: argparse.Namespace, cfg: ClusterConfig, state: State, replay: Replay | None
+) -> str:
     if args.no_retrain or not cfg.retrain.enabled:
         return "retraining: off"
     from cluster.retrain import RetrainJob, start_retrainer
 
+    until = str(replay.until) if replay else None
     job = RetrainJob(state.markets, state.data_dir, state.registry, cfg.retrain.profile,
-                     cfg.retrain.tune)  # fmt: skip
+                     cfg.retrain.tune, until)  # fmt: skip
     start_retrainer(state.dashboard_url, job, cfg.retrain.every_hours * 3600)
     return f"retraining: every {cfg.retrain.every_hours:g} h as a Ray job ({cfg.retrain.profile})"
 
 
-def _summary(state: State, trained: list[str], retrain: str) -> str:
-    return "\n".join([
+def _summary(
+    state: State,
+    trained: list[str],
+    retrain: str,
+    replay: Replay | None,
+    runs: Path,
+    clock: str | None,
+) -> str:
+    """What runs where; the status page's URL last, with the admin token in its fragment (the
+    browser never sends a fragment to the server, so it reaches no server log)."""
+    models = f"Models:         {state.registry}" + (
+        f" (trained now: {', '.join(trained)})" if trained else " (every market already had one)"
+    )
+    lines = [
         f"Ray dashboard:  {state.dashboard_url}  (token: ~/.ray/auth_token or $RAY_AUTH_TOKEN)",
         f"Serve API:      {state.serve_url}/v1/predict/{{market}}",
         f"Health:         {state.serve_url}/healthz",
-        f"Status page:    {state.serve_url}/status  (admin token: runs/admin_token or "
-        "$HYBRID_ADMIN_TOKEN)",
         f"Trading loop:   {state.mode} mode on {', '.join(state.markets)}; ledger {state.ledger}",
-        f"Models:         {state.registry}" + (f" (trained now: {', '.join(trained)})" if trained
-                                               else " (every market already had one)"),
+        models,
         retrain,
-        "Ray head:       " + ("started by up" if state.started_head else "joined"),
-    ])  # fmt: skip
+        "Ray head:       " + (f"started by up (log: {runs}/ray-head-{state.head_port}.log)"
+                              if state.started_head else "joined"),
+    ]  # fmt: skip
+    if replay:
+        from cluster.replay import models_inside
+
+        lines.append(f"Replay:         {replay.describe(clock)}")
+        lines += [f"WARNING:        {w}" for w in models_inside(state.registry, state.markets,
+                                                                 replay)]  # fmt: skip
+    elif state.offline:
+        lines.append(
+            f"Clock:          {clock or 'wall clock'}: offline, the loop waits at the newest "
+            "stored candle and records nothing (--holdout-hours > 0 replays stored hours)"
+        )
+    lines += [
+        "Watch it:       python -m cluster status",
+        f"Status page:    {state.serve_url}/status#token={os.environ[ADMIN_TOKEN_ENV]}",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -188,17 +317,38 @@ def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         retrain = ray.get(get_retrainer().status.remote(), timeout=30)
     except ValueError:
         retrain = None
-    report = {"ray": ray.cluster_resources(), "serve": apps, "health": health,
-              "loop": {k: loop[k] for k in ("mode", "running", "hours_run", "last_hour",
-                                            "alarm", "arms", "accuracy")},
-              "retrain": retrain}  # fmt: skip
+    models = served_models(state.serve_url)
+    keys = ("mode", "running", "phase", "hours_run", "first_hour", "last_hour", "stored_until",
+            "alarm", "halted_markets", "arms", "accuracy")  # fmt: skip
+    report = {"ray": ray.cluster_resources(), "serve": apps, "health": health, "models": models,
+              "loop": {k: loop.get(k) for k in keys}, "retrain": retrain}  # fmt: skip
     print(json.dumps(report, indent=1, default=str))
+    for market, model in sorted(models.items()):
+        print(f"model {market}: {model_line(model)}")
+    print(f"loop: {loop['activity']}")
     problems = [f"Serve app {n} is {s}" for n, s in apps.items() if s != "RUNNING"]
     problems += [f"loop alarm: {loop['alarm']}"] if loop["alarm"] else []
+    problems += [f"{m} halted: {why}" for m, why in (loop.get("halted_markets") or {}).items()]
+    stale = [f"{m}'s model {v['version']} is stale" for m, v in models.items() if v.get("stale")]
+    problems += stale
     problems += [] if loop["running"] else ["the trading loop is not running"]
     print("healthy" if not problems else "NOT healthy: " + "; ".join(problems))
-    healthy = not problems
-    return 0 if healthy else 1
+    return 0 if not problems else 1
+
+
+def _stop_head(state: State) -> str:
+    """Stop the head `up` started, by its process group: never `ray stop` (every Ray here)."""
+    if not state.started_head:
+        return f"the Ray head at {state.gcs_address} was joined, so it keeps running"
+    if state.head_pid is None:
+        return (
+            f"the Ray head at {state.gcs_address} was started by an older `up` that kept no "
+            "process id: stop it with `ray stop` if no other Ray runs on this machine"
+        )
+    stopped = stop_head_group(state.head_pid, state.head_port)
+    return f"the Ray head (process group {state.head_pid}) " + (
+        "stopped" if stopped else "had already stopped"
+    )
 
 
 def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -223,18 +373,16 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         pass
     serve.delete(APPS[0])
     ray.shutdown()
-    if state.started_head:
-        import subprocess
-
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], check=False)
+    head = _stop_head(state)
     state_path.unlink()
     hours = final["hours_run"] if final else 0
-    print(f"stopped: the loop ({hours} hours this run), Serve, the retrainer; "
+    print(f"stopped: the loop ({hours} hours this run), Serve, the retrainer; {head}; "
           f"ledger intact at {state.ledger}")  # fmt: skip
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
+            "markets": market_list.cmd_markets}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

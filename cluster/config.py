@@ -1,4 +1,5 @@
-"""`configs/cluster.yaml`: the local single-node mode's ports and paths, and the retraining plan."""
+"""`configs/cluster.yaml`: the local single-node mode's ports and paths, the first run's replay
+of held-out stored hours, and the retraining plan."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class RayConfig(Strict):
 
 class ServePorts(Strict):
     port: int = Field(8000, ge=1024, le=65535)
+    host: str = "127.0.0.1"  # 0.0.0.0 where a port is published (docker-compose.yml)
     deploy_config: str = "configs/serve_deploy.yaml"
 
 
@@ -31,6 +33,14 @@ class TrainPlan(Strict):
     profile: str = "quick"
 
 
+class ReplayPlan(Strict):
+    """Offline (`up --data-dir`): the newest `holdout_hours` stored hours are kept out of training
+    and replayed by the loop on an accelerated clock (`clock_speed` x real time); 0: off."""
+
+    holdout_hours: int = Field(336, ge=0, le=8760)
+    clock_speed: float = Field(1200.0, gt=0, le=1e6)  # 1200: an hour every 3 s
+
+
 class RetrainPlan(Strict):
     enabled: bool = True
     every_hours: float = Field(168.0, gt=0)
@@ -43,6 +53,7 @@ class ClusterConfig(Strict):
     serve: ServePorts = ServePorts()
     paths: Paths = Paths()
     train: TrainPlan = TrainPlan()
+    replay: ReplayPlan = ReplayPlan()
     retrain: RetrainPlan = RetrainPlan()
 
 

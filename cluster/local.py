@@ -1,10 +1,11 @@
 """The local single-node mode: `up` brings the whole system up on this machine, `status` says how
 it is, `down` stops it with the ledger intact.
 
-`up` starts (or joins) a Ray head with the dashboard and token auth, trains the markets that have
-no model yet, deploys the Serve graph and the trading keeper with `serve deploy` (the same config a
-cluster uses), and starts the retraining schedule. Every step finds what is already running, so a
-second `up` starts nothing twice.
+`up` starts (or joins) a Ray head with the dashboard and token auth (`cluster.local_ray`, the
+way the tests start theirs), trains the markets that have no model yet, deploys the Serve graph and
+the trading keeper with `serve deploy` (the same config a cluster uses, its `args` filled with
+`ServeConfig` and `LoopSettings` dumps), and starts the retraining schedule. Every step finds what
+is already running, so a second `up` starts nothing twice.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import yaml
+from pydantic import BaseModel, ValidationError
 
-from features.config import resolve_path
+from features.config import ConfigError, resolve_path
+from features.exchange import KST
 from serve.admin import ADMIN_TOKEN_ENV
+from serve.config import ServeConfig
+
+if TYPE_CHECKING:  # trading.loop imports Ray, which must not load before prepare_secrets
+    from trading.loop import LoopSettings
 
 APPS = ("hybrid", "trading")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class UpError(RuntimeError):
@@ -34,7 +42,8 @@ class UpError(RuntimeError):
 
 @dataclass
 class State:
-    """What `up` started or joined, kept in runs/cluster.json for `status` and `down`."""
+    """What `up` started or joined, kept in runs/cluster.json for `status` and `down` (no secret:
+    the tokens stay in the environment and their 0600 files)."""
 
     gcs_address: str
     dashboard_url: str
@@ -43,8 +52,14 @@ class State:
     markets: list[str]
     registry: str
     ledger: str
-    data_dir: str
+    data_dir: str  # the Parquet candles training reads (offline: --data-dir; online: the cache)
     mode: str
+    offline: bool = True  # online, Serve and the loop read Upbit itself
+    head_pid: int | None = None  # the head's process group, when `up` started it
+
+    @property
+    def head_port(self) -> int:
+        return int(self.gcs_address.rsplit(":", 1)[1])
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +125,7 @@ def candles_dir(data_dir: str | None, cache: str, markets: list[str], hours: int
 def _kst(epoch: float):
     import pandas as pd
 
-    return pd.Timestamp(epoch, unit="s") + pd.Timedelta(hours=9)
+    return pd.Timestamp(epoch, unit="s", tz="UTC").tz_convert(KST).tz_localize(None)
 
 
 def _dashboard_up(url: str) -> bool:
@@ -121,42 +136,37 @@ def _dashboard_up(url: str) -> bool:
         return False
 
 
-def start_head(num_cpus: int | None, port: int, dashboard_port: int) -> tuple[str, str]:
-    """`ray start --head` (it stays up after this command); returns (gcs, dashboard URL)."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    command = [ray_cli, "start", "--head", "--disable-usage-stats", f"--port={port}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]  # fmt: skip
-    if num_cpus:
-        command.append(f"--num-cpus={num_cpus}")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
-    if done.returncode != 0:
-        raise UpError(f"ray start failed:\n{done.stderr[-1500:]}")
-    return f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
+def app_args(model: type[BaseModel], config: dict[str, Any], app: str, path: Path) -> Any:
+    """The `args` of application `app` of a deploy config, validated as Serve will validate them."""
+    try:
+        (found,) = [a for a in config["applications"] if a["name"] == app]
+        return model.model_validate(found.get("args") or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: application {app!r} args: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path} must hold exactly one application named {app!r}") from exc
 
 
 def deploy_config(
-    template: Path, state: State, port: int, loop_args: dict[str, Any]
+    template: dict[str, Any], serve: ServeConfig, loop: LoopSettings, port: int, host: str
 ) -> dict[str, Any]:
-    """configs/serve_deploy.yaml with this machine's registry, candles, markets and ports."""
-    config = yaml.safe_load(template.read_text())
-    config["http_options"]["port"] = port
+    """The deploy config with this machine's HTTP address and these settings as the apps' args
+    (dumps: Serve validates them again into the same models). Per-deployment options for a
+    deployment the graph does not have (a market not served; every market in multiplexed mode,
+    whose predictor is the one pool) are dropped: Serve refuses options for a deployment the app
+    does not have. Serve listening beyond loopback makes the prediction routes require the bearer
+    token."""
+    config = json.loads(json.dumps(template))  # a deep copy
+    config["http_options"].update(port=port, host=host)
     apps = {app["name"]: app for app in config["applications"]}
     hybrid = apps["hybrid"]
-    hybrid["args"]["set"] = ";".join(
-        [f"registry={state.registry}", f"markets=[{', '.join(state.markets)}]",
-         "source.kind=parquet", f"source.data_dir={state.data_dir}"]
-    )  # fmt: skip
-    known = {d["name"] for d in hybrid["deployments"]}
-    hybrid["deployments"] = [
-        d for d in hybrid["deployments"] if d["name"] in {"Ingress", "SizingNode", *state.markets}
-    ]
-    for market in state.markets:  # a new market needs no edit of the deploy config
-        if market not in known:
-            hybrid["deployments"].append(
-                {"name": market, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
-            )
-    apps["trading"]["args"] = loop_args
+    hybrid["args"] = serve.model_dump(mode="json")
+    served = {"Ingress", "SizingNode", *serve.predictor_deployments()}
+    hybrid["deployments"] = [d for d in hybrid.get("deployments", []) if d["name"] in served]
+    for deployment in hybrid["deployments"]:
+        if deployment["name"] == "Ingress" and host not in LOOPBACK:
+            deployment.setdefault("user_config", {})["require_token"] = True
+    apps["trading"]["args"] = loop.model_dump(mode="json")
     return config
 
 
@@ -184,3 +194,22 @@ def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
             last = str(exc)
         time.sleep(1)
     raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
+
+
+def served_models(serve_url: str) -> dict[str, dict[str, Any]]:
+    """Serve's /v1/models (each market's version, training window, age, staleness)."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    reply = requests.get(
+        f"{serve_url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    return reply.json()["models"] if reply.status_code == 200 else {}
+
+
+def model_line(model: dict[str, Any]) -> str:
+    if not model.get("version"):
+        return f"no model ({model.get('last_error')})"
+    age = model.get("age_hours")
+    aged = "age not known until its first prediction" if age is None else (
+        f"{age:.0f} h old at {model['age_at']}" + (" STALE" if model["stale"] else "")
+    )  # fmt: skip
+    return f"{model['version']}, trained through {model['trained_through']}, {aged}"

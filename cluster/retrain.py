@@ -28,12 +28,14 @@ class RetrainJob:
     registry: str
     profile: str = "quick"
     tune: bool = False
+    until: str | None = None  # the newest candle to train on (KST), e.g. the first run's hold-out
 
     def entrypoint(self) -> str:
         tune = " --tune" if self.tune else ""
+        until = f" --until {self.until.replace(' ', 'T')}" if self.until else ""
         return (
             f"python -m train fit --markets {','.join(self.markets)} --profile {self.profile} "
-            f"--data-dir {self.data_dir} --registry {self.registry}{tune}"
+            f"--data-dir {self.data_dir} --registry {self.registry}{tune}{until}"
         )
 
 

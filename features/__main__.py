@@ -11,6 +11,7 @@ import pandas as pd
 from features.candles import CandleError
 from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
 from features.dataset import MarketDataset, build_dataset
+from features.exchange import HOUR_NS
 from features.indicators import SEQUENCE_LENGTH
 from features.labels import class_shares, fold_threshold, forward_returns, label_returns
 from features.sources import ParquetDirSource
@@ -62,7 +63,7 @@ def summarize(data: MarketDataset, config: FeaturesConfig) -> list[str]:
         lab.mode, lab.threshold, lab.hold_share, data.forward_returns[data.samples[folds[0].train]]
     )
     sell, hold, buy = class_shares(data.labels(threshold))
-    segments = 1 + int(((data.times.asi8[1:] - data.times.asi8[:-1]) > 3_600_000_000_000).sum())
+    segments = 1 + int(((data.times.asi8[1:] - data.times.asi8[:-1]) > HOUR_NS).sum())
     lines = [
         f"{data.market}: {data.times[0]:%Y-%m-%d %H:%M} .. {data.times[-1]:%Y-%m-%d %H:%M} KST, "
         f"{len(data.times)} hours in {segments} segment(s), {data.filled_hours} gap hours repaired",

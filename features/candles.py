@@ -9,32 +9,30 @@ finds so that a bad file or reply is rejected with a reason instead of silently 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
+from features.exchange import HOUR_NS, KST, now_kst
+
 CANDLE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "value")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
-HOUR = pd.Timedelta(hours=1)
-KST = timezone(timedelta(hours=9), name="KST")
 
 
 class CandleError(ValueError):
     """A candle frame breaks the contract; the message names the first problem found."""
 
 
-def now_kst() -> datetime:
-    """The current wall-clock time in KST as a tz-naive datetime, comparable with candle times."""
-    return datetime.now(KST).replace(tzinfo=None)
+def to_kst(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    """A tz-naive KST timestamp; tz-aware input is converted, naive input is taken as KST."""
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert(KST).tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def current_hour_kst(now: datetime | None = None) -> pd.Timestamp:
     """The open time of the hour still forming at `now` (KST, tz-naive)."""
-    moment = pd.Timestamp(now if now is not None else now_kst())
-    if moment.tzinfo is not None:
-        moment = moment.tz_convert(KST).tz_localize(None)
-    return moment.floor("h")
+    return to_kst(now if now is not None else now_kst()).floor("h")
 
 
 def drop_forming(candles: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:
@@ -114,7 +112,7 @@ def _check_times(index: pd.DatetimeIndex) -> None:
         raise CandleError(
             f"unsorted times: {_first(deltas < 0, index[1:])} comes after a later hour"
         )
-    off_hour = (index.asi8 % HOUR.value) != 0
+    off_hour = (index.asi8 % HOUR_NS) != 0
     if off_hour.any():
         raise CandleError(f"time {_first(off_hour, index)} is not on the hour (minute60 candles)")
 
@@ -165,7 +163,7 @@ def gap_lengths(index: pd.DatetimeIndex) -> np.ndarray:
     """Missing hours before each row (0 for the first row and for consecutive hours)."""
     if len(index) == 0:
         return np.zeros(0, dtype=np.int64)
-    steps = np.diff(index.asi8) // HOUR.value
+    steps = np.diff(index.asi8) // HOUR_NS
     return np.concatenate([[0], steps - 1]).astype(np.int64)
 
 
@@ -190,7 +188,7 @@ def repair_gaps(candles: pd.DataFrame, max_gap_hours: int) -> RepairedCandles:
     if len(frame) == 0:
         return RepairedCandles(frame, pd.Series(np.zeros(0, dtype=bool), index=frame.index))
     times = frame.index.asi8
-    hours = int((times[-1] - times[0]) // HOUR.value) + 1
+    hours = int((times[-1] - times[0]) // HOUR_NS) + 1
     columns = [frame[c].to_numpy() for c in CANDLE_COLUMNS]
     filled_columns, observed = fill_hours(times, columns, int(times[0]), hours)
     full = pd.date_range(frame.index[0], periods=hours, freq="h", name="time")
@@ -208,7 +206,7 @@ def fill_hours(
     the close of the last row before it, with zero volume and value. The first hour must have a row
     at or before it. Returns the filled columns and which hours were observed.
     """
-    slots = (times - start) // HOUR.value
+    slots = (times - start) // HOUR_NS
     hour = np.arange(hours)
     source = np.searchsorted(slots, hour, side="right") - 1  # last row at or before each hour
     observed = slots[source] == hour

@@ -6,19 +6,18 @@ on every command line.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.labels import ROUND_TRIP_FEE
+from features.exchange import ROUND_TRIP_FEE, check_market
 from features.splits import SplitSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
-MARKET_PATTERN = re.compile(r"^[A-Z]{2,5}-[A-Z0-9]{2,10}$")
+FEATURES_YAML = CONFIG_DIR / "features.yaml"
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -29,6 +28,21 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _distinct(markets: list[str]) -> list[str]:
+    if not markets:
+        raise ValueError("the market list is empty")
+    if len(set(markets)) != len(markets):
+        raise ValueError(f"duplicate markets in {markets}")
+    return markets
+
+
+MarketName = Annotated[str, AfterValidator(check_market)]
+"""An Upbit market code (`features.exchange.check_market`): the one check every config that
+names a market runs, so a name that could escape a path or a deployment name never loads."""
+MarketList = Annotated[list[MarketName], AfterValidator(_distinct)]
+"""A non-empty list of distinct market codes."""
 
 
 class LabelConfig(Strict):
@@ -71,23 +85,25 @@ class TransformConfig(Strict):
     clip: float = Field(10.0, gt=0)
 
 
+class MarketSelection(Strict):
+    """How the traded markets are chosen. `list` (the default) is `markets` as written; with
+    `traded_value`, Upbit's KRW markets whose 24 h traded value reaches `min_traded_value_krw`,
+    largest first, at most `max_markets`, read from Upbit when the system starts."""
+
+    by: Literal["list", "traded_value"] = "list"
+    min_traded_value_krw: float = Field(10e9, gt=0)
+    max_markets: int | None = Field(None, ge=1)
+    skip_warned: bool = True  # leave out markets under Upbit's investment warning
+
+
 class FeaturesConfig(Strict):
-    markets: list[str] = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    markets: MarketList  # no default: configs/features.yaml is the one market list
+    selection: MarketSelection = MarketSelection()
     data_dir: str = "../shared/data/ohlcv"
     max_gap_hours: int = Field(6, ge=0, le=72)
     labels: LabelConfig = LabelConfig()
     splits: SplitConfig = SplitConfig()
     transform: TransformConfig = TransformConfig()
-
-    @field_validator("markets")
-    @classmethod
-    def _markets(cls, markets: list[str]) -> list[str]:
-        bad = [m for m in markets if not MARKET_PATTERN.match(m)]
-        if bad:
-            raise ValueError(f"market names must look like KRW-BTC, got {bad}")
-        if len(set(markets)) != len(markets):
-            raise ValueError(f"duplicate markets in {markets}")
-        return markets
 
     def split_spec(self, sequence_length: int) -> SplitSpec:
         return self.splits.spec(self.labels.horizon_hours, sequence_length)
@@ -139,6 +155,6 @@ def load_config(model: type[Model], path: Path | str, overrides: list[str] | Non
 
 
 def load_features_config(
-    path: Path | str = CONFIG_DIR / "features.yaml", overrides: list[str] | None = None
+    path: Path | str = FEATURES_YAML, overrides: list[str] | None = None
 ) -> FeaturesConfig:
     return load_config(FeaturesConfig, path, overrides)

@@ -1,6 +1,6 @@
 """One market's training material: features, forward returns and the hours usable as samples.
 
-Serving computes the same features with `features.indicators.serving_features`; this module only
+Serving computes the same features with `features.serving.serving_features`; this module only
 decides which batch rows may become (sequence, label) samples, so the two paths share one core.
 """
 
@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 
 from features.candles import repair_segments
+from features.exchange import HOUR_NS
 from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, compute_features
 from features.labels import forward_returns, label_returns
 from features.transform import windows
-
-HOUR_NS = pd.Timedelta(hours=1).value
 
 
 @dataclass(frozen=True)

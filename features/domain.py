@@ -25,15 +25,37 @@ class Side(enum.StrEnum):
     ASK = "ask"  # sell
 
 
-def _check_probabilities(probabilities: tuple[float, float, float]) -> None:
-    if len(probabilities) != 3:
-        raise ValueError(
-            f"probabilities must have 3 entries (sell, hold, buy), got {len(probabilities)}"
-        )
-    if any(not math.isfinite(p) or p < 0 or p > 1 for p in probabilities):
-        raise ValueError(f"probabilities must be finite and in [0, 1], got {probabilities}")
-    if abs(sum(probabilities) - 1.0) > 1e-4:
-        raise ValueError(f"probabilities must sum to 1, got {sum(probabilities):.6f}")
+PROBABILITY_SUM_TOLERANCE = 1e-4  # model outputs are float32 softmaxes
+
+
+def checked_probabilities(
+    values: object, owner: str = "probabilities"
+) -> tuple[float, float, float]:
+    """`values` as (sell, hold, buy) floats, or a ValueError that names `owner` and the problem.
+
+    The one check every stage applies (a prediction, a sizing request, an HTTP reply), so a
+    distribution that one stage accepts is never refused by the next. On the backtester's hot
+    path: chained comparisons also refuse NaN and infinities.
+    """
+    try:
+        sell, hold, buy = map(float, values)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{owner} must be 3 numbers (sell, hold, buy), got {values!r}") from exc
+    if not (0.0 <= sell <= 1.0 and 0.0 <= hold <= 1.0 and 0.0 <= buy <= 1.0):
+        raise ValueError(f"{owner} must be finite and in [0, 1], got {(sell, hold, buy)}")
+    if abs(sell + hold + buy - 1.0) > PROBABILITY_SUM_TOLERANCE:
+        raise ValueError(f"{owner} must sum to 1, got {sell + hold + buy:.6f}")
+    return sell, hold, buy
+
+
+def drawdown(equity: float, peak_equity: float | None) -> float:
+    """How far `equity` is below its peak, as a fraction in [0, 1]; 0 without a peak yet.
+
+    The one formula behind `AccountState.drawdown`, the ledger's equity curve and the kill switch.
+    """
+    if not peak_equity or peak_equity <= 0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - equity / peak_equity))
 
 
 @dataclass(frozen=True)
@@ -46,11 +68,12 @@ class Prediction:
     model_version: str
 
     def __post_init__(self) -> None:
-        _check_probabilities(self.probabilities)
+        checked = checked_probabilities(self.probabilities, "Prediction.probabilities")
+        object.__setattr__(self, "probabilities", checked)
 
     @property
     def signal(self) -> Signal:
-        return Signal(max(range(3), key=lambda k: self.probabilities[k]))
+        return Signal(max(range(3), key=self.probabilities.__getitem__))
 
     @property
     def confidence(self) -> float:
@@ -59,7 +82,13 @@ class Prediction:
 
 @dataclass(frozen=True)
 class AccountState:
-    """What the sizing rule and the policy may know of the account for one market."""
+    """What the sizing rule and the policy may know of the account for one market.
+
+    Also the `account` of a prediction request over HTTP: pydantic validates this dataclass
+    itself (fields as typed, then `__post_init__`), and refuses unknown fields.
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}  # a ConfigDict; plain, so features needs no pydantic
 
     cash: float  # KRW available
     position: float  # coin units held
@@ -75,6 +104,11 @@ class AccountState:
         if not 0.0 <= self.drawdown <= 1.0:
             raise ValueError(f"AccountState.drawdown must be in [0, 1], got {self.drawdown}")
 
+    @classmethod
+    def flat(cls, cash: float) -> AccountState:
+        """An account holding only `cash` KRW, at its peak."""
+        return cls(cash=cash, position=0.0, entry_price=0.0, equity=cash, drawdown=0.0)
+
 
 @dataclass(frozen=True)
 class Order:
@@ -84,7 +118,7 @@ class Order:
     side: Side
     krw_amount: float = 0.0  # for bids: KRW to spend, fee excluded
     volume: float = 0.0  # for asks: coin units to sell
-    identifier: str = ""  # client order id: market|candle hour|side|attempt
+    identifier: str = ""  # client order id: market|candle hour|side
     reason: str = ""
 
     def __post_init__(self) -> None:

@@ -37,6 +37,16 @@ class InvalidMarketError(ValueError):
     """A market name that is not an Upbit market code."""
 
 
+class UnknownMarketError(LookupError):
+    """A well-formed market that a candle source or the model registry does not hold; the message
+    lists the markets it does hold."""
+
+    def __init__(self, market: str, known: list[str]) -> None:
+        super().__init__(f"unknown market {market!r}; known: {', '.join(known) or 'none'}")
+        self.market = market
+        self.known = known
+
+
 def check_market(market: object) -> str:
     """`market` itself when it is an Upbit market code, else InvalidMarketError naming it."""
     if not isinstance(market, str) or not MARKET_PATTERN.fullmatch(market):

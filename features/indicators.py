@@ -1,10 +1,11 @@
 """The 46 model features: one numpy core shared by training (batch) and serving (window).
 
-`feature_matrix` is the only place a feature is defined. The batch path (`build_features`, used to
-train) and the serving path (`serving_features` in features/serving.py, re-exported here) both call
-it, so the two cannot drift apart; serving only hands over less history, and `WARMUP_HOURS` is
-measured (tests/features/test_serving_parity.py) so that this history is enough for every column to
-equal the batch value within rtol 1e-6.
+`feature_matrix` is the only place a feature is defined. The batch path (`compute_features` over
+each repaired segment, which `features.dataset.build_dataset` runs to train; `build_features` for a
+whole history) and the serving path (`features.serving`) both call it, so the two cannot drift
+apart; serving only hands over less history, and `WARMUP_HOURS` is measured
+(tests/features/test_serving_parity.py) so that this history is enough for every column to equal
+the batch value within rtol 1e-6.
 
 Definitions follow TA-Lib where TA-Lib has the indicator (RSI 14 Wilder, MACD 12/26/9, BBANDS 20/2
 with population std, ATR 14 Wilder, SMA, EMA, MOM, ROC) including its seeding: an EMA starts at the
@@ -36,7 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.candles import CANDLE_COLUMNS, HOUR, CandleError, repair_segments, validate_candles
+from features.candles import CANDLE_COLUMNS, CandleError, repair_segments, validate_candles
+from features.exchange import HOUR_NS
 from features.recursions import Average, seeded_averages, window_moments, window_sums
 
 SEQUENCE_LENGTH = 24
@@ -107,8 +109,24 @@ tests/features/test_serving_parity.py: over 2,500 random hours per market plus t
 (crash weeks, screened by the EMA-100 seed error) the largest need on the four Upbit markets was
 711 rows (KRW-SOL, Dec 2022); 800 is that plus ~12 %, rounded up to a hundred. EMA-100 binds:
 its seed error shrinks by 99/101 an hour, so 800 rows absorb a seed off by the whole price."""
-SERVING_WINDOW = WARMUP_HOURS + SEQUENCE_LENGTH - 1
-"""Contiguous hours serving needs to produce SEQUENCE_LENGTH converged rows."""
+SERVING_HEADROOM_HOURS = 48
+"""Candles fetched beyond SERVING_WINDOW: the row before the window, whose close fills a gap the
+window starts in, and spare rows, so a fetch never ends one row short."""
+
+
+def serving_windows(warmup_hours: int) -> tuple[int, int]:
+    """(SERVING_WINDOW, CANDLES_FOR_SERVING) for a warm-up of `warmup_hours`: the one derivation,
+    also used by tests that change the warm-up."""
+    serving_window = warmup_hours + SEQUENCE_LENGTH - 1
+    return serving_window, serving_window + SERVING_HEADROOM_HOURS
+
+
+SERVING_WINDOW, CANDLES_FOR_SERVING = serving_windows(WARMUP_HOURS)
+# SERVING_WINDOW: contiguous hours serving needs to produce SEQUENCE_LENGTH converged rows.
+# CANDLES_FOR_SERVING: how many candles to fetch (or keep of a request) to serve one prediction.
+# Serving code reads these three names through the module at call time (`indicators.SERVING_WINDOW`,
+# not `from features.indicators import SERVING_WINDOW`), so a test that patches the warm-up (the
+# `warmup_hours` fixture of tests/conftest.py sets all three) changes every window of the process.
 
 _FLAT_STD = 1e-6  # windows with std below this fraction of their mean are checked for flatness
 _INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
@@ -266,13 +284,13 @@ def feature_matrix(
     volume: np.ndarray,
     value: np.ndarray,
     *,
-    warmup_hours: int = WARMUP_HOURS,
+    warmup_hours: int | None = None,
 ) -> np.ndarray:
     """The 46 features of one contiguous hourly segment, shape (n, 46), columns in FEATURE_NAMES.
 
     Row t uses rows <= t only. The first `warmup_hours - 1` rows are NaN: their values still depend
     on where the segment starts, so training must not see them and serving never produces them.
-    `warmup_hours` exists for the tests that measure WARMUP_HOURS; callers keep the default.
+    `warmup_hours` (default WARMUP_HOURS) exists for the tests that measure WARMUP_HOURS.
     The result is Fortran-ordered (one contiguous column per feature).
     """
     arrays = (open, high, low, close, volume, value)
@@ -290,7 +308,8 @@ def feature_matrix(
     _average_columns(sheet, c)
     _bollinger_columns(sheet, c)
     _trend_columns(sheet, c)  # reads the returns column written above
-    sheet.data[: max(warmup_hours - 1, 0)] = np.nan
+    warmup = WARMUP_HOURS if warmup_hours is None else warmup_hours
+    sheet.data[: max(warmup - 1, 0)] = np.nan
     return sheet.data
 
 
@@ -303,7 +322,7 @@ def _frame(matrix: np.ndarray, index: pd.Index) -> pd.DataFrame:
 
 
 def _is_contiguous(index: pd.DatetimeIndex) -> bool:
-    return len(index) < 2 or bool((np.diff(index.asi8) == HOUR.value).all())
+    return len(index) < 2 or bool((np.diff(index.asi8) == HOUR_NS).all())
 
 
 def compute_features(candles: pd.DataFrame) -> pd.DataFrame:
@@ -329,13 +348,3 @@ def build_features(candles: pd.DataFrame, max_gap_hours: int = 6) -> pd.DataFram
         return _frame(np.empty((0, len(FEATURE_NAMES))), candles.index[:0])
     frames = [_frame(_matrix_of(p.candles), p.candles.index) for p in parts]
     return frames[0] if len(frames) == 1 else pd.concat(frames)
-
-
-def __getattr__(name: str) -> Any:
-    """`serving_features` lives in features.serving (it imports this module); re-exported lazily
-    so `from features.indicators import serving_features` works without an import cycle."""
-    if name == "serving_features":
-        from features.serving import serving_features
-
-        return serving_features
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

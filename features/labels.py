@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.domain import Signal
-
-ROUND_TRIP_FEE = 0.001  # Upbit KRW market: 0.05 % per side
+from features.exchange import ROUND_TRIP_FEE
 
 
 def forward_returns(close: pd.Series, horizon: int) -> pd.Series:

@@ -13,21 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.candles import (
-    HOUR,
-    CandleError,
-    candle_arrays,
-    fill_hours,
-    gap_lengths,
-    validate_candles,
-)
-from features.indicators import (
-    FEATURE_NAMES,
-    SEQUENCE_LENGTH,
-    SERVING_WINDOW,
-    WARMUP_HOURS,
-    feature_matrix,
-)
+from features import indicators
+from features.candles import CandleError, candle_arrays, fill_hours, gap_lengths, validate_candles
+from features.exchange import HOUR, HOUR_NS
+from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, feature_matrix
 
 
 def _segment_start(times: np.ndarray, index: pd.DatetimeIndex, max_gap_hours: int) -> int:
@@ -43,7 +32,7 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
     close is the fill price, exactly as the batch path (which repairs the whole history) fills it.
     """
     times = window.index.asi8
-    start = int(times[-1]) - (hours - 1) * HOUR.value
+    start = int(times[-1]) - (hours - 1) * HOUR_NS
     first = max(int(np.searchsorted(times, start)) - 1, 0)
     times = times[first:]
     segment_start = _segment_start(times, window.index[first:], max_gap_hours)
@@ -51,7 +40,7 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
         raise CandleError(
             f"serving needs {hours} contiguous hours ending {window.index[-1]}, but the last "
             f"segment starts {pd.Timestamp(segment_start)} "
-            f"({(int(times[-1]) - segment_start) // HOUR.value + 1} hours): fetch more candles; "
+            f"({(int(times[-1]) - segment_start) // HOUR_NS + 1} hours): fetch more candles; "
             f"a gap over max_gap_hours={max_gap_hours} restarts the warm-up"
         )
     return fill_hours(times, candle_arrays(window.iloc[first:]), start, hours)[0]
@@ -71,7 +60,7 @@ def serving_matrix(
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    hours = max(SERVING_WINDOW, WARMUP_HOURS + rows - 1)
+    hours = max(indicators.SERVING_WINDOW, indicators.WARMUP_HOURS + rows - 1)
     validate_candles(window)
     if len(window) == 0:
         raise CandleError(f"serving needs {hours} hours of candles, got none")

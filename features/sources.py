@@ -7,7 +7,8 @@ backtest ask "what did the exchange know then".
 
 - `ParquetDirSource`: a folder (or pyarrow.fs URI) of `<MARKET>_minute60.parquet` files.
 - `UpbitSource`: Upbit's REST API through the real pyupbit client and `UpbitHttp`.
-- `CachedSource`: a Parquet cache in front of any source, fetching only the hours it lacks.
+- `CachedSource`: a Parquet cache (a folder or pyarrow.fs URI) in front of any source, fetching
+  only the hours it lacks.
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ import pyupbit
 from pyarrow import fs as pafs
 
 from features.candles import (
-    HOUR,
-    KST,
     CandleError,
     current_hour_kst,
     drop_forming,
     empty_candles,
     normalize_candles,
-    now_kst,
+    to_kst,
     validate_candles,
 )
+from features.exchange import HOUR, KST, UnknownMarketError, now_kst
 from features.upbit_http import UPBIT_API, RetryPolicy, UpbitHttp, UpbitNoData
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,6 @@ FILE_SUFFIX = "_minute60.parquet"
 # Set on a cache file once it reaches back to the market's first candle on the exchange.
 COMPLETE_KEY = b"hybrid_trader.history_from_listing"
 UPBIT_CHUNK = 2000  # candles per pyupbit call (10 pages) when back-filling to the listing date
-
-
-class UnknownMarketError(LookupError):
-    """The source has no such market; the message lists the markets it does have."""
-
-    def __init__(self, market: str, known: list[str]) -> None:
-        super().__init__(f"unknown market {market!r}; known: {', '.join(known) or 'none'}")
-        self.market = market
-        self.known = known
 
 
 class CandleSource(Protocol):
@@ -81,12 +72,6 @@ class CandleSource(Protocol):
 
 def candle_file_name(market: str) -> str:
     return f"{market}{FILE_SUFFIX}"
-
-
-def to_kst(moment: datetime | pd.Timestamp) -> pd.Timestamp:
-    """A tz-naive KST timestamp; tz-aware input is converted, naive input is taken as KST."""
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_convert(KST).tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def as_kst(moment: datetime | pd.Timestamp | None) -> pd.Timestamp | None:
@@ -231,7 +216,8 @@ class UpbitSource:
 
     def _fetch(self, market: str, count: int, before: pd.Timestamp) -> pd.DataFrame:
         """The `count` newest candles opened before `before` (KST), or fewer near the listing."""
-        to_utc = (before - pd.Timedelta(hours=9)).to_pydatetime()
+        # pyupbit sends `to` as it is, and Upbit reads a time without an offset as UTC.
+        to_utc = before.tz_localize(KST).tz_convert("UTC").tz_localize(None).to_pydatetime()
         try:
             raw = self.http.call(
                 pyupbit.get_ohlcv, market, interval="minute60", count=count, to=to_utc, period=0.0
@@ -255,10 +241,14 @@ class UpbitSource:
             before = chunk.index[0]
 
 
+def _candle_table(candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> pa.Table:
+    table = pa.Table.from_pandas(candles, preserve_index=True)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+
+
 def _write_atomic(path: Path, candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> None:
     """Write a temp file beside `path`, fsync, rename: readers see old or new, never half."""
-    table = pa.Table.from_pandas(candles, preserve_index=True)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    table = _candle_table(candles, metadata)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -270,6 +260,18 @@ def _write_atomic(path: Path, candles: pd.DataFrame, metadata: dict[bytes, bytes
         with suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def _put_object(
+    filesystem: pafs.FileSystem, path: str, candles: pd.DataFrame, metadata: dict[bytes, bytes]
+) -> None:
+    """An object store has no rename, but one object written whole replaces the old one for every
+    reader at once; so the file is serialised in memory first and uploaded in one stream, and a
+    failure while serialising uploads nothing."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(_candle_table(candles, metadata), buffer)
+    with filesystem.open_output_stream(path) as out:
+        out.write(buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -285,18 +287,27 @@ class CachedSource:
     inside it is a real exchange gap, never a hole in the cache; requests extend the stretch at
     either end. `start=None` means "from the listing": the first such call back-fills once and
     marks the file. A corrupt cache file is logged and rebuilt from upstream.
+
+    `cache_dir` is a local folder or a pyarrow.fs URI (`s3://bucket/cache?endpoint_override=...`),
+    so every node of a cluster can share one cache; credentials come from the environment.
     """
 
     def __init__(self, upstream: CandleSource, cache_dir: str | Path) -> None:
         self.upstream = upstream
-        self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = str(cache_dir)
+        self._fs, self._root = _filesystem(self.cache_dir)
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        try:
+            self._fs.create_dir(self._root, recursive=True)
+        except OSError as exc:
+            raise OSError(f"candle cache {self.cache_dir} cannot be used: {exc}") from exc
 
     def markets(self) -> list[str]:
         return self.upstream.markets()
 
-    def path(self, market: str) -> Path:
-        return self.cache_dir / candle_file_name(market)
+    def path(self, market: str) -> str:
+        """The market's cache file inside the cache's filesystem (an OS path for a local folder)."""
+        return f"{self._root}/{candle_file_name(market)}"
 
     def history(
         self,
@@ -367,10 +378,10 @@ class CachedSource:
 
     def _load(self, market: str) -> _CacheFile:
         path = self.path(market)
-        if not path.exists():
+        if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
             return _CacheFile(empty_candles(), complete=False)
         try:
-            candles, metadata = _read_table(pafs.LocalFileSystem(), str(path))
+            candles, metadata = _read_table(self._fs, path)
         except CandleError as exc:
             logger.warning("discarding corrupt candle cache, refetching: %s", exc)
             return _CacheFile(empty_candles(), complete=False)
@@ -392,5 +403,11 @@ class CachedSource:
         merged = merged.loc[~merged.index.duplicated(keep="last")].sort_index()
         validate_candles(merged)
         if not merged.empty:
-            _write_atomic(self.path(market), merged, {COMPLETE_KEY: b"1" if complete else b"0"})
+            self._write(market, merged, {COMPLETE_KEY: b"1" if complete else b"0"})
         return _CacheFile(merged, complete)
+
+    def _write(self, market: str, candles: pd.DataFrame, metadata: dict[bytes, bytes]) -> None:
+        if self._local:
+            _write_atomic(Path(self.path(market)), candles, metadata)
+        else:
+            _put_object(self._fs, self.path(market), candles, metadata)

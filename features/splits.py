@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-HOUR_NS = pd.Timedelta(hours=1).value
+from features.exchange import HOUR, HOUR_NS
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Fold:
         return (
             f"fold {self.number}: train {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} "
             f"({len(self.train)} samples), test {self.test_start:%Y-%m-%d %H:%M} .. "
-            f"{self.test_end - pd.Timedelta(hours=1):%Y-%m-%d %H:%M} ({len(self.test)} samples)"
+            f"{self.test_end - HOUR:%Y-%m-%d %H:%M} ({len(self.test)} samples)"
         )
 
 

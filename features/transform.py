@@ -176,8 +176,3 @@ def _check_stored(data: dict[str, Any]) -> None:
             raise TransformError(f"transform {key!r} holds a non-finite or non-numeric value")
     if any(v <= 0 for v in data["std"]):
         raise TransformError("transform 'std' must be positive")
-
-
-def seed_leaky_transform(features: np.ndarray, all_end_positions: np.ndarray) -> SequenceTransform:
-    """The seed's scaler, fitted on every window including the test ones. LEAKS; comparison only."""
-    return SequenceTransform.fit(features, all_end_positions)

@@ -1,33 +1,31 @@
 """The graph's worker deployments: one HybridPredictor per market, and the SizingNode.
 
-Both return plain dicts, errors included (`{"error": {"status", "message"}}`), so the ingress maps
-them to HTTP codes without unwrapping Ray exceptions. Nothing here places an order.
+They answer with the contract's types (`serve.schema.ModelView`, `Sizing`) and refuse with its
+exceptions (`Unavailable`, `BadRequest`), which reach the ingress through the DeploymentHandle
+as instances of their own classes. Nothing here places an order. A prediction carries its model's
+age and staleness (`serve.model_age`).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from ray import serve
 
 from features.domain import AccountState, Signal
-from features.indicators import SERVING_WINDOW
-from features.upbit_http import UpbitError
+from serve.candle_feed import CandleFeed
 from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
+from serve.model_age import prediction_age, status_age
 from serve.model_slot import ModelSlot
-from serve.predict import RequestError, candles_from_rows, predict_candles, warm_up
+from serve.predict import RequestCandles, predict_candles, warm_up
+from serve.schema import BadRequest, ModelView, Sizing, Unavailable
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
-from serve.sources import build_source
 from train.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-SIGNAL_NAMES = {Signal.SELL: "SELL", Signal.HOLD: "HOLD", Signal.BUY: "BUY"}
-
-
-def error(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"status": status, "message": message}}
 
 
 def replica_id() -> str:
@@ -37,7 +35,12 @@ def replica_id() -> str:
         return "local"
 
 
-@serve.deployment
+# Bounded: a flood waits in no unbounded queue (Serve answers 503 past max_queued_requests);
+# the deploy config may override both per deployment. The multiplexed pool takes the same.
+PREDICTOR_BOUNDS = {"max_ongoing_requests": 8, "max_queued_requests": 32}
+
+
+@serve.deployment(**PREDICTOR_BOUNDS)
 class HybridPredictor:
     """Serves one market's CURRENT bundle; watches CURRENT so promotions arrive by themselves."""
 
@@ -47,11 +50,12 @@ class HybridPredictor:
         warm_up()
         registry = ModelRegistry(self.config.registry_root())
         self.slot = ModelSlot(market, registry, self.config.poll_s).start()
-        self.source = None
+        self.feed = CandleFeed(self.config)
         self.replica = replica_id()
         self.predictions, self.version_gauge = prediction_metrics()
         self._published: int | None = None
         self._publish_version()
+        self.last_hour: datetime | None = None  # the newest hour this replica predicted
 
     def _publish_version(self) -> None:
         """Sets the gauge when the served version changed (once per change, not per request)."""
@@ -61,36 +65,19 @@ class HybridPredictor:
             self.version_gauge.set(number, tags={"market": self.market})
             self._published = number
 
-    def _candles(self, rows: list[dict[str, Any]] | None):
-        if rows is not None:
-            return candles_from_rows(rows, self.config.max_candles)
-        if self.source is None:
-            self.source = build_source(self.config.source)
-        try:
-            return self.source.latest(self.market, SERVING_WINDOW + 48)
-        except (UpbitError, OSError, LookupError) as exc:
-            raise RequestError(503, f"{self.market}: candles unavailable: {exc}") from exc
-
-    async def predict(self, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    async def predict(self, rows: RequestCandles = None) -> ModelView:
         loaded = self.slot.loaded
         if loaded is None:
-            return error(503, self.slot.status()["last_error"] or f"no model for {self.market}")
-        try:
-            raw = predict_candles(loaded.model, self.market, self._candles(rows))
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-        signal = Signal(max(range(3), key=lambda k: raw.probabilities[k]))
-        self.predictions.inc(tags={"market": self.market, "signal": SIGNAL_NAMES[signal]})
+            raise Unavailable(self.slot.status()["last_error"] or f"no model for {self.market}")
+        candles = self.feed.candles(self.market, rows)
+        view = predict_candles(loaded.model, self.market, candles, self.replica)
+        self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
-        return {
-            "market": self.market,
-            "time": raw.time.isoformat(),
-            "signal": int(signal),
-            "probabilities": raw.probabilities,
-            "model_version": raw.model_version,
-            "volatility": raw.volatility,
-            "served_by": self.replica,
-        }
+        self.last_hour = view.time
+        window = loaded.model.metadata.get("train_window")
+        return view.model_copy(
+            update=prediction_age(window, view.time, self.config.max_model_age_hours)
+        )
 
     def reload(self) -> dict[str, Any]:
         changed = self.slot.refresh()
@@ -98,7 +85,10 @@ class HybridPredictor:
         return {**self.status(), "changed": changed}
 
     def status(self) -> dict[str, Any]:
-        return {**self.slot.status(), "replica": self.replica}
+        """The slot's status plus the model's age at the newest hour this replica predicted."""
+        status = {**self.slot.status(), "replica": self.replica}
+        limit = self.config.max_model_age_hours
+        return {**status, **status_age(status.get("train_window"), self.last_hour, limit)}
 
 
 @serve.deployment
@@ -110,17 +100,17 @@ class SizingNode:
         self.sizer = LLMSizer(self.config)  # keys read here, from this replica's environment
         self.sources = sizing_metrics()
 
-    async def size(self, prediction: dict[str, Any], account: dict[str, Any]) -> dict[str, Any]:
+    async def size(self, view: ModelView, account: AccountState) -> Sizing:
         try:
             request = SizingRequest(
-                market=prediction["market"],
-                signal=Signal(prediction["signal"]),
-                probabilities=tuple(prediction["probabilities"]),
-                volatility=float(prediction["volatility"]),
-                account=AccountState(**account),
+                market=view.market,
+                signal=Signal[view.signal],
+                probabilities=view.probabilities.as_tuple(),
+                volatility=view.volatility,
+                account=account,
             )
-        except (ValueError, TypeError, KeyError) as exc:
-            return error(422, f"cannot size this request: {exc}")
+        except ValueError as exc:
+            raise BadRequest(f"cannot size this request: {exc}") from exc
         result = await self.sizer.size(request)
         self.sources.inc(tags={"source": result.source})
-        return {"ratio": result.ratio, "source": result.source, "reason": result.reason}
+        return Sizing(ratio=result.ratio, source=result.source, reason=result.reason)

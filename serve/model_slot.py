@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from features.exchange import InvalidMarketError
 from train.bundle import HybridModel, load_bundle
 from train.registry import ModelRegistry, RegistryError
 
@@ -64,7 +65,7 @@ class ModelSlot:
         with self._lock:
             try:
                 token = self.registry.current_version_token(self.market)
-            except (RegistryError, OSError) as exc:
+            except (RegistryError, InvalidMarketError, OSError) as exc:
                 self._last_error = f"cannot read CURRENT: {exc}"
                 return False
             if token is None:

@@ -1,7 +1,12 @@
 """From candles to one prediction: the same feature code as training, on the serving window.
 
-Pure functions, no Ray: the predictor deployment calls them, and so do the in-process benchmark
-baseline and the tests. Request problems raise `RequestError` with the HTTP status they deserve.
+Pure functions, no Ray: the predictor deployment calls them, and so do the replay of recorded
+hours, the in-process benchmark baseline and the tests. A request the model cannot answer raises
+`serve.schema.BadRequest` (422), naming the problem.
+
+How many candles one prediction reads is `features.indicators.CANDLES_FOR_SERVING`, read through
+the module at each call: the predictor's own source and the trading loop fetch that many, so a
+longer warm-up needs no second edit anywhere.
 """
 
 from __future__ import annotations
@@ -14,30 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, normalize_candles, validate_candles
-from features.indicators import SEQUENCE_LENGTH, SERVING_WINDOW
 from features.serving import serving_matrix
+from serve.schema import BadRequest, ModelView, Probabilities
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
-
-
-class RequestError(ValueError):
-    """A request the server cannot answer; `status` is the HTTP code it maps to."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class RawPrediction:
-    market: str
-    time: pd.Timestamp  # open time (KST) of the newest closed candle the model saw
-    probabilities: tuple[float, float, float]
-    model_version: str
-    volatility: float  # std of the last 24 hourly log returns, for sizing
-
 
 _CANDLE_FIELDS = operator.itemgetter(*CANDLE_COLUMNS)
 
@@ -63,16 +50,16 @@ def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame
     form goes through pandas and the usual normalisation to naive KST.
     """
     if not isinstance(rows, list) or not rows:
-        raise RequestError(422, "candles must be a non-empty list")
+        raise BadRequest("candles must be a non-empty list")
     if len(rows) > max_rows:
-        raise RequestError(422, f"at most {max_rows} candles per request, got {len(rows)}")
+        raise BadRequest(f"at most {max_rows} candles per request, got {len(rows)}")
     try:
         values = np.array(list(map(_CANDLE_FIELDS, rows)), dtype="float64")
         times = [r["time"] for r in rows]
     except KeyError as exc:
-        raise RequestError(422, f"a candle lacks the field {exc.args[0]!r}") from exc
+        raise BadRequest(f"a candle lacks the field {exc.args[0]!r}") from exc
     except (ValueError, TypeError) as exc:
-        raise RequestError(422, f"malformed candles: {exc}") from exc
+        raise BadRequest(f"malformed candles: {exc}") from exc
     try:
         parsed = _naive_iso_times(times)
         index = pd.DatetimeIndex(
@@ -83,13 +70,53 @@ def candles_from_rows(rows: list[dict[str, Any]], max_rows: int) -> pd.DataFrame
             candles = normalize_candles(candles)
         validate_candles(candles)
     except (CandleError, ValueError, TypeError) as exc:
-        raise RequestError(422, f"malformed candles: {exc}") from exc
+        raise BadRequest(f"malformed candles: {exc}") from exc
     return candles
+
+
+@dataclass(frozen=True)
+class CandleColumns:
+    """A request's candles parsed and validated once, at the ingress, in the form that crosses a
+    deployment handle: two numpy arrays, which pickle as two buffers (~0.01 ms for 830 candles,
+    against ~0.4 ms for the same rows as dicts), turned back into a frame without a second parse.
+    """
+
+    times: np.ndarray  # int64 ns since the epoch: naive KST open times
+    values: np.ndarray  # (n, 6) float64 in CANDLE_COLUMNS order
+
+    @classmethod
+    def parse(cls, rows: list[dict[str, Any]], max_rows: int) -> CandleColumns:
+        """Request rows -> columns; a BadRequest (422) naming the problem (`candles_from_rows`)."""
+        frame = candles_from_rows(rows, max_rows)
+        return cls(frame.index.asi8, frame.to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def frame(self) -> pd.DataFrame:
+        index = pd.DatetimeIndex(self.times.view("datetime64[ns]"), name="time")
+        return pd.DataFrame(self.values, index=index, columns=list(CANDLE_COLUMNS))
+
+
+RequestCandles = CandleColumns | list[dict[str, Any]] | None
+"""What a predictor's `predict` takes: parsed columns (the ingress), rows (any other handle caller:
+parsed there, as before), or nothing (the predictor reads its configured source)."""
+
+
+def request_candles(candles: RequestCandles, max_rows: int) -> pd.DataFrame | None:
+    """The candle frame of what a predictor was handed; None: read the configured source."""
+    if candles is None:
+        return None
+    if isinstance(candles, CandleColumns):
+        if len(candles) > max_rows:
+            raise BadRequest(f"at most {max_rows} candles per request, got {len(candles)}")
+        return candles.frame()
+    return candles_from_rows(candles, max_rows)
 
 
 def warm_up() -> None:
     """Run the feature kernels once so the first request does not pay their JIT load/compile."""
-    hours = SERVING_WINDOW + 1
+    hours = indicators.SERVING_WINDOW + 1
     close = 100.0 * np.exp(np.cumsum(np.full(hours, 1e-3)))
     index = pd.date_range("2024-01-01", periods=hours, freq="h", name="time")
     shape = pd.DataFrame(
@@ -97,25 +124,30 @@ def warm_up() -> None:
          "volume": np.ones(hours), "value": close},
         index=index,
     )  # fmt: skip
-    serving_matrix(shape, SEQUENCE_LENGTH)
+    serving_matrix(shape, indicators.SEQUENCE_LENGTH)
 
 
-def predict_candles(model: HybridModel, market: str, candles: pd.DataFrame) -> RawPrediction:
-    """The newest closed hour's probabilities; too few or gappy candles are a 422."""
-    if len(candles) < SERVING_WINDOW:
-        raise RequestError(
-            422, f"{market}: need at least {SERVING_WINDOW} hourly candles, got {len(candles)}"
-        )
+def predict_candles(
+    model: HybridModel, market: str, candles: pd.DataFrame, served_by: str = "in-process"
+) -> ModelView:
+    """The model's view of the newest closed hour in `candles`; too few or gappy candles are a
+    BadRequest naming how many it needs. `volatility` is `serve.sizing.sizing_volatility` (simple
+    hourly returns), the input the sizing rule reads."""
+    needed = indicators.SERVING_WINDOW
+    if len(candles) < needed:
+        raise BadRequest(f"{market}: need at least {needed} hourly candles, got {len(candles)}")
     try:
-        rows = serving_matrix(candles.iloc[-SERVING_WINDOW - 48 :], SEQUENCE_LENGTH,
-                              int(model.metadata.get("max_gap_hours", 6)))  # fmt: skip
+        window = candles.iloc[-indicators.CANDLES_FOR_SERVING :]
+        max_gap = int(model.metadata.get("max_gap_hours", 6))
+        rows = serving_matrix(window, indicators.SEQUENCE_LENGTH, max_gap)
     except CandleError as exc:
-        raise RequestError(422, f"{market}: {exc}") from exc
+        raise BadRequest(f"{market}: {exc}") from exc
     proba = model.predict_proba(rows[None, :, :])[0]
-    return RawPrediction(
+    return ModelView(
         market=market,
         time=candles.index[-1],
-        probabilities=(float(proba[0]), float(proba[1]), float(proba[2])),
+        probabilities=Probabilities.of((float(proba[0]), float(proba[1]), float(proba[2]))),
         model_version=model.version,
         volatility=sizing_volatility(candles["close"].to_numpy()),
+        served_by=served_by,
     )

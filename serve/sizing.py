@@ -38,13 +38,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config
-from features.domain import AccountState, Signal
+from features.config import CONFIG_DIR, Strict, load_config
+from features.domain import AccountState, Signal, checked_probabilities
+from features.exchange import InvalidMarketError, check_market
 from serve.llm_clients import (
     GROQ_BASE_URL_ENV,
     GROQ_KEY_ENV,
@@ -67,7 +68,6 @@ __all__ = [
     "LLMSizer",
     "OllamaConfig",
     "RuleConfig",
-    "Sizer",
     "SizingConfig",
     "SizingRequest",
     "SizingResult",
@@ -144,12 +144,15 @@ class SizingRequest:
     account: AccountState
 
     def __post_init__(self) -> None:
-        if not isinstance(self.market, str) or not MARKET_PATTERN.match(self.market):
-            raise ValueError(f"SizingRequest.market must look like KRW-BTC, got {self.market!r}")
+        try:
+            check_market(self.market)
+        except InvalidMarketError as exc:
+            raise ValueError(f"SizingRequest.market: {exc}") from exc
         if isinstance(self.signal, bool) or self.signal not in tuple(Signal):
             raise ValueError(f"SizingRequest.signal must be a Signal, got {self.signal!r}")
         object.__setattr__(self, "signal", Signal(self.signal))
-        object.__setattr__(self, "probabilities", _checked_probabilities(self.probabilities))
+        checked = checked_probabilities(self.probabilities, "SizingRequest.probabilities")
+        object.__setattr__(self, "probabilities", checked)
         if isinstance(self.volatility, bool) or not isinstance(self.volatility, int | float):
             raise ValueError(f"SizingRequest.volatility must be a number, got {self.volatility!r}")
         if not math.isfinite(self.volatility) or self.volatility < 0:
@@ -158,20 +161,6 @@ class SizingRequest:
             )
         if not isinstance(self.account, AccountState):
             raise ValueError(f"SizingRequest.account must be an AccountState, got {self.account!r}")
-
-
-def _checked_probabilities(values: object) -> tuple[float, float, float]:
-    try:
-        probabilities = tuple(float(p) for p in values)  # type: ignore[attr-defined]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"SizingRequest.probabilities must be 3 numbers, got {values!r}") from exc
-    if len(probabilities) != 3:
-        raise ValueError(f"SizingRequest.probabilities must be (sell, hold, buy), got {values!r}")
-    if any(not math.isfinite(p) or not 0.0 <= p <= 1.0 for p in probabilities):
-        raise ValueError(f"SizingRequest.probabilities must lie in [0, 1], got {probabilities}")
-    if abs(sum(probabilities) - 1.0) > 1e-4:
-        raise ValueError(f"SizingRequest.probabilities must sum to 1, got {sum(probabilities):.6f}")
-    return probabilities  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -188,12 +177,6 @@ class SizingResult:
             raise ValueError(f"SizingResult.ratio must be in (0, 1], got {self.ratio}")
         if self.source not in SOURCES:
             raise ValueError(f"SizingResult.source must be one of {sorted(SOURCES)}")
-
-
-class Sizer(Protocol):
-    """The seam the serving graph and the trading loop take; `LLMSizer` is the real adapter."""
-
-    async def size(self, request: SizingRequest) -> SizingResult: ...
 
 
 # -- the deterministic rule ----------------------------------------------------------------------

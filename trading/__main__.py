@@ -4,6 +4,8 @@
     python -m trading ab-report --ledger runs/ledger.sqlite --out runs/ab
     python -m trading replay --ledger runs/ledger.sqlite --data-dir DIR --registry DIR
     python -m trading switch --off --by alice --reason "exchange incident"   (the running loop)
+    python -m trading reconcile --ledger runs/ledger.sqlite     (halted markets, unknown orders)
+    python -m trading reconcile --ack --by alice [--market KRW-BTC]   (a person checked Upbit)
 
     python -m trading backtest --markets KRW-BTC,KRW-ETH --data-dir ../shared/data/ohlcv \\
         --registry registry [--version v0003] [--arm fixed|rule|both] [--out runs/backtest] \\
@@ -76,6 +78,13 @@ def _add_ledger_commands(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--by", required=True, help="who decided (kept in the ledger)")
     sw.add_argument("--reason", default="switched off by a person")
     sw.add_argument("--address", default="auto", help="Ray address")
+    rc = sub.add_parser(
+        "reconcile", help="halted markets and orders of unknown outcome; --ack ends the halts"
+    )
+    rc.add_argument("--ledger", default=ledger)
+    rc.add_argument("--ack", action="store_true", help="a person has checked the exchange")
+    rc.add_argument("--by", help="who checked (kept in the ledger); needed with --ack")
+    rc.add_argument("--market", help="acknowledge this market only (default: every halted one)")
     for parser in (status, ab, rp):
         parser.add_argument("--trading-config", default=str(CONFIG_DIR / "trading.yaml"))
 
@@ -196,7 +205,34 @@ def cmd_switch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """List what halts trading (exit 1 while anything does), or acknowledge it with --ack."""
+    with _open_ledger(args.ledger) as ledger:
+        if args.ack:
+            if not (args.by or "").strip():
+                raise ValueError("--ack needs --by NAME: the ledger records who checked")
+            acked = ledger.halts.acknowledge(args.by, args.market)
+            for halt in acked:
+                print(f"acknowledged by {args.by}: {halt.market}: {halt.reason}")
+            print(f"{len(acked)} halt(s) acknowledged; the loop trades those markets next hour")
+            return 0
+        halts = ledger.halts.open()
+        unknown = [o for o in ledger.pending_orders() if o.status.value == "unknown"]
+    for market, reasons in sorted(halts.items()):
+        for halt in reasons:
+            print(f"HALTED {market} since {halt.raised_at:%Y-%m-%d %H:%M:%S}: {halt.reason}")
+    for order in unknown:
+        print(f"unknown outcome: {order.identifier} ({order.arm}): {order.error}")
+    if not halts and not unknown:
+        print("nothing halted: the ledger and the exchange agreed at the loop's last start")
+        return 0
+    print("check these orders and balances on the exchange, then: "
+          "python -m trading reconcile --ack --by NAME")  # fmt: skip
+    return 1
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "reconcile": cmd_reconcile,
     "backtest": cmd_backtest,
     "status": cmd_status,
     "ab-report": cmd_ab_report,

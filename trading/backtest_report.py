@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from features.domain import Side
+from features.exchange import FEE_RATE, HOUR, MIN_ORDER_KRW
 from trading.backtest import ArmRun, BacktestResult
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
 
 HOURS_PER_YEAR = 24 * 365
 BUY_AND_HOLD = "buy&hold"
@@ -41,7 +41,7 @@ def _ratio_or_none(num: float, den: float) -> float | None:
 
 
 def _years(times: pd.DatetimeIndex) -> float:
-    span = (times[-1] - times[0]) + pd.Timedelta(hours=1)
+    span = (times[-1] - times[0]) + HOUR
     return span / pd.Timedelta(days=365)
 
 

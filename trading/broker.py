@@ -2,8 +2,8 @@
 
 `PaperBroker` and `UpbitBroker` implement it; callers take the protocol, so a test or a live run
 swaps the adapter, not the loop. Every order carries a client `identifier`
-(`market|candle hour|side|attempt`, see `order_identifier`) that the ledger records before the
-order is sent, so a restart can ask the broker what became of it instead of sending it again.
+(`market|candle hour|side`, see `order_identifier`) that the ledger records before the order is
+sent, so a restart can ask the broker what became of it instead of sending it again.
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ class BrokerBanned(BrokerError):
 
 
 class Broker(Protocol):
+    # True when the exchange keeps orders beyond this process (Upbit): an order the ledger sent
+    # but cannot find again may still exist, so it is never resent. False for the paper broker,
+    # whose book is this process's memory (rebuilt from the ledger's fills): an order it lost
+    # died with the process.
+    durable: bool
+
     def place(self, order: Order, reference_price: float) -> Fill:
         """Send a market order; `reference_price` is the candle close (the paper fill price)."""
         ...
@@ -82,8 +88,9 @@ class Broker(Protocol):
         ...
 
 
-def order_identifier(market: str, hour: datetime, side: Side, attempt: int) -> str:
-    """`market|candle hour|side|attempt`: unique per order attempt, stable across restarts."""
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0, got {attempt}")
-    return f"{market}|{hour:%Y-%m-%dT%H:00}|{side.value}|{attempt}"
+def order_identifier(market: str, hour: datetime, side: Side) -> str:
+    """`market|candle hour|side`: at most one order per market, hour and side, stable across
+    restarts. Upbit never accepts an identifier twice, so an order refused in an hour is not tried
+    again in that hour. (Ledgers written before this scheme hold `...|side|0`: the ledger reads
+    both, see `trading.ledger_rows.LEGACY_SUFFIX`.)"""
+    return f"{market}|{hour:%Y-%m-%dT%H:00}|{side.value}"

@@ -1,27 +1,23 @@
 """The loop's clock: the wall clock in KST, or an accelerated one so tests run many hours fast.
 
 An accelerated clock starts at a chosen KST moment and runs `speed` times faster than real time,
-so "sleep until a few seconds after the next hour closes" takes 1/speed of the real wait.
+so "wait until a few seconds after the next hour closes" takes 1/speed of the real wait.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 import pandas as pd
 
-from features.candles import now_kst
-
-HOUR = timedelta(hours=1)
+from features.exchange import HOUR, now_kst
 
 
 class Clock(Protocol):
     def now(self) -> pd.Timestamp: ...
-
-    def sleep_until(self, moment: pd.Timestamp) -> None: ...
 
     def seconds_until(self, moment: pd.Timestamp) -> float:
         """Real seconds until the clock reads `moment` (0 when it already has)."""
@@ -31,9 +27,6 @@ class Clock(Protocol):
 class WallClock:
     def now(self) -> pd.Timestamp:
         return pd.Timestamp(now_kst())
-
-    def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(self.seconds_until(moment))
 
     def seconds_until(self, moment: pd.Timestamp) -> float:
         return max(0.0, (moment - self.now()).total_seconds())
@@ -52,9 +45,6 @@ class AcceleratedClock:
         elapsed = (time.time() - self.anchor) * self.speed
         return self.start + pd.Timedelta(seconds=elapsed)
 
-    def sleep_until(self, moment: pd.Timestamp) -> None:
-        time.sleep(self.seconds_until(moment))
-
     def seconds_until(self, moment: pd.Timestamp) -> float:
         return max(0.0, (moment - self.now()).total_seconds() / self.speed)
 
@@ -62,8 +52,3 @@ class AcceleratedClock:
 def closed_hour(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     """Open time of the newest candle that has closed at `moment`."""
     return pd.Timestamp(moment).floor("h") - HOUR
-
-
-def next_run(moment: pd.Timestamp, delay_s: float) -> pd.Timestamp:
-    """When to act on the hour that closes next: `delay_s` after the next hour boundary."""
-    return pd.Timestamp(moment).floor("h") + HOUR + pd.Timedelta(seconds=delay_s)

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from features.config import CONFIG_DIR, MARKET_PATTERN, Strict, load_config, resolve_path
-from trading.upbit_rules import MIN_ORDER_KRW
+from features.config import CONFIG_DIR, MarketList, Strict, load_config, resolve_path
+from features.exchange import MIN_ORDER_KRW
 
 SizingArm = Literal["llm", "fixed"]
 
@@ -53,8 +53,19 @@ class EmergencyConfig(Strict):
         return self
 
 
+class StopConfig(Strict):
+    """Price-only exits (`trading.stops`): checked every hour from the close alone, with or
+    without a model, in the loop and the backtester alike. null turns one off."""
+
+    # Sell the whole position once the close is this fraction below the average entry.
+    stop_loss: float | None = Field(0.10, gt=0.0, lt=1.0)
+    # Sell the whole position once the close is this fraction below the highest close since entry.
+    trailing_stop: float | None = Field(0.15, gt=0.0, lt=1.0)
+
+
 class RiskConfig(Strict):
     emergency: EmergencyConfig = EmergencyConfig()
+    stops: StopConfig = StopConfig()
     # Trading switches off when equity falls this fraction below the day's starting equity...
     daily_loss_limit: float = Field(0.05, gt=0.0, lt=1.0)
     # ...or this fraction below its peak; it stays off until a person re-enables it.
@@ -84,19 +95,25 @@ class LoopConfig(Strict):
     # Seconds after the hour closes before candles are fetched (Upbit needs a moment).
     delay_after_close_s: float = Field(5.0, ge=0.0, le=600.0)
     rolling_window_hours: int = Field(168, ge=24, le=2160)
+    # No order leaves later than this after its candle closed (wall clock): a restart late in the
+    # hour records `no_decision: late` instead of sending market orders tens of minutes late.
+    max_order_delay_s: float = Field(600.0, gt=0.0, le=3600.0)
+    # An order whose outcome is unknown (a lost reply, a crash between send and fill) is looked
+    # up by its identifier for this long; still nowhere, it is marked unknown and its market halts.
+    order_lookup_s: float = Field(30.0, ge=0.0, le=600.0)
+    # The loop's lease on its ledger expires this long after its last heartbeat (one loop per
+    # ledger, across clusters); it beats every quarter of it.
+    lease_ttl_s: float = Field(120.0, ge=1.0, le=3600.0)
     # None: the markets of configs/features.yaml.
-    markets: list[str] | None = None
+    markets: MarketList | None = None
 
     @field_validator("markets")
     @classmethod
-    def _markets(cls, markets: list[str] | None) -> list[str] | None:
-        if markets is None:
-            return None
-        bad = [m for m in markets if not MARKET_PATTERN.match(m) or not m.startswith("KRW-")]
-        if bad or not markets:
-            raise ValueError(f"loop.markets must be KRW markets like KRW-BTC, got {markets}")
-        if len(set(markets)) != len(markets):
-            raise ValueError(f"duplicate markets in {markets}")
+    def _krw_only(cls, markets: list[str] | None) -> list[str] | None:
+        """The accounts hold KRW: a BTC-quoted market would need another cash balance."""
+        other = [m for m in markets or [] if not m.startswith("KRW-")]
+        if other:
+            raise ValueError(f"loop.markets must be KRW markets like KRW-BTC, got {other}")
         return markets
 
 

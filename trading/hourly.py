@@ -3,8 +3,22 @@
 `HourlyTrader.run_hour` is what the TradingLoop actor calls once an hour (and what a test calls
 with an accelerated clock). It is safe to run again for the same hour after a crash: a decision
 already in the ledger is reused, never re-planned, and an order already sent is looked up by its
-identifier instead of being sent twice. Each arm (A/B: LLM sizing vs a fixed ratio) trades its own
-account per market; both follow the same prediction.
+identifier instead of being sent twice (`trading.account.ArmAccount.execute`, the ledger as its
+journal). Each arm (A/B: LLM sizing vs a fixed ratio) trades its own account per market; both
+follow the same prediction. Live, one Upbit account serves every market.
+
+Money first, in this order every hour:
+- a live loop's first hour reconciles with the exchange (`trading.reconcile`); the open orders of
+  every hour are settled before anything is sent;
+- every market's candles are fetched first, so a live account is marked at this hour's prices;
+- each market is its own try: one market's failure (a bad reply, an exception) is that market's
+  `no_decision`, never the end of the other markets' hour;
+- a halted market (an order whose outcome is unknown, a difference with the exchange) sends
+  nothing until a person acknowledges it; an hour past `loop.max_order_delay_s` (wall clock)
+  sends nothing either (`no_decision: late ...`);
+- without a usable prediction (Serve silent, no model, a refusal) the price-only rules still
+  run on a held position (`protect_hour`): the stops sell, the kill switch observes; a stale
+  model opens no position (its sells go out).
 """
 
 from __future__ import annotations
@@ -16,41 +30,42 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.domain import AccountState, Decision, Order
+from features import indicators
+from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
-from trading.accounts import account_state, holdings_value
-from trading.broker import Broker, BrokerBanned, BrokerError, Fill, OrderRejected, OrderState
-from trading.clock import HOUR
+from serve.schema import PredictionReply
+from trading.account import ArmAccount, book_value
+from trading.broker import BrokerBanned
 from trading.config import TradingConfig
 from trading.ledger import Ledger
-from trading.ledger_schema import FINAL_STATUSES
-from trading.risk import RiskGuard
-from trading.serve_client import Predictor, ServedSignal, ServeUnavailable
-from trading.step import plan_hour
+from trading.ledger_books import Halt
+from trading.reconcile import halt, settle_open_orders, start_or_retry
+from trading.serve_client import Predictor, ServeUnavailable
 
 log = logging.getLogger(__name__)
-CANDLES_FOR_SERVING = 823 + 48  # features.indicators.SERVING_WINDOW plus gap-fill room
-
-
-@dataclass
-class Account:
-    """One arm's account in one market: its broker and its kill switch."""
-
-    arm: str
-    market: str
-    broker: Broker
-    guard: RiskGuard
-
-    @property
-    def risk_key(self) -> str:
-        return f"{self.arm}/{self.market}"
+ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
 
 
 @dataclass(frozen=True)
 class Labels:
     horizon: int
     threshold: float
+
+
+@dataclass(frozen=True)
+class Served:
+    """Serve's answer for one market-hour, or why there is none."""
+
+    reply: PredictionReply | None
+    why: str = ""
+
+    @property
+    def stale(self) -> str:
+        reply = self.reply
+        if reply is None or not reply.stale:
+            return ""
+        return f"model {reply.model_version} is stale ({reply.model_age_hours:.0f} h past its data)"
 
 
 class HourlyTrader:
@@ -61,10 +76,13 @@ class HourlyTrader:
         ledger: Ledger,
         source: CandleSource,
         predictor: Predictor,
-        accounts: dict[tuple[str, str], Account],
+        accounts: dict[tuple[str, str], ArmAccount],
         labels: Labels,
         on_hour: Callable[[HourlyTrader, pd.Timestamp], None] | None = None,
+        now: Callable[[], pd.Timestamp] | None = None,
     ) -> None:
+        """`now`: the wall clock, for the order-delay limit; None (an accelerated replay of stored
+        hours) does not check it."""
         self.config = config
         self.markets = markets
         self.arms = sorted({arm for arm, _ in accounts})
@@ -74,19 +92,39 @@ class HourlyTrader:
         self.accounts = accounts
         self.labels = labels
         self.on_hour = on_hour
-        self.window = max(CANDLES_FOR_SERVING, config.loop.rolling_window_hours + 1)
+        self.now = now
+        self.reconciled = False
+        for account in accounts.values():  # every kill switch change reaches the ledger
+            if account.kill_switch.store is None:
+                account.kill_switch.store = ledger.set_risk_state
+
+    @property
+    def window(self) -> int:
+        """Candles fetched per market and hour: what serving needs (derived from the features'
+        warm-up, read at each call) or the rolling window, whichever is longer."""
+        return max(indicators.CANDLES_FOR_SERVING, self.config.loop.rolling_window_hours + 1)
 
     def run_hour(self, hour: pd.Timestamp) -> None:
         """Decide and trade the hour whose candle opened at `hour` (it has just closed)."""
+        not_ready = "" if self.reconciled else start_or_retry(self.ledger, self.accounts, hour)
+        self.reconciled = not not_ready
         self.reconcile(hour)
-        prices: dict[str, float] = {}
-        for market in self.markets:
-            price = self._market_hour(market, hour)
-            if price is not None:
-                prices[market] = price
+        halted = self.ledger.halts.open()
+        fetched = {m: self._candles(m, hour) for m in self.markets}
+        candles = {m: c for m, c in fetched.items() if c is not None}
+        prices = {m: float(c["close"].iloc[-1]) for m, c in candles.items()}
+        for market, frame in candles.items():
+            if not_ready:
+                self._no_decision(market, hour, not_ready)
+                continue
+            self._isolated(market, hour, frame, prices, halted)
         self._snapshot(hour, prices)
         if self.on_hour:
             self.on_hour(self, hour)
+
+    def reconcile(self, hour: pd.Timestamp) -> None:
+        """Settle the ledger's orders whose outcome it does not know, before the hour trades."""
+        settle_open_orders(self.ledger, self.accounts, hour.to_pydatetime())
 
     # -- one market ----------------------------------------------------------------------------
 
@@ -109,119 +147,93 @@ class HourlyTrader:
             return None
         return candles
 
-    def _market_hour(self, market: str, hour: pd.Timestamp) -> float | None:
-        candles = self._candles(market, hour)
-        if candles is None:
-            return None
-        price = float(candles["close"].iloc[-1])
+    def _isolated(self, market, hour, candles, prices, halted) -> None:
+        try:
+            self._market_hour(market, hour, candles, prices, halted)
+        except BrokerBanned:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one market's failure ends no other's hour
+            log.exception("%s %s failed", market, hour)
+            self._no_decision(market, hour, f"this market's hour failed: {exc!r}"[:500])
+
+    def _market_hour(
+        self,
+        market: str,
+        hour: pd.Timestamp,
+        candles: pd.DataFrame,
+        prices: dict[str, float],
+        halted: dict[str, list[Halt]],
+    ) -> None:
         self._record_outcome(market, hour, candles["close"])
+        if market in halted:
+            reasons = "; ".join(h.reason for h in halted[market])
+            self._no_decision(market, hour, f"market halted: {reasons}; {ACK_HINT}")
+            return
+        late = self._late(hour)
+        if late:
+            self._no_decision(market, hour, late)
+            return
+        served = self._ask(market, candles, prices)
+        for arm in self.arms:
+            self._arm_hour(self.accounts[(arm, market)], hour, candles, prices, served)
+
+    def _late(self, hour: pd.Timestamp) -> str:
+        if self.now is None:
+            return ""
+        delay = (self.now() - (hour + HOUR)).total_seconds()
+        limit = self.config.loop.max_order_delay_s
+        if delay <= limit:
+            return ""
+        return (
+            f"late: {delay:.0f} s after the candle closed, past loop.max_order_delay_s "
+            f"({limit:g} s); nothing sent for this hour"
+        )
+
+    def _ask(self, market: str, candles: pd.DataFrame, prices: dict[str, float]) -> Served:
         # The sizing node sizes for the arm that follows it (llm, or live), so it sees that account.
         sized = [a for a in self.arms if a != "fixed"] or self.arms
-        account = self.accounts[(sized[0], market)]
+        asking = self.accounts[(sized[0], market)]
         try:
-            served = self.predictor.predict(market, candles, self._state(account, price))
+            state = asking.state(prices[market], prices)
+            return Served(self.predictor.predict(market, candles, state))
         except ServeUnavailable as exc:
-            self._no_decision(market, hour, str(exc))
-            return price
-        if pd.Timestamp(served.prediction.time) != hour:
-            self._no_decision(market, hour, f"Serve priced {served.prediction.time}, not {hour}")
-            return price
-        closes = candles["close"].to_numpy()
-        for arm in self.arms:
-            self._arm_hour(self.accounts[(arm, market)], hour, served, price, closes)
-        return price
-
-    def _state(self, account: Account, price: float) -> AccountState:
-        return account_state(account.broker, account.market, price, account.guard.peak_equity)
-
-    def _sizing(self, arm: str, served: ServedSignal) -> tuple[float, str]:
-        if arm == "fixed":
-            return self.config.ab.fixed_ratio, "fixed"
-        return served.ratio, served.sizing_source
+            return Served(None, str(exc))
 
     def _arm_hour(
         self,
-        account: Account,
+        account: ArmAccount,
         hour: pd.Timestamp,
-        served: ServedSignal,
-        price: float,
-        closes: np.ndarray,
+        candles: pd.DataFrame,
+        prices: dict[str, float],
+        served: Served,
     ) -> None:
-        when = hour.to_pydatetime()
-        decision = self.ledger.decision(account.market, when, account.arm)
+        price = prices[account.market]
+        decision = self.ledger.decision(account.market, hour.to_pydatetime(), account.arm)
         if decision is None:
-            ratio, source = self._sizing(account.arm, served)
-            state = self._state(account, price)
-            decision, account.guard = plan_hour(
-                served.prediction, ratio, source, state, price, when, closes, account.guard,
-                self.config,
-            )  # fmt: skip
-            self.ledger.set_risk_state(account.guard.to_dict(), account.risk_key)
+            decision = self._decide(account, hour, candles, prices, served)
+            if decision is None:
+                return
             self.ledger.record_decision(decision, account.arm)
-        if decision.order is not None:
-            self.execute(account, decision, price)
+        done = account.execute(decision, price, self.ledger)
+        if done.unknown:
+            halt(self.ledger, account.market, done.unknown)
 
-    # -- orders --------------------------------------------------------------------------------
-
-    def execute(self, account: Account, decision: Decision, price: float) -> Fill | None:
-        """Send `decision.order` once; an identifier already in the ledger is looked up instead."""
-        order = decision.order
-        assert order is not None
-        record = self.ledger.order(order.identifier, account.arm)
-        if record is not None and record.status in FINAL_STATUSES:
-            return None
-        if record is None:
-            attempt = int(order.identifier.rsplit("|", 1)[1])
-            self.ledger.record_order_intent(order, decision.time, attempt, account.arm)
-        else:
-            known = account.broker.lookup(order.identifier)
-            if known is not None:
-                return self._settle(account, order, known)
-        return self._send(account, order, price)
-
-    def _send(self, account: Account, order: Order, price: float) -> Fill | None:
-        try:
-            fill = account.broker.place(order, price)
-        except OrderRejected as exc:
-            self.ledger.mark_order(order.identifier, account.arm, "rejected", str(exc))
-            return None
-        except BrokerBanned:
-            raise
-        except BrokerError as exc:
-            self.ledger.mark_order(order.identifier, account.arm, "unknown", str(exc))
-            return None
-        return self._settle(account, order, fill)
-
-    def _settle(self, account: Account, order: Order, fill: Fill) -> Fill | None:
-        if fill.state is OrderState.REJECTED:
-            self.ledger.mark_order(order.identifier, account.arm, "rejected", "refused by broker")
-            return None
-        if fill.state is OrderState.WAIT:
-            self.ledger.mark_order(order.identifier, account.arm, "sent")
-            return None
-        self.ledger.record_fill(fill, account.arm)
-        return fill
-
-    def reconcile(self, hour: pd.Timestamp) -> None:
-        """Settle orders whose outcome the ledger does not know (a crash, a lost reply, a wait).
-
-        An intent the broker never saw is sent by this hour's run if it belongs to this hour;
-        an older one is abandoned, since its price is gone.
-        """
-        for record in self.ledger.pending_orders():
-            account = self.accounts.get((record.arm, record.market))
-            if account is None:
-                continue
-            fill = account.broker.lookup(record.identifier)
-            if fill is None:
-                if pd.Timestamp(record.hour) != hour:
-                    reason = "never reached the broker; its hour passed"
-                    self.ledger.mark_order(record.identifier, record.arm, "rejected", reason)
-                continue
-            if fill.state is OrderState.REJECTED:
-                self.ledger.mark_order(record.identifier, record.arm, "rejected", "refused")
-            elif fill.state is not OrderState.WAIT:
-                self.ledger.record_fill(fill, record.arm)
+    def _decide(self, account: ArmAccount, hour, candles, prices, served: Served):
+        market, when = account.market, hour.to_pydatetime()
+        price, closes = prices[market], candles["close"]
+        state = account.state(price, prices)
+        seen = account.high.seen
+        missed = closes.loc[closes.index > seen].iloc[:-1] if seen is not None else closes.iloc[:0]
+        high = account.watch(state, price, when, missed.tolist())
+        self.ledger.highs.set(account.arm, market, high.to_dict())
+        if served.reply is None:
+            self.ledger.record_no_decision(market, when, account.arm, served.why)
+            return account.protect(state, price, when, self.config, served.why)
+        reply = served.reply
+        return account.plan(
+            reply.prediction(), state, price, closes.to_numpy(), reply.volatility, reply.sizing,
+            self.config, stale=served.stale,
+        )  # fmt: skip
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -237,14 +249,21 @@ class HourlyTrader:
         )
 
     def _snapshot(self, hour: pd.Timestamp, prices: dict[str, float]) -> None:
+        """Each arm's equity, every exchange account counted once: a paper arm's account per
+        market, or the one live account (whose balances are also kept for the next restart's
+        reconcile)."""
+        marks = {m: prices.get(m) or self._last_price(m) or 0.0 for m in self.markets}
         for arm in self.arms:
+            mine = [a.broker for (owner, _), a in self.accounts.items() if owner == arm]
+            books = {id(broker): broker for broker in mine}
             cash, value = 0.0, 0.0
-            for market in self.markets:
-                account = self.accounts[(arm, market)]
-                price = prices.get(market) or self._last_price(market)
-                state = account_state(account.broker, market, price or 0.0, None)
-                cash += state.cash
-                value += holdings_value(state, price or 0.0)
+            for broker in books.values():
+                balances = broker.balances()
+                krw, coins = book_value(balances, marks)
+                cash, value = cash + krw, value + coins
+                if broker.durable and self.reconciled:  # never a baseline not checked first
+                    held = {c: b.balance + b.locked for c, b in balances.items()}
+                    self.ledger.snapshots.record(hour.to_pydatetime(), held, note="hour end")
             self.ledger.record_equity(hour.to_pydatetime(), cash, value, arm)
 
     def _last_price(self, market: str) -> float | None:

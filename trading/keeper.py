@@ -3,10 +3,12 @@ for it over HTTP (under /trading), so a RayService (or `cluster up`) starts the 
 
 The keeper never trades: it creates the named detached loop once (a second keeper, or a second
 `up`, finds the running one), pins it to the head node where the SQLite ledger lives, and serves
-the loop's status and the kill switch behind the admin bearer token.
+the loop's status and the kill switch behind the admin bearer token. Its `args` are
+`trading.loop.LoopSettings`, validated by Serve before the keeper is built.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Serve checks that the builder's annotation is a
+# pydantic class, and a postponed (string) annotation would hand the builder a plain dict.
 
 import threading
 from typing import Any
@@ -49,7 +51,8 @@ class LoopKeeper:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         status = await self.loop.status.remote()
-        return {"status": "ok", "running": status["running"], "alarm": status["alarm"]}
+        keys = ("running", "phase", "activity", "alarm")  # no account data: no token needed
+        return {"status": "ok", **{key: status[key] for key in keys}}
 
     @api.get("/v1/status")
     async def status(self, authorization: str | None = Header(None)) -> dict[str, Any]:
@@ -62,9 +65,9 @@ class LoopKeeper:
         return await self.loop.set_trading.remote(body.enabled, body.by, body.reason)
 
 
-def app(args: dict[str, Any]) -> serve.Application:
-    """Serve's application builder: `args` are the LoopSettings fields (mode, data_dir, ...)."""
-    return LoopKeeper.bind(dict(args))
+def app(settings: LoopSettings) -> serve.Application:
+    """Serve's application builder: Serve validates the app's `args` into LoopSettings first."""
+    return LoopKeeper.bind(settings.model_dump(mode="json"))
 
 
 def stop_loop(timeout_s: float = 180.0) -> dict[str, Any] | None:

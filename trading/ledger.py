@@ -17,21 +17,23 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 import pandas as pd
 
-from features.domain import Decision, Order, Side, Signal
+from features.domain import Decision, Order, Signal, drawdown
+from features.exchange import now_kst
 from trading.broker import Fill, order_identifier
-from trading.ledger_schema import (
+from trading.ledger_books import BalanceSnapshots, EntryHighs, LoopLease, MarketHalts
+from trading.ledger_db import LedgerFile, filters, get_row, insert_once
+from trading.ledger_rows import (
     DEFAULT_ARM,
     FILL_STATUS,
     FINAL_STATUSES,
+    LEGACY_SUFFIX,
     NEXT_STATUSES,
     OPEN_STATUSES,
     EquitySnapshot,
@@ -47,14 +49,25 @@ from trading.ledger_schema import (
     equity_from_row,
     fill_from_row,
     fill_values,
-    now_kst,
-    open_ledger,
+    now_text,
     order_from_row,
     order_values,
     position_from_row,
     risk_event_from_row,
     to_text,
 )
+
+__all__ = [
+    "DEFAULT_ARM",
+    "EquitySnapshot",
+    "Ledger",
+    "LedgerError",
+    "OrderRecord",
+    "OrderStatus",
+    "Position",
+    "RealisedAccuracy",
+    "RiskEvent",
+]
 
 _DECISION_COLUMNS = (
     "signal, p_sell, p_hold, p_buy, ratio, sizing_source, model_version, order_side, "
@@ -68,14 +81,15 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = open_ledger(self.path)
+        self._file = LedgerFile(self.path)
+        # The money-safety books (trading.ledger_books), on the same connection.
+        self.lease = LoopLease(self._file)
+        self.halts = MarketHalts(self._file)
+        self.snapshots = BalanceSnapshots(self._file)
+        self.highs = EntryHighs(self._file)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._file.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -91,8 +105,8 @@ class Ledger:
         """Store what the policy decided for one hour; False when that hour was already stored."""
         values = decision_values(decision)
         key = {"arm": arm, "market": decision.market, "time": to_text(decision.time)}
-        with self._write() as conn:
-            return _insert_once(conn, "decisions", key, values, {"created_at": _now()})
+        with self._file.write() as conn:
+            return insert_once(conn, "decisions", key, values, {"created_at": now_text()})
 
     def record_no_decision(
         self, market: str, hour: datetime, arm: str = DEFAULT_ARM, reason: str = ""
@@ -101,12 +115,12 @@ class Ledger:
         if not reason:
             raise LedgerError("a no-decision needs its reason: it is what the operator reads")
         key = {"arm": arm, "market": market, "time": to_text(hour), "reason": reason}
-        with self._write() as conn:
-            return _insert_once(conn, "no_decisions", key, {}, {"created_at": _now()})
+        with self._file.write() as conn:
+            return insert_once(conn, "no_decisions", key, {}, {"created_at": now_text()})
 
     def decision(self, market: str, hour: datetime, arm: str = DEFAULT_ARM) -> Decision | None:
         """The decision stored for this hour, so a restarted loop knows the hour is done."""
-        rows = self._read(
+        rows = self._file.read(
             f"SELECT market, time, {_DECISION_COLUMNS} FROM decisions "
             "WHERE arm = ? AND market = ? AND time = ?",
             (arm, market, to_text(hour)),
@@ -121,14 +135,14 @@ class Ledger:
             "SELECT time, market, arm, 'no_decision', NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
             "NULL, NULL, NULL, NULL, NULL, reason, created_at FROM no_decisions"
         )
-        where, params = _filters(arm=arm, market=market)
-        frame = self._frame(f"SELECT * FROM ({sql}){where} ORDER BY time, market, arm", params)
+        where, params = filters(arm=arm, market=market)
+        frame = self._file.frame(f"SELECT * FROM ({sql}){where} ORDER BY time, market, arm", params)
         frame["signal"] = frame["signal"].astype("Int64")
         return frame
 
     def ratios(self, arm: str = DEFAULT_ARM) -> pd.DataFrame:
         """The sizing ratio chosen each hour, to compare how the arms size their bets."""
-        return self._frame(
+        return self._file.frame(
             "SELECT time, market, ratio, sizing_source, model_version FROM decisions "
             "WHERE arm = ? ORDER BY time, market",
             (arm,),
@@ -137,20 +151,25 @@ class Ledger:
     # -- orders and fills --------------------------------------------------------------------
 
     def record_order_intent(
-        self, order: Order, hour: datetime, attempt: int, arm: str = DEFAULT_ARM
+        self, order: Order, hour: datetime, arm: str = DEFAULT_ARM
     ) -> OrderRecord:
-        """Write the intent before the order is sent, so a restart asks instead of resending."""
-        identifier = order_identifier(order.market, hour, order.side, attempt)
-        if order.identifier and order.identifier != identifier:
+        """Write the intent before the order is sent, so a restart asks instead of resending.
+
+        The identifier must be the order's market, hour and side (`order_identifier`); one an
+        earlier ledger wrote (`...|0`) is kept as it is, so its order is still looked up by it.
+        """
+        expected = order_identifier(order.market, hour, order.side)
+        identifier = order.identifier or expected
+        if identifier.removesuffix(LEGACY_SUFFIX) != expected:
             raise LedgerError(
-                f"order identifier {order.identifier!r} does not match its market, hour, side "
-                f"and attempt ({identifier!r})"
+                f"order identifier {identifier!r} does not match its market, hour and side "
+                f"({expected!r})"
             )
-        values = order_values(order, hour, attempt)
-        now = _now()
+        values = order_values(order, hour)
+        now = now_text()
         stamps = {"status": OrderStatus.PENDING.value, "created_at": now, "updated_at": now}
-        with self._write() as conn:
-            _insert_once(conn, "orders", {"arm": arm, "identifier": identifier}, values, stamps)
+        with self._file.write() as conn:
+            insert_once(conn, "orders", {"arm": arm, "identifier": identifier}, values, stamps)
             return order_from_row(_get_order(conn, identifier, arm))
 
     def mark_order(
@@ -163,41 +182,31 @@ class Ledger:
                 f"order {identifier!r}: {status.value!r} carries an executed volume; "
                 "record_fill sets it together with the position"
             )
-        with self._write() as conn:
+        with self._file.write() as conn:
             _set_status(conn, _get_order(conn, identifier, arm), status, error)
             return order_from_row(_get_order(conn, identifier, arm))
 
     def order(self, identifier: str, arm: str = DEFAULT_ARM) -> OrderRecord | None:
-        rows = self._read(
+        rows = self._file.read(
             "SELECT * FROM orders WHERE arm = ? AND identifier = ?", (arm, identifier)
         )
         return order_from_row(rows[0]) if rows else None
 
     def orders(self, arm: str | None = None, market: str | None = None) -> list[OrderRecord]:
-        where, params = _filters(arm=arm, market=market)
-        rows = self._read(f"SELECT * FROM orders{where} ORDER BY created_at, rowid", params)
+        where, params = filters(arm=arm, market=market)
+        rows = self._file.read(f"SELECT * FROM orders{where} ORDER BY created_at, rowid", params)
         return [order_from_row(row) for row in rows]
 
     def pending_orders(self, arm: str | None = None) -> list[OrderRecord]:
         """Intents whose outcome is not final: what a restarted loop must look up at the broker."""
-        where, params = _filters(arm=arm)
+        where, params = filters(arm=arm)
         marks = ", ".join("?" for _ in OPEN_STATUSES)
         where = f"{where} AND" if where else " WHERE"
-        rows = self._read(
+        rows = self._file.read(
             f"SELECT * FROM orders{where} status IN ({marks}) ORDER BY created_at, rowid",
             (*params, *OPEN_STATUSES),
         )
         return [order_from_row(row) for row in rows]
-
-    def next_attempt(self, market: str, hour: datetime, side: Side, arm: str = DEFAULT_ARM) -> int:
-        """The attempt number for a new order: Upbit never accepts an identifier twice."""
-        prefix = order_identifier(market, hour, side, 0).rsplit("|", 1)[0] + "|"
-        rows = self._read(
-            "SELECT MAX(attempt) FROM orders WHERE arm = ? AND substr(identifier, 1, ?) = ?",
-            (arm, len(prefix), prefix),
-        )
-        last = rows[0][0]
-        return 0 if last is None else last + 1
 
     def record_fill(
         self, fill: Fill, arm: str = DEFAULT_ARM, filled_at: datetime | None = None
@@ -210,14 +219,14 @@ class Ledger:
                 "mark the order 'sent' and record the fill once it is final"
             )
         stamps = {"filled_at": to_text(filled_at or now_kst())}
-        with self._write() as conn:
+        with self._file.write() as conn:
             order = _get_order(conn, fill.identifier, arm)
             if (order["market"], order["side"]) != (fill.market, fill.side.value):
                 raise LedgerError(
                     f"fill {fill.identifier!r} does not match its order's market/side"
                 )
             key = {"arm": arm, "identifier": fill.identifier}
-            if not _insert_once(conn, "fills", key, fill_values(fill), stamps):
+            if not insert_once(conn, "fills", key, fill_values(fill), stamps):
                 return False
             _set_status(conn, order, status, None)
             if fill.volume > 0:
@@ -228,17 +237,19 @@ class Ledger:
 
     def fills(self, arm: str | None = None, market: str | None = None) -> list[Fill]:
         """Fills in the order they were recorded, enough to rebuild a paper account."""
-        where, params = _filters(arm=arm, market=market)
-        rows = self._read(f"SELECT * FROM fills{where} ORDER BY rowid", params)
+        where, params = filters(arm=arm, market=market)
+        rows = self._file.read(f"SELECT * FROM fills{where} ORDER BY rowid", params)
         return [fill_from_row(row) for row in rows]
 
     def position(self, market: str, arm: str = DEFAULT_ARM) -> Position:
         """What the arm holds in the market by its own fills; flat when it never traded."""
-        with self._lock:
-            return self._position_in(self._connection(), market, arm)
+        rows = self._file.read(
+            "SELECT * FROM positions WHERE arm = ? AND market = ?", (arm, market)
+        )
+        return position_from_row(rows[0]) if rows else Position(arm=arm, market=market)
 
     def positions(self, arm: str = DEFAULT_ARM) -> list[Position]:
-        rows = self._read("SELECT * FROM positions WHERE arm = ? ORDER BY market", (arm,))
+        rows = self._file.read("SELECT * FROM positions WHERE arm = ? ORDER BY market", (arm,))
         return [position_from_row(row) for row in rows]
 
     # -- equity, outcomes, risk --------------------------------------------------------------
@@ -252,12 +263,12 @@ class Ledger:
                 raise LedgerError(f"equity {name} must be finite and >= 0, got {value}")
         key = {"arm": arm, "time": to_text(time)}
         values = {"cash": float(cash), "positions_value": float(positions_value)}
-        with self._write() as conn:
+        with self._file.write() as conn:
             last = conn.execute(
                 "SELECT time, peak_equity FROM equity WHERE arm = ? ORDER BY time DESC LIMIT 1",
                 (arm,),
             ).fetchone()
-            if last is not None and last["time"] > key["time"] and not _get(conn, "equity", key):
+            if last is not None and last["time"] > key["time"] and not get_row(conn, "equity", key):
                 raise LedgerError(
                     f"equity at {key['time']} is older than the stored {last['time']} for arm "
                     f"{arm!r}: the curve is written in time order"
@@ -267,14 +278,14 @@ class Ledger:
             derived = {
                 "equity": equity,
                 "peak_equity": peak,
-                "drawdown": min(1.0, max(0.0, 1.0 - equity / peak)) if peak > 0 else 0.0,
-                "created_at": _now(),
+                "drawdown": drawdown(equity, peak),
+                "created_at": now_text(),
             }
-            _insert_once(conn, "equity", key, values, derived)
-            return equity_from_row(_get(conn, "equity", key))
+            insert_once(conn, "equity", key, values, derived)
+            return equity_from_row(get_row(conn, "equity", key))
 
     def equity_curve(self, arm: str = DEFAULT_ARM) -> pd.DataFrame:
-        frame = self._frame(
+        frame = self._file.frame(
             "SELECT time, cash, positions_value, equity, peak_equity, drawdown FROM equity "
             "WHERE arm = ? ORDER BY time",
             (arm,),
@@ -289,23 +300,25 @@ class Ledger:
             raise LedgerError(f"realised_return must be finite, got {realised_return}")
         key = {"market": market, "time": to_text(time), "horizon": int(horizon)}
         values = {"label": int(Signal(label)), "realised_return": float(realised_return)}
-        with self._write() as conn:
-            return _insert_once(conn, "outcomes", key, values, {"created_at": _now()})
+        with self._file.write() as conn:
+            return insert_once(conn, "outcomes", key, values, {"created_at": now_text()})
 
     def realised_accuracy(
         self, market: str, window: int, arm: str = DEFAULT_ARM, horizon: int | None = None
     ) -> RealisedAccuracy:
-        """Score the last `window` decisions whose outcome is known (horizon: the newest one's)."""
+        """Score the last `window` model decisions whose outcome is known (horizon: the newest
+        one's); a protective sell made without a model (model_version '') is no prediction."""
         if horizon is None:
-            newest = self._read(
+            newest = self._file.read(
                 "SELECT horizon FROM outcomes WHERE market = ? ORDER BY time DESC LIMIT 1",
                 (market,),
             )
             horizon = newest[0][0] if newest else None
-        rows = self._read(
+        rows = self._file.read(
             "SELECT d.signal, o.label FROM decisions d JOIN outcomes o "
             "ON o.market = d.market AND o.time = d.time AND o.horizon = ? "
-            "WHERE d.market = ? AND d.arm = ? ORDER BY d.time DESC LIMIT ?",
+            "WHERE d.market = ? AND d.arm = ? AND d.model_version <> '' "
+            "ORDER BY d.time DESC LIMIT ?",
             (horizon, market, arm, window),
         )
         return RealisedAccuracy.score(
@@ -315,125 +328,39 @@ class Ledger:
     def set_risk_state(self, state: Mapping[str, object], arm: str = DEFAULT_ARM) -> RiskEvent:
         """Append a kill-switch event; earlier events stay, so the history can be audited."""
         text = encode_risk_state(state)
-        with self._write() as conn:
+        with self._file.write() as conn:
             cursor = conn.execute(
                 "INSERT INTO risk_events (arm, state, recorded_at) VALUES (?, ?, ?)",
-                (arm, text, _now()),
+                (arm, text, now_text()),
             )
-            return risk_event_from_row(_get(conn, "risk_events", {"id": cursor.lastrowid}))
+            return risk_event_from_row(get_row(conn, "risk_events", {"id": cursor.lastrowid}))
 
     def risk_state(self, arm: str = DEFAULT_ARM) -> dict[str, object] | None:
         """The newest risk state of the arm (datetimes come back as ISO text), None if never set."""
-        rows = self._read(
+        rows = self._file.read(
             "SELECT state FROM risk_events WHERE arm = ? ORDER BY id DESC LIMIT 1", (arm,)
         )
         return json.loads(rows[0][0]) if rows else None
 
     def risk_events(self, arm: str | None = None) -> list[RiskEvent]:
-        where, params = _filters(arm=arm)
+        where, params = filters(arm=arm)
         return [
             risk_event_from_row(r)
-            for r in self._read(f"SELECT * FROM risk_events{where} ORDER BY id", params)
+            for r in self._file.read(f"SELECT * FROM risk_events{where} ORDER BY id", params)
         ]
 
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file: 'ok', or the problems it found."""
-        return "\n".join(row[0] for row in self._read("PRAGMA integrity_check", ()))
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise LedgerError(f"{self.path}: the ledger is closed")
-        return self._conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction, holding the write lock from its first read so replays are atomic."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise LedgerError(f"{self.path}: {exc}") from exc
-                raise
+        return "\n".join(row[0] for row in self._file.read("PRAGMA integrity_check", ()))
 
     @staticmethod
     def _position_in(conn: sqlite3.Connection, market: str, arm: str) -> Position:
-        row = _get(conn, "positions", {"arm": arm, "market": market})
+        row = get_row(conn, "positions", {"arm": arm, "market": market})
         return position_from_row(row) if row else Position(arm=arm, market=market)
-
-    def _query(self, sql: str, params: tuple[object, ...]) -> tuple[list[sqlite3.Row], list[str]]:
-        with self._lock:
-            try:
-                cursor = self._connection().execute(sql, params)
-                return cursor.fetchall(), [column[0] for column in cursor.description]
-            except sqlite3.Error as exc:
-                raise LedgerError(f"{self.path}: {exc}") from exc
-
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
-        return self._query(sql, params)[0]
-
-    def _frame(self, sql: str, params: tuple[object, ...]) -> pd.DataFrame:
-        rows, columns = self._query(sql, params)
-        frame = pd.DataFrame([tuple(row) for row in rows], columns=columns)
-        for column in ("time", "created_at"):
-            if column in frame:
-                frame[column] = pd.to_datetime(frame[column], format="ISO8601")
-        return frame
-
-
-def _now() -> str:
-    return to_text(now_kst())
-
-
-def _filters(**equal: str | None) -> tuple[str, tuple[object, ...]]:
-    """A WHERE clause for the given column = value pairs, skipping the None ones."""
-    given = {column: value for column, value in equal.items() if value is not None}
-    if not given:
-        return "", ()
-    return " WHERE " + " AND ".join(f"{c} = ?" for c in given), tuple(given.values())
-
-
-def _get(conn: sqlite3.Connection, table: str, key: Mapping[str, object]) -> sqlite3.Row | None:
-    where = " AND ".join(f"{column} = ?" for column in key)
-    return conn.execute(f"SELECT * FROM {table} WHERE {where}", tuple(key.values())).fetchone()
-
-
-def _insert_once(
-    conn: sqlite3.Connection,
-    table: str,
-    key: Mapping[str, object],
-    values: Mapping[str, object],
-    extra: Mapping[str, object],
-) -> bool:
-    """Insert a row, or check a stored one: same `values` is a replay (False), else an error.
-
-    `extra` (timestamps, a first status) is written on insert and not compared on replay.
-    """
-    stored = _get(conn, table, key)
-    if stored is not None:
-        differing = [
-            f"{c}: stored {stored[c]!r}, new {v!r}" for c, v in values.items() if stored[c] != v
-        ]
-        if differing:
-            raise LedgerError(
-                f"{table} {dict(key)} already recorded differently ({'; '.join(differing)})"
-            )
-        return False
-    row = {**key, **values, **extra}
-    marks = ", ".join("?" for _ in row)
-    conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
-    return True
 
 
 def _get_order(conn: sqlite3.Connection, identifier: str, arm: str) -> sqlite3.Row:
-    row = _get(conn, "orders", {"arm": arm, "identifier": identifier})
+    row = get_row(conn, "orders", {"arm": arm, "identifier": identifier})
     if row is None:
         raise LedgerError(
             f"no order intent {identifier!r} for arm {arm!r}: record it before sending"
@@ -454,7 +381,7 @@ def _set_status(
     conn.execute(
         "UPDATE orders SET status = ?, error = COALESCE(?, error), updated_at = ? "
         "WHERE arm = ? AND identifier = ?",
-        (status.value, error, _now(), order["arm"], order["identifier"]),
+        (status.value, error, now_text(), order["arm"], order["identifier"]),
     )
 
 

@@ -19,9 +19,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from features.domain import AccountState, Order, Side
+from features.domain import AccountState, Order, Side, drawdown
+from features.exchange import MIN_ORDER_KRW
 from trading.broker import Balance, Fill, OrderRejected, OrderState
-from trading.upbit_rules import MIN_ORDER_KRW, fee
+from trading.upbit_rules import fee
 
 KRW = "KRW"
 _TOLERANCE = 1e-9  # relative slack for float round-off when an order uses the whole balance
@@ -44,6 +45,8 @@ def currency_of(market: str) -> str:
 class PaperBroker:
     """The Broker protocol over simulated balances; not thread-safe (one loop owns it)."""
 
+    durable = False  # its book lives in this process: an order it never filled died with it
+
     def __init__(
         self, initial_krw: float, slippage_bps: float = 0.0, fills: Iterable[Fill] = ()
     ) -> None:
@@ -65,7 +68,7 @@ class PaperBroker:
         """Fill `order` now at `reference_price` +/- slippage, or raise OrderRejected.
 
         The identifier is spent even when the order is refused (as on Upbit); `lookup` then
-        answers with a REJECTED fill so a restarted loop knows to try the next attempt.
+        answers with a REJECTED fill, so a restarted loop knows the order was refused.
         """
         if not order.identifier:
             raise OrderRejected(f"{order.market} {order.side.value}: an order needs an identifier")
@@ -119,15 +122,12 @@ class PaperBroker:
         """What the policy may know of `market`: cash, this position, equity marked at `price`."""
         holding = self._holdings.get(currency_of(market), _Holding())
         equity = self._krw + holding.volume * price
-        drawdown = 0.0
-        if peak_equity is not None and peak_equity > 0:
-            drawdown = min(1.0, max(0.0, 1.0 - equity / peak_equity))
         return AccountState(
             cash=self._krw,
             position=holding.volume,
             entry_price=holding.avg_buy_price if holding.volume > 0 else 0.0,
             equity=equity,
-            drawdown=drawdown,
+            drawdown=drawdown(equity, peak_equity),
         )
 
     # -- internals -----------------------------------------------------------------------------

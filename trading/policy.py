@@ -25,9 +25,10 @@ import math
 from datetime import datetime
 
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
 from trading.config import PolicyConfig
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW, bid_spend, is_dust
+from trading.upbit_rules import bid_spend, is_dust
 
 OrderChoice = tuple[Order | None, str]
 
@@ -40,7 +41,6 @@ def decide(
     price: float,
     hour: datetime,
     config: PolicyConfig,
-    attempt: int = 0,
 ) -> Decision:
     """What to do in `prediction.market` for the candle hour `hour`, priced at close `price`."""
     if not math.isfinite(price) or price <= 0:
@@ -49,9 +49,9 @@ def decide(
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     signal, note = _acted_signal(prediction, config)
     if signal is Signal.BUY:
-        order, reason = _buy(prediction.market, ratio, account, price, hour, config, attempt)
+        order, reason = _buy(prediction.market, ratio, account, price, hour, config)
     elif signal is Signal.SELL:
-        order, reason = _sell(prediction.market, account, price, hour, config, attempt)
+        order, reason = _sell(prediction.market, account, price, hour, config)
     else:
         order, reason = None, "HOLD: no order"
     return Decision(
@@ -92,7 +92,6 @@ def _buy(
     price: float,
     hour: datetime,
     config: PolicyConfig,
-    attempt: int,
 ) -> OrderChoice:
     if ratio == 0:
         return None, "BUY with ratio 0: the sizing chose to spend nothing"
@@ -114,7 +113,7 @@ def _buy(
             f"{MIN_ORDER_KRW:,.0f} KRW (ratio {ratio:.2f}, cash {account.cash:,.0f} KRW)"
         )
     reason = f"BUY {krw:,.0f} KRW (ratio {ratio:.2f}, cash {account.cash:,.0f} KRW)"
-    identifier = order_identifier(market, hour, Side.BID, attempt)
+    identifier = order_identifier(market, hour, Side.BID)
     return Order(market, Side.BID, krw_amount=krw, identifier=identifier, reason=reason), reason
 
 
@@ -124,7 +123,6 @@ def _sell(
     price: float,
     hour: datetime,
     config: PolicyConfig,
-    attempt: int,
 ) -> OrderChoice:
     position_value = account.position * price
     if account.position <= 0:
@@ -147,5 +145,5 @@ def _sell(
     reason = f"SELL {share} of the position: {volume:.8g} units (~{volume * price:,.0f} KRW)"
     if whole and config.sell_fraction < 1.0:
         reason += "; the rest would have been dust"
-    identifier = order_identifier(market, hour, Side.ASK, attempt)
+    identifier = order_identifier(market, hour, Side.ASK)
     return Order(market, Side.ASK, volume=volume, identifier=identifier, reason=reason), reason

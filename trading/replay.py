@@ -1,9 +1,12 @@
 """`python -m trading replay --ledger FILE`: re-run recorded live hours through the backtester.
 
-Live and backtest share `plan_hour`, but sharing code is not proof. A replay recomputes every
-recorded hour from the candles and the registry (features, the recorded model version's
-prediction, the policy, risk and a PaperBroker), reusing only the recorded sizing ratios (an LLM
-is not deterministic), and lists every probability, decision, order size or fill that differs.
+Live and backtest share `plan_hour` and `trading.account.ArmAccount`, but sharing code is not
+proof. A replay recomputes every recorded hour from the candles and the registry (features, the
+recorded model version's prediction as Serve computes it, the policy, risk and a PaperBroker),
+reusing only the recorded sizing ratios (an LLM is not deterministic), and lists every
+probability, decision, order size or fill that differs. An hour the loop decided without a model
+(a protective sell, model version '') has no prediction to recompute: the backtester runs the
+same price-only rules there, and its order is compared.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from typing import Any
 
 import pandas as pd
 
-from features.domain import Signal
+from features.domain import AccountState, Prediction, Signal
 from features.sources import CandleSource
 from serve.predict import predict_candles
-from trading.backtest import PROBA_COLUMNS, RatioSource, market_hours, replay
+from serve.schema import Sizing
+from trading.account import RatioSource
+from trading.backtest import replay
 from trading.config import TradingConfig
 from trading.ledger import Ledger
+from trading.predictions import PROBA_COLUMNS, market_hours
+from trading.step import NO_MODEL
 from train.registry import ModelRegistry
 
 PROBA_ATOL = 1e-6
@@ -45,8 +52,8 @@ def recorded_ratios(decisions: pd.DataFrame) -> RatioSource:
         for row in decisions.itertuples()
     }
 
-    def source(market, hour, prediction, account, volatility) -> tuple[float, str]:
-        return table[(market, pd.Timestamp(hour))]
+    def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
+        return table[(p.market, pd.Timestamp(p.time))]
 
     return source
 
@@ -63,10 +70,12 @@ def predictions(
         if version not in models:
             models[version] = load_bundle(registry.fetch(market, version, dest_dir=tmp))
         hour = pd.Timestamp(hour)
-        raw = predict_candles(models[version], market, candles.loc[:hour])
-        rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, raw.probabilities, strict=True)),
+        view = predict_candles(models[version], market, candles.loc[:hour])
+        proba = view.probabilities.as_tuple()
+        rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, proba, strict=True)),
                      "source": "replay", "model_version": version})  # fmt: skip
-    return pd.DataFrame(rows).set_index("time")
+    columns = ["time", *PROBA_COLUMNS, "source", "model_version"]
+    return pd.DataFrame(rows, columns=columns).set_index("time")
 
 
 def _close(a: float, b: float, atol: float = 0.0) -> bool:
@@ -80,7 +89,7 @@ def compare_hour(live: Any, again: Any, fills: dict[str, Any]) -> list[Differenc
     def differ(name: str, a: Any, b: Any) -> None:
         out.append(Difference(str(live.time), live.market, live.arm, name, a, b))
 
-    for column in PROBA_COLUMNS:
+    for column in PROBA_COLUMNS if live.model_version != NO_MODEL else ():
         if not _close(float(getattr(live, column)), float(getattr(again, column)), PROBA_ATOL):
             differ(column, getattr(live, column), getattr(again, column))
     if Signal(int(live.signal)).name != again.signal:
@@ -111,14 +120,18 @@ def replay_ledger(
         for market, recorded in decisions.groupby("market"):
             last = recorded["time"].max()
             candles = source.history(market, end=last)
-            proba = predictions(candles, market, recorded, registry, Path(tmp))
+            modelled = recorded[recorded["model_version"] != NO_MODEL]
+            if modelled.empty:  # only protective sells: no model hour to start the replay at
+                continue
+            proba = predictions(candles, market, modelled, registry, Path(tmp))
             hours = market_hours(market, candles.index, candles["close"].to_numpy(), proba)
             for arm, live_rows in recorded.groupby("arm"):
                 run = replay(hours, str(arm), recorded_ratios(live_rows), config)
                 again = run.records.set_index("time")
                 fills = {f.identifier: f for f in ledger.fills(arm=str(arm), market=market)}
                 for live in live_rows.itertuples():
-                    differences += compare_hour(live, again.loc[live.time], fills)
+                    if live.time in again.index:  # hours before the first model hour: not run
+                        differences += compare_hour(live, again.loc[live.time], fills)
     return differences, len(decisions)
 
 

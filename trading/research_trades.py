@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from serve.sizing import SIZING_VOLATILITY_HOURS, load_sizing_config
-from trading.backtest import fixed_ratio_source, market_hours, replay, rule_ratio_source
+from trading.account import fixed_ratio, rule_ratio
+from trading.backtest import replay
 from trading.config import TradingConfig, load_trading_config
+from trading.predictions import market_hours
 from train.research_report import PROBA, TradeRequest
 
 
@@ -23,9 +25,7 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     """A fresh paper account from the request's first prediction to its last: the equity after
     each hour. The timeline is cut to the history the risk inputs read (identical results)."""
     source = (
-        rule_ratio_source(load_sizing_config())
-        if arm == "rule"
-        else fixed_ratio_source(config.ab.fixed_ratio)
+        rule_ratio(load_sizing_config()) if arm == "rule" else fixed_ratio(config.ab.fixed_ratio)
     )
     predictions = request.predictions[PROBA].assign(source="oos", model_version=request.model)
     history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1

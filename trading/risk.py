@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from features.domain import AccountState, Decision, Order, Side, Signal
+from features.domain import AccountState, Decision, Order, Side, Signal, drawdown
 from trading.broker import order_identifier
 from trading.config import EmergencyConfig, RiskConfig
 from trading.upbit_rules import is_dust
@@ -88,7 +88,6 @@ def emergency_order(
     score: float,
     config: EmergencyConfig,
     hour: datetime,
-    attempt: int = 0,
 ) -> Order | None:
     """A market sell of the whole position when the score reaches the threshold, else None.
 
@@ -97,7 +96,7 @@ def emergency_order(
     if not config.enabled or score < config.threshold or is_dust(position * price):
         return None
     reason = f"emergency sell: score {score:.2f} >= threshold {config.threshold:.2f}"
-    identifier = order_identifier(market, hour, Side.ASK, attempt)
+    identifier = order_identifier(market, hour, Side.ASK)
     return Order(market, Side.ASK, volume=position, identifier=identifier, reason=reason)
 
 
@@ -107,12 +106,9 @@ def apply_emergency(
     price: float,
     score: float,
     config: EmergencyConfig,
-    attempt: int = 0,
 ) -> Decision:
     """`decision`, or a whole-position SELL in its place when the emergency rule fires."""
-    order = emergency_order(
-        decision.market, account.position, price, score, config, decision.time, attempt
-    )
+    order = emergency_order(decision.market, account.position, price, score, config, decision.time)
     if order is None:
         return decision
     reason = f"{order.reason}, overrides {decision.signal.name} ({decision.reason})"
@@ -134,13 +130,12 @@ def kill_reason(
                 f"daily loss {daily_loss:.2%} reached the limit {daily_loss_limit:.2%} "
                 f"(equity {equity:,.0f} KRW, day start {day_start_equity:,.0f} KRW)"
             )
-    if peak_equity > 0:
-        drawdown = 1.0 - equity / peak_equity
-        if drawdown >= max_drawdown:
-            return (
-                f"drawdown {drawdown:.2%} reached the limit {max_drawdown:.2%} "
-                f"(equity {equity:,.0f} KRW, peak {peak_equity:,.0f} KRW)"
-            )
+    fall = drawdown(equity, peak_equity)
+    if fall >= max_drawdown:
+        return (
+            f"drawdown {fall:.2%} reached the limit {max_drawdown:.2%} "
+            f"(equity {equity:,.0f} KRW, peak {peak_equity:,.0f} KRW)"
+        )
     return None
 
 
@@ -178,14 +173,24 @@ class RiskGuard:
         return cls(daily_loss_limit=config.daily_loss_limit, max_drawdown=config.max_drawdown)
 
     def observe(self, now: datetime, equity: float) -> RiskGuard:
-        """Record the equity at `now`; switch off when a limit is reached. Never switches on."""
+        """Record the equity at `now`; switch off when a limit is reached. Never switches on.
+
+        The same equity on the same day (a flat account's hours) records nothing new, so the
+        guard itself is kept: a backtest observes every hour, and copying it was its largest cost.
+        """
         if not math.isfinite(equity) or equity < 0:
             raise ValueError(f"equity must be finite and >= 0, got {equity}")
-        state = self
-        if state.day != now.date():
-            start = state.last_equity if state.day is not None else equity
-            state = replace(state, day=now.date(), day_start_equity=start)
-        state = replace(state, peak_equity=max(state.peak_equity, equity), last_equity=equity)
+        day = now.date()
+        if day == self.day and equity == self.last_equity:
+            state = self  # peak_equity >= last_equity already
+        else:
+            start = self.day_start_equity
+            if day != self.day:
+                start = self.last_equity if self.day is not None else equity
+            state = replace(
+                self, day=day, day_start_equity=start,
+                peak_equity=max(self.peak_equity, equity), last_equity=equity,
+            )  # fmt: skip
         if state.halted:
             return state
         reason = kill_reason(

@@ -5,25 +5,34 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
+    apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
+    gate_stale(...)        -> a stale model opens no position (its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
+An hour without a usable prediction (Serve silent, no model, a refusal) goes through
+`protect_hour` instead: the kill switch still observes, and the price-only stops still sell.
 Everything is pure: same inputs, same (Decision, RiskGuard), so a replay of recorded live hours
 reproduces the live decisions, identifiers included.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from features.domain import AccountState, Decision, Prediction, Signal
+from features.domain import AccountState, Decision, Prediction, Side, Signal
 from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
 from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
 from trading.risk import volatility_ratio as spike_ratio
+from trading.stops import apply_stops, stop_order, stop_reason
 from trading.upbit_rules import is_dust
+
+PROTECTIVE = "protective"  # the sizing source of a decision made by the price-only rules alone
+NO_MODEL = ""  # its model version: no model answered for that hour
 
 
 def hour_emergency_score(
@@ -55,25 +64,60 @@ def plan_hour(
     closes: np.ndarray,
     guard: RiskGuard,
     config: TradingConfig,
-    attempt: int = 0,
+    *,
+    high: float = 0.0,
+    stale: str = "",
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
     `closes` are the market's recent closes ending with `price` (at least
     `risk.emergency.baseline_hours + 1` of them for a full volatility baseline; fewer only weaken
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
-    `price`: it is what the kill switch observes.
+    `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
+    the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
+    `stale` says why the model is stale ("" when it is not).
     """
     guard = guard.observe(hour, account.equity)
-    decision = decide(
-        prediction, ratio, sizing_source, account, price, hour, config.policy, attempt
-    )
+    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy)
     emergency = config.risk.emergency
     score = hour_emergency_score(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
-    decision = apply_emergency(decision, account, price, score, emergency, attempt)
+    decision = apply_emergency(decision, account, price, score, emergency)
+    decision = apply_stops(decision, account, price, high, config.risk.stops)
+    return guard.gate(gate_stale(decision, stale)), guard
+
+
+def protect_hour(
+    market: str,
+    account: AccountState,
+    price: float,
+    hour: datetime,
+    guard: RiskGuard,
+    config: TradingConfig,
+    *,
+    high: float = 0.0,
+    why: str = "",
+) -> tuple[Decision | None, RiskGuard]:
+    """An hour without a usable prediction (`why`): the kill switch observes the equity, and a
+    stop that fires sells the whole position (a Decision with `PROTECTIVE` sizing and no model
+    version); None when nothing is to be sent."""
+    guard = guard.observe(hour, account.equity)
+    reason = stop_reason(account, price, high, config.risk.stops)
+    if reason is None:
+        return None, guard
+    text = f"{reason}; no model decided this hour ({why})" if why else reason
+    order = stop_order(market, account.position, hour, text)
+    decision = Decision(market, hour, Signal.SELL, 0.0, PROTECTIVE, NO_MODEL, order, text)
     return guard.gate(decision), guard
+
+
+def gate_stale(decision: Decision, stale: str) -> Decision:
+    """`decision` without its BUY when the model is stale (`stale` says why); sells go out."""
+    if not stale or decision.order is None or decision.order.side is not Side.BID:
+        return decision
+    reason = f"{stale}: BUY not sent (no new position on a stale model); was: {decision.reason}"
+    return replace(decision, order=None, reason=reason)
 
 
 def rolling_sizing_volatility(

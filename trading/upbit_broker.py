@@ -3,7 +3,7 @@
 Balances go through pyupbit (routed by `UpbitHttp`). Orders do not: pyupbit 0.2.34's market-order
 calls take no `identifier` and cannot look one up, and its JWT helper hashes the percent-encoded
 query string while Upbit hashes it unencoded, which breaks for identifiers such as
-`KRW-BTC|2025-09-30T08:00|bid|0`. So the broker signs `POST /v1/orders` and
+`KRW-BTC|2025-09-30T08:00|bid`. So the broker signs `POST /v1/orders` and
 `GET /v1/order?identifier=` itself (PyJWT, HS256, `query_hash` = SHA512 hex of
 `unquote(urlencode(params))`, as Upbit's authentication guide specifies) and sends them through
 `UpbitHttp.send`, which gives them the same base URL, timeout, rate budget and redaction.
@@ -15,10 +15,9 @@ Retry contract for callers (the trading loop):
 - `place` never sends an order twice, except after a 429, which Upbit answers before the order
   is taken. When the reply to the POST is lost (5xx, timeout, unreadable body) it looks the
   identifier up and returns what Upbit has, or raises `OrderOutcomeUnknown`.
-- After any error from `place`, call `lookup(last identifier)` first: a Fill means the order
-  exists (record it, do not resend). Only when it returns None send a new attempt, and always
-  under a new identifier (`order_identifier(..., attempt + 1)`): Upbit refuses an identifier
-  that was ever sent, even when its order was refused.
+- After any error from `place`, call `lookup(identifier)` first: a Fill means the order exists
+  (record it, do not resend). Upbit refuses an identifier that was ever sent, even when its
+  order was refused, so a refused identifier (one market, hour and side) is spent for good.
 - Sending an identifier again is safe: if Upbit holds an order under it for the same market and
   side, `place` returns that order's Fill instead of failing.
 """
@@ -69,6 +68,8 @@ ACCESS_KEY_ENV = "UPBIT_ACCESS_KEY"
 SECRET_KEY_ENV = "UPBIT_SECRET_KEY"
 ORDERS_PATH = "/v1/orders"
 ORDER_PATH = "/v1/order"
+OPEN_ORDERS_PATH = "/v1/orders/open"
+OPEN_ORDERS_PAGE = 100  # Upbit's largest page of open orders
 JSON_UTF8 = "application/json; charset=utf-8"
 VOLUME_STEP = Decimal("0.00000001")  # Upbit takes coin volumes to 8 decimal places
 ORDER_NOT_FOUND = "order_not_found"
@@ -150,6 +151,8 @@ class UpbitBroker:
     (market orders fill within moments); after it, the Fill comes back with state WAIT.
     """
 
+    durable = True  # Upbit keeps every order: one the loop cannot find may still exist
+
     def __init__(
         self,
         access_key: str,
@@ -223,6 +226,24 @@ class UpbitBroker:
             raise self._broker_error(f"lookup({identifier})", exc) from exc
         return self._read(f"lookup({identifier})", fill_from_order, payload, identifier)
 
+    def open_orders(self) -> list[Fill]:
+        """Every order still waiting at Upbit (`GET /v1/orders/open`, state wait, all markets),
+        page by page; what a restart reconciles against the ledger."""
+        found: list[Fill] = []
+        for page in range(1, 1000):
+            params = {"state": "wait", "page": str(page), "limit": str(OPEN_ORDERS_PAGE)}
+            try:
+                rows = self._signed("GET", OPEN_ORDERS_PATH, params=params).json()
+            except UpbitError as exc:
+                raise self._broker_error("open_orders", exc) from exc
+            if not isinstance(rows, list):
+                reason = f"UpbitBroker.open_orders: a list was expected, got {rows!r:.160}"
+                raise BrokerError(self._clean(reason))
+            found += [self._read("open_orders", fill_from_order, row) for row in rows]
+            if len(rows) < OPEN_ORDERS_PAGE:
+                break
+        return found
+
     def place(self, order: Order, reference_price: float) -> Fill:
         """Send a market order and return its Fill; `reference_price` (the paper fill price) is
         not sent: Upbit prices a market order itself."""
@@ -263,14 +284,14 @@ class UpbitBroker:
             reason = (
                 f"UpbitBroker.{what}: the reply to POST {ORDERS_PATH} was lost ({lost.reason}) "
                 f"and the lookup failed too ({exc}); the outcome is unknown: look the identifier "
-                "up before any new attempt"
+                "up before sending anything for this hour"
             )
             raise OrderOutcomeUnknown(self._clean(reason)) from lost
         if found is None:
             reason = (
                 f"UpbitBroker.{what}: the reply to POST {ORDERS_PATH} was lost ({lost.reason}) "
                 f"and Upbit shows no order under this identifier after {self.fill_wait_s} s; the "
-                "outcome is unknown: look it up again before a new attempt (new identifier)"
+                "outcome is unknown: look it up again before sending anything for this hour"
             )
             raise OrderOutcomeUnknown(self._clean(reason)) from lost
         return found
@@ -287,7 +308,7 @@ class UpbitBroker:
             note = f"; looking the identifier up failed too: {lookup_failure}"
             raise OrderRejected(self._clean(refusal + note)) from exc
         if existing is None:
-            note = " (the identifier is spent: a new attempt takes attempt + 1)"
+            note = " (the identifier is spent: Upbit never accepts it again)"
         elif (existing.market, existing.side) == (order.market, order.side):
             logger.info("order %s was already placed; returning its fill", order.identifier)
             return self._poll(order.identifier) or existing

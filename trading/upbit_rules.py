@@ -1,7 +1,9 @@
-"""Upbit's KRW-market rules in one named place: fee, minimum order, tick sizes, dust.
+"""Upbit's KRW-market order-pricing rules: the tick table, rounding to it, the fee on an amount,
+what a market bid may spend, and dust.
 
-Everything that sizes or prices an order (policy, paper broker, Upbit broker, backtester) reads
-these names, so a rule change on Upbit's side is one edit here.
+The fee rate and the minimum order are `features.exchange`'s facts (labels and evaluation need
+them too); the rules here apply them. Everything that sizes or prices an order (policy, paper
+broker, Upbit broker, backtester) calls these, so a rule change on Upbit's side is one edit.
 
 Sources (Upbit Developer Center, Korean pages, which Upbit says take precedence):
 - Fee 0.05 % per side and minimum order 5,000 KRW: "원화(KRW) 마켓 주문 가격 단위 / 최소 주문 가능
@@ -31,9 +33,7 @@ import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from features.domain import Side
-
-FEE_RATE = 0.0005  # per side, KRW market
-MIN_ORDER_KRW = 5_000.0  # smallest order total Upbit accepts, fee excluded
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 
 # (lower bound inclusive, tick) from the highest band down; a price uses the first band whose
 # lower bound it reaches. Ticks are Decimal strings so that rounding is exact, not binary float.

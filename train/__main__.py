@@ -1,5 +1,9 @@
 """`python -m train fit|research|evaluate|report|list|promote|rollback`: fit, research, judge and
-manage models."""
+manage models.
+
+`fit_markets(FitRequest(...))` (train.fit_cli) is the same `fit` for code (`python -m cluster up`
+calls it): it returns each market's gate verdict instead of an exit code.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +20,13 @@ import pandas as pd
 from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
-from train.fit_cli import cmd_fit
-from train.registry import ModelRegistry, RegistryError, format_versions
-from train.report import market_report, registry_report, window_report
+from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
+from train.registry import ModelRegistry, RegistryError
+from train.report import format_versions, market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
 from train.score_window import score_window
+
+__all__ = ["FitRequest", "FitVerdict", "fit_markets", "main", "parse_args"]  # cluster and tests
 
 
 def _common(parser: argparse.ArgumentParser, market: bool = True) -> None:
@@ -65,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run Ray Tune per market first (tune.search_space), then fit each market's winner",
     )
     fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
+    fit.add_argument(
+        "--until",
+        type=datetime.fromisoformat,
+        help="the newest candle to train on (KST open time, e.g. 2025-09-16T08:00); later "
+        "ones are held out",
+    )
     fit.add_argument(
         "--storage-path",
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -12,9 +13,11 @@ from features.config import CONFIG_DIR, SplitConfig, Strict, load_config
 
 
 class DataWindow(Strict):
-    """How much history a profile trains on: the newest `last_hours` hours, or everything."""
+    """How much history a profile trains on: the newest `last_hours` hours, or everything, up to
+    `until` (a KST open time; later candles are held out, e.g. for the first run's replay)."""
 
     last_hours: int | None = Field(None, ge=1000)
+    until: datetime | None = None
 
 
 class EncoderConfig(Strict):

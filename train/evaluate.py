@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FEE_PER_SIDE = 0.0005
+from features.exchange import FEE_RATE
+
 CLASS_NAMES = ("sell", "hold", "buy")
 SEED_CLAIM = "81-87 % accuracy (the seed's random split of overlapping windows)"
 
@@ -57,7 +58,7 @@ def positions_from_signals(signals: np.ndarray) -> np.ndarray:
 
 
 def signal_return(
-    signals: np.ndarray, next_returns: np.ndarray, fee: float = FEE_PER_SIDE
+    signals: np.ndarray, next_returns: np.ndarray, fee: float = FEE_RATE
 ) -> dict[str, float]:
     """Compounded after-fee return of trading the signals hour by hour, and buy-and-hold's.
 

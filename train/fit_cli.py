@@ -5,6 +5,9 @@ Families: `hybrid` and `gbm` run their own procedure (`train.pipeline.fit_market
 is assembled from those two (`train.ensemble_fit`), so asking for all three fits two. Through Ray
 (the default), each market's hybrid runs in its own one-worker TorchTrainer and each market's gbm
 in a plain Ray task, all at once; `--local` fits in this process, one market after another.
+
+`fit_markets(FitRequest(...))` is the same `fit` for code (`python -m cluster up` calls it): it
+returns each market's gate verdict instead of an exit code.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from features.config import ConfigError, FeaturesConfig, load_features_config
+from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
 from features.dataset import MarketDataset
 from features.sources import ParquetDirSource
 from train.bundle import load_bundle
@@ -28,6 +32,42 @@ from train.gate import Contender, judge
 from train.pipeline import MarketFit, fit_market, load_market
 from train.registry import ModelRegistry
 from train.report import market_report
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """Fit these markets from these candles into this registry with this profile: on Ray (after
+    Ray Tune with `tune`), or in this process with `local`; `until` holds later candles out.
+    `families` None: train.yaml's `families`."""
+
+    markets: list[str]
+    data_dir: str  # folder or URI of <MARKET>_minute60.parquet
+    registry: str  # absolute path or URI
+    profile: str = "quick"
+    until: datetime | None = None
+    ray_address: str | None = None
+    local: bool = False
+    use_gpu: bool = False
+    tune: bool = False
+    storage_path: str | None = None
+    families: list[str] | None = None
+    features_config: str = str(CONFIG_DIR / "features.yaml")
+    train_config: str = str(CONFIG_DIR / "train.yaml")
+    overrides: list[str] = field(default_factory=list)  # on train_config, as `--set` takes them
+
+
+@dataclass(frozen=True)
+class FitVerdict:
+    """What the gate made of one market's new bundles: the version it names (the promoted one,
+    else the last registered) and why."""
+
+    market: str
+    version: str
+    promoted: bool
+    reason: str
+
+    def __str__(self) -> str:  # the line retraining jobs report (cluster.retrain.VERDICT)
+        return f"{self.market} {self.version}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,7 @@ def _current(registry: ModelRegistry, market: str, tmp: Path, new: set[str]) -> 
 
 def register_and_gate(
     registry: ModelRegistry, gate: GateConfig, bundles: dict[str, Path], data: MarketDataset
-) -> str:
+) -> FitVerdict:
     """Register every family's bundle as a candidate; promote the gate's choice, if any."""
     market = data.market
     versions = {family: registry.register(market, path) for family, path in bundles.items()}
@@ -90,7 +130,7 @@ def register_and_gate(
     for version in versions.values():
         print(market_report(registry.read_metadata(market, version)))
     named = verdict.promote or list(versions.values())[-1]
-    return f"{market} {named}: {verdict.reason}"  # the retrainer reads "<market> vNNNN: ..."
+    return FitVerdict(market, named, bool(verdict.promote), verdict.reason)
 
 
 def market_fits(components: dict[str, MarketFit], ctx: FitContext) -> dict[str, MarketFit]:
@@ -115,18 +155,20 @@ def save_fits(fits: dict[str, MarketFit], tmp: Path) -> dict[str, Path]:
     return bundles
 
 
-def fit_local(args: argparse.Namespace, ctx: FitContext) -> None:
+def fit_local(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
+    verdicts = []
     for market in ctx.markets:
         started = time.perf_counter()
         data = load_market(ctx.source, market, ctx.features, ctx.profile)
         components = {
-            c: fit_market(data, ctx.features, ctx.profile, profile_name=args.profile, family=c)
+            c: fit_market(data, ctx.features, ctx.profile, profile_name=request.profile, family=c)
             for c in ctx.components
         }
         with tempfile.TemporaryDirectory() as tmp:
             bundles = save_fits(market_fits(components, ctx), Path(tmp))
-            line = register_and_gate(ctx.registry, ctx.gate, bundles, data)
-        print(f"{line} ({time.perf_counter() - started:.1f} s)\n")
+            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
+        print(f"{verdicts[-1]} ({time.perf_counter() - started:.1f} s)\n")
+    return verdicts
 
 
 def fit_from_bundle(market: str, directory: Path) -> MarketFit:
@@ -134,36 +176,37 @@ def fit_from_bundle(market: str, directory: Path) -> MarketFit:
     return MarketFit(market, model, _oos(directory), model.metadata.get("metrics", {}))
 
 
-def fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
+def fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
     import ray
 
     from train.ray_fit import detect_gpu, fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray
 
-    ray.init(address=args.ray_address, ignore_reinit_error=True)
-    use_gpu = args.use_gpu or detect_gpu()
+    ray.init(address=request.ray_address, ignore_reinit_error=True)
+    use_gpu = request.use_gpu or detect_gpu()
     gbm_refs = {}
     if "gbm" in ctx.components:
         gbm_refs = fit_gbm_on_ray(
-            ctx.markets, args.data_dir, ctx.features, ctx.profile, args.profile
+            ctx.markets, request.data_dir, ctx.features, ctx.profile, request.profile
         )
     profiles = {market: ctx.profile for market in ctx.markets}
     runs = {}
     if "hybrid" in ctx.components:
-        if args.tune:
-            profiles = tune(args, ctx, use_gpu)
+        if request.tune:
+            profiles = tune(request, ctx, use_gpu)
         runs = {
             run.market: run
             for run in fit_markets_on_ray(
                 profiles,
-                args.data_dir,
+                request.data_dir,
                 ctx.features,
-                args.profile,
+                request.profile,
                 use_gpu=use_gpu,
                 gpu_fraction=ctx.tune.gpu_fraction,
-                storage_path=args.storage_path,
+                storage_path=request.storage_path,
             )
         }
     gbm_files = dict(zip(gbm_refs, ray.get(list(gbm_refs.values())), strict=True))
+    verdicts = []
     for market in ctx.markets:
         data = load_market(ctx.source, market, ctx.features, profiles[market])
         with tempfile.TemporaryDirectory() as tmp:
@@ -176,8 +219,9 @@ def fit_ray(args: argparse.Namespace, ctx: FitContext) -> None:
                     market, write_files(gbm_files[market], Path(tmp) / "gbm-fit")
                 )
             bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles")
-            line = register_and_gate(ctx.registry, ctx.gate, bundles, data)
-        print(f"{line} (fitted on Ray, use_gpu={use_gpu})\n")
+            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
+        print(f"{verdicts[-1]} (fitted on Ray, use_gpu={use_gpu})\n")
+    return verdicts
 
 
 def write_files(files: dict[str, bytes], directory: Path) -> Path:
@@ -187,7 +231,7 @@ def write_files(files: dict[str, bytes], directory: Path) -> Path:
     return directory
 
 
-def tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
+def tune(request: FitRequest, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
     from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
 
     if not ctx.tune.search_space:
@@ -195,32 +239,59 @@ def tune(args: argparse.Namespace, ctx: FitContext, use_gpu: bool) -> dict[str, 
     print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
     outcomes = tune_markets_on_ray(
         ctx.markets,
-        args.data_dir,
+        request.data_dir,
         ctx.features,
         ctx.profile,
         ctx.tune,
-        args.storage_path,
+        request.storage_path,
         use_gpu=use_gpu,
     )
     print(format_outcomes(outcomes) + "\n")
     return tuned_profiles(ctx.profile, outcomes)
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    train_cfg = load_train_config(args.train_config, args.set)
+def fit_markets(request: FitRequest) -> list[FitVerdict]:
+    """Fit, register and gate every market of `request`; one verdict per market."""
+    train_cfg = load_train_config(request.train_config, request.overrides)
+    profile = train_cfg.profile(request.profile)
+    if request.until is not None:
+        window = profile.data.model_copy(update={"until": request.until})
+        profile = profile.model_copy(update={"data": window})
     ctx = FitContext(
-        markets=[m.strip() for m in args.markets.split(",") if m.strip()],
-        families=parse_families(args.family, train_cfg.families),
-        features=load_features_config(args.features_config),
-        profile=train_cfg.profile(args.profile),
+        markets=request.markets,
+        families=parse_families(",".join(request.families or []), train_cfg.families),
+        features=load_features_config(request.features_config),
+        profile=profile,
         gate=train_cfg.gate,
         tune=train_cfg.tune,
-        source=ParquetDirSource(args.data_dir),
-        registry=ModelRegistry(args.registry),
+        source=ParquetDirSource(request.data_dir),
+        registry=ModelRegistry(request.registry),
     )
     known = ctx.source.markets()
     unknown = [m for m in ctx.markets if m not in known]
     if unknown:
-        raise LookupError(f"no candles for {', '.join(unknown)} in {args.data_dir}; found {known}")
-    (fit_local if args.local else fit_ray)(args, ctx)
+        raise LookupError(f"no candles for {', '.join(unknown)} in {request.data_dir}; "
+                          f"found {known}")  # fmt: skip
+    return (fit_local if request.local else fit_ray)(request, ctx)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    fit_markets(
+        FitRequest(
+            markets=[m.strip() for m in args.markets.split(",") if m.strip()],
+            data_dir=args.data_dir,
+            registry=args.registry,
+            profile=args.profile,
+            until=args.until,
+            ray_address=args.ray_address,
+            local=args.local,
+            use_gpu=args.use_gpu,
+            tune=args.tune,
+            storage_path=args.storage_path,
+            families=[f.strip() for f in args.family.split(",")] if args.family else None,
+            features_config=args.features_config,
+            train_config=args.train_config,
+            overrides=args.set,
+        )
+    )
     return 0

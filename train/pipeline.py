@@ -25,9 +25,10 @@ import pandas as pd
 
 from features.config import FeaturesConfig
 from features.dataset import MarketDataset, build_dataset
+from features.exchange import HOUR_NS
 from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH, SERVING_WINDOW
 from features.labels import class_shares, fold_threshold, label_returns
-from features.splits import HOUR_NS, SplitSpec, walk_forward_splits
+from features.splits import SplitSpec, walk_forward_splits
 from features.transform import SequenceTransform
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
@@ -56,8 +57,9 @@ class MarketFit:
 def load_market(
     source: CandleSource, market: str, features: FeaturesConfig, profile: TrainProfile
 ) -> MarketDataset:
-    """The profile's span of candles, plus the warm-up hours its first sample needs."""
-    candles = source.history(market)
+    """The profile's span of candles (none after `data.until`), plus the warm-up hours its first
+    sample needs."""
+    candles = source.history(market, end=profile.data.until)
     if profile.data.last_hours is not None:
         candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
     return build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)

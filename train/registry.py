@@ -14,72 +14,65 @@ What a reader may rely on:
 - HISTORY.jsonl is written before CURRENT, and each line carries the whole rollback stack, so a
   crash between the two writes still leaves `rollback` going to the right version.
 
+A malformed market name is `features.exchange.InvalidMarketError`, a market without a directory
+`UnknownMarketError`; whatever else the registry refuses is a `RegistryError` naming what to see.
+
 The registry treats bundle files as opaque: it imports neither torch nor lightgbm.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import os
-import shutil
-import uuid
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from train.registry_fs import RegistryFS
-from train.registry_types import (
-    COMPLETE_MARKER,
-    CURRENT_FILE,
-    HISTORY_FILE,
-    MARKET_PATTERN,
-    METADATA_FILE,
-    CorruptCurrentError,
-    CorruptHistoryError,
-    CorruptMetadataError,
-    IncompleteBundleError,
-    InvalidBundleError,
-    InvalidMarketError,
-    ModelStore,
-    NoCurrentVersionError,
-    NothingToRollBackError,
-    RegistryError,
-    UnknownMarketError,
-    UnknownVersionError,
-    VersionInfo,
-    VersionStatus,
-    check_market,
-    format_versions,
-    manifest_sizes,
-    parse_history,
-    parse_version,
-    rollback_stack,
-    version_name,
-    version_status,
-)
+from features.exchange import MARKET_PATTERN, UnknownMarketError, check_market
+from train.registry_fs import COMPLETE_MARKER, CorruptRegistryError, RegistryError, RegistryFS
 
-__all__ = [
-    "CorruptCurrentError",
-    "CorruptHistoryError",
-    "CorruptMetadataError",
-    "IncompleteBundleError",
-    "InvalidBundleError",
-    "InvalidMarketError",
-    "ModelRegistry",
-    "ModelStore",
-    "NoCurrentVersionError",
-    "NothingToRollBackError",
-    "RegistryError",
-    "UnknownMarketError",
-    "UnknownVersionError",
-    "VersionInfo",
-    "VersionStatus",
-    "format_versions",
-]
-
+METADATA_FILE = "metadata.json"
+CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "HISTORY.jsonl"
+VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 MAX_ROLLBACK_DEPTH = 50  # versions remembered behind CURRENT; bounds each HISTORY line
+
+
+class NoSuchVersionError(RegistryError, LookupError):
+    """No version where one was asked for: an unknown name, none promoted yet, or nothing earlier
+    to roll back to. The message lists what there is."""
+
+
+class InvalidBundleError(RegistryError, ValueError):
+    """`register` was given something that is not a bundle it can store."""
+
+
+class VersionStatus(enum.StrEnum):
+    """Where a version stands: CURRENT is served; PREVIOUS is where `rollback` goes; RETIRED was
+    current once; CANDIDATE was never promoted; INCOMPLETE never finished registering."""
+
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    CANDIDATE = "candidate"
+    RETIRED = "retired"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One row of `ModelRegistry.versions`: what an operator needs to pick a version to promote."""
+
+    market: str
+    version: str
+    status: VersionStatus
+    complete: bool
+    created_at: str | None
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    problem: str | None = None  # why the bundle is unusable, when it is
 
 
 def _now() -> str:
@@ -88,6 +81,16 @@ def _now() -> str:
 
 def _json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_version(name: str) -> int | None:
+    """The number of a version name (`v0007` -> 7), or None for anything else."""
+    match = VERSION_PATTERN.fullmatch(name) if isinstance(name, str) else None
+    return int(match.group(1)) if match else None
+
+
+def version_name(number: int) -> str:
+    return f"v{number:04d}"
 
 
 class ModelRegistry:
@@ -125,21 +128,15 @@ class ModelRegistry:
         promoted = {entry["version"] for entry in history}
         infos = []
         for name, marker in zip(names, markers, strict=True):
-            is_complete = marker in complete
-            metadata, problem = self._metadata_or_problem(market, name, is_complete)
-            status = version_status(name, is_complete, token, stack, promoted)
-            created_at = metadata.get("created_at")
-            infos.append(
-                VersionInfo(
-                    market=market,
-                    version=name,
-                    status=status,
-                    complete=is_complete,
-                    created_at=str(created_at) if created_at is not None else None,
-                    metadata=metadata,
-                    problem=problem,
-                )
-            )
+            done = marker in complete
+            try:
+                metadata, problem = self._read_metadata(market, name), None
+            except CorruptRegistryError as exc:
+                metadata, problem = {}, (str(exc) if done else "registration did not finish")
+            created = metadata.get("created_at")
+            status = version_status(name, done, token, stack, promoted)
+            created_at = None if created is None else str(created)
+            infos.append(VersionInfo(market, name, status, done, created_at, metadata, problem))
         return infos
 
     def current_version_token(self, market: str) -> str | None:
@@ -155,11 +152,11 @@ class ModelRegistry:
             return None
         where = self._store.uri(market, CURRENT_FILE)
         if parse_version(token) is None:
-            raise CorruptCurrentError(f"{where} holds {token!r}, not a version name like v0001")
+            raise CorruptRegistryError(f"{where} holds {token!r}, not a version name like v0001")
         try:
             self._require_complete(market, token)
         except RegistryError as exc:
-            raise CorruptCurrentError(
+            raise CorruptRegistryError(
                 f"{where} points at {token}, which is unusable: {exc}"
             ) from exc
         return token
@@ -175,26 +172,10 @@ class ModelRegistry:
         return self._read_metadata(market, version)
 
     def fetch(self, market: str, version: str | None = None, *, dest_dir: Path) -> Path:
-        """Copy a complete bundle to `dest_dir/<market>/<version>/` and return that directory.
-
-        Versions never change once complete, so an existing complete copy is reused. The copy is
-        assembled in a hidden sibling and renamed into place, so a loader never opens half a bundle.
-        """
+        """Copy a complete bundle (CURRENT's by default) to `dest_dir/<market>/<version>/` and
+        return that directory; a loader never sees half a copy (`RegistryFS.fetch_bundle`)."""
         version = self._resolve(market, version)
-        target = Path(dest_dir) / market / version
-        if (target / COMPLETE_MARKER).is_file():
-            return target
-        staging = target.parent / f".{version}.{uuid.uuid4().hex}.partial"
-        try:
-            self._download_bundle(market, version, staging)
-            os.replace(staging, target)
-        except OSError:
-            if (target / COMPLETE_MARKER).is_file():  # another process fetched it first
-                return target
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return self._store.fetch_bundle((market, version), Path(dest_dir) / market / version)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -212,18 +193,9 @@ class ModelRegistry:
         version = self._claim_next_version(market)
         merged.update(market=market, version=version)
         merged.setdefault("created_at", _now())
-        written = []
-        for relative, source in files.items():
-            written.append(self._store.path(market, version, relative))
-            self._store.upload(source, written[-1])
-        written.append(self._store.path(market, version, METADATA_FILE))
-        self._store.put(written[-1], _json_bytes(merged))
-        self._store.sync(written)
-        sizes = self._store.file_sizes(self._store.path(market, version))
-        manifest = {"market": market, "version": version, "completed_at": _now(), "files": sizes}
-        self._store.put(
-            self._store.path(market, version, COMPLETE_MARKER), _json_bytes(manifest), atomic=True
-        )
+        metadata_file = {METADATA_FILE: _json_bytes(merged)}
+        manifest = {"market": market, "version": version, "completed_at": _now()}
+        self._store.write_bundle((market, version), files, metadata_file, manifest)
         return version
 
     def promote(self, market: str, version: str) -> None:
@@ -248,11 +220,11 @@ class ModelRegistry:
         """
         present = self.current(market)
         if present is None:
-            raise NothingToRollBackError(f"{market}: no version has been promoted yet")
+            raise NoSuchVersionError(f"{market}: no version has been promoted yet")
         history = self._history(market)
         stack = rollback_stack(history, present)
         if not stack:
-            raise NothingToRollBackError(
+            raise NoSuchVersionError(
                 f"{market}: {present} has no earlier promoted version to roll back to"
                 f" (history: {self._store.uri(market, HISTORY_FILE)})"
             )
@@ -266,8 +238,7 @@ class ModelRegistry:
     def _require_market(self, market: str) -> str:
         market = check_market(market)
         if not self._store.is_dir(self._store.path(market)):
-            known = ", ".join(self.markets()) or "none"
-            raise UnknownMarketError(f"unknown market {market!r}; known markets: {known}")
+            raise UnknownMarketError(market, self.markets())
         return market
 
     def _version_names(self, market: str) -> list[str]:
@@ -281,11 +252,11 @@ class ModelRegistry:
             return
         known = self._version_names(market)
         if version in known:
-            raise IncompleteBundleError(
+            raise CorruptRegistryError(
                 f"{market} {version} is incomplete (no {COMPLETE_MARKER} in"
                 f" {self._store.uri(market, version)}): its registration did not finish"
             )
-        raise UnknownVersionError(
+        raise NoSuchVersionError(
             f"{market} has no version {version!r}; known versions: {', '.join(known) or 'none'}"
         )
 
@@ -297,7 +268,7 @@ class ModelRegistry:
         present = self.current(market)
         if present is None:
             names = ", ".join(self._version_names(market)) or "none"
-            raise NoCurrentVersionError(
+            raise NoSuchVersionError(
                 f"{market} has no promoted version yet; promote one of: {names}"
             )
         return present
@@ -305,35 +276,14 @@ class ModelRegistry:
     def _valid_current_or_none(self, market: str) -> str | None:
         try:
             return self.current(market)
-        except CorruptCurrentError:
+        except CorruptRegistryError:
             return None
 
     def _read_metadata(self, market: str, version: str) -> dict[str, Any]:
-        path = self._store.path(market, version, METADATA_FILE)
-        where = self._store.uri(market, version, METADATA_FILE)
-        raw = self._store.read_bytes(path)
-        if raw is None:
-            raise CorruptMetadataError(f"{where} is missing")
-        try:
-            metadata = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptMetadataError(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(metadata, dict):
-            raise CorruptMetadataError(f"{where} holds a {type(metadata).__name__}, not an object")
-        return metadata
-
-    def _metadata_or_problem(
-        self, market: str, version: str, complete: bool
-    ) -> tuple[dict[str, Any], str | None]:
-        try:
-            return self._read_metadata(market, version), None
-        except CorruptMetadataError as exc:
-            return {}, (str(exc) if complete else "registration did not finish")
+        return self._store.read_json_object(market, version, METADATA_FILE)
 
     def _history(self, market: str) -> list[dict[str, Any]]:
-        raw = self._store.read_bytes(self._store.path(market, HISTORY_FILE))
-        where = self._store.uri(market, HISTORY_FILE)
-        return parse_history(raw or b"", where)
+        return self._store.read_log(market, HISTORY_FILE, keys={"version": str, "stack": list})
 
     def _write_pointer(
         self, market: str, action: str, version: str, previous: str | None, stack: list[str]
@@ -344,15 +294,9 @@ class ModelRegistry:
         current, which `rollback_stack` ignores because it starts from what CURRENT holds.
         """
         entry = {"at": _now(), "action": action, "version": version, "from": previous}
-        line = json.dumps({**entry, "stack": stack}, sort_keys=True).encode() + b"\n"
-        history_path = self._store.path(market, HISTORY_FILE)
-        raw = self._store.read_bytes(history_path) or b""
-        if raw and not raw.endswith(b"\n"):
-            raw += b"\n"
-        self._store.put(history_path, raw + line, atomic=True)
-        self._store.put(
-            self._store.path(market, CURRENT_FILE), f"{version}\n".encode(), atomic=True
-        )
+        self._store.append_log(market, HISTORY_FILE, entry={**entry, "stack": stack})
+        current = self._store.path(market, CURRENT_FILE)
+        self._store.put(current, f"{version}\n".encode(), atomic=True)
 
     def _claim_next_version(self, market: str) -> str:
         """One past the highest existing number (incomplete ones count, so nothing is reused)."""
@@ -361,21 +305,6 @@ class ModelRegistry:
         while not self._store.claim_dir(self._store.path(market, version_name(number))):
             number += 1
         return version_name(number)
-
-    def _download_bundle(self, market: str, version: str, staging: Path) -> None:
-        bundle_dir = self._store.path(market, version)
-        marker = self._store.read_bytes(self._store.path(market, version, COMPLETE_MARKER))
-        sizes = manifest_sizes(marker) or self._store.file_sizes(bundle_dir)
-        sizes.pop(COMPLETE_MARKER, None)
-        for relative, size in sizes.items():
-            local = staging / relative
-            self._store.download(f"{bundle_dir}/{relative}", local)
-            if local.stat().st_size != size:
-                raise IncompleteBundleError(
-                    f"{self._store.uri(market, version, relative)}: fetched {local.stat().st_size}"
-                    f" bytes, manifest says {size}"
-                )
-        (staging / COMPLETE_MARKER).write_bytes(marker or b"{}\n")
 
 
 def _bundle_files(local_dir: Path) -> dict[str, Path]:
@@ -398,20 +327,40 @@ def _merged_metadata(
 ) -> dict[str, Any]:
     """The bundle's metadata.json updated with `metadata`; checked JSON-serialisable up front,
     so a bad value fails before anything is written."""
-    merged: dict[str, Any] = {}
     own = local_dir / METADATA_FILE
-    if own.is_file():
-        try:
-            merged = dict(json.loads(own.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise CorruptMetadataError(f"{own} is not a JSON object: {exc}") from exc
-    merged.update(metadata or {})
+    try:
+        merged = {**(json.loads(own.read_text()) if own.is_file() else {}), **(metadata or {})}
+        json.dumps(merged)
+    except (TypeError, ValueError) as exc:
+        raise InvalidBundleError(
+            f"metadata for {market} ({own} and the values given) is not JSON-serialisable: {exc}"
+        ) from exc
     if merged.get("market", market) != market:
         raise InvalidBundleError(
             f"metadata says market {merged['market']!r} but the bundle is registered as {market!r}"
         )
-    try:
-        json.dumps(merged)
-    except (TypeError, ValueError) as exc:
-        raise InvalidBundleError(f"metadata for {market} is not JSON-serialisable: {exc}") from exc
     return merged
+
+
+def version_status(
+    name: str, complete: bool, token: str | None, stack: list[str], promoted: set[str]
+) -> VersionStatus:
+    """Status of one version given CURRENT (`token`), its rollback stack and all promoted names."""
+    if not complete:
+        return VersionStatus.INCOMPLETE
+    if name == token:
+        return VersionStatus.CURRENT
+    if stack and name == stack[-1]:
+        return VersionStatus.PREVIOUS
+    return VersionStatus.RETIRED if name in promoted else VersionStatus.CANDIDATE
+
+
+def rollback_stack(history: list[dict[str, Any]], current: str | None) -> list[str]:
+    """The rollback stack behind `current`: from the newest line that made it current.
+
+    Keyed on CURRENT's actual content, a line whose CURRENT write never happened is ignored.
+    """
+    for entry in reversed(history):
+        if entry["version"] == current:
+            return list(entry["stack"])
+    return []

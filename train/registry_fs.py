@@ -1,4 +1,6 @@
-"""The storage under the model registry: one pyarrow filesystem and the two ways to replace a file.
+"""The storage under the model registry: one pyarrow filesystem, the two ways to replace a file,
+the registry's two file formats (a JSON object, a JSON-lines log), and copying a bundle directory
+in (manifest last) and out (checked against the manifest).
 
 Every node of a cluster must read the same models, so the registry root is a local path or any URI
 `pyarrow.fs.FileSystem.from_uri` understands (`file://`, `s3://`, `gs://`, ...). Listing, reading
@@ -15,13 +17,30 @@ store path, which is how tests exercise it without a cloud account.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
+
+COMPLETE_MARKER = "_COMPLETE"
+"""Written last into a bundle directory: the manifest (file name -> size) that vouches for it."""
+
+
+class RegistryError(Exception):
+    """Base of every error the registry raises on purpose; the message names what to look at."""
+
+
+class CorruptRegistryError(RegistryError):
+    """What is stored cannot be used: a version whose registration never finished, a copy that
+    came out short, or a file the registry did not write. Nothing is repaired away."""
 
 
 def _has_scheme(root: str) -> bool:
@@ -86,6 +105,51 @@ class RegistryFS:
         self._ensure_parent(path)
         with self.fs.open_output_stream(path) as out:
             out.write(data)
+
+    def read_json_object(self, *parts: str) -> dict[str, Any]:
+        """The JSON object stored at `parts` below the root; CorruptRegistryError naming the file
+        when it is missing or holds anything else."""
+        where = self.uri(*parts)
+        raw = self.read_bytes(self.path(*parts))
+        if raw is None:
+            raise CorruptRegistryError(f"{where} is missing")
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptRegistryError(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise CorruptRegistryError(f"{where} holds a {type(value).__name__}, not an object")
+        return value
+
+    def read_log(self, *parts: str, keys: Mapping[str, type]) -> list[dict[str, Any]]:
+        """The lines of the JSON-lines log at `parts`, oldest first ([] when there is none); a line
+        that is not an object with `keys` of their types is an error naming it, since guessing
+        past a line the registry did not write could act on the wrong model."""
+        raw = self.read_bytes(self.path(*parts)) or b""
+        entries = []
+        for number, line in enumerate(raw.decode(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorruptRegistryError(
+                    f"{self.uri(*parts)} line {number} is not JSON: {exc}"
+                ) from exc
+            if not isinstance(entry, dict) or any(
+                not isinstance(entry.get(k), kind) for k, kind in keys.items()
+            ):
+                raise CorruptRegistryError(f"{self.uri(*parts)} line {number} lacks {list(keys)}")
+            entries.append(entry)
+        return entries
+
+    def append_log(self, *parts: str, entry: dict[str, Any]) -> None:
+        """Add one line to the log at `parts`, replacing the file atomically."""
+        path = self.path(*parts)
+        raw = self.read_bytes(path) or b""
+        if raw and not raw.endswith(b"\n"):
+            raw += b"\n"
+        self.put(path, raw + json.dumps(entry, sort_keys=True).encode() + b"\n", atomic=True)
 
     def list_dirs(self, path: str) -> list[str]:
         """Names of the directories directly under `path` ([] when `path` does not exist)."""
@@ -162,10 +226,73 @@ class RegistryFS:
         for directory in sorted({os.path.dirname(p) for p in paths}):
             _fsync_path(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
+    def write_bundle(
+        self, bundle: tuple[str, ...], files: Mapping[str, Path], blobs: Mapping[str, bytes],
+        manifest: dict[str, object],
+    ) -> None:  # fmt: skip
+        """Copy `files` and write `blobs` into the directory `bundle` (parts below the root), flush
+        them, then write the manifest (`manifest` plus every file's size) as COMPLETE_MARKER: a
+        crash before that last write leaves a directory no reader trusts."""
+        written = []
+        for name, source in files.items():
+            written.append(self.path(*bundle, name))
+            self.upload(source, written[-1])
+        for name, data in blobs.items():
+            written.append(self.path(*bundle, name))
+            self.put(written[-1], data)
+        self.sync(written)
+        manifest = {**manifest, "files": self.file_sizes(self.path(*bundle))}
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        self.put(self.path(*bundle, COMPLETE_MARKER), text.encode(), atomic=True)
+
+    def fetch_bundle(self, bundle: tuple[str, ...], target: Path) -> Path:
+        """Copy the complete bundle directory `bundle` to the local `target` and return it.
+
+        A bundle never changes once complete, so an existing complete copy is reused. The copy is
+        assembled in a hidden sibling and renamed into place, so a loader never opens half a
+        bundle, and each file is checked against the size its manifest vouches for.
+        """
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        try:
+            self._download_bundle(bundle, staging)
+            os.replace(staging, target)
+        except OSError:
+            if (target / COMPLETE_MARKER).is_file():  # another process fetched it first
+                return target
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _download_bundle(self, bundle: tuple[str, ...], local_dir: Path) -> None:
+        marker = self.read_bytes(self.path(*bundle, COMPLETE_MARKER))
+        sizes = _manifest_sizes(marker) or self.file_sizes(self.path(*bundle))
+        sizes.pop(COMPLETE_MARKER, None)
+        for name, size in sizes.items():
+            local = local_dir / name
+            self.download(self.path(*bundle, name), local)
+            if local.stat().st_size != size:
+                raise CorruptRegistryError(
+                    f"{self.uri(*bundle, name)}: fetched {local.stat().st_size} bytes, its"
+                    f" manifest says {size}"
+                )
+        (local_dir / COMPLETE_MARKER).write_bytes(marker or b"{}\n")
+
     def _ensure_parent(self, path: str) -> None:
         parent = path.rsplit("/", 1)[0]
         if parent and parent != path:
             self.fs.create_dir(parent, recursive=True)
+
+
+def _manifest_sizes(marker: bytes | None) -> dict[str, int] | None:
+    """File sizes a COMPLETE_MARKER manifest vouches for, or None if it is not one we can read."""
+    try:
+        files = json.loads(marker or b"")["files"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return dict(files) if isinstance(files, dict) else None
 
 
 def _fsync_path(path: str, flags: int) -> None:

@@ -1,11 +1,14 @@
 """Tables from registry metadata: walk-forward truth beside the leaky protocol and baselines, for
-every family of a market side by side."""
+every family of a market side by side, and the version list `python -m train list` prints."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from train.evaluate import SEED_CLAIM, format_table
+from train.registry import VersionInfo
+
+METRIC_KEYS = ("metrics", "walk_forward_metrics", "oos_metrics")
 
 
 def market_rows(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -65,3 +68,32 @@ def window_report(result: dict[str, Any]) -> str:
             "training window; its scores there say nothing about later hours"
         )
     return head + "\n" + format_table(rows)
+
+
+def version_summary(info: VersionInfo) -> str:
+    """A few headline metrics from the metadata, or the problem, in one short line."""
+    if info.problem:
+        return f"! {info.problem}"
+    for key in METRIC_KEYS:
+        metrics = info.metadata.get(key)
+        if isinstance(metrics, dict):
+            numbers = [(k, v) for k, v in metrics.items() if isinstance(v, int | float)]
+            return " ".join(f"{k}={v:.4g}" for k, v in sorted(numbers)[:4])
+    return ""
+
+
+def format_versions(infos: list[VersionInfo]) -> str:
+    """A plain-text table of versions, newest first."""
+    if not infos:
+        return "(no versions)"
+    header = ("MARKET", "VERSION", "STATUS", "CREATED_AT", "SUMMARY")
+    rows = [
+        (i.market, i.version, i.status.value, i.created_at or "-", version_summary(i))
+        for i in reversed(infos)
+    ]
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)

@@ -25,9 +25,10 @@ from ray.tune.schedulers import ASHAScheduler
 
 from features.config import FeaturesConfig
 from features.dataset import MarketDataset
+from features.exchange import HOUR_NS
 from features.labels import fold_threshold
 from features.sources import ParquetDirSource
-from features.splits import HOUR_NS, walk_forward_splits
+from features.splits import walk_forward_splits
 from train.config import TrainProfile, TuneConfig
 from train.evaluate import classification_metrics
 from train.fit import FoldPlan, fit_plan, purged_slices

@@ -38,3 +38,44 @@ def test_offline_up_names_data_dir(tmp_path) -> None:
     done = run("--set", f"paths.state={tmp_path}/c.json", "up", "--data-dir", str(missing),
                env=dict(os.environ))  # fmt: skip
     assert done.returncode == 2 and "has no candles" in done.stderr
+
+
+def test_up_refuses_paper_against_a_live_loop_on_its_ledger(tmp_path, ohlcv_dir) -> None:
+    """The ledger's lease says a live loop trades on it: `up --paper` names that mode and the
+    holder, and starts nothing (no head, no state file)."""
+    from trading.ledger import Ledger
+
+    ledger = tmp_path / "ledger.sqlite"
+    with Ledger(ledger) as opened:
+        opened.lease.acquire("TradingLoop abc123 on head-a", "live", ttl_s=600)
+    args = ["--set", f"paths.state={tmp_path}/c.json", "up", "--paper"]
+    done = run(*args, "--data-dir", str(ohlcv_dir), "--ledger", str(ledger), env=dict(os.environ))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "a live trading loop is running" in done.stderr
+    assert "TradingLoop abc123 on head-a (live mode" in done.stderr
+    assert not (tmp_path / "c.json").exists(), "it started something before refusing"
+
+
+def test_serve_beyond_loopback_requires_the_token_on_the_prediction_routes() -> None:
+    import yaml
+
+    from cluster.local import deploy_config
+    from serve.config import ServeConfig
+    from trading.loop import LoopSettings
+
+    template = yaml.safe_load((PROJECT_ROOT / "configs" / "serve_deploy.yaml").read_text())
+    for host, required in (("127.0.0.1", False), ("0.0.0.0", True)):
+        config = deploy_config(template, ServeConfig(), LoopSettings(), 8000, host)
+        (hybrid,) = [a for a in config["applications"] if a["name"] == "hybrid"]
+        (ingress,) = [d for d in hybrid["deployments"] if d["name"] == "Ingress"]
+        assert ingress["user_config"]["require_token"] is required, host
+        assert config["http_options"]["request_timeout_s"] > 0
+
+
+def test_the_head_never_gets_the_exchange_keys() -> None:
+    from cluster.local_ray import head_env
+
+    environ = {"UPBIT_ACCESS_KEY": "a", "UPBIT_SECRET_KEY": "s", "HOME": "/root", "PATH": "/bin"}
+    env = head_env(environ, token="t")
+    assert "UPBIT_ACCESS_KEY" not in env and "UPBIT_SECRET_KEY" not in env
+    assert env["HOME"] == "/root" and env["RAY_AUTH_TOKEN"] == "t"

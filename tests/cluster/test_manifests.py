@@ -251,19 +251,100 @@ def test_import_paths_name_a_module_level_app(import_path):
     assert attr in names, f"{module} defines no module-level {attr!r}"
 
 
-def test_hybrid_app_is_the_local_deploy_config_with_cluster_settings():
-    from features.config import resolve_path
-    from serve.config import load_serve_config
+def local_apps() -> dict[str, dict[str, Any]]:
+    from ray.serve.schema import ServeDeploySchema
 
-    local = yaml.safe_load((ROOT / "configs" / "serve_deploy.yaml").read_text())
-    (expected,) = [a for a in local["applications"] if a["name"] == "hybrid"]
+    raw = yaml.safe_load((ROOT / "configs" / "serve_deploy.yaml").read_text())
+    ServeDeploySchema.model_validate(raw)
+    return {a["name"]: a for a in raw["applications"]}
+
+
+def test_hybrid_app_is_the_local_deploy_config_with_cluster_settings():
+    from serve.config import ServeConfig
+
+    expected = local_apps()["hybrid"]
     hybrid = apps()["hybrid"]
-    assert hybrid["deployments"] == expected["deployments"]
-    assert hybrid["args"]["config"] == expected["args"]["config"]
-    overrides = [o for o in hybrid["args"]["set"].split(";") if o.strip()]  # as serve.app splits
-    config = load_serve_config(resolve_path(hybrid["args"]["config"]), overrides)
+    # The same deployments and bounds; only the cluster (on 0.0.0.0) requires the bearer token.
+    (ingress,) = [d for d in hybrid["deployments"] if d["name"] == "Ingress"]
+    assert ingress["user_config"]["require_token"] is True
+    local = copy.deepcopy(expected["deployments"])
+    for deployment in local:
+        if deployment["name"] == "Ingress":
+            deployment["user_config"]["require_token"] = True
+    assert hybrid["deployments"] == local
+    config = ServeConfig.model_validate(hybrid["args"])  # as Serve validates the builder's args
     assert config.registry_root().startswith("s3://")  # every replica reads the same models
     assert config.source.kind == "upbit"  # no candle files in the image
+    assert config.markets is None, "markets come from configs/features.yaml, the one list"
+    assert config.predictor == ServeConfig.model_validate(expected["args"]).predictor
+    assert config.serving == ServeConfig.model_validate(expected["args"]).serving
+
+
+def build(import_path: str, args: dict[str, Any]):
+    """What `serve deploy` does with an application's import path and args (no Ray needed)."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve._private.utils import import_attr
+
+    return call_user_app_builder_with_args_if_necessary(import_attr(import_path), args)
+
+
+@pytest.mark.parametrize("source", ["local", "rayservice"])
+def test_serve_validates_both_apps_args_into_their_models_and_builds_them(source):
+    from features.config import load_features_config
+
+    found = local_apps() if source == "local" else apps()
+    graph = build("serve.app:app", found["hybrid"]["args"])
+    predictors = graph._bound_deployment.init_args[0]  # Ingress(predictors, sizing)
+    assert list(predictors) == load_features_config().markets
+    assert {p._bound_deployment.name for p in predictors.values()} == set(predictors)
+    options = predictors["KRW-ETH"]._bound_deployment.ray_actor_options
+    assert options["num_cpus"] == 0.1  # the `predictor` default reaches every market
+    keeper = build("trading.keeper:app", found["trading"]["args"])
+    assert keeper._bound_deployment.name == "LoopKeeper"
+
+
+def test_multiplexed_mode_builds_one_pool_and_the_deploy_config_keeps_only_its_options():
+    """`serving.mode: multiplexed` in the shipped deploy config's args: the graph has one
+    MultiplexedPredictor pool instead of a deployment per market, and `cluster up`'s deploy config
+    drops the per-market entries (Serve would refuse options for a deployment the app lacks)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.local import deploy_config
+    from serve.config import ServeConfig
+    from trading.loop import LoopSettings
+
+    found = local_apps()
+    args = {**found["hybrid"]["args"], "serving": {"mode": "multiplexed", "replicas": 3}}
+    graph = build("serve.app:app", args)
+    pool, _, settings = graph._bound_deployment.init_args  # Ingress(pool, sizing, settings)
+    assert pool._bound_deployment.name == "MultiplexedPredictor"
+    assert pool._bound_deployment.num_replicas == 3
+    assert pool._bound_deployment.ray_actor_options["num_cpus"] == 0.1  # `predictor`'s
+    assert settings["serving"]["models_per_replica"] == 24
+    template = yaml.safe_load((ROOT / "configs" / "serve_deploy.yaml").read_text())
+    loop = LoopSettings.model_validate(found["trading"]["args"])
+    config = deploy_config(template, ServeConfig.model_validate(args), loop, 18123, "127.0.0.1")
+    ServeDeploySchema.model_validate(config)
+    (hybrid,) = [a for a in config["applications"] if a["name"] == "hybrid"]
+    assert {d["name"] for d in hybrid["deployments"]} == {"Ingress", "SizingNode"}
+    assert hybrid["args"]["serving"]["mode"] == "multiplexed"
+
+
+@pytest.mark.parametrize(
+    "import_path, args, field",
+    [
+        ("serve.app:app", {"poll_s": 0}, "poll_s"),
+        ("serve.app:app", {"set": "registry=/abs"}, "set"),  # the old untyped shape
+        ("serve.app:app", {"markets": ["KRW-BTC", "../x"]}, "markets"),
+        ("trading.keeper:app", {"mode": "yolo"}, "mode"),
+        ("trading.keeper:app", {"clock": {"kind": "accelerated", "speed": -1}}, "speed"),
+    ],
+)
+def test_a_wrong_arg_fails_the_build_naming_the_field(import_path, args, field):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        build(import_path, args)
 
 
 def test_loop_keeper_runs_once_on_the_head_beside_the_ledger():

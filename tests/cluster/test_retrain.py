@@ -28,3 +28,14 @@ def test_a_failed_retraining_job_changes_nothing_and_is_reported(
         assert history[-1]["job_id"] == outcome["job_id"]
     finally:
         ray.kill(retrainer, no_restart=True)
+
+
+def test_a_held_out_span_stays_held_out_when_retraining() -> None:
+    import shlex
+    from datetime import datetime
+
+    from train.__main__ import parse_args
+
+    job = RetrainJob(["KRW-BTC"], "/data", "/registry", "smoke", until="2025-09-16 08:00:00")
+    args = parse_args(shlex.split(job.entrypoint())[3:])
+    assert args.until == datetime(2025, 9, 16, 8) and args.markets == "KRW-BTC"

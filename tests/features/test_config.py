@@ -3,14 +3,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from features.config import CONFIG_DIR, ConfigError, FeaturesConfig, load_features_config
+from features.config import (
+    CONFIG_DIR,
+    FEATURES_YAML,
+    ConfigError,
+    FeaturesConfig,
+    load_features_config,
+)
+from features.exchange import ROUND_TRIP_FEE
 
 
 def test_shipped_config_is_valid() -> None:
     config = load_features_config()
-    assert config.markets == ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
-    assert config.labels.threshold >= 0.001
+    assert config.markets == yaml.safe_load(FEATURES_YAML.read_text())["markets"]  # the one list
+    assert config.labels.threshold >= ROUND_TRIP_FEE
     assert config.split_spec(24).purge >= config.labels.horizon_hours + 24
 
 
@@ -19,8 +27,10 @@ def test_cli_overrides_are_typed_and_validated() -> None:
     assert config.labels.threshold == 0.01 and config.markets == ["KRW-BTC"]
     with pytest.raises(ConfigError, match="threshold"):
         load_features_config(overrides=["labels.threshold=0.0001"])
-    with pytest.raises(ConfigError, match="market names"):
+    with pytest.raises(ConfigError, match="invalid market name 'btc'"):
         load_features_config(overrides=["markets=[btc]"])
+    with pytest.raises(ConfigError, match="duplicate markets"):
+        load_features_config(overrides=["markets=[KRW-BTC, KRW-BTC]"])
     with pytest.raises(ConfigError, match="must look like"):
         load_features_config(overrides=["nonsense"])
 
@@ -37,7 +47,17 @@ def test_unknown_keys_and_bad_files_are_named(tmp_path: Path) -> None:
         load_features_config(tmp_path / "missing.yaml")
 
 
+def test_a_file_without_markets_is_an_error_naming_it(tmp_path: Path) -> None:
+    """The YAML is the one market list: no Python default quietly stands in for it."""
+    bare = tmp_path / "features.yaml"
+    bare.write_text("max_gap_hours: 6\n")
+    with pytest.raises(ConfigError, match="markets\n  Field required") as caught:
+        load_features_config(bare)
+    assert str(bare) in str(caught.value)
+
+
 def test_relative_data_dir_resolves_from_the_project_root() -> None:
-    config = FeaturesConfig(data_dir="../shared/data/ohlcv")
+    config = FeaturesConfig(markets=["KRW-BTC"], data_dir="../shared/data/ohlcv")
     assert Path(config.resolve_data_dir()) == (CONFIG_DIR.parent / "../shared/data/ohlcv").resolve()
-    assert FeaturesConfig(data_dir="s3://bucket/ohlcv").resolve_data_dir() == "s3://bucket/ohlcv"
+    s3 = FeaturesConfig(markets=["KRW-BTC"], data_dir="s3://bucket/ohlcv")
+    assert s3.resolve_data_dir() == "s3://bucket/ohlcv"

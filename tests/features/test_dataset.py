@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.dataset import build_dataset
+from features.exchange import HOUR_NS
 from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, WARMUP_HOURS
 from features.transform import SequenceTransform, TransformError, relative_windows
 
@@ -32,7 +33,7 @@ def test_samples_have_finite_contiguous_windows_and_labels(btc_data) -> None:
     assert np.isfinite(data.forward_returns[data.samples]).all()
     assert not data.filled[data.samples].any()
     spans = data.times.asi8[data.samples] - data.times.asi8[data.samples - SEQUENCE_LENGTH + 1]
-    assert (spans == (SEQUENCE_LENGTH - 1) * 3_600_000_000_000).all()
+    assert (spans == (SEQUENCE_LENGTH - 1) * HOUR_NS).all()
     labels = data.labels(0.005)
     assert set(np.unique(labels)) == {0, 1, 2}
 

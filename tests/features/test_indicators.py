@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from features.candles import CANDLE_COLUMNS, CandleError, repair_segments
+from features.config import load_features_config
 from features.indicators import (
     FEATURE_HASH,
     FEATURE_NAMES,
@@ -34,8 +35,7 @@ from features.indicators import (
 from features.recursions import Average, seeded_averages, window_moments, window_sums
 
 PROJECT = Path(__file__).resolve().parents[2]
-OHLCV = PROJECT.parent / "shared" / "data" / "ohlcv"
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+MARKETS = tuple(load_features_config().markets)
 
 DESIGN_ORDER = [
     "open",
@@ -91,16 +91,12 @@ DESIGN_ORDER = [
 PINNED_HASH = "43648a8f35a29e7a2d193ac5423b4a580f126c3de3c6a978936f103a9ff93193"
 
 
-def load_market(name: str) -> pd.DataFrame:
-    path = OHLCV / f"{name}_minute60.parquet"
-    if not path.exists():
-        pytest.skip(f"real candles not found at {path} (expected ../shared/data/ohlcv)")
-    return pd.read_parquet(path)
+Candles = dict[str, pd.DataFrame]
 
 
 @pytest.fixture(scope="module", params=MARKETS)
-def market(request: pytest.FixtureRequest) -> tuple[str, pd.DataFrame]:
-    return request.param, load_market(request.param)
+def market(request: pytest.FixtureRequest, real_candles: Candles) -> tuple[str, pd.DataFrame]:
+    return request.param, real_candles[request.param]
 
 
 def test_names_are_the_designs_46_in_order() -> None:
@@ -140,11 +136,11 @@ def _unit(name: str, prices: float, volumes: float) -> float:
     return prices if name in PRICE_LEVEL_FEATURES else 1.0
 
 
-def test_level_lists_are_exactly_the_columns_that_scale() -> None:
+def test_level_lists_are_exactly_the_columns_that_scale(real_candles: Candles) -> None:
     """Re-pricing the market (x1024, exact in floating point) scales exactly PRICE_LEVEL_FEATURES
     (and value); trading 1024x the coins scales exactly VOLUME_LEVEL_FEATURES; every other column
     is unit-free. The model's input transform relies on these two lists being right."""
-    candles = load_market("KRW-ETH").iloc[:3000]
+    candles = real_candles["KRW-ETH"].iloc[:3000]
     base = build_features(candles).iloc[WARMUP_HOURS - 1 :]
     for prices, volumes in ((1024.0, 1.0), (1.0, 1024.0)):
         moved = build_features(_scaled(candles, prices, volumes)).iloc[WARMUP_HOURS - 1 :]
@@ -214,13 +210,10 @@ def test_rows_after_warmup_are_finite_and_before_are_nan(market: tuple[str, pd.D
         assert np.isfinite(rows[WARMUP_HOURS - 1 :]).all(), name
 
 
-def test_real_zero_volume_candles_and_long_outage_segments() -> None:
+def test_real_zero_volume_candles_and_long_outage_segments(ohlcv_dir: Path) -> None:
     """Binance published flat zero-volume candles during outages and has a 33-hour gap: the gap
     splits the history into segments that warm up anew, and every warmed-up row is finite."""
-    path = OHLCV / "binance_BTCUSDT_1h.parquet"
-    if not path.exists():
-        pytest.skip(f"real candles not found at {path}")
-    candles = pd.read_parquet(path)
+    candles = pd.read_parquet(ohlcv_dir / "binance_BTCUSDT_1h.parquet")
     features = build_features(candles)
     parts = repair_segments(candles, 6)
     assert len(parts) > 1 and (candles["volume"] == 0).any()
@@ -230,10 +223,10 @@ def test_real_zero_volume_candles_and_long_outage_segments() -> None:
         assert np.isfinite(rows[WARMUP_HOURS - 1 :]).all()
 
 
-def test_repaired_gaps_and_a_flat_zero_volume_run_stay_finite() -> None:
+def test_repaired_gaps_and_a_flat_zero_volume_run_stay_finite(real_candles: Candles) -> None:
     """A real slice with hours removed (then repaired) and a 30-hour flat zero-volume run (an
     exchange halt; real data has none that long): finite, with the neutral values for flatness."""
-    candles = load_market("KRW-BTC").iloc[-2000:].copy()
+    candles = real_candles["KRW-BTC"].iloc[-2000:].copy()
     halt = candles.index[1500:1530]
     candles.loc[halt, ["open", "high", "low", "close"]] = candles["close"].iloc[1499]
     candles.loc[halt, ["volume", "value"]] = 0.0
@@ -248,23 +241,23 @@ def test_repaired_gaps_and_a_flat_zero_volume_run_stay_finite() -> None:
     assert flat["rsi"].between(0, 100).all()
 
 
-def test_a_segment_shorter_than_warmup_is_all_nan() -> None:
-    candles = load_market("KRW-SOL").iloc[:600]
-    late = load_market("KRW-SOL").iloc[10_000 : 10_000 + WARMUP_HOURS + 100]
+def test_a_segment_shorter_than_warmup_is_all_nan(real_candles: Candles) -> None:
+    candles = real_candles["KRW-SOL"].iloc[:600]
+    late = real_candles["KRW-SOL"].iloc[10_000 : 10_000 + WARMUP_HOURS + 100]
     features = build_features(pd.concat([candles, late]))
     assert features.loc[candles.index].isna().all().all()
     assert np.isfinite(features.loc[late.index].iloc[WARMUP_HOURS - 1 :].to_numpy()).all()
     assert compute_features(candles).isna().all().all()
 
 
-def test_compute_features_refuses_a_gap() -> None:
-    candles = load_market("KRW-XRP").iloc[:1000]
+def test_compute_features_refuses_a_gap(real_candles: Candles) -> None:
+    candles = real_candles["KRW-XRP"].iloc[:1000]
     with pytest.raises(CandleError, match="contiguous"):
         compute_features(candles.drop(candles.index[500]))
 
 
-def test_short_and_empty_inputs_give_nan_rows_not_errors() -> None:
-    candles = load_market("KRW-ETH").iloc[:40]
+def test_short_and_empty_inputs_give_nan_rows_not_errors(real_candles: Candles) -> None:
+    candles = real_candles["KRW-ETH"].iloc[:40]
     arrays = [candles[c].to_numpy() for c in CANDLE_COLUMNS]
     for n in (0, 1, 2, 15, 30, 40):
         matrix = feature_matrix(*(a[:n] for a in arrays))
@@ -275,8 +268,8 @@ def test_short_and_empty_inputs_give_nan_rows_not_errors() -> None:
 
 
 @pytest.mark.parametrize("name", MARKETS)
-def test_features_never_read_the_future(name: str) -> None:
-    candles = load_market(name)
+def test_features_never_read_the_future(name: str, real_candles: Candles) -> None:
+    candles = real_candles[name]
     full = build_features(candles)
     rng = np.random.default_rng(7)
     for t in rng.integers(WARMUP_HOURS, len(candles), 3):
@@ -307,7 +300,8 @@ import sys
 sys.modules["talib"] = None  # any `import talib` now raises ImportError
 import numpy as np, pandas as pd
 import features, features.indicators, features.serving
-from features.indicators import SERVING_WINDOW, WARMUP_HOURS, build_features, serving_features
+from features.indicators import SERVING_WINDOW, WARMUP_HOURS, build_features
+from features.serving import serving_features
 rng = np.random.default_rng(0)
 hours = SERVING_WINDOW + 100
 close = 1e6 * np.exp(np.cumsum(rng.normal(0, 0.01, hours)))

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.exchange import ROUND_TRIP_FEE
 from features.labels import (
     class_shares,
     fit_quantile_threshold,
@@ -33,7 +34,7 @@ def test_labels_sell_hold_buy() -> None:
 
 def test_threshold_must_cover_the_round_trip_fee() -> None:
     with pytest.raises(ValueError, match="round-trip fee"):
-        label_returns(np.zeros(3), threshold=0.0005)
+        label_returns(np.zeros(3), threshold=ROUND_TRIP_FEE / 2)
 
 
 def test_quantile_threshold_is_fitted_on_training_rows_only() -> None:
@@ -41,7 +42,7 @@ def test_quantile_threshold_is_fitted_on_training_rows_only() -> None:
     assert fit_quantile_threshold(train, 0.4) == pytest.approx(np.quantile(np.abs(train), 0.4))
     assert fold_threshold("quantile", 0.005, 0.4, train) == fit_quantile_threshold(train, 0.4)
     assert fold_threshold("fixed", 0.005, 0.4, train) == 0.005
-    assert fit_quantile_threshold(np.full(10, 1e-5), 0.5) == 0.001
+    assert fit_quantile_threshold(np.full(10, 1e-5), 0.5) == ROUND_TRIP_FEE  # never below it
 
 
 def test_class_shares() -> None:

@@ -5,7 +5,7 @@ candles must give the same 24 rows as `build_features` over the whole history, f
 The same check, with the warm-up left out, finds the smallest window that works; WARMUP_HOURS is
 that need plus a stated margin, and a clearly smaller window fails. To redo the measurement:
 
-    .venv/bin/python tests/features/test_serving_parity.py --hours 2500
+    PYTHONPATH=. .venv/bin/python tests/features/test_serving_parity.py --hours 2500
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, repair_gaps, repair_segments
+from features.config import load_features_config
+from features.exchange import HOUR, HOUR_NS
 from features.indicators import (
     FEATURE_NAMES,
     SEQUENCE_LENGTH,
@@ -26,12 +29,10 @@ from features.indicators import (
     WARMUP_HOURS,
     build_features,
     feature_matrix,
-    serving_features,
 )
-from features.serving import _hourly_tail
+from features.serving import _hourly_tail, serving_features
 
-OHLCV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ohlcv"
-MARKETS = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+MARKETS = tuple(load_features_config().markets)
 RTOL = 1e-6
 # Zero-crossing columns also get an absolute tolerance: price-level ones in units of the close
 # (1e-8 of the price, i.e. 1e-6 of a 1 % move), the rest in their own units.
@@ -50,12 +51,9 @@ def mismatch(served: np.ndarray, batch: np.ndarray) -> np.ndarray:
 class Market:
     """One market's real candles, its repaired hours (one segment) and its batch features."""
 
-    def __init__(self, name: str) -> None:
-        path = OHLCV / f"{name}_minute60.parquet"
-        if not path.exists():
-            pytest.skip(f"real candles not found at {path} (expected ../shared/data/ohlcv)")
+    def __init__(self, name: str, ohlcv_dir: Path) -> None:
         self.name = name
-        self.candles = pd.read_parquet(path)
+        self.candles = pd.read_parquet(ohlcv_dir / f"{name}_minute60.parquet")
         (part,) = repair_segments(self.candles, 6)  # one segment: the largest Upbit gap is 5 h
         self.repaired = part.candles
         self.arrays = [self.repaired[c].to_numpy() for c in CANDLE_COLUMNS]
@@ -103,26 +101,26 @@ class Market:
 _MARKETS: dict[str, Market] = {}
 
 
-def get_market(name: str) -> Market:
+def get_market(name: str, ohlcv_dir: Path) -> Market:
     """Each market is loaded and its batch features built once per test session."""
     if name not in _MARKETS:
-        _MARKETS[name] = Market(name)
+        _MARKETS[name] = Market(name, ohlcv_dir)
     return _MARKETS[name]
 
 
 @pytest.fixture(scope="module", params=MARKETS)
-def market(request: pytest.FixtureRequest) -> Market:
-    return get_market(request.param)
+def market(request: pytest.FixtureRequest, ohlcv_dir: Path) -> Market:
+    return get_market(request.param, ohlcv_dir)
 
 
 def gap_edges(candles: pd.DataFrame) -> Iterator[pd.Timestamp]:
     """Hours whose serving window holds a real gap: right after one, and where the window's first
     hour falls inside one (its fill price then comes from before the window)."""
     index = candles.index
-    after_gap = np.flatnonzero(np.diff(index.asi8) > pd.Timedelta(hours=1).value) + 1
+    after_gap = np.flatnonzero(np.diff(index.asi8) > HOUR_NS) + 1
     for position in after_gap[after_gap > 3 * SERVING_WINDOW][:6]:
-        first_missing = index[position - 1] + pd.Timedelta(hours=1)
-        for hour in (index[position], first_missing + (SERVING_WINDOW - 1) * pd.Timedelta(hours=1)):
+        first_missing = index[position - 1] + HOUR
+        for hour in (index[position], first_missing + (SERVING_WINDOW - 1) * HOUR):
             if hour in index:
                 yield hour
 
@@ -142,12 +140,12 @@ def test_serving_rows_equal_batch_rows(market: Market) -> None:
         assert not bad.any(), f"{market.name} {end}: {np.array(FEATURE_NAMES)[bad.any(axis=0)]}"
 
 
-def test_serving_window_is_the_measured_need_plus_a_small_margin() -> None:
+def test_serving_window_is_the_measured_need_plus_a_small_margin(ohlcv_dir: Path) -> None:
     """WARMUP_HOURS is derived, not guessed: at random and at the hardest hours of the four
     markets the need fits in SERVING_WINDOW, and the hardest need comes within 120 hours of it."""
     needs = {}
     for name in MARKETS:
-        market = get_market(name)
+        market = get_market(name, ohlcv_dir)
         ends = np.concatenate((market.random_ends(20, seed=2), market.hardest_ends(8)))
         needs[name] = max(market.needed_window(int(end)) for end in ends)
     assert max(needs.values()) <= SERVING_WINDOW, needs
@@ -173,8 +171,8 @@ def test_numpy_gap_filling_equals_repair_gaps(market: Market) -> None:
             np.testing.assert_array_equal(column, reference[name].to_numpy(), err_msg=name)
 
 
-def test_serving_refuses_a_window_too_short_to_warm_up() -> None:
-    candles = Market("KRW-ETH").repaired.iloc[:5000]  # gap-free: hours == rows
+def test_serving_refuses_a_window_too_short_to_warm_up(ohlcv_dir: Path) -> None:
+    candles = get_market("KRW-ETH", ohlcv_dir).repaired.iloc[:5000]  # gap-free: hours == rows
     with pytest.raises(CandleError, match=f"needs {SERVING_WINDOW} contiguous hours"):
         serving_features(candles.iloc[-(SERVING_WINDOW - 1) :])
     with pytest.raises(CandleError, match="got none"):
@@ -185,8 +183,22 @@ def test_serving_refuses_a_window_too_short_to_warm_up() -> None:
     assert len(serving_features(cut.iloc[-SERVING_WINDOW - 50 :], max_gap_hours=12)) == 24
 
 
-def test_serving_rows_parameter() -> None:
-    candles = Market("KRW-SOL").candles.iloc[:4000]
+def test_a_longer_warmup_moves_every_serving_window(warmup_hours, ohlcv_dir: Path) -> None:
+    """The windows are derived from WARMUP_HOURS, not restated: after a longer warm-up the old
+    window is refused, and a fetch of CANDLES_FOR_SERVING candles still serves finite rows."""
+    candles = get_market("KRW-ETH", ohlcv_dir).repaired.iloc[:5000]
+    old_window = indicators.SERVING_WINDOW
+    warmup_hours(indicators.WARMUP_HOURS + 100)
+    assert old_window + 100 == indicators.SERVING_WINDOW
+    assert indicators.CANDLES_FOR_SERVING > indicators.SERVING_WINDOW
+    with pytest.raises(CandleError, match=f"needs {old_window + 100} contiguous hours"):
+        serving_features(candles.iloc[-old_window:])
+    served = serving_features(candles.iloc[-indicators.CANDLES_FOR_SERVING :])
+    assert len(served) == SEQUENCE_LENGTH and np.isfinite(served.to_numpy()).all()
+
+
+def test_serving_rows_parameter(ohlcv_dir: Path) -> None:
+    candles = get_market("KRW-SOL", ohlcv_dir).candles.iloc[:4000]
     last = serving_features(candles, rows=1)
     many = serving_features(candles, rows=48)
     assert len(last) == 1 and len(many) == 48 and np.isfinite(many.to_numpy()).all()
@@ -195,11 +207,11 @@ def test_serving_rows_parameter() -> None:
         serving_features(candles.iloc[-SERVING_WINDOW:], rows=48)
 
 
-def measure(hours: int) -> None:
+def measure(hours: int, ohlcv_dir: Path) -> None:
     """Print the window each market needs at random and at the hardest hours (the derivation)."""
     worst = 0
     for name in MARKETS:
-        market = Market(name)
+        market = Market(name, ohlcv_dir)
         ends = np.concatenate((market.random_ends(hours, seed=0), market.hardest_ends(hours // 10)))
         needs = np.array([market.needed_window(int(end)) for end in ends])
         worst = max(worst, int(needs.max()))
@@ -215,4 +227,8 @@ def measure(hours: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="measure the warm-up serving needs")
     parser.add_argument("--hours", type=int, default=500, help="random hours per market")
-    measure(parser.parse_args().hours)
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(load_features_config().resolve_data_dir())
+    )
+    args = parser.parse_args()
+    measure(args.hours, args.data_dir)

@@ -18,7 +18,9 @@ import pyupbit
 import pyupbit.request_api as request_api
 
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
-from features.sources import CachedSource, ParquetDirSource, UnknownMarketError, UpbitSource
+from features.config import load_features_config
+from features.exchange import HOUR, KST, UnknownMarketError
+from features.sources import CachedSource, ParquetDirSource, UpbitSource
 from features.upbit_http import (
     RetryPolicy,
     UpbitBadReply,
@@ -31,8 +33,7 @@ from features.upbit_http import (
 
 from standins.upbit_server import Fault, Reply, UpbitStandIn
 
-SHARED_OHLCV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ohlcv"
-MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-XRP"]
+STORED_MARKETS = sorted(load_features_config().markets)  # the shared folder holds exactly these
 CANDLES_PATH = "/v1/candles/minutes/60"
 ORIGINAL_HOOKS = (request_api._call_get, request_api._call_post, request_api._call_delete)
 FAKE_CLOCK = 1000.25  # a quarter past a second: a spent budget means waiting 0.75 s
@@ -47,21 +48,14 @@ class Sleeps(list[float]):
 
 
 @pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    if not (SHARED_OHLCV / "KRW-BTC_minute60.parquet").exists():
-        pytest.skip(f"real candles not found at {SHARED_OHLCV} (../shared beside the project)")
-    return SHARED_OHLCV
-
-
-@pytest.fixture(scope="module")
-def btc(shared_dir: Path) -> pd.DataFrame:
+def btc(ohlcv_dir: Path) -> pd.DataFrame:
     """The newest 800 real KRW-BTC hours (ending 2025-09-30 08:00 KST, with real gaps)."""
-    return pd.read_parquet(shared_dir / "KRW-BTC_minute60.parquet").iloc[-800:]
+    return pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet").iloc[-800:]
 
 
 @pytest.fixture(scope="module")
-def eth(shared_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(shared_dir / "KRW-ETH_minute60.parquet").iloc[-300:]
+def eth(ohlcv_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(ohlcv_dir / "KRW-ETH_minute60.parquet").iloc[-300:]
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def closed(server: UpbitStandIn, market: str = "KRW-BTC") -> pd.DataFrame:
 
 
 def utc(kst: pd.Timestamp) -> str:
-    return (kst - pd.Timedelta(hours=9)).strftime(UTC_FORMAT)
+    return kst.tz_localize(KST).tz_convert(None).strftime(UTC_FORMAT)
 
 
 # -- Upbit through the real pyupbit client ----------------------------------------------------
@@ -125,9 +119,7 @@ def test_history_returns_exactly_the_served_range(
     served = closed(standin)
     expected = served.loc[(served.index >= start) & (served.index <= end)]
     pd.testing.assert_frame_equal(got, expected, check_freq=False)
-    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(
-        end + pd.Timedelta("1h")
-    )
+    assert len(got) > 200 and standin.candle_requests()[0].query["to"] == utc(end + HOUR)
     in_utc = start.tz_localize("Asia/Seoul").tz_convert("UTC")  # tz-aware bounds are converted
     aware = source.history("KRW-BTC", in_utc, end, now=standin.now)
     pd.testing.assert_frame_equal(aware, expected, check_freq=False)
@@ -357,7 +349,7 @@ def test_cache_survives_a_crash_mid_write_and_stray_temp_files(
     cache = CachedSource(source, tmp_path)
     standin.now = datetime(2025, 9, 29, 0, 0, 5)
     cache.latest("KRW-BTC", 50, now=standin.now)
-    before = cache.path("KRW-BTC").read_bytes()
+    before = Path(cache.path("KRW-BTC")).read_bytes()
     stray = tmp_path / ".KRW-BTC_minute60.parquet.crashed.tmp"
     stray.write_bytes(b"PAR1 half a file from a crash")
 
@@ -369,7 +361,7 @@ def test_cache_survives_a_crash_mid_write_and_stray_temp_files(
     monkeypatch.setattr(pq, "write_table", crash)
     with pytest.raises(OSError, match="No space left"):
         cache.latest("KRW-BTC", 50, now=standin.now)
-    assert cache.path("KRW-BTC").read_bytes() == before
+    assert Path(cache.path("KRW-BTC")).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [stray.name, "KRW-BTC_minute60.parquet"]
 
     monkeypatch.undo()
@@ -385,12 +377,54 @@ def test_corrupt_cache_file_is_rebuilt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = CachedSource(source, tmp_path)
-    cache.path("KRW-BTC").write_bytes(b"not parquet at all")
+    Path(cache.path("KRW-BTC")).write_bytes(b"not parquet at all")
     with caplog.at_level(logging.WARNING, logger="features.sources"):
         got = cache.latest("KRW-BTC", 24, now=standin.now)
     assert "corrupt candle cache" in caplog.text and "KRW-BTC_minute60.parquet" in caplog.text
     pd.testing.assert_frame_equal(got, closed(standin).iloc[-24:], check_freq=False)
     validate_candles(pd.read_parquet(cache.path("KRW-BTC")))
+
+
+def test_cache_on_an_object_store_is_shared_by_every_reader(
+    standin: UpbitStandIn, source: UpbitSource, s3_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache as a cluster uses it: an S3 URI (endpoint in the URI, keys in the environment).
+    What one node fetched, another node's cache reads without asking Upbit again."""
+    uri = s3_env.uri("cache-shared")
+    standin.now = datetime(2025, 9, 29, 0, 0, 5)
+    first = CachedSource(source, uri).latest("KRW-BTC", 300, now=standin.now)
+    pd.testing.assert_frame_equal(first, closed(standin).iloc[-300:], check_freq=False)
+    bucket = s3_env.filesystem()
+    key = f"{s3_env.bucket}/cache-shared/KRW-BTC_minute60.parquet"
+    assert pq.read_table(key, filesystem=bucket).num_rows == 300
+
+    standin.clear_log()
+    standin.now += timedelta(hours=2)
+    other_node = CachedSource(UpbitSource(standin.url, 2.0), uri)
+    second = other_node.latest("KRW-BTC", 300, now=standin.now)
+    pages = [(r.query["count"], r.query["to"]) for r in standin.candle_requests()]
+    assert pages == [("2", "2025-09-28 17:00:00")]  # only the two hours that closed since
+    pd.testing.assert_frame_equal(second, closed(standin).iloc[-300:], check_freq=False)
+    pd.testing.assert_frame_equal(ParquetDirSource(uri).history("KRW-BTC"), closed(standin)
+                                  .iloc[-302:], check_freq=False)  # fmt: skip
+
+    with bucket.open_output_stream(key) as out:
+        out.write(b"PAR1 torn")
+    with caplog.at_level(logging.WARNING, logger="features.sources"):
+        rebuilt = CachedSource(source, uri).latest("KRW-BTC", 24, now=standin.now)
+    assert "corrupt candle cache" in caplog.text
+    pd.testing.assert_frame_equal(rebuilt, closed(standin).iloc[-24:], check_freq=False)
+    assert s3_env.secret_key not in caplog.text and s3_env.secret_key not in uri
+
+
+def test_cache_on_an_object_store_with_a_wrong_key_names_the_cache(
+    source: UpbitSource, s3_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    uri = s3_env.uri("cache-denied")
+    with pytest.raises(OSError, match="candle cache s3://.*/cache-denied.*ACCESS_DENIED") as caught:
+        CachedSource(source, uri)
+    assert "not-the-secret" not in str(caught.value)
 
 
 class IgnoresNow:
@@ -431,10 +465,10 @@ def test_cache_never_stores_a_forming_candle(btc: pd.DataFrame, tmp_path: Path) 
 # -- the Parquet folder of real candles -------------------------------------------------------
 
 
-def test_parquet_dir_reads_validated_real_candles(shared_dir: Path) -> None:
-    source = ParquetDirSource(shared_dir)
-    assert source.markets() == MARKETS
-    stored = pd.read_parquet(shared_dir / "KRW-BTC_minute60.parquet")
+def test_parquet_dir_reads_validated_real_candles(ohlcv_dir: Path) -> None:
+    source = ParquetDirSource(ohlcv_dir)
+    assert source.markets() == STORED_MARKETS
+    stored = pd.read_parquet(ohlcv_dir / "KRW-BTC_minute60.parquet")
     whole = source.history("KRW-BTC")
     pd.testing.assert_frame_equal(whole, stored, check_freq=False)
     assert len(whole) == 50_301 and all(whole.dtypes == "float64")
@@ -445,20 +479,20 @@ def test_parquet_dir_reads_validated_real_candles(shared_dir: Path) -> None:
     validate_candles(window)
 
 
-def test_parquet_dir_latest_respects_now_and_uris(shared_dir: Path) -> None:
-    source = ParquetDirSource(shared_dir)
+def test_parquet_dir_latest_respects_now_and_uris(ohlcv_dir: Path) -> None:
+    source = ParquetDirSource(ohlcv_dir)
     after_close = source.latest("KRW-ETH", 24, now=datetime(2025, 9, 30, 9, 0, 5))
     during = source.latest("KRW-ETH", 24, now=datetime(2025, 9, 30, 8, 30))
     assert len(after_close) == 24 and after_close.index[-1] == pd.Timestamp("2025-09-30 08:00")
     assert during.index[-1] == pd.Timestamp("2025-09-30 07:00")  # 08:00 was still forming
-    by_uri = ParquetDirSource(shared_dir.as_uri())
+    by_uri = ParquetDirSource(ohlcv_dir.as_uri())
     pd.testing.assert_frame_equal(by_uri.latest("KRW-ETH", 24), source.latest("KRW-ETH", 24))
 
 
-def test_parquet_dir_unknown_market_lists_known(shared_dir: Path) -> None:
+def test_parquet_dir_unknown_market_lists_known(ohlcv_dir: Path) -> None:
     with pytest.raises(UnknownMarketError, match="'KRW-DOGE'; known: KRW-BTC, KRW-ETH") as caught:
-        ParquetDirSource(shared_dir).history("KRW-DOGE")
-    assert isinstance(caught.value, LookupError) and caught.value.known == MARKETS
+        ParquetDirSource(ohlcv_dir).history("KRW-DOGE")
+    assert isinstance(caught.value, LookupError) and caught.value.known == STORED_MARKETS
 
 
 def test_parquet_dir_rejects_broken_files_naming_them(btc: pd.DataFrame, tmp_path: Path) -> None:

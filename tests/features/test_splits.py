@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.exchange import HOUR
 from features.splits import SplitSpec, seed_leaky_split, walk_forward_splits, windows_overlap
 
 
@@ -56,7 +57,7 @@ def test_purge_is_never_below_horizon_plus_sequence() -> None:
     assert spec.purge == 30
     times = pd.date_range("2023-01-01", periods=1000, freq="h")
     for fold in walk_forward_splits(times, spec):
-        gap_hours = (fold.test_start - times[fold.train[-1]]) / pd.Timedelta(hours=1)
+        gap_hours = (fold.test_start - times[fold.train[-1]]) / HOUR
         assert gap_hours > 30
 
 

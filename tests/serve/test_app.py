@@ -12,10 +12,12 @@ import requests
 
 from features.indicators import SERVING_WINDOW
 from serve.admin import ADMIN_TOKEN_ENV
+from serve.schema import BadRequest, PredictionReply, ServeError, Unavailable, refusal
 from trading.serve_client import candle_rows
 from train.registry import ModelRegistry
 
 from standins.groq_server import Turn
+from standins.serve_app import APP_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +51,8 @@ def test_predict_one_market_with_candles(app_url, real_candles, llms) -> None:
     assert body["confidence"] == max(body["probabilities"].values())
     assert body["model_version"] == "v0001"
     assert body["sizing"]["source"] == "llm-agree" and body["sizing"]["ratio"] == 0.25
+    parsed = PredictionReply.model_validate(body)  # the model ServeClient parses with
+    assert parsed.signal == body["signal"] and parsed.served_by == body["served_by"] != ""
 
 
 def test_predict_reads_the_configured_source_without_candles(app_url, llms) -> None:
@@ -62,7 +66,9 @@ def test_predict_all_keeps_working_when_one_market_has_no_model(app_url) -> None
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert [p["market"] for p in body["predictions"]] == ["KRW-BTC"]
-    assert body["errors"]["KRW-ETH"]["status"] == 503
+    eth = body["errors"]["KRW-ETH"]
+    assert eth["status"] == 503 and "KRW-ETH" in eth["message"]
+    assert "Traceback" not in eth["message"]  # the refusal's own message, not Ray's wrapper
 
 
 def test_error_codes_name_the_problem(app_url, real_candles) -> None:
@@ -78,6 +84,30 @@ def test_error_codes_name_the_problem(app_url, real_candles) -> None:
     assert malformed.status_code == 422 and "high" in malformed.json()["detail"]
     junk = requests.post(f"{app_url}/v1/predict/KRW-BTC", json={"candles": "x"}, timeout=10)
     assert junk.status_code == 422
+    rows = candle_rows(real_candles["KRW-BTC"].iloc[-(SERVING_WINDOW + 5) :])
+    account = {"cash": -1.0, "position": 0.0, "entry_price": 0.0, "equity": 0.0, "drawdown": 0.0}
+    for wrong, named in ((account, "AccountState.cash"), ({**account, "cash": 1.0, "x": 1}, "x")):
+        bad = {"candles": rows, "account": wrong}
+        refused = requests.post(f"{app_url}/v1/predict/KRW-BTC", json=bad, timeout=30)
+        assert refused.status_code == 422 and named in refused.text, refused.text
+
+
+def test_refusals_cross_deployment_handles_as_their_own_class(serve_app) -> None:
+    """A predictor's refusal reaches its caller through a DeploymentHandle as an instance of its
+    own class (Ray's RayTaskError subclass of it), with the status and message it was raised
+    with."""
+    from ray import serve
+
+    eth = serve.get_deployment_handle("KRW-ETH", app_name=APP_NAME)
+    with pytest.raises(Unavailable) as no_model:
+        eth.predict.remote(None).result(timeout_s=60)
+    status, message = refusal(no_model.value)
+    assert isinstance(no_model.value, ServeError) and status == 503
+    assert "KRW-ETH" in message and "Traceback" not in message
+    btc = serve.get_deployment_handle("KRW-BTC", app_name=APP_NAME)
+    with pytest.raises(BadRequest) as empty:
+        btc.predict.remote([]).result(timeout_s=60)
+    assert refusal(empty.value) == (422, "candles must be a non-empty list")
 
 
 def test_markets_models_and_health(app_url) -> None:

@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 
 from features.candles import normalize_candles
-from features.indicators import SERVING_WINDOW
+from features.exchange import KST
+from features.indicators import CANDLES_FOR_SERVING, SERVING_WINDOW
 from features.serving import serving_features, serving_matrix
-from serve.predict import RequestError, candles_from_rows, predict_candles
+from serve.predict import candles_from_rows, predict_candles
+from serve.schema import BadRequest
+from serve.sizing import sizing_volatility
 from trading.serve_client import candle_rows
 from train.bundle import load_bundle
 
-ROWS = SERVING_WINDOW + 48
+ROWS = CANDLES_FOR_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,10 @@ def pandas_parse(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def refused(rows: Any) -> str:
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(BadRequest) as caught:
         candles_from_rows(rows, 5000)
     assert caught.value.status == 422
-    return caught.value.message
+    return str(caught.value)
 
 
 def test_naive_iso_rows_parse_as_pandas_parses_them(btc: pd.DataFrame) -> None:
@@ -50,7 +53,7 @@ def test_zoned_and_other_iso_spellings_end_as_naive_kst(btc: pd.DataFrame) -> No
     expected = candles_from_rows(rows, 5000)
     kst = [{**r, "time": r["time"] + "+09:00"} for r in rows]
     utc = [
-        {**r, "time": (pd.Timestamp(r["time"]) - pd.Timedelta(hours=9)).isoformat() + "Z"}
+        {**r, "time": pd.Timestamp(r["time"]).tz_localize(KST).tz_convert(None).isoformat() + "Z"}
         for r in rows
     ]
     spaced = [{**r, "time": r["time"].replace("T", " ")} for r in rows]
@@ -87,7 +90,7 @@ def test_malformed_requests_are_refused_with_a_reason(btc: pd.DataFrame) -> None
     assert "non-empty list" in refused({"time": "2025-09-30T08:00:00"})
     assert "malformed candles" in refused([*rows[:-1], ["not", "a", "dict"]])
     assert "duplicate time" in refused([*rows, rows[-1]])
-    with pytest.raises(RequestError, match="at most 3 candles"):
+    with pytest.raises(BadRequest, match="at most 3 candles"):
         candles_from_rows(rows, 3)
 
 
@@ -102,9 +105,15 @@ def test_predict_candles_matches_the_bundle_on_the_same_window(
     btc: pd.DataFrame, smoke_bundle
 ) -> None:
     model = load_bundle(smoke_bundle)
-    raw = predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc), 5000))
+    view = predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc), 5000))
     expected = model.predict_proba(serving_features(btc).to_numpy()[None])[0]
-    assert raw.time == btc.index[-1]
-    np.testing.assert_array_equal(np.array(raw.probabilities), expected)
-    with pytest.raises(RequestError, match=f"need at least {SERVING_WINDOW}"):
+    assert view.time == btc.index[-1] and view.market == "KRW-BTC"
+    np.testing.assert_array_equal(np.array(view.probabilities.as_tuple()), expected)
+    assert view.signal == ("SELL", "HOLD", "BUY")[int(np.argmax(expected))]
+    assert view.confidence == max(expected)
+    # sizing's input: the std of simple (not log) hourly returns over the last 24 hours
+    closes = btc["close"].to_numpy()[-25:]
+    assert view.volatility == pytest.approx(np.std(closes[1:] / closes[:-1] - 1), rel=1e-12)
+    assert view.volatility == sizing_volatility(btc["close"].to_numpy())
+    with pytest.raises(BadRequest, match=f"need at least {SERVING_WINDOW}"):
         predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc.iloc[-100:]), 5000))

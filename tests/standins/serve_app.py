@@ -34,10 +34,9 @@ def deploy_config(
     config["http_options"]["port"] = port
     app = config["applications"][0]
     config["applications"] = [app]  # the prediction graph only: no trading loop here
-    app["args"]["set"] = ";".join(
-        [f"registry={registry}", "poll_s=0.5", f"markets=[{', '.join(markets)}]",
-         f"source.data_dir={data_dir}", f"sizing_config={sizing}"]
-    )  # fmt: skip
+    args = app["args"]  # serve.config.ServeConfig fields
+    args.update(registry=str(registry), poll_s=0.5, markets=markets, sizing_config=str(sizing))
+    args["source"]["data_dir"] = str(data_dir)
     app["runtime_env"] = {"env_vars": {"GROQ_API_KEY": GROQ_KEY}}  # the replicas' environment
     keep = {"Ingress", "SizingNode", *markets}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
@@ -78,3 +77,28 @@ def wait_ready(url: str, ready: list[str], timeout_s: float = 180) -> None:
             pass
         time.sleep(1)
     raise RuntimeError(f"the Serve app did not become ready at {url}")
+
+
+def deploy_beside(config: dict[str, Any], path: Path, dashboard_url: str, token: str) -> None:
+    """`serve deploy` of `config`'s one application beside whatever the head already serves from a
+    deploy config.
+
+    A deploy config is the whole declarative state: applications it leaves out are deleted. So the
+    applications deployed now are read back from the dashboard's Serve API and deployed again as
+    they are (unchanged code and args: Serve restarts none of their replicas), with `config`'s.
+    """
+    (app,) = config["applications"]
+    reply = requests.get(
+        f"{dashboard_url}/api/serve/applications/",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    reply.raise_for_status()
+    details = reply.json()
+    deployed = [
+        a["deployed_app_config"]
+        for name, a in (details.get("applications") or {}).items()
+        if a.get("deployed_app_config") and name != app["name"]
+    ]
+    path.write_text(yaml.safe_dump({**config, "applications": [*deployed, app]}, sort_keys=False))
+    serve_deploy(path, dashboard_url)

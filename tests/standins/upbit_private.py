@@ -21,9 +21,14 @@ Refusals use Upbit's names (`insufficient_funds_*`, `under_min_total_*`, `create
 ccxt's upbit exceptions) name no error for it, so the name used here, `DUPLICATE_IDENTIFIER`
 ("duplicate_identifier"), is ours: clients must not depend on it.
 
+`GET /v1/orders/open` lists the orders still `wait` (state, page and limit as Upbit takes them).
+
 Test controls beyond the inherited faults: `lose_order_replies` (the order is placed, then the
-reply is a 5xx or arrives too late: "sent but reply lost") and `hold_fills` (new orders read as
-`wait` for the next N lookups).
+reply is a 5xx or arrives too late: "sent but reply lost"), `hold_fills` (new orders read as
+`wait` for the next N lookups), `hide_orders` (lookups of these identifiers answer
+`order_not_found` although the orders exist: the exchange's view lags or is lost),
+`fail_lookups` (lookups of these identifiers answer a 5xx) and `place_by_hand` (an order a person
+placed on the exchange, open, that no ledger knows).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from urllib.parse import unquote, urlencode
 import jwt
 import pandas as pd
 
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 
 from standins.upbit_server import RecordedRequest, Reply, UpbitStandIn
 
@@ -188,10 +193,13 @@ class UpbitPrivateStandIn(UpbitStandIn):
         self._nonces: set[str] = set()
         self._lost: list[_LostReply] = []
         self._hold_lookups = 0
+        self._hidden: set[str] = set()
+        self._failing: dict[str, int] = {}
         self._book = threading.Lock()
         self.add_route("GET", "/v1/accounts", self._private(self._accounts))
         self.add_route("POST", "/v1/orders", self._private(self._create_order), group="order")
         self.add_route("GET", "/v1/order", self._private(self._order))
+        self.add_route("GET", "/v1/orders/open", self._private(self._open_orders))
 
     # -- test controls ---------------------------------------------------------------------------
     def lose_order_replies(
@@ -205,6 +213,34 @@ class UpbitPrivateStandIn(UpbitStandIn):
     def hold_fills(self, lookups: int) -> None:
         """Orders accepted from now on read as `wait` for their first `lookups` lookups."""
         self._hold_lookups = lookups
+
+    def hide_orders(self, *identifiers: str) -> None:
+        """Lookups of these identifiers answer 404 `order_not_found` from now on."""
+        with self._book:
+            self._hidden.update(identifiers)
+
+    def fail_lookups(self, identifier: str, status: int = 500) -> None:
+        """Lookups of `identifier` answer `status` (an HTML error page) from now on."""
+        with self._book:
+            self._failing[identifier] = status
+
+    def place_by_hand(self, market: str, side: str, amount: float) -> str:
+        """An order a person placed outside the loop (no identifier), left open: its uuid."""
+        params = {"market": market, "side": side, "ord_type": "price" if side == "bid" else
+                  "market", "price" if side == "bid" else "volume": str(amount)}  # fmt: skip
+        with self._book:
+            order = self._execute(params)
+            order.lookups_until_done = 10**9
+            self._orders[order.uuid] = order
+        return order.uuid
+
+    def posted_orders(self) -> list[str]:
+        """The identifier of every POST /v1/orders received, accepted or not, in order."""
+        return [
+            json.loads(r.body or b"{}").get("identifier", "")
+            for r in self.requests("/v1/orders")
+            if r.method == "POST"
+        ]
 
     def order_count(self) -> int:
         with self._book:
@@ -282,14 +318,34 @@ class UpbitPrivateStandIn(UpbitStandIn):
         if not key:
             return Reply.error(400, "validation_error", "uuid or identifier is required")
         with self._book:
+            if key in self._failing:
+                return Reply(self._failing[key], LOST_REPLY_BODY, "text/html")
             order = self._orders.get(key) or next(
                 (o for o in self._orders.values() if o.uuid == key), None
             )
-            if order is None:
+            if order is None or key in self._hidden:
                 return Reply.error(404, "order_not_found", "주문을 찾지 못했습니다.")
             view = order.view(with_trades=True)
             order.lookups_until_done -= 1
         return Reply.json(view)
+
+    def _open_orders(self, request: RecordedRequest, params: dict[str, str]) -> Reply:
+        if params.get("state", "wait") != "wait":
+            return Reply.error(400, "validation_error", "only state=wait is served here")
+        try:
+            page, limit = int(params.get("page", "1")), int(params.get("limit", "100"))
+        except ValueError as exc:
+            return Reply.error(400, "validation_error", str(exc))
+        if not 1 <= limit <= 100 or page < 1:
+            return Reply.error(400, "validation_error", "page >= 1, limit 1..100")
+        market = params.get("market")
+        with self._book:
+            rows = [
+                order.view(with_trades=False)
+                for order in self._orders.values()
+                if order.lookups_until_done > 0 and market in (None, order.body["market"])
+            ]
+        return Reply.json(rows[(page - 1) * limit : page * limit])
 
     def _create_order(self, request: RecordedRequest, params: dict[str, str]) -> Reply:
         with self._book:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
-from features.candles import HOUR, KST, current_hour_kst
+from features.candles import current_hour_kst
+from features.exchange import HOUR, KST
+
+from standins.upbit_ticker import market_event, ticker_json
 
 MAX_CANDLES_PER_PAGE = 200
 UPBIT_TIME = "%Y-%m-%dT%H:%M:%S"
@@ -128,7 +131,7 @@ def candle_json(market: str, opened: pd.Timestamp, row: Mapping[str, float], sta
     """One candle in Upbit's reply schema (`candle_date_time_*` are open times)."""
     return {
         "market": market,
-        "candle_date_time_utc": (opened - timedelta(hours=9)).strftime(UPBIT_TIME),
+        "candle_date_time_utc": opened.tz_localize(KST).tz_convert("UTC").strftime(UPBIT_TIME),
         "candle_date_time_kst": opened.strftime(UPBIT_TIME),
         "opening_price": float(row["open"]),
         "high_price": float(row["high"]),
@@ -161,8 +164,10 @@ class UpbitStandIn:
         per_second: int = 10,
         enforce_limit: bool = False,
         other_markets: Sequence[str] = ("BTC-ETH", "USDT-BTC"),
+        warned: Sequence[str] = (),
     ) -> None:
         self.candles = dict(candles)
+        self.warned = set(warned)  # markets under Upbit's investment warning (market_event)
         last = max(frame.index[-1] for frame in self.candles.values())
         self.now: datetime = now or (last + HOUR + pd.Timedelta(seconds=5)).to_pydatetime()
         self.enforce_limit = enforce_limit
@@ -176,6 +181,7 @@ class UpbitStandIn:
         self._server: ThreadingHTTPServer | None = None
         self.add_route("GET", "/v1/market/all", self._market_all, group="market")
         self.add_route("GET", "/v1/candles/minutes/60", self._candles, group="candles")
+        self.add_route("GET", "/v1/ticker", self._ticker, group="ticker")
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> UpbitStandIn:
@@ -275,8 +281,17 @@ class UpbitStandIn:
         for market in [*self.candles, *self.other_markets]:
             coin = market.split("-", 1)[1]
             row = {"market": market, "korean_name": coin, "english_name": NAMES.get(coin, coin)}
-            rows.append({**row, "market_warning": "NONE"} if details else row)
+            warned = market in self.warned
+            rows.append({**row, "market_event": market_event(warned)} if details else row)
         return Reply.json(rows)
+
+    def _ticker(self, request: RecordedRequest) -> Reply:
+        markets = [m for m in request.query.get("markets", "").split(",") if m]
+        if not markets:
+            return Reply.error(400, "validation_error", "markets is required")
+        if any(market not in self.candles for market in markets):
+            return Reply.error(404, 404, "Code not found")
+        return Reply.json([ticker_json(m, self.visible(m), self.now) for m in markets])
 
     def _candles(self, request: RecordedRequest) -> Reply:
         market = request.query.get("market", "")
@@ -321,7 +336,9 @@ def _make_handler(standin: UpbitStandIn) -> type[BaseHTTPRequestHandler]:
             request = RecordedRequest(
                 method=method,
                 path=parts.path,
-                query={k: v[0] for k, v in parse_qs(parts.query).items()},
+                # A repeated key (`markets=A&markets=B`, as requests sends a list) reads as
+                # "A,B", the way Upbit's server binds it.
+                query={k: ",".join(v) for k, v in parse_qs(parts.query).items()},
                 headers=dict(self.headers.items()),
                 body=self.rfile.read(length) if length else b"",
                 at=time.time(),

@@ -27,7 +27,7 @@ ORDER = Order(
     MARKET,
     Side.BID,
     krw_amount=100_000.0,
-    identifier=order_identifier(MARKET, HOUR, Side.BID, 0),
+    identifier=order_identifier(MARKET, HOUR, Side.BID),
     reason="buy signal",
 )
 DECISION = Decision(
@@ -38,7 +38,7 @@ KILL_SWITCH = {"on": False, "reason": "cycle done", "by": "loop"}
 
 CYCLE: tuple[tuple[str, Callable[[Ledger], object]], ...] = (
     ("decision", lambda ledger: ledger.record_decision(DECISION, ARM)),
-    ("intent", lambda ledger: ledger.record_order_intent(ORDER, HOUR, 0, ARM)),
+    ("intent", lambda ledger: ledger.record_order_intent(ORDER, HOUR, ARM)),
     ("sent", lambda ledger: ledger.mark_order(ORDER.identifier, ARM, "sent")),
     ("fill", lambda ledger: ledger.record_fill(FILL, ARM, filled_at=HOUR)),
     ("equity", lambda ledger: ledger.record_equity(HOUR, 900_000.0, 99_950.0, ARM)),
@@ -60,7 +60,7 @@ def main(path: Path, kill_after: str) -> None:
     if kill_after == "inside-fill":
         steps = 4
         # Test-only reach into the connection: SQLite calls this before each statement it runs.
-        ledger._connection().set_trace_callback(_die_before_position_update)
+        ledger._file.connection().set_trace_callback(_die_before_position_update)
     else:
         steps = int(kill_after)
     for _, step in CYCLE[:steps]:

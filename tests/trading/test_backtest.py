@@ -11,23 +11,21 @@ import pytest
 
 from features.dataset import build_dataset
 from features.domain import Side
+from features.exchange import FEE_RATE
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
 from trading.__main__ import main
-from trading.backtest import (
-    arm_sources,
+from trading.account import fixed_ratio
+from trading.backtest import arm_sources, replay, run_backtest
+from trading.backtest_report import round_trips, summarize
+from trading.config import TradingConfig, load_trading_config
+from trading.predictions import (
     bundle_proba,
-    fixed_ratio_source,
     market_hours,
     prediction_positions,
-    replay,
-    run_backtest,
     trained_until,
     walk_forward_predictions,
 )
-from trading.backtest_report import round_trips, summarize
-from trading.config import TradingConfig, load_trading_config
-from trading.upbit_rules import FEE_RATE
 from train.bundle import load_bundle
 from train.registry import ModelRegistry
 
@@ -152,7 +150,7 @@ def test_a_crash_triggers_the_emergency_stop_loss() -> None:
     rows[crash_start - 1 :] = [0.35, 0.60, 0.05]  # ...then HOLD, a little worried
     config = TradingConfig()
     hours = market_hours(MARKET, times, close, _predictions(times[200:], rows[200:]))
-    run = replay(hours, "fixed", fixed_ratio_source(0.5), config)
+    run = replay(hours, "fixed", fixed_ratio(0.5), config)
     sells = run.records[run.records["side"] == "ask"]
     assert len(sells) == 1
     sell = sells.iloc[0]
@@ -165,11 +163,12 @@ def test_a_crash_triggers_the_emergency_stop_loss() -> None:
 
 def test_the_kill_switch_stops_buys_after_a_drawdown() -> None:
     times, close = _series(np.full(48, -0.03))
-    config = load_trading_config(overrides=["risk.emergency.enabled=false"])
+    price_rules_off = ["risk.stops.stop_loss=null", "risk.stops.trailing_stop=null"]
+    config = load_trading_config(overrides=["risk.emergency.enabled=false", *price_rules_off])
     hours = market_hours(
         MARKET, times, close, _predictions(times, np.tile([0.1, 0.2, 0.7], (49, 1)))
     )
-    run = replay(hours, "fixed", fixed_ratio_source(0.5), config)
+    run = replay(hours, "fixed", fixed_ratio(0.5), config)
     records = run.records
     halted = records.index[records["halted"]]
     assert len(halted) and run.guard.halted and "daily loss" in run.guard.reason

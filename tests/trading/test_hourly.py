@@ -1,5 +1,6 @@
-"""One trading hour without Ray: no_decision paths, both A/B arms, and a crash between sending an
-order and recording its fill, resumed without a second order at the (stand-in) exchange."""
+"""One trading hour without Ray: no_decision paths, both A/B arms, a crash between sending an
+order and recording its fill, resumed without a second order at the (stand-in) exchange, and a
+longer feature warm-up that the loop's candle window follows."""
 
 from __future__ import annotations
 
@@ -8,33 +9,51 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.domain import AccountState, Prediction
+from features import indicators
+from features.domain import AccountState, Signal
 from features.sources import ParquetDirSource
+from serve.predict import predict_candles
+from serve.schema import PredictionReply, ServeError, Sizing, refusal
+from serve.sizing import SizingConfig, SizingRequest, rule_sizing
+from trading.account import ArmAccount, arm_source
 from trading.config import load_trading_config
-from trading.hourly import Account, HourlyTrader, Labels
+from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
 from trading.paper import PaperBroker
 from trading.risk import RiskGuard
-from trading.serve_client import ServeClient, ServedSignal
+from trading.serve_client import ServeClient, ServeUnavailable
 from trading.upbit_broker import UpbitBroker
+from train.bundle import HybridModel, load_bundle
 
+from standins.signals import FixedSignal
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 
 MARKET = "KRW-BTC"
 
 
-class FixedSignal:
-    """A Predictor adapter that always answers with the same probabilities and LLM ratio."""
+class InProcessServe:
+    """A Predictor that runs Serve's own path in this process: `serve.predict` on a real bundle,
+    sized by the sizing node's rule; a refusal becomes ServeUnavailable with the HTTP status the
+    ingress would answer, as ServeClient reports it."""
 
-    def __init__(self, probabilities=(0.1, 0.2, 0.7), ratio: float = 0.6) -> None:
-        self.probabilities = probabilities
-        self.ratio = ratio
-        self.calls = 0
+    def __init__(self, model: HybridModel) -> None:
+        self.model = model
+        self.sizing = SizingConfig()
 
-    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> ServedSignal:
-        self.calls += 1
-        prediction = Prediction(market, candles.index[-1], self.probabilities, "v0001")
-        return ServedSignal(prediction, self.ratio, "llm-agree", "test")
+    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
+        try:
+            view = predict_candles(self.model, market, candles)
+        except ServeError as exc:
+            status, message = refusal(exc)
+            raise ServeUnavailable(f"Serve answered {status} for {market}: {message}") from exc
+        probabilities = view.probabilities.as_tuple()
+        request = SizingRequest(
+            market, Signal[view.signal], probabilities, view.volatility, account
+        )
+        rule = rule_sizing(request, self.sizing)
+        return PredictionReply.of(
+            view, Sizing(ratio=rule.ratio, source=rule.source, reason=rule.reason)
+        )
 
 
 def config(ledger: Path):
@@ -43,9 +62,9 @@ def config(ledger: Path):
 
 def paper_accounts(cfg) -> dict:
     return {
-        (arm, MARKET): Account(
+        (arm, MARKET): ArmAccount(
             arm, MARKET, PaperBroker(cfg.paper.initial_krw, cfg.paper.slippage_bps),
-            RiskGuard.from_config(cfg.risk),
+            RiskGuard.from_config(cfg.risk), arm_source(arm, cfg),
         )
         for arm in ("llm", "fixed")
     }  # fmt: skip
@@ -117,8 +136,9 @@ def test_crash_after_sending_resumes_without_a_second_order(
 
         def live_accounts() -> dict:
             broker = UpbitBroker(ACCESS_KEY, SECRET_KEY, base_url=exchange.url, timeout=5)
+            guard = RiskGuard.from_config(cfg.risk)
             return {
-                ("live", MARKET): Account("live", MARKET, broker, RiskGuard.from_config(cfg.risk))
+                ("live", MARKET): ArmAccount("live", MARKET, broker, guard, arm_source("live", cfg))
             }
 
         first = Ledger(tmp_path / "l.sqlite")
@@ -138,3 +158,40 @@ def test_crash_after_sending_resumes_without_a_second_order(
             assert exchange.order_count() == 1, "the restart sent the order a second time"
             (fill,) = ledger.fills(arm="live")
             assert fill.volume > 0 and not ledger.pending_orders()
+
+
+def test_a_longer_warm_up_still_trades(
+    smoke_bundle, ohlcv_dir, real_candles, tmp_path, warmup_hours
+) -> None:
+    """When the features' warm-up grows, serving needs more candles; the loop fetches as many as
+    serving needs (derived from the features, never a literal), so every hour is still decided
+    and none becomes a 422 and a no_decision."""
+    warmup_hours(indicators.WARMUP_HOURS + 200)
+    longer = indicators.SERVING_WINDOW
+    serve = InProcessServe(load_bundle(smoke_bundle))
+    hours = real_candles[MARKET].index[-3:]
+    old_window = real_candles[MARKET].loc[: hours[0]].iloc[-(823 + 48) :]  # the old literal
+    flat = AccountState.flat(1_000_000.0)
+    with pytest.raises(ServeUnavailable, match=f"422 .*need at least {longer} hourly candles"):
+        serve.predict(MARKET, old_window, flat)
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        run = trader(cfg, ledger, ParquetDirSource(ohlcv_dir), serve, paper_accounts(cfg))
+        for hour in hours:
+            run.run_hour(hour)
+        frame = ledger.decisions_frame()
+    assert (frame["kind"] == "decision").all(), frame["reason"].tolist()
+    assert len(frame) == 2 * len(hours) and set(frame["time"]) == set(hours)
+    assert set(frame["model_version"]) == {load_bundle(smoke_bundle).version}
+
+
+def test_a_stale_model_opens_no_position_and_the_ledger_says_why(ohlcv_dir, tmp_path, hour):
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        stale = FixedSignal(stale=True)  # BUY, from a model 900 h past its training window
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), stale, paper_accounts(cfg)).run_hour(hour)
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "decision").all() and frame["order_side"].isna().all()
+        assert frame["reason"].str.contains("model v0001 is stale").all()
+        assert frame["reason"].str.contains("BUY not sent").all()
+        assert ledger.orders() == []

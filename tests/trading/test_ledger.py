@@ -43,16 +43,21 @@ def _decision(
     return Decision(market, hour, signal_, ratio, "fixed", "v0001", order, "why", (0.1, 0.2, 0.7))
 
 
-def _bid(attempt: int = 0, hour: datetime = HOUR, krw: float = 100_000.0) -> Order:
-    return Order(
-        BTC, Side.BID, krw_amount=krw, identifier=order_identifier(BTC, hour, Side.BID, attempt)
-    )
+def _at(k: int) -> datetime:
+    return HOUR + timedelta(hours=k)
 
 
-def _ask(volume: float, attempt: int = 0, hour: datetime = HOUR) -> Order:
-    return Order(
-        BTC, Side.ASK, volume=volume, identifier=order_identifier(BTC, hour, Side.ASK, attempt)
-    )
+def _bid(k: int = 0, krw: float = 100_000.0) -> Order:
+    """The bid of the hour `k` hours after HOUR (one order per market, hour and side)."""
+    return Order(BTC, Side.BID, krw_amount=krw, identifier=order_identifier(BTC, _at(k), Side.BID))
+
+
+def _ask(volume: float, k: int = 0) -> Order:
+    return Order(BTC, Side.ASK, volume=volume, identifier=order_identifier(BTC, _at(k), Side.ASK))
+
+
+def _hour_of(order: Order) -> datetime:
+    return datetime.strptime(order.identifier.split("|")[1], "%Y-%m-%dT%H:%M")
 
 
 def _fill(order: Order, volume: float, price: float, state: OrderState = OrderState.DONE) -> Fill:
@@ -61,8 +66,8 @@ def _fill(order: Order, volume: float, price: float, state: OrderState = OrderSt
     )
 
 
-def _trade(ledger: Ledger, order: Order, hour: datetime, volume: float, price: float, arm="main"):
-    ledger.record_order_intent(order, hour, int(order.identifier.rsplit("|", 1)[1]), arm)
+def _trade(ledger: Ledger, order: Order, volume: float, price: float, arm="main"):
+    ledger.record_order_intent(order, _hour_of(order), arm)
     ledger.mark_order(order.identifier, arm, OrderStatus.SENT)
     fill = _fill(order, volume, price)
     assert ledger.record_fill(fill, arm)
@@ -129,7 +134,7 @@ def test_ratios_per_arm(ledger: Ledger) -> None:
 
 def test_order_intent_is_pending_until_its_outcome_is_known(ledger: Ledger) -> None:
     order = _bid()
-    record = ledger.record_order_intent(order, HOUR, 0)
+    record = ledger.record_order_intent(order, HOUR)
     assert (record.status, record.identifier, record.hour) == ("pending", order.identifier, HOUR)
     assert [o.identifier for o in ledger.pending_orders()] == [order.identifier]
     assert ledger.mark_order(order.identifier, "main", "sent").status is OrderStatus.SENT
@@ -142,7 +147,7 @@ def test_order_intent_is_pending_until_its_outcome_is_known(ledger: Ledger) -> N
     assert rejected.is_final and ledger.pending_orders() == []
     assert ledger.order(order.identifier).to_order() == order
     # a replayed intent is a no-op that reports the order as it stands
-    assert ledger.record_order_intent(order, HOUR, 0).status is OrderStatus.REJECTED
+    assert ledger.record_order_intent(order, HOUR).status is OrderStatus.REJECTED
 
 
 def test_order_rules_are_enforced(ledger: Ledger) -> None:
@@ -150,10 +155,10 @@ def test_order_rules_are_enforced(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="no order intent"):
         ledger.mark_order(order.identifier, "main", "sent")
     with pytest.raises(LedgerError, match="does not match"):
-        ledger.record_order_intent(order, HOUR, attempt=1)
-    ledger.record_order_intent(order, HOUR, 0)
+        ledger.record_order_intent(order, _at(1))  # the identifier names another hour
+    ledger.record_order_intent(order, HOUR)
     with pytest.raises(LedgerError, match="krw_amount"):
-        ledger.record_order_intent(_bid(krw=1.0), HOUR, 0)
+        ledger.record_order_intent(_bid(krw=1.0), HOUR)
     with pytest.raises(LedgerError, match="record_fill"):
         ledger.mark_order(order.identifier, "main", "filled")
     ledger.mark_order(order.identifier, "main", "rejected")
@@ -166,33 +171,54 @@ def test_order_rules_are_enforced(ledger: Ledger) -> None:
         ledger.mark_order(order.identifier, "main", "lost")
 
 
-def test_next_attempt_counts_per_market_hour_side_and_arm(ledger: Ledger) -> None:
-    assert ledger.next_attempt(BTC, HOUR, Side.BID) == 0
-    ledger.record_order_intent(_bid(0), HOUR, 0)
-    ledger.record_order_intent(_bid(1), HOUR, 1)
-    assert ledger.next_attempt(BTC, HOUR, Side.BID) == 2
-    assert ledger.next_attempt(BTC, HOUR.replace(minute=30), Side.BID) == 2  # same candle hour
-    assert ledger.next_attempt(BTC, HOUR, Side.ASK) == 0
-    assert ledger.next_attempt(BTC, HOUR + timedelta(hours=1), Side.BID) == 0
-    assert ledger.next_attempt("KRW-ETH", HOUR, Side.BID) == 0
-    assert ledger.next_attempt(BTC, HOUR, Side.BID, arm="llm") == 0
+def test_orders_written_under_schema_1_are_read_and_settled_after_the_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 1 kept a retry counter (always 0) in the identifier and an `attempt` column; a file
+    written then opens under schema 2 and its orders are found, settled and kept by their old
+    identifiers, while new orders get `market|hour|side`."""
+    path, legacy = tmp_path / "ledger.db", f"{order_identifier(BTC, HOUR, Side.BID)}|0"
+    with monkeypatch.context() as old_code:
+        for later in [v for v in ledger_schema.MIGRATIONS if v > 1]:
+            old_code.delitem(ledger_schema.MIGRATIONS, later)
+        Ledger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO orders (arm, identifier, market, hour, side, attempt, krw_amount, volume, "
+        "reason, status, created_at, updated_at) VALUES ('main', ?, ?, ?, 'bid', 0, 100000.0, "
+        "0.0, '', 'sent', '2025-01-02T09:00:05', '2025-01-02T09:00:05')",
+        (legacy, BTC, HOUR.isoformat()),
+    )
+    conn.commit()
+    conn.close()
+    with Ledger(path) as ledger:
+        newest = max(ledger_schema.MIGRATIONS)
+        assert ledger_schema.stored_version(ledger._file.connection(), path) == newest
+        (pending,) = ledger.pending_orders()
+        assert (pending.identifier, pending.status, pending.hour) == (legacy, "sent", HOUR)
+        order = pending.to_order()
+        assert ledger.record_order_intent(order, HOUR).identifier == legacy  # a replayed intent
+        assert ledger.record_fill(_fill(order, 0.001, 100_000_000.0))
+        assert ledger.position(BTC).volume == pytest.approx(0.001)
+        fresh = _trade(ledger, _ask(0.001, 1), 0.001, 101_000_000.0)
+        assert fresh.identifier == f"{BTC}|2025-01-02T10:00|ask"
+        assert [o.identifier for o in ledger.orders()] == [legacy, fresh.identifier]
 
 
 def test_fills_move_orders_and_positions_once(ledger: Ledger) -> None:
-    first = _trade(ledger, _bid(0), HOUR, 0.002, 100_000_000.0)
+    first = _trade(ledger, _bid(0), 0.002, 100_000_000.0)
     assert ledger.order(first.identifier).status is OrderStatus.FILLED
     assert ledger.record_fill(first) is False  # replay: the position is not counted twice
-    _trade(ledger, _bid(1), HOUR, 0.002, 110_000_000.0)
+    _trade(ledger, _bid(1), 0.002, 110_000_000.0)
     held = ledger.position(BTC)
     assert held.volume == pytest.approx(0.004)
     assert held.avg_entry_price == pytest.approx(105_000_000.0)
-    later = HOUR + timedelta(hours=1)
-    _trade(ledger, _ask(0.001, hour=later), later, 0.001, 115_000_000.0)
+    _trade(ledger, _ask(0.001, 1), 0.001, 115_000_000.0)
     held = ledger.position(BTC)
     assert held.volume == pytest.approx(0.003)
     assert held.realised_pnl == pytest.approx(10_000.0)
     assert held.avg_entry_price == pytest.approx(105_000_000.0)
-    _trade(ledger, _ask(0.003, 1, hour=later), later, 0.003, 100_000_000.0)
+    _trade(ledger, _ask(0.003, 2), 0.003, 100_000_000.0)
     flat = ledger.position(BTC)
     assert (flat.volume, flat.avg_entry_price) == (0.0, 0.0)
     assert flat.realised_pnl == pytest.approx(10_000.0 - 15_000.0)
@@ -203,8 +229,8 @@ def test_fills_move_orders_and_positions_once(ledger: Ledger) -> None:
 
 def test_fill_outcomes_and_refusals(ledger: Ledger) -> None:
     cancelled, rejected, waiting = _bid(0), _bid(1), _bid(2)
-    for k, order in enumerate((cancelled, rejected, waiting)):
-        ledger.record_order_intent(order, HOUR, k)
+    for order in (cancelled, rejected, waiting):
+        ledger.record_order_intent(order, _hour_of(order))
     with pytest.raises(LedgerError, match="no order intent"):
         ledger.record_fill(_fill(_bid(7), 0.001, 1.0))
     with pytest.raises(LedgerError, match="not an outcome yet"):
@@ -221,8 +247,8 @@ def test_fill_outcomes_and_refusals(ledger: Ledger) -> None:
 
 
 def test_fills_rebuild_an_account_per_arm_and_market(ledger: Ledger) -> None:
-    made = [_trade(ledger, _bid(k), HOUR, 0.001 * (k + 1), 100_000_000.0, "llm") for k in range(3)]
-    other = _trade(ledger, _bid(0), HOUR, 0.5, 90_000_000.0, "fixed")  # same identifier, other arm
+    made = [_trade(ledger, _bid(k), 0.001 * (k + 1), 100_000_000.0, "llm") for k in range(3)]
+    other = _trade(ledger, _bid(0), 0.5, 90_000_000.0, "fixed")  # same identifier, other arm
     assert ledger.fills(arm="llm") == made
     assert ledger.fills(arm="fixed", market=BTC) == [other]
     assert ledger.fills(market="KRW-ETH") == []
@@ -305,7 +331,7 @@ def test_risk_state_is_an_append_only_history(ledger: Ledger) -> None:
 def test_file_settings_and_lifecycle(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "ledger.db"
     with Ledger(path) as ledger:
-        conn = ledger._connection()
+        conn = ledger._file.connection()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -334,7 +360,7 @@ def test_a_reader_is_not_blocked_by_a_writer(tmp_path: Path) -> None:
 
     def write() -> None:
         for k in range(total):
-            _trade(writer, _bid(k), HOUR, 0.001, 100_000_000.0)
+            _trade(writer, _bid(k), 0.001, 100_000_000.0)
 
     thread = threading.Thread(target=write)
     thread.start()
@@ -432,11 +458,12 @@ def test_migrations_run_once_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyP
         calls.append(1)
         conn.execute("CREATE TABLE notes (text TEXT)")
 
-    monkeypatch.setitem(ledger_schema.MIGRATIONS, 2, add_notes)
+    following = max(ledger_schema.MIGRATIONS) + 1
+    monkeypatch.setitem(ledger_schema.MIGRATIONS, following, add_notes)
     for _ in range(2):
         with Ledger(path) as ledger:
-            conn = ledger._connection()
-            assert ledger_schema.stored_version(conn, path) == 2
+            conn = ledger._file.connection()
+            assert ledger_schema.stored_version(conn, path) == following
             assert ledger.decision(BTC, HOUR) is not None
     assert calls == [1]
 

@@ -3,17 +3,18 @@ from __future__ import annotations
 import pytest
 
 from features.domain import Order, Side
+from features.exchange import FEE_RATE
 from trading.broker import Broker, OrderRejected, OrderState
 from trading.paper import PaperBroker
 
 CLOSE = 100_000_000.0
 
 
-def bid(krw: float, identifier: str = "KRW-BTC|2025-03-01T14:00|bid|0") -> Order:
+def bid(krw: float, identifier: str = "KRW-BTC|2025-03-01T14:00|bid") -> Order:
     return Order("KRW-BTC", Side.BID, krw_amount=krw, identifier=identifier)
 
 
-def ask(volume: float, identifier: str = "KRW-BTC|2025-03-01T15:00|ask|0") -> Order:
+def ask(volume: float, identifier: str = "KRW-BTC|2025-03-01T15:00|ask") -> Order:
     return Order("KRW-BTC", Side.ASK, volume=volume, identifier=identifier)
 
 
@@ -42,9 +43,9 @@ def test_ask_receives_less_slippage_and_pays_fee() -> None:
     fill = broker.place(ask(bought.volume), 110_000_000.0)
     assert fill.price == pytest.approx(109_945_000.0, rel=1e-15)  # close - 5 bps
     funds = bought.volume * 109_945_000.0
-    assert fill.fee == pytest.approx(funds * 0.0005, rel=1e-12)
+    assert fill.fee == pytest.approx(funds * FEE_RATE, rel=1e-12)
     assert broker.balances()["KRW"].balance == pytest.approx(
-        krw_before + funds - funds * 0.0005, rel=1e-12
+        krw_before + funds - funds * FEE_RATE, rel=1e-12
     )
     assert set(broker.balances()) == {"KRW"}  # the coin is gone, and so is its average price
 

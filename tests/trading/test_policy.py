@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from features.config import ConfigError
 from features.domain import AccountState, Prediction, Side, Signal
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.config import PolicyConfig, load_trading_config
 from trading.policy import decide
-from trading.upbit_rules import FEE_RATE, MIN_ORDER_KRW
 
 HOUR = datetime(2025, 3, 1, 14)
 PRICE = 100_000_000.0  # KRW per BTC
@@ -42,7 +42,7 @@ def test_buy_spends_ratio_of_cash_less_the_fee() -> None:
     assert order is not None and order.side is Side.BID
     assert order.krw_amount == math.floor(1_000_000 * 0.3 / 1.0005)  # 299_850 KRW
     assert order.krw_amount * (1 + FEE_RATE) <= 300_000
-    assert order.identifier == "KRW-BTC|2025-03-01T14:00|bid|0"
+    assert order.identifier == "KRW-BTC|2025-03-01T14:00|bid"
     assert decision.signal is Signal.BUY and decision.ratio == 0.3
     assert decision.sizing_source == "llm:groq" and decision.model_version == "v0003"
     assert decision.probabilities == PROBS[Signal.BUY]
@@ -81,7 +81,7 @@ def test_sell_closes_the_position() -> None:
     decision = run(Signal.SELL, account(position=0.01))
     order = decision.order
     assert order is not None and order.side is Side.ASK and order.volume == 0.01
-    assert order.identifier == "KRW-BTC|2025-03-01T14:00|ask|0"
+    assert order.identifier == "KRW-BTC|2025-03-01T14:00|ask"
     assert "SELL all" in decision.reason
 
 
@@ -118,13 +118,14 @@ def test_low_confidence_becomes_hold() -> None:
     assert decision.probabilities == (0.3, 0.3, 0.4)
 
 
-def test_attempt_changes_only_the_identifier_and_decide_is_deterministic() -> None:
+def test_decide_is_deterministic_and_its_identifier_names_market_hour_and_side() -> None:
     first = run(Signal.BUY, account())
-    assert first == run(Signal.BUY, account())
-    retry = run(Signal.BUY, account(), attempt=2)
-    assert retry.order is not None and first.order is not None
-    assert retry.order.identifier.endswith("|bid|2")
-    assert retry.order.krw_amount == first.order.krw_amount
+    assert first == run(Signal.BUY, account())  # a restart re-plans the same order, same id
+    later = decide(
+        prediction(Signal.BUY), 0.3, "fixed", account(), PRICE, HOUR + timedelta(hours=1), DEFAULT
+    )
+    assert first.order is not None and later.order is not None
+    assert later.order.identifier == "KRW-BTC|2025-03-01T15:00|bid" != first.order.identifier
 
 
 def test_bad_inputs_are_refused() -> None:

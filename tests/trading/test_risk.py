@@ -94,7 +94,7 @@ def test_emergency_sell_overrides_a_buy() -> None:
         "KRW-BTC",
         Side.ASK,
         volume=0.001,
-        identifier="KRW-BTC|2025-03-01T14:00|ask|0",
+        identifier="KRW-BTC|2025-03-01T14:00|ask",
         reason=overridden.reason,
     )
     assert "emergency sell" in overridden.reason and "overrides BUY" in overridden.reason
@@ -149,6 +149,17 @@ def test_kill_switch_trips_on_drawdown_across_days() -> None:
         guard = guard.observe(HOUR + timedelta(days=day), equity)
     assert guard.halted and guard.reason.startswith("drawdown")
     assert guard.peak_equity == pytest.approx(955_000)
+
+
+def test_an_unchanged_hour_keeps_the_guard_but_still_checks_the_limits() -> None:
+    calm = RiskConfig(daily_loss_limit=0.5)  # 20 % drawdown still applies
+    guard = RiskGuard.from_config(calm).observe(HOUR, 1_000_000).observe(HOUR, 850_000)
+    assert not guard.halted  # 15 % below the peak
+    assert guard.observe(HOUR + timedelta(hours=1), 850_000) is guard  # nothing new to record
+    tighter = RiskConfig(daily_loss_limit=0.5, max_drawdown=0.10)
+    restored = RiskGuard.from_dict(guard.to_dict(), tighter)  # a restart under a tighter limit
+    again = restored.observe(HOUR + timedelta(hours=1), 850_000)
+    assert again.halted and again.reason.startswith("drawdown 15.00%")
 
 
 def test_day_start_is_the_last_equity_before_the_day() -> None:

@@ -17,6 +17,7 @@ from trading.step import (
     rolling_sizing_volatility,
     sizing_volatility,
 )
+from trading.stops import apply_stops
 
 CONFIG = TradingConfig()
 HOUR = datetime(2025, 3, 1, 14)
@@ -113,7 +114,7 @@ probabilities = st.tuples(*(st.floats(0.01, 1.0) for _ in range(3))).map(
     entry_factor=st.floats(0.9, 1.2),
     crash=st.sampled_from([(), (-0.02,) * 3, (0.03, -0.05)]),
 )
-def test_plan_hour_is_decide_then_emergency_then_gate(
+def test_plan_hour_is_decide_then_emergency_then_stops_then_gate(
     probs, ratio: float, units: float, entry_factor: float, crash: tuple[float, ...]
 ) -> None:
     """The composition the risk module documents, spelled out by hand, gives the same Decision."""
@@ -129,9 +130,9 @@ def test_plan_hour_is_decide_then_emergency_then_gate(
     loss = max(0.0, 1 - price / entry) if entry else 0.0
     spike = volatility_ratio(closes, em.recent_hours, em.baseline_hours)
     score = emergency_score(loss, spike, probs[0], em)
-    expected = guard.observe(HOUR, account.equity).gate(
-        apply_emergency(expected, account, price, score, em)
-    )
+    expected = apply_emergency(expected, account, price, score, em)
+    expected = apply_stops(expected, account, price, 0.0, CONFIG.risk.stops)
+    expected = guard.observe(HOUR, account.equity).gate(expected)
     assert got == expected
     assert after == guard.observe(HOUR, account.equity)
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import jwt
@@ -19,6 +19,7 @@ import pyupbit
 import requests
 
 from features.domain import Order, Side
+from features.exchange import FEE_RATE
 from features.upbit_http import RetryPolicy
 from trading.broker import (
     Balance,
@@ -30,7 +31,6 @@ from trading.broker import (
     order_identifier,
 )
 from trading.upbit_broker import MissingUpbitKeys, OrderOutcomeUnknown, UpbitBroker
-from trading.upbit_rules import FEE_RATE
 
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 from standins.upbit_server import Fault
@@ -67,13 +67,14 @@ def broker(standin: UpbitPrivateStandIn) -> Iterator[UpbitBroker]:
         yield live
 
 
-def bid(krw: float, attempt: int = 0, market: str = "KRW-BTC") -> Order:
-    ident = order_identifier(market, HOUR, Side.BID, attempt)
+def bid(krw: float, later: int = 0, market: str = "KRW-BTC") -> Order:
+    """The bid of the hour `later` hours after HOUR."""
+    ident = order_identifier(market, HOUR + timedelta(hours=later), Side.BID)
     return Order(market, Side.BID, krw_amount=krw, identifier=ident)
 
 
-def ask(volume: float, attempt: int = 0, market: str = "KRW-ETH") -> Order:
-    ident = order_identifier(market, HOUR, Side.ASK, attempt)
+def ask(volume: float, later: int = 0, market: str = "KRW-ETH") -> Order:
+    ident = order_identifier(market, HOUR + timedelta(hours=later), Side.ASK)
     return Order(market, Side.ASK, volume=volume, identifier=ident)
 
 
@@ -137,7 +138,7 @@ def test_market_buy_fills_with_fee_and_moves_balances(
         "side": "bid",
         "ord_type": "price",
         "price": "100000",
-        "identifier": "KRW-BTC|2025-09-30T08:00|bid|0",
+        "identifier": "KRW-BTC|2025-09-30T08:00|bid",
     }
     signed = claims(post)  # the hash of the unencoded body, as Upbit specifies
     query = "&".join(f"{k}={v}" for k, v in body.items())
@@ -177,7 +178,7 @@ def test_wrong_secret_is_refused_naming_the_call_without_leaking_it(
     with UpbitBroker(ACCESS_KEY, wrong, base_url=standin.url, **FAST) as broker:
         calls = {
             "balances": broker.balances,
-            "lookup": lambda: broker.lookup("KRW-BTC|2025-09-30T08:00|bid|0"),
+            "lookup": lambda: broker.lookup("KRW-BTC|2025-09-30T08:00|bid"),
             "place": lambda: broker.place(bid(10_000.0), reference_price=0.0),
         }
         for name, call in calls.items():
@@ -207,7 +208,7 @@ def test_stand_in_checks_query_hash_and_nonce_as_upbit_does(
     def error(response: requests.Response) -> tuple[int, str]:
         return response.status_code, response.json()["error"]["name"]
 
-    ident = "KRW-BTC|2025-09-30T08:00|bid|0"
+    ident = "KRW-BTC|2025-09-30T08:00|bid"
     order_url = f"{standin.url}/v1/order"
     signed_for_other = token({"identifier": ident + "x"})
     tampered = requests.get(order_url, params={"identifier": ident}, headers=signed_for_other)
@@ -232,20 +233,22 @@ def test_stand_in_checks_query_hash_and_nonce_as_upbit_does(
 def test_lookup_by_identifier(standin: UpbitPrivateStandIn, broker: UpbitBroker) -> None:
     placed = broker.place(bid(20_000.0), reference_price=0.0)
     assert broker.lookup(placed.identifier) == placed
-    assert broker.lookup(order_identifier("KRW-BTC", HOUR, Side.BID, 7)) is None
+    assert broker.lookup(bid(20_000.0, later=7).identifier) is None
 
 
-def test_identifier_is_refused_even_after_a_rejected_order_and_attempt_plus_one_succeeds(
+def test_identifier_is_refused_even_after_a_rejected_order_and_the_next_hours_succeeds(
     standin: UpbitPrivateStandIn, broker: UpbitBroker
 ) -> None:
     with pytest.raises(OrderRejected, match="HTTP 400 under_min_total_bid"):
         broker.place(bid(4_000.0), reference_price=0.0)
-    with pytest.raises(OrderRejected, match="HTTP 400 duplicate_identifier.*attempt \\+ 1"):
+    with pytest.raises(
+        OrderRejected, match="HTTP 400 duplicate_identifier.*never accepts it again"
+    ):
         broker.place(bid(10_000.0), reference_price=0.0)
     assert standin.order_count() == 0
 
-    fill = broker.place(bid(10_000.0, attempt=1), reference_price=0.0)
-    assert fill.state is OrderState.DONE and fill.identifier.endswith("|bid|1")
+    fill = broker.place(bid(10_000.0, later=1), reference_price=0.0)
+    assert fill.state is OrderState.DONE and fill.identifier == "KRW-BTC|2025-09-30T09:00|bid"
     assert standin.order_count() == 1
 
 
@@ -285,10 +288,10 @@ def test_lost_reply_with_no_order_behind_it_is_an_unknown_outcome(
     with UpbitBroker(ACCESS_KEY, SECRET_KEY, base_url=standin.url, **options) as broker:
         with pytest.raises(OrderOutcomeUnknown, match="HTTP 502.*outcome is unknown") as caught:
             broker.place(bid(10_000.0), reference_price=0.0)
-        assert "KRW-BTC|2025-09-30T08:00|bid|0" in str(caught.value)
+        assert "KRW-BTC|2025-09-30T08:00|bid" in str(caught.value)
         assert len(standin.requests("/v1/orders")) == 1
         assert broker.lookup(bid(10_000.0).identifier) is None  # the caller's first step
-        assert broker.place(bid(10_000.0, attempt=1), reference_price=0.0).volume > 0
+        assert broker.place(bid(10_000.0, later=1), reference_price=0.0).volume > 0
 
 
 # -- rate limits ------------------------------------------------------------------------------

@@ -1,20 +1,11 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from features.domain import Side
-from features.labels import ROUND_TRIP_FEE
-from trading.upbit_rules import (
-    FEE_RATE,
-    MIN_ORDER_KRW,
-    bid_spend,
-    fee,
-    is_dust,
-    round_to_tick,
-    tick_size,
-)
+from features.exchange import FEE_RATE, MIN_ORDER_KRW
+from features.labels import check_threshold
+from trading.upbit_rules import bid_spend, fee, is_dust, round_to_tick, tick_size
 
 # (band lower bound, tick inside the band, tick just below the bound), 2025-07-31 table.
 BANDS = [
@@ -98,7 +89,9 @@ def test_bid_spend_leaves_room_for_the_fee() -> None:
 
 
 def test_fee_dust_and_minimum_order() -> None:
-    assert FEE_RATE == 0.0005 and MIN_ORDER_KRW == 5_000
+    assert FEE_RATE == 0.0005 and MIN_ORDER_KRW == 5_000  # Upbit's published KRW-market rules
     assert fee(10_000) == pytest.approx(5.0)
     assert is_dust(4_999.99) and not is_dust(5_000.0)
-    assert math.isclose(ROUND_TRIP_FEE, 2 * FEE_RATE)  # labels agree with the exchange fee
+    assert check_threshold(2 * FEE_RATE) == 2 * FEE_RATE  # labels clear the exchange's round trip
+    with pytest.raises(ValueError, match="round-trip fee"):
+        check_threshold(1.9 * FEE_RATE)

@@ -14,6 +14,17 @@ from train.registry import ModelRegistry
 SMOKE = ["--profile", "smoke", "--local", "--family", "hybrid"]
 
 
+def fit(data_dir: Path, root: Path, markets: str = "KRW-BTC") -> int:
+    """`python -m train fit` with the smoke profile, in this process: its exit status."""
+    return main(["fit", "--markets", markets, "--data-dir", str(data_dir), "--registry", str(root),
+                 *SMOKE])  # fmt: skip
+
+
+def manage(command: str, root: Path, *extra: str) -> int:
+    """`python -m train <command> --market KRW-BTC --registry <root> <extra>`: its exit status."""
+    return main([command, "--market", "KRW-BTC", "--registry", str(root), *extra])
+
+
 @pytest.fixture(scope="module")
 def early_data(ohlcv_dir: Path, tmp_path_factory) -> Path:
     """BTC candles up to 2025-06-30 only: the later hours play 'after the model shipped'."""
@@ -26,8 +37,7 @@ def early_data(ohlcv_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def registry_root(early_data: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("registry")
-    args = ["fit", "--markets", "KRW-BTC", "--data-dir", str(early_data), "--registry", str(root)]
-    assert main([*args, *SMOKE]) == 0
+    assert fit(early_data, root) == 0
     return root
 
 
@@ -37,7 +47,7 @@ def test_first_fit_is_registered_and_promoted(registry_root: Path, capsys) -> No
     meta = registry.read_metadata("KRW-BTC")
     assert meta["version"] == "v0001" and meta["profile"] == "smoke"
     assert pd.Timestamp(meta["train_window"][1]) < pd.Timestamp("2025-07-01")
-    assert main(["evaluate", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    assert manage("evaluate", registry_root) == 0
     out = capsys.readouterr().out
     assert "hybrid, walk-forward OOS" in out and "seed's leaky split" in out
     assert "majority class" in out and "LightGBM last row only" in out
@@ -46,21 +56,8 @@ def test_first_fit_is_registered_and_promoted(registry_root: Path, capsys) -> No
 def test_later_window_scores_hours_the_model_never_saw(
     registry_root: Path, ohlcv_dir: Path, capsys
 ) -> None:
-    args = [
-        "evaluate",
-        "--market",
-        "KRW-BTC",
-        "--registry",
-        str(registry_root),
-        "--data-dir",
-        str(ohlcv_dir),
-        "--start",
-        "2025-07-01",
-        "--end",
-        "2025-09-29",
-        "--json",
-    ]
-    assert main(args) == 0
+    window = ["--start", "2025-07-01", "--end", "2025-09-29"]
+    assert manage("evaluate", registry_root, "--data-dir", str(ohlcv_dir), *window, "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["window"][0] == "2025-07-01 00:00:00"
     assert result["hours"] > 2000
@@ -88,92 +85,29 @@ def test_evaluate_refuses_hours_the_bundle_trained_on(
 
 
 def test_gate_promotes_rollback_restores(registry_root: Path, ohlcv_dir: Path, capsys) -> None:
-    args = [
-        "fit",
-        "--markets",
-        "KRW-BTC",
-        "--data-dir",
-        str(ohlcv_dir),
-        "--registry",
-        str(registry_root),
-        *SMOKE,
-    ]
-    assert main(args) == 0
+    assert fit(ohlcv_dir, registry_root) == 0
     out = capsys.readouterr().out
     assert "shared unseen hours" in out  # the gate compared both models on the same hours
     registry = ModelRegistry(str(registry_root))
     assert [v.version for v in registry.versions("KRW-BTC")] == ["v0001", "v0002"]
     current = registry.current("KRW-BTC")
     if current == "v0002":
-        assert main(["rollback", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+        assert manage("rollback", registry_root) == 0
         assert registry.current("KRW-BTC") == "v0001"
-    assert (
-        main(
-            [
-                "promote",
-                "--market",
-                "KRW-BTC",
-                "--registry",
-                str(registry_root),
-                "--version",
-                "v0002",
-            ]
-        )
-        == 0
-    )
+    assert manage("promote", registry_root, "--version", "v0002") == 0
     assert registry.current("KRW-BTC") == "v0002"
-    assert main(["rollback", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    assert manage("rollback", registry_root) == 0
     assert registry.current("KRW-BTC") == "v0001"
-    assert main(["list", "--market", "KRW-BTC", "--registry", str(registry_root)]) == 0
+    assert manage("list", registry_root) == 0
     assert "v0002" in capsys.readouterr().out
 
 
 def test_bad_input_is_a_clear_error(registry_root: Path, early_data: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "fit",
-                "--markets",
-                "KRW-DOGE",
-                "--data-dir",
-                str(early_data),
-                "--registry",
-                str(registry_root),
-                *SMOKE,
-            ]
-        )
-        == 2
-    )
+    assert fit(early_data, registry_root, markets="KRW-DOGE") == 2
     assert "KRW-DOGE" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "promote",
-                "--market",
-                "KRW-BTC",
-                "--registry",
-                str(registry_root),
-                "--version",
-                "v0099",
-            ]
-        )
-        == 2
-    )
+    assert manage("promote", registry_root, "--version", "v0099") == 2
     assert "v0099" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "evaluate",
-                "--market",
-                "KRW-BTC",
-                "--registry",
-                str(registry_root),
-                "--start",
-                "2025-07-01",
-            ]
-        )
-        == 2
-    )
+    assert manage("evaluate", registry_root, "--start", "2025-07-01") == 2
     assert "--data-dir" in capsys.readouterr().err
 
 

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from features.sources import ParquetDirSource
-from trading.backtest import fixed_ratio_source, run_backtest, trained_until
+from trading.account import fixed_ratio
+from trading.backtest import run_backtest
 from trading.config import load_trading_config
+from trading.predictions import trained_until
 from train.bundle import load_bundle
 from train.config import GateConfig, load_train_config
 from train.ensemble import EnsembleModel
@@ -91,7 +93,7 @@ def test_every_family_trades_through_the_backtesters_bundle_path(
     registry.promote(MARKET, registry.register(MARKET, bundles[family]))
     config = load_trading_config()
     result = run_backtest([MARKET], ParquetDirSource(ohlcv_dir), registry, config,
-                          {"fixed": fixed_ratio_source(0.3)}, tmp_path / "work")  # fmt: skip
+                          {"fixed": fixed_ratio(0.3)}, tmp_path / "work")  # fmt: skip
     decisions = result.decisions
     cutoff = trained_until(registry.read_metadata(MARKET))
     from_bundle = decisions[decisions["source"] == "bundle"]

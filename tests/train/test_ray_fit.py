@@ -43,12 +43,13 @@ def test_four_markets_run_concurrently_and_register(
 ) -> None:
     from train.ray_fit import fetch_bundle, fit_markets_on_ray
 
-    markets = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    features = load_features_config()
+    markets = features.markets  # the four configured markets at once
     profile = load_train_config().profile("smoke")
     runs = fit_markets_on_ray(
         {market: profile for market in markets},
         str(ohlcv_dir),
-        load_features_config(),
+        features,
         "smoke",
         storage_path=str(tmp_path / "ray-results"),
     )

@@ -17,23 +17,18 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from features.exchange import InvalidMarketError, UnknownMarketError
 from train import registry_fs
 from train.registry import (
-    CorruptCurrentError,
-    CorruptMetadataError,
-    IncompleteBundleError,
+    CorruptRegistryError,
     InvalidBundleError,
-    InvalidMarketError,
     ModelRegistry,
-    NoCurrentVersionError,
-    NothingToRollBackError,
+    NoSuchVersionError,
     RegistryError,
-    UnknownMarketError,
-    UnknownVersionError,
     VersionStatus,
-    format_versions,
 )
 from train.registry_fs import RegistryFS
+from train.report import format_versions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKET = "KRW-BTC"
@@ -127,7 +122,7 @@ def test_register_promote_list_and_roll_back(registry: ModelRegistry, bundle_dir
     assert registry.rollback(MARKET) == "v0001"
     assert registry.current(MARKET) == "v0001"
     assert statuses(registry) == {"v0001": "current", "v0002": "retired"}
-    with pytest.raises(NothingToRollBackError, match="v0001 has no earlier promoted version"):
+    with pytest.raises(NoSuchVersionError, match="v0001 has no earlier promoted version"):
         registry.rollback(MARKET)
     assert registry.current(MARKET) == "v0001"
 
@@ -138,15 +133,15 @@ def test_repeated_rollbacks_walk_back_through_promotions(tmp_path: Path, bundle_
         registry.promote(MARKET, registry.register(MARKET, bundle_dir))
     registry.promote(MARKET, "v0001")  # promoting an old version again is one more step to undo
     assert [registry.rollback(MARKET) for _ in range(3)] == ["v0003", "v0002", "v0001"]
-    with pytest.raises(NothingToRollBackError):
+    with pytest.raises(NoSuchVersionError):
         registry.rollback(MARKET)
 
 
 def test_rollback_before_any_promotion_says_so(registry: ModelRegistry, bundle_dir: Path) -> None:
     registry.register(MARKET, bundle_dir)
-    with pytest.raises(NothingToRollBackError, match="no version has been promoted"):
+    with pytest.raises(NoSuchVersionError, match="no version has been promoted"):
         registry.rollback(MARKET)
-    with pytest.raises(NoCurrentVersionError, match="promote one of: v0001"):
+    with pytest.raises(NoSuchVersionError, match="promote one of: v0001"):
         registry.bundle_path(MARKET)
 
 
@@ -155,7 +150,7 @@ def test_promote_refuses_unknown_version_naming_the_known_ones(
 ) -> None:
     registry.register(MARKET, bundle_dir)
     for bad in ("v0007", "../../etc", "latest"):
-        with pytest.raises(UnknownVersionError, match="known versions: v0001") as excinfo:
+        with pytest.raises(NoSuchVersionError, match="known versions: v0001") as excinfo:
             registry.promote(MARKET, bad)
         assert repr(bad) in str(excinfo.value)
     assert registry.current_version_token(MARKET) is None
@@ -163,7 +158,7 @@ def test_promote_refuses_unknown_version_naming_the_known_ones(
 
 def test_unknown_market_names_the_known_ones(registry: ModelRegistry, bundle_dir: Path) -> None:
     registry.register(MARKET, bundle_dir)
-    with pytest.raises(UnknownMarketError, match="'KRW-ETH'; known markets: KRW-BTC"):
+    with pytest.raises(UnknownMarketError, match="'KRW-ETH'; known: KRW-BTC"):
         registry.versions("KRW-ETH")
     with pytest.raises(UnknownMarketError):
         registry.promote("KRW-ETH", "v0001")
@@ -193,9 +188,9 @@ def test_crash_mid_register_leaves_current_and_an_unpromotable_version(
     assert registry.current(MARKET) == "v0001"
     partial = registry.versions(MARKET)[-1]
     assert (partial.version, partial.status, partial.complete) == ("v0002", "incomplete", False)
-    with pytest.raises(IncompleteBundleError, match="v0002 is incomplete"):
+    with pytest.raises(CorruptRegistryError, match="v0002 is incomplete"):
         registry.promote(MARKET, "v0002")
-    with pytest.raises(IncompleteBundleError):
+    with pytest.raises(CorruptRegistryError):
         registry.fetch(MARKET, "v0002", dest_dir=tmp_path / "cache")
     assert registry.current(MARKET) == "v0001"
     assert registry.register(MARKET, bundle_dir) == "v0003"  # the partial number is not reused
@@ -247,7 +242,7 @@ def test_killed_register_process_leaves_current_untouched(tmp_path: Path, bundle
 
     assert (root / MARKET / "CURRENT").read_text() == "v0001\n"
     assert statuses(registry) == {"v0001": "current", "v0002": "incomplete"}
-    with pytest.raises(IncompleteBundleError):
+    with pytest.raises(CorruptRegistryError):
         registry.promote(MARKET, "v0002")
 
 
@@ -394,13 +389,13 @@ def test_corrupt_metadata_is_reported_with_its_path_and_kept(
     registry.register(MARKET, bundle_dir)
     metadata_file = market_dir(tmp_path) / "v0001" / "metadata.json"
     metadata_file.write_text("{not json")
-    with pytest.raises(CorruptMetadataError, match="metadata.json is not valid JSON") as excinfo:
+    with pytest.raises(CorruptRegistryError, match="metadata.json is not valid JSON") as excinfo:
         registry.read_metadata(MARKET, "v0001")
     assert f"{MARKET}/v0001/metadata.json" in str(excinfo.value)
     [info] = registry.versions(MARKET)
     assert info.problem and "metadata.json" in info.problem
     assert "! " in format_versions([info])
-    with pytest.raises(CorruptMetadataError):
+    with pytest.raises(CorruptRegistryError):
         registry.promote(MARKET, "v0001")
     assert metadata_file.read_text() == "{not json"  # nothing was repaired away
     assert registry.current_version_token(MARKET) is None
@@ -412,11 +407,11 @@ def test_corrupt_current_is_reported_and_promote_repairs_it(
     registry.promote(MARKET, registry.register(MARKET, bundle_dir))
     current_file = market_dir(tmp_path) / "CURRENT"
     current_file.write_text("v0009\n")
-    with pytest.raises(CorruptCurrentError, match="points at v0009") as excinfo:
+    with pytest.raises(CorruptRegistryError, match="points at v0009") as excinfo:
         registry.current(MARKET)
     assert "known versions: v0001" in str(excinfo.value)
     current_file.write_text("garbage")
-    with pytest.raises(CorruptCurrentError, match="'garbage', not a version name"):
+    with pytest.raises(CorruptRegistryError, match="'garbage', not a version name"):
         registry.fetch(MARKET, dest_dir=tmp_path / "cache")
     assert [i.status for i in registry.versions(MARKET)] == ["retired"]  # list still works
     registry.promote(MARKET, "v0001")

@@ -48,9 +48,10 @@ def test_four_markets_tune_concurrently(ray_local, ohlcv_dir: Path, tmp_path) ->
     tune_cfg = TuneConfig(
         search_space={"head.num_leaves": [5]}, sampler="grid", num_samples=1, max_concurrent=1
     )
-    markets = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
+    features = load_features_config()
+    markets = features.markets  # the four configured markets at once
     outcomes = tune_markets_on_ray(
-        markets, str(ohlcv_dir), load_features_config(), profile, tune_cfg, str(tmp_path / "t")
+        markets, str(ohlcv_dir), features, profile, tune_cfg, str(tmp_path / "t")
     )
     assert sorted(outcomes) == sorted(markets)
     runs = outcomes.values()

@@ -1,0 +1,100 @@
+"""The loop's schedule without Ray: on the accelerated clock it runs every stored hour even when an
+hour takes longer than the clock gives it, and offline, past the newest stored candle, it says it
+has caught up and records nothing. The real trader runs each hour against a slow HTTP server that
+answers 503, so every hour leaves its rows in a real ledger."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from trading.ledger import Ledger
+from trading.loop import ClockSettings, LoopCore, LoopSettings
+
+SPEED = 14_400.0  # an hour every 0.25 s
+SLOW_S = 0.4  # each Serve call: longer than the clock gives an hour
+
+
+class SlowServe(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(SLOW_S)
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"detail": "busy"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_serve() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowServe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def stored(real_candles, tmp_path: Path) -> tuple[Path, pd.Timestamp]:
+    """KRW-BTC's candles up to a newest hour well inside the shared file."""
+    candles = real_candles["KRW-BTC"].loc[:"2025-06-01 12:00"].iloc[-2000:]
+    folder = tmp_path / "ohlcv"
+    folder.mkdir()
+    candles.to_parquet(folder / "KRW-BTC_minute60.parquet")
+    return folder, candles.index[-1]
+
+
+def run(core: LoopCore, until: str, timeout_s: float = 60) -> dict:
+    thread = threading.Thread(target=core.schedule, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and core.phase() != until:
+        time.sleep(0.1)
+    status = core.status()
+    core.stop_event.set()
+    thread.join(timeout=10)
+    return status
+
+
+def settings(folder: Path, tmp_path: Path, url: str, clock: ClockSettings) -> LoopSettings:
+    return LoopSettings(
+        data_dir=str(folder), serve_url=url, markets=["KRW-BTC"],
+        ledger=str(tmp_path / "ledger.sqlite"), clock=clock,
+    )  # fmt: skip
+
+
+def test_accelerated_replay_runs_every_stored_hour_then_catches_up(
+    stored, slow_serve, tmp_path
+) -> None:
+    folder, newest = stored
+    first = newest - pd.Timedelta(hours=5)
+    start = first + pd.Timedelta(hours=1, seconds=5)  # the first hour's close + the loop's delay
+    clock = ClockSettings(kind="accelerated", start=start.to_pydatetime(), speed=SPEED)
+    core = LoopCore(settings(folder, tmp_path, slow_serve, clock))
+    status = run(core, "caught_up")
+    assert status["phase"] == "caught_up", status["activity"]
+    assert status["hours_run"] == 6 and pd.Timestamp(status["last_hour"]) == newest
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        hours = [pd.Timestamp(t) for t in ledger.equity_curve("llm").index]
+        reasons = set(ledger.decisions_frame()["reason"])
+    assert hours == list(pd.date_range(first, newest, freq="h")), "an hour was skipped"
+    assert all("503" in r for r in reasons), reasons
+    assert "caught up" in status["activity"] and "records nothing" in status["activity"]
+
+
+def test_offline_on_the_wall_clock_nothing_is_recorded(stored, slow_serve, tmp_path) -> None:
+    folder, newest = stored
+    core = LoopCore(settings(folder, tmp_path, slow_serve, ClockSettings()))
+    status = run(core, "caught_up", timeout_s=30)
+    assert status["phase"] == "caught_up" and status["running"]
+    assert status["hours_run"] == 0 and pd.Timestamp(status["stored_until"]) == newest
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.decisions_frame().empty and ledger.equity_curve("llm").empty

@@ -1,0 +1,117 @@
+"""ServeClient over real HTTP against a one-route server that answers what each test sets: the
+reply is parsed with Serve's own model and must be about the market and hour that were asked."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from features.domain import AccountState, Signal
+from serve.schema import PredictionReply
+from trading.serve_client import ServeClient, ServeMismatch, ServeUnavailable
+
+MARKET = "KRW-BTC"
+HOUR = pd.Timestamp("2025-09-30 08:00")
+FLAT = AccountState.flat(1_000_000.0)
+
+
+def reply_body(**changes: Any) -> dict[str, Any]:
+    body = {
+        "market": MARKET,
+        "time": HOUR.isoformat(),
+        "signal": "BUY",
+        "probabilities": {"sell": 0.1, "hold": 0.2, "buy": 0.7},
+        "confidence": 0.7,
+        "model_version": "v0003",
+        "volatility": 0.004,
+        "sizing": {"ratio": 0.25, "source": "llm-agree", "reason": "both agree"},
+        "served_by": "replica-1",
+    }
+    return {k: v for k, v in {**body, **changes}.items() if v is not None}
+
+
+class FakeServe:
+    """POST /v1/predict/<market> answers `status` and `body`; each request's JSON is kept."""
+
+    def __init__(self) -> None:
+        self.status, self.body, self.received = 200, reply_body(), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.received.append((self.path, json.loads(self.rfile.read(length))))
+                payload = json.dumps(outer.body).encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                """Quiet: the test reads `received`."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def serve() -> Iterator[FakeServe]:
+    server = FakeServe()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def candles(real_candles) -> pd.DataFrame:
+    return real_candles[MARKET].loc[:HOUR].iloc[-30:]
+
+
+def test_a_reply_is_parsed_with_serves_own_model(serve: FakeServe, candles) -> None:
+    reply = ServeClient(serve.url).predict(MARKET, candles, FLAT)
+    assert isinstance(reply, PredictionReply) and reply.sizing.ratio == 0.25
+    prediction = reply.prediction()
+    assert (prediction.market, prediction.time, prediction.signal) == (MARKET, HOUR, Signal.BUY)
+    path, sent = serve.received[0]
+    assert path == f"/v1/predict/{MARKET}" and len(sent["candles"]) == 30
+    assert sent["candles"][-1]["time"] == "2025-09-30T08:00:00" and sent["account"]["cash"] == 1e6
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"market": "KRW-ETH"}, "for KRW-ETH at 2025-09-30 08:00:00, not for KRW-BTC"),
+        ({"time": "2025-09-30T07:00:00"}, "at 2025-09-30 07:00:00, not for KRW-BTC at"),
+    ],
+)
+def test_a_reply_about_another_market_or_hour_is_refused(
+    serve: FakeServe, candles, changes, named
+) -> None:
+    serve.body = reply_body(**changes)
+    with pytest.raises(ServeMismatch, match=named) as caught:
+        ServeClient(serve.url).predict(MARKET, candles, FLAT)
+    assert isinstance(caught.value, ServeUnavailable)  # the loop records a no_decision
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "named"),
+    [
+        (200, reply_body(sizing=None), "malformed: sizing: Field required"),
+        (200, reply_body(probabilities={"sell": 0.5, "hold": 0.5, "buy": 0.5}), "sum to 1"),
+        (503, {"detail": "no model promoted for KRW-BTC yet"}, "503 for KRW-BTC: .*no model"),
+    ],
+)
+def test_a_refusal_or_a_malformed_reply_is_serve_unavailable(
+    serve: FakeServe, candles, status, body, named
+) -> None:
+    serve.status, serve.body = status, body
+    with pytest.raises(ServeUnavailable, match=named):
+        ServeClient(serve.url).predict(MARKET, candles, FLAT)
