@@ -14,7 +14,6 @@ The backtester (`trading.backtest`) walks the result hour by hour; a replay of r
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ import pandas as pd
 from features.dataset import MarketDataset, build_dataset, usable_samples
 from features.sources import CandleSource
 from trading.step import rolling_sizing_volatility
+from train.bundle_io import trained_until
 from train.registry import ModelRegistry
 
 if TYPE_CHECKING:  # torch loads only when a bundle does: `python -m trading status` stays light
@@ -36,19 +36,6 @@ INFERENCE_BATCH = 4096  # windows per predict_proba call: ~36 MB of float64 feat
 
 class LookaheadError(AssertionError):
     """A prediction would have come from a model trained on that hour (or on its future)."""
-
-
-def trained_until(metadata: Mapping[str, object]) -> pd.Timestamp:
-    """The last hour whose price the bundle's training labels saw: train end + horizon."""
-    try:
-        window = metadata["train_window"]
-        horizon = int(metadata["horizon"])  # type: ignore[call-overload]
-        end = pd.Timestamp(window[1])  # type: ignore[index]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ValueError(
-            f"bundle metadata lacks a usable train_window/horizon ({exc!r}): retrain it"
-        ) from exc
-    return end + pd.Timedelta(hours=horizon)
 
 
 def prediction_positions(data: MarketDataset) -> np.ndarray:

@@ -7,8 +7,11 @@ which are hybrids) and the family's own files; no pickle in any of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from features.indicators import FEATURE_HASH
 
@@ -42,3 +45,16 @@ def read_metadata(directory: Path) -> dict[str, Any]:
 
 def bundle_family(meta: dict[str, Any]) -> str:
     return str(meta.get("family", "hybrid"))
+
+
+def trained_until(metadata: Mapping[str, object]) -> pd.Timestamp:
+    """The last hour whose price the bundle's training labels saw: train end + horizon."""
+    try:
+        window = metadata["train_window"]
+        horizon = int(metadata["horizon"])  # type: ignore[call-overload]
+        end = pd.Timestamp(window[1])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"bundle metadata lacks a usable train_window/horizon ({exc!r}): retrain it"
+        ) from exc
+    return end + pd.Timedelta(hours=horizon)

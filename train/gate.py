@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.dataset import MarketDataset
+from train.bundle_io import trained_until
 from train.config import GateConfig
 from train.evaluate import classification_metrics
 
@@ -44,11 +45,6 @@ class GateVerdict:
     promote: str | None  # the version to make CURRENT, None to keep it
     reason: str
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def trained_until(metadata: dict[str, Any]) -> pd.Timestamp:
-    """The last hour whose price the bundle's training labels read: train end + horizon."""
-    return pd.Timestamp(metadata["train_window"][1]) + pd.Timedelta(hours=int(metadata["horizon"]))
 
 
 def unseen_predictions(contender: Contender, data: MarketDataset) -> pd.DataFrame:

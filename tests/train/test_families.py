@@ -14,8 +14,8 @@ from features.sources import ParquetDirSource
 from trading.account import fixed_ratio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
-from trading.predictions import trained_until
 from train.bundle import load_bundle
+from train.bundle_io import trained_until
 from train.config import GateConfig, load_train_config
 from train.ensemble import EnsembleModel
 from train.ensemble_fit import assemble
