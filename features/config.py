@@ -13,6 +13,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.exchange import ROUND_TRIP_FEE, check_market
+from features.groups import ANCHOR_MARKET, DEFAULT_CONTEXT_MARKETS, GROUP_ORDER, FeatureSet
 from features.splits import SplitSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,31 @@ class MarketSelection(Strict):
     skip_warned: bool = True  # leave out markets under Upbit's investment warning
 
 
+class FeatureGroupsConfig(Strict):
+    """Which feature groups follow the base 46 (features.groups). Each switch changes the feature
+    hash, so a bundle trained with other groups is refused. The defaults in configs/features.yaml
+    are what `python -m train ablate` found helpful on hours before the reported folds."""
+
+    multi_horizon: bool = False
+    calendar: bool = False
+    cross_market: bool = False
+    premium: bool = False
+    context_markets: MarketList = list(DEFAULT_CONTEXT_MARKETS)
+
+    @model_validator(mode="after")
+    def _anchor_in_context(self) -> FeatureGroupsConfig:
+        if self.cross_market and ANCHOR_MARKET not in self.context_markets:
+            raise ValueError(f"groups.context_markets must hold {ANCHOR_MARKET} for cross_market")
+        return self
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(g for g in GROUP_ORDER if getattr(self, g))
+
+    def feature_set(self) -> FeatureSet:
+        return FeatureSet(self.enabled, tuple(self.context_markets))
+
+
 class FeaturesConfig(Strict):
     markets: MarketList  # no default: configs/features.yaml is the one market list
     selection: MarketSelection = MarketSelection()
@@ -104,6 +130,11 @@ class FeaturesConfig(Strict):
     labels: LabelConfig = LabelConfig()
     splits: SplitConfig = SplitConfig()
     transform: TransformConfig = TransformConfig()
+    groups: FeatureGroupsConfig = FeatureGroupsConfig()
+
+    def feature_set(self) -> FeatureSet:
+        """The columns every model trained or served under this config reads."""
+        return self.groups.feature_set()
 
     def split_spec(self, sequence_length: int) -> SplitSpec:
         return self.splits.spec(self.labels.horizon_hours, sequence_length)

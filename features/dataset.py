@@ -2,6 +2,8 @@
 
 Serving computes the same features with `features.serving.serving_features`; this module only
 decides which batch rows may become (sequence, label) samples, so the two paths share one core.
+The columns are a `features.groups.FeatureSet` (the base 46 unless groups are enabled); group
+columns are computed per repaired segment by the same `FeatureSet.columns` serving runs.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.candles import repair_segments
+from features import indicators
+from features.candles import candle_arrays, repair_segments
 from features.exchange import HOUR_NS
-from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, compute_features
+from features.groups import BASE_SET, FeatureSet, MarketContext
+from features.indicators import SEQUENCE_LENGTH, compute_features
 from features.labels import forward_returns, label_returns
 from features.transform import windows
 
@@ -24,13 +28,18 @@ class MarketDataset:
 
     market: str
     times: pd.DatetimeIndex
-    features: np.ndarray  # (T, 46) float64, NaN in warm-up rows
+    features: np.ndarray  # (T, F) float64, NaN in warm-up rows; columns feature_set.names
     close: np.ndarray
     filled: np.ndarray  # True where the hour was a repaired gap, not an observed candle
     forward_returns: np.ndarray  # close[t+H]/close[t] - 1, NaN where t+H is unknown
     samples: np.ndarray  # positions t usable as sample ends
     horizon: int
     sequence_length: int = SEQUENCE_LENGTH
+    feature_set: FeatureSet = BASE_SET
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.feature_set.names
 
     @property
     def sample_times(self) -> pd.DatetimeIndex:
@@ -49,14 +58,23 @@ class MarketDataset:
         return windows(self.features, positions, self.sequence_length)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.features, index=self.times, columns=list(FEATURE_NAMES))
+        return pd.DataFrame(self.features, index=self.times, columns=list(self.feature_names))
 
 
 def usable_samples(
-    times: pd.DatetimeIndex, features: np.ndarray, filled: np.ndarray, fwd: np.ndarray, length: int
+    times: pd.DatetimeIndex,
+    features: np.ndarray,
+    filled: np.ndarray,
+    fwd: np.ndarray,
+    length: int,
+    required: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Positions whose whole window is finite and contiguous, observed at its end, with a label."""
-    finite_rows = np.isfinite(features).all(axis=1).astype(np.int64)
+    """Positions whose whole window is finite and contiguous, observed at its end, with a label.
+
+    `required` (per column, default all) names the columns that must be finite: a nullable
+    group's NaN (a missing Binance hour) is data, not a reason to drop the hour."""
+    checked = features if required is None else features[:, required]
+    finite_rows = np.isfinite(checked).all(axis=1).astype(np.int64)
     run = np.convolve(finite_rows, np.ones(length, dtype=np.int64), mode="full")[: len(finite_rows)]
     ends = np.arange(len(times))
     ok = (ends >= length - 1) & (run == length) & ~filled & np.isfinite(fwd)
@@ -71,19 +89,45 @@ def build_dataset(
     horizon: int,
     max_gap_hours: int,
     sequence_length: int = SEQUENCE_LENGTH,
+    feature_set: FeatureSet = BASE_SET,
+    context: MarketContext | None = None,
 ) -> MarketDataset:
-    """Repair, split into segments, compute the 46 features per segment, find the usable samples."""
+    """Repair, split into segments, compute the feature set per segment, find the usable samples.
+
+    `context` carries the other series the cross-market and premium groups read
+    (`features.context.batch_context`); the base set needs none."""
     parts = repair_segments(candles, max_gap_hours)
     if not parts:
         raise ValueError(f"{market}: no candles to build a dataset from")
     feature_frames = [compute_features(p.candles) for p in parts]
     times = pd.DatetimeIndex(np.concatenate([f.index.asi8 for f in feature_frames]), name="time")
     times = pd.DatetimeIndex(times.astype("datetime64[ns]"), name="time")
-    feats = np.concatenate([f.to_numpy(dtype="float64") for f in feature_frames])
+    blocks = [f.to_numpy(dtype="float64") for f in feature_frames]
+    if feature_set.groups:
+        blocks = [
+            np.hstack([block, _group_block(feature_set, market, p.candles, context, max_gap_hours)])
+            for block, p in zip(blocks, parts, strict=True)
+        ]
+    feats = np.concatenate(blocks)
     close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
     filled = np.concatenate([p.filled.to_numpy() for p in parts])
     fwd = forward_returns(pd.Series(close, index=times), horizon).to_numpy()
-    samples = usable_samples(times, feats, filled, fwd, sequence_length)
+    samples = usable_samples(times, feats, filled, fwd, sequence_length, feature_set.required)
     return MarketDataset(
-        market, times, feats, close, filled, fwd, samples, horizon, sequence_length
+        market, times, feats, close, filled, fwd, samples, horizon, sequence_length, feature_set
     )
+
+
+def _group_block(
+    feature_set: FeatureSet,
+    market: str,
+    segment: pd.DataFrame,
+    context: MarketContext | None,
+    max_gap_hours: int,
+) -> np.ndarray:
+    """The group columns of one repaired segment, NaN in its warm-up rows as the base columns."""
+    block = feature_set.columns(
+        market, segment.index.asi8, candle_arrays(segment), context, max_gap_hours=max_gap_hours
+    )
+    block[: indicators.WARMUP_HOURS - 1] = np.nan  # through the module: tests patch it
+    return block

@@ -16,7 +16,8 @@ import pandas as pd
 from features import indicators
 from features.candles import CandleError, candle_arrays, fill_hours, gap_lengths, validate_candles
 from features.exchange import HOUR, HOUR_NS
-from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, feature_matrix
+from features.groups import BASE_SET, FeatureSet, MarketContext
+from features.indicators import SEQUENCE_LENGTH, feature_matrix
 
 
 def _segment_start(times: np.ndarray, index: pd.DatetimeIndex, max_gap_hours: int) -> int:
@@ -47,10 +48,21 @@ def _hourly_tail(window: pd.DataFrame, hours: int, max_gap_hours: int) -> list[n
 
 
 def serving_matrix(
-    window: pd.DataFrame, rows: int = SEQUENCE_LENGTH, max_gap_hours: int = 6
+    window: pd.DataFrame,
+    rows: int = SEQUENCE_LENGTH,
+    max_gap_hours: int = 6,
+    *,
+    feature_set: FeatureSet = BASE_SET,
+    context: MarketContext | None = None,
+    market: str = "",
 ) -> np.ndarray:
-    """The last `rows` feature rows (rows x 46, all finite) from the newest closed hourly candles;
-    the newest row is the hour `window.index[-1]`.
+    """The last `rows` feature rows (rows x len(feature_set.names)) from the newest closed hourly
+    candles; the newest row is the hour `window.index[-1]`. All finite except where a nullable
+    group's input is missing (a Binance hour: NaN, as in training).
+
+    Group columns come from `feature_set.columns`, the batch path's code, over the same hours;
+    `context` (features.context.serving_context) must reach the newest hour, else
+    MissingContextError (a CandleError) names what is missing.
 
     `window` holds at least SERVING_WINDOW closed candles (drop the forming hour first, see
     `features.candles.drop_forming`); short gaps are filled as in training. Only the last
@@ -64,14 +76,30 @@ def serving_matrix(
     validate_candles(window)
     if len(window) == 0:
         raise CandleError(f"serving needs {hours} hours of candles, got none")
-    return feature_matrix(*_hourly_tail(window, hours, max_gap_hours))[-rows:]
+    tail = _hourly_tail(window, hours, max_gap_hours)
+    base = feature_matrix(*tail)[-rows:]
+    if not feature_set.groups:
+        return base
+    times = int(window.index.asi8[-1]) - np.arange(hours - 1, -1, -1, dtype=np.int64) * HOUR_NS
+    extra = feature_set.columns(
+        market, times, tail, context, max_gap_hours=max_gap_hours, serving=True
+    )
+    return np.hstack([base, extra[-rows:]])
 
 
 def serving_features(
-    window: pd.DataFrame, rows: int = SEQUENCE_LENGTH, max_gap_hours: int = 6
+    window: pd.DataFrame,
+    rows: int = SEQUENCE_LENGTH,
+    max_gap_hours: int = 6,
+    *,
+    feature_set: FeatureSet = BASE_SET,
+    context: MarketContext | None = None,
+    market: str = "",
 ) -> pd.DataFrame:
-    """`serving_matrix` as a frame indexed by hour, columns named as FEATURE_NAMES."""
-    matrix = serving_matrix(window, rows, max_gap_hours)
+    """`serving_matrix` as a frame indexed by hour, columns named as `feature_set.names`."""
+    matrix = serving_matrix(
+        window, rows, max_gap_hours, feature_set=feature_set, context=context, market=market
+    )
     end = window.index[-1]
     index = pd.date_range(end - (rows - 1) * HOUR, end, freq="h", name="time")
-    return pd.DataFrame(matrix, index=index, columns=list(FEATURE_NAMES))
+    return pd.DataFrame(matrix, index=index, columns=list(feature_set.names))

@@ -107,3 +107,37 @@ def test_causal_features_windows_and_transform(real_candles) -> None:
                 transform.apply(past.features, np.array([k])),
                 transform.apply(full.features, np.array([t])),
             )
+
+
+def test_group_columns_are_causal(real_candles, ohlcv_dir) -> None:
+    """With every group on: cutting the future of the market, of every context market and of
+    Binance, or rewriting that future (BTC and Binance closes doubled after t), changes no row at
+    or before hour t."""
+    from features.context import batch_context
+    from features.exchange import KST
+    from features.groups import GROUP_ORDER, FeatureSet, MarketContext
+
+    groups = FeatureSet(GROUP_ORDER)
+    utc_shift = pd.Timedelta(KST.utcoffset(None))
+    rng = np.random.default_rng(11)
+    for market in ("KRW-ETH", "KRW-XRP"):
+        recent = real_candles[market].iloc[-4000:]
+        context = batch_context(groups, market, str(ohlcv_dir))
+        full = build_dataset(recent, market, HORIZON, 6, feature_set=groups, context=context)
+        for t in rng.choice(full.samples[full.samples < len(full.times) - 200], 2, replace=False):
+            at = full.times[t]
+
+            def future(frame: pd.DataFrame, after: pd.Timestamp, how: str) -> pd.DataFrame:
+                if how == "cut":
+                    return frame.loc[:after]
+                moved = frame.copy()
+                moved.loc[moved.index > after, ["open", "high", "low", "close"]] *= 2.0
+                return moved
+
+            for how in ("cut", "rewrite"):
+                upbit = {m: future(f, at, how) for m, f in context.upbit.items()}
+                changed = MarketContext(upbit, future(context.binance, at - utc_shift, how))
+                own = future(recent, at, how)
+                past = build_dataset(own, market, HORIZON, 6, feature_set=groups, context=changed)
+                k = int(np.searchsorted(past.times, at))
+                np.testing.assert_array_equal(past.features[: k + 1], full.features[: t + 1])

@@ -21,7 +21,10 @@ import pytest
 from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, repair_gaps, repair_segments
 from features.config import load_features_config
-from features.exchange import HOUR, HOUR_NS
+from features.context import batch_context
+from features.dataset import build_dataset
+from features.exchange import HOUR, HOUR_NS, KST
+from features.groups import GROUP_ORDER, FeatureSet, MarketContext
 from features.indicators import (
     FEATURE_NAMES,
     SEQUENCE_LENGTH,
@@ -232,3 +235,43 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     measure(args.hours, args.data_dir)
+
+
+ALL_GROUPS = FeatureSet(GROUP_ORDER)
+GROUP_HOURS = 6000  # the newest hours of each market: enough for 30 serving windows, seconds to run
+
+
+def _serving_context(context: MarketContext, end: pd.Timestamp) -> MarketContext:
+    """What the live sources would hand over at hour `end`: each series' newest candles."""
+    upbit = {m: f.loc[:end].tail(indicators.CANDLES_FOR_SERVING) for m, f in context.upbit.items()}
+    assert context.binance is not None
+    binance = context.binance.loc[: end - pd.Timedelta(KST.utcoffset(None))]
+    return MarketContext(upbit, binance.tail(indicators.CANDLES_FOR_SERVING))
+
+
+def test_group_columns_serving_rows_equal_batch_rows(market: Market, ohlcv_dir: Path) -> None:
+    """Every group column: the serving window (own candles, context markets and Binance cut at
+    the hour) gives the batch rows, the group columns bit for bit. NaN (a missing Binance hour)
+    is NaN on both paths."""
+    recent = market.candles.iloc[-GROUP_HOURS:]
+    context = batch_context(ALL_GROUPS, market.name, str(ohlcv_dir))
+    assert context is not None
+    data = build_dataset(recent, market.name, 6, 6, feature_set=ALL_GROUPS, context=context)
+    batch = data.frame()
+    rng = np.random.default_rng(3)
+    ends = data.times[rng.integers(2 * SERVING_WINDOW, len(data.times), 25)]
+    for end in [*ends, *(e for e in gap_edges(recent) if e in batch.index)]:
+        served = serving_features(
+            recent.loc[:end].tail(indicators.CANDLES_FOR_SERVING),
+            feature_set=ALL_GROUPS,
+            context=_serving_context(context, end),
+            market=market.name,
+        )
+        expected = batch.loc[:end].iloc[-SEQUENCE_LENGTH:]
+        assert list(served.columns) == list(ALL_GROUPS.names)
+        assert served.index.equals(expected.index)
+        bad = mismatch(served.to_numpy()[:, :46], expected.to_numpy()[:, :46])
+        assert not bad.any(), f"{market.name} {end}: base columns differ"
+        extra = list(ALL_GROUPS.extra_names)
+        np.testing.assert_array_equal(served[extra].to_numpy(), expected[extra].to_numpy())
+        assert np.isfinite(served[extra[:-2]].to_numpy()).all(), end  # only premium may be NaN
