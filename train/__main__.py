@@ -1,5 +1,5 @@
-"""`python -m train fit|research|evaluate|report|list|promote|rollback`: fit, research, judge and
-manage models.
+"""`python -m train fit|research|ablate|evaluate|report|list|promote|rollback`: fit, research,
+ablate, judge and manage models.
 
 `fit_markets(FitRequest(...))` (train.fit_cli) is the same `fit` for code (`python -m cluster up`
 calls it): it returns each market's gate verdict instead of an exit code.
@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
+from train.ablate import add_ablate_parser, cmd_ablate
 from train.bundle import BundleError, load_bundle
 from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
 from train.registry import ModelRegistry, RegistryError
@@ -85,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     _common(fit, market=False)
     add_research_parser(sub)
+    add_ablate_parser(sub)
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
     ev.add_argument("--version")
@@ -150,6 +152,7 @@ def cmd_manage(args: argparse.Namespace) -> int:
 COMMANDS = {
     "fit": cmd_fit,
     "research": cmd_research,
+    "ablate": cmd_ablate,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "list": cmd_manage,

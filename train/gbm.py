@@ -81,10 +81,11 @@ def window_inputs(raw: np.ndarray, feature_names: tuple[str, ...] = FEATURE_NAME
 
 def design_rows(data: MarketDataset, positions: np.ndarray) -> np.ndarray:
     """`window_inputs` of the windows ending at `positions`, in chunks so memory stays flat."""
-    out = np.empty((len(positions), len(input_names())))
+    names = data.feature_names
+    out = np.empty((len(positions), len(input_names(names))))
     for start in range(0, len(positions), _CHUNK):
         chunk = positions[start : start + _CHUNK]
-        out[start : start + len(chunk)] = window_inputs(data.raw_windows(chunk))
+        out[start : start + len(chunk)] = window_inputs(data.raw_windows(chunk), names)
     return out
 
 

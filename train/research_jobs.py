@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.candles import CandleError
 from features.config import FeaturesConfig
+from features.context import batch_context
 from features.dataset import MarketDataset, build_dataset
 from features.folds import (
     FoldGrid,
@@ -109,7 +110,16 @@ def prepare_market(
     candles = ParquetDirSource(data_dir).history(market)
     if len(candles) == 0:
         raise CandleError(f"{market}: no candles in {data_dir}")
-    data = build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)
+    feature_set = features.feature_set()
+    context = batch_context(feature_set, market, data_dir)
+    data = build_dataset(
+        candles,
+        market,
+        features.labels.horizon_hours,
+        features.max_gap_hours,
+        feature_set=feature_set,
+        context=context,
+    )
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None
     bounds = fold_bounds(data.sample_times, grid, data.horizon)

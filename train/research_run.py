@@ -22,7 +22,7 @@ import pandas as pd
 
 from features.config import FeaturesConfig
 from features.folds import AnchoredFold, FoldGrid, TrainWindow, anchored_folds, folds_in_range
-from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH
+from features.indicators import SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
@@ -60,6 +60,7 @@ class ResearchRequest:
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
     leaky: bool = True
+    baselines: bool = True  # the plain LightGBM folds (`train ablate` compares families only)
 
     @property
     def grid(self) -> FoldGrid:
@@ -94,7 +95,7 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
         "family": family.split("~")[0],
         "labels": req.features.labels.model_dump(),
         "max_gap_hours": req.features.max_gap_hours,
-        "feature_hash": FEATURE_HASH,
+        "feature_hash": req.features.feature_set().hash,  # FEATURE_HASH with no group on
         "purge_hours": req.purge_hours,
         "seed": req.profile.optim.seed,
     }
@@ -174,7 +175,7 @@ def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFo
     ]
     jobs += [
         FoldJob(_fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
-        for b in BASELINE_FAMILIES
+        for b in (BASELINE_FAMILIES if req.baselines else ())
         for f in in_range
     ]
     if req.leaky:
@@ -297,7 +298,7 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
 
 
 def _kinds(req: ResearchRequest) -> set[str]:
-    kinds = {"plain", *req.components()}
+    kinds = {*(("plain",) if req.baselines else ()), *req.components()}
     return kinds | ({f"{c}~leaky" for c in req.components()} if req.leaky else set())
 
 

@@ -1,0 +1,193 @@
+"""`python -m train ablate`: what each feature group adds, walk-forward, with intervals.
+
+    python -m train ablate --markets KRW-BTC,KRW-XRP --data-dir DIR --start T --end T
+        [--groups multi_horizon,calendar] [--profile quick] [--local | --ray-address local]
+        [--json] [--out DIR] [--cache DIR]
+
+For the base 46 alone, the base plus each group in turn, and the base plus every group, it runs
+the research walk-forward of the gbm family (train.research_run: the same folds, the same cache,
+so a variant computed once is read back next time) and scores every variant against the base on
+the hours both predicted, with the configured training label. The effect of a group is the
+difference in balanced accuracy (variant minus base) per market, with a 95 % moving-block
+bootstrap interval whose resamples are shared by the two models (paired), and its mean over the
+markets (each market's resamples drawn independently).
+
+A group *helps* when the mean difference's interval lies above zero, *hurts* when it lies below,
+otherwise its effect is unclear. Choose the default groups (configs/features.yaml `groups:`) on
+hours before the reported folds (`--end` before the research start), never on the reported ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.config import ConfigError
+from features.groups import GROUP_ORDER
+from train.research_cli import add_research_parser, build_request
+from train.research_run import MarketResearch, ResearchRequest, run_research, training_labels
+from train.research_stats import block_starts, bootstrap_metrics, interval, point_metrics
+
+FAMILY = "gbm"
+METRIC = "balanced_accuracy"
+
+
+def add_ablate_parser(sub: argparse._SubParsersAction) -> None:
+    """The research command's options, plus the groups to measure."""
+    research = argparse.ArgumentParser(add_help=False)
+    inner = research.add_subparsers()
+    add_research_parser(inner)
+    template = inner.choices["research"]
+    p = sub.add_parser("ablate", help="each feature group's effect, walk-forward, with intervals")
+    for action in template._actions:
+        if action.dest in {"help", "family", "no_leaky"}:
+            continue
+        p._add_action(action)
+    p.add_argument("--groups", help=f"comma-separated of {', '.join(GROUP_ORDER)} (default all)")
+
+
+def variants(groups: list[str]) -> dict[str, tuple[str, ...]]:
+    """Variant name -> enabled groups: the base, the base plus each group, the base plus all."""
+    out: dict[str, tuple[str, ...]] = {"base": ()}
+    out |= {f"+{g}": (g,) for g in groups}
+    if len(groups) > 1:
+        out["+all"] = tuple(groups)
+    return out
+
+
+def with_groups(req: ResearchRequest, enabled: tuple[str, ...]) -> ResearchRequest:
+    """The request for one variant: gbm only, no leaky twin, no baselines, these groups."""
+    switches = {g: g in enabled for g in GROUP_ORDER}
+    groups = req.features.groups.model_copy(update=switches)
+    features = req.features.model_copy(update={"groups": groups})
+    return dataclasses.replace(req, features=features, families=[FAMILY], leaky=False,
+                               baselines=False)  # fmt: skip
+
+
+def _in_range(frame: pd.DataFrame, req: ResearchRequest) -> pd.DatetimeIndex:
+    hours = frame.index
+    if req.start is not None:
+        hours = hours[hours >= req.start]
+    if req.end is not None:
+        hours = hours[hours <= req.end]
+    return hours
+
+
+def compare(
+    base: MarketResearch, other: MarketResearch, req: ResearchRequest
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Balanced accuracy of both on their common labelled hours, and the paired difference's
+    bootstrap resamples (returned too, for the mean over markets)."""
+    labels = training_labels(base.index, req.features)
+    a, b = base.predictions[FAMILY], other.predictions[FAMILY]
+    hours = _in_range(a, req).intersection(b.index)
+    hours = hours[np.isfinite(labels.reindex(hours).to_numpy())]
+    y = labels.reindex(hours).to_numpy().astype(np.int64)
+    pa, pb = (f.loc[hours, ["p_sell", "p_hold", "p_buy"]].to_numpy() for f in (a, b))
+    boot = req.research.bootstrap
+    starts, block = block_starts(len(y), boot.block_hours, boot.samples, boot.seed)
+    diff = (
+        bootstrap_metrics(y, pb, starts, block)[METRIC]
+        - bootstrap_metrics(y, pa, starts, block)[METRIC]
+    )
+    base_ba, other_ba = point_metrics(y, pa)[METRIC], point_metrics(y, pb)[METRIC]
+    row = {
+        "hours": int(len(y)),
+        "first": str(hours[0]) if len(hours) else None,
+        "last": str(hours[-1]) if len(hours) else None,
+        "base": base_ba,
+        "variant": other_ba,
+        "diff": other_ba - base_ba,
+        "interval": interval(diff),
+    }
+    return row, diff
+
+
+def verdict(low: float, high: float) -> str:
+    return "helps" if low > 0 else "hurts" if high < 0 else "unclear"
+
+
+def ablate(req: ResearchRequest, groups: list[str], say: Any, local: bool) -> dict[str, Any]:
+    """Run every variant and compare each with the base, per market and on average."""
+    runs = {
+        name: run_research(with_groups(req, enabled), say, local=local)[0]
+        for name, enabled in variants(groups).items()
+    }
+    report: dict[str, Any] = {"metric": METRIC, "family": FAMILY, "variants": {}}
+    for name, enabled in variants(groups).items():
+        if name == "base":
+            continue
+        rows, resamples = {}, []
+        for market in req.markets:
+            rows[market], diff = compare(runs["base"][market], runs[name][market], req)
+            resamples.append(diff)
+        mean = np.mean(resamples, axis=0)
+        point = float(np.mean([r["diff"] for r in rows.values()]))
+        low, high = interval(mean)
+        report["variants"][name] = {
+            "groups": list(enabled),
+            "markets": rows,
+            "mean": {"diff": point, "interval": [low, high], "verdict": verdict(low, high)},
+        }
+    report["helps"] = [
+        g for g in groups if report["variants"][f"+{g}"]["mean"]["verdict"] == "helps"
+    ]
+    return report
+
+
+def format_ablation(report: dict[str, Any], markets: list[str]) -> str:
+    """One line per variant: each market's difference [interval], and the mean with a verdict."""
+    head = f"{'variant':<16}" + "".join(f"{m:>26}" for m in markets) + f"{'mean':>26}  verdict"
+    lines = ["balanced accuracy, variant minus base (gbm), 95 % block-bootstrap interval", head]
+    for name, v in report["variants"].items():
+        cells = [v["markets"][m] for m in markets] + [v["mean"]]
+        text = "".join(
+            f"{c['diff']:>+9.4f} [{c['interval'][0]:+.3f},{c['interval'][1]:+.3f}]" for c in cells
+        )
+        lines.append(f"{name:<16}{text}  {v['mean']['verdict']}")
+    first = report["variants"][next(iter(report["variants"]))]["markets"]
+    for m in markets:
+        r = first[m]
+        lines.append(
+            f"{m}: {r['hours']} hours {r['first']} .. {r['last']}, base BA {r['base']:.4f}"
+        )
+    lines.append(f"groups that help: {', '.join(report['helps']) or 'none'}")
+    return "\n".join(lines)
+
+
+def _groups(text: str | None) -> list[str]:
+    groups = [g.strip() for g in text.split(",") if g.strip()] if text else list(GROUP_ORDER)
+    unknown = [g for g in groups if g not in GROUP_ORDER]
+    if unknown or not groups:
+        raise ConfigError(
+            f"unknown group {unknown or text!r}: choose from {', '.join(GROUP_ORDER)}"
+        )
+    return groups
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from train.research_cli import _init_ray
+
+    args.family, args.no_leaky = FAMILY, True
+    req = build_request(args)
+    groups = _groups(args.groups)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if not args.local:
+        _init_ray(args)
+    report = ablate(req, groups, say, args.local)
+    report["command"] = "python -m train " + " ".join(sys.argv[1:])
+    text = format_ablation(report, req.markets)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ablation.json").write_text(json.dumps(report, indent=1, default=str))
+        (out / "ablation.txt").write_text(text + "\n")
+    print(json.dumps(report, indent=1, default=str) if args.json else text)
+    return 0
