@@ -39,6 +39,10 @@ class BinanceError(OSError):
     """Binance candles could not be had (file missing, HTTP failure, unreadable reply)."""
 
 
+class BinanceUnknownSymbol(BinanceError):
+    """The source answers but holds no candles of that pair (no file; Binance's -1121)."""
+
+
 class UsdtCandleSource(Protocol):
     """Closed Binance hourly candles of a USDT pair, naive UTC open times."""
 
@@ -78,7 +82,7 @@ class BinanceParquetSource:
     def history(self, symbol: str) -> pd.DataFrame:
         path = f"{self._root}/{binance_file_name(symbol)}"
         if self._fs.get_file_info(path).type != pafs.FileType.File:
-            raise BinanceError(f"no Binance candles for {symbol} in {self.directory}")
+            raise BinanceUnknownSymbol(f"no Binance candles for {symbol} in {self.directory}")
         try:
             return read_candle_file(self._fs, path)
         except CandleError as exc:
@@ -149,6 +153,8 @@ class BinanceHttpSource:
             )
         except requests.RequestException as exc:
             raise BinanceError(f"{symbol}: Binance klines request failed: {exc}") from exc
+        if reply.status_code == 400 and '"code":-1121' in reply.text.replace(" ", ""):
+            raise BinanceUnknownSymbol(f"{symbol}: Binance answered {reply.text[:160]}")
         if reply.status_code != 200:
             raise BinanceError(
                 f"{symbol}: Binance answered {reply.status_code}: {reply.text[:160]}"

@@ -22,22 +22,36 @@ def needs_context(feature_set: FeatureSet) -> bool:
     return bool(feature_set.needs_upbit_context) or feature_set.needs_binance
 
 
-def batch_context(feature_set: FeatureSet, market: str, data_dir: str) -> MarketContext | None:
-    """Every hour of every series the feature set reads for `market`, from the data folder."""
+def folder_context(feature_set: FeatureSet, market: str, data_dir: str) -> MarketContext | None:
+    """`batch_context` from one data folder (Upbit and Binance files side by side)."""
+    return batch_context(
+        feature_set, market, ParquetDirSource(data_dir), BinanceParquetSource(data_dir)
+    )
+
+
+def batch_context(
+    feature_set: FeatureSet,
+    market: str,
+    upbit: CandleSource,
+    binance: BinanceParquetSource | None,
+    end: datetime | None = None,
+) -> MarketContext | None:
+    """Every hour (up to `end`, KST) of every series the feature set reads for `market`."""
     if not needs_context(feature_set):
         return None
-    upbit = ParquetDirSource(data_dir)
     try:
-        markets = {m: upbit.history(m) for m in feature_set.needs_upbit_context}
+        markets = {m: upbit.history(m, end=end) for m in feature_set.needs_upbit_context}
     except UnknownMarketError as exc:
         raise MissingContextError(f"{market}: cross_market context: {exc}") from exc
-    binance = None
+    frame = None
     if feature_set.needs_binance:
+        if binance is None:
+            raise MissingContextError(f"{market}: premium features need Binance candle files")
         try:
-            binance = BinanceParquetSource(data_dir).history(binance_symbol(market))
+            frame = binance.history(binance_symbol(market))
         except BinanceError as exc:
             raise MissingContextError(f"{market}: premium context: {exc}") from exc
-    return MarketContext(markets, binance)
+    return MarketContext(markets, frame)
 
 
 def serving_context(

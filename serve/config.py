@@ -23,6 +23,7 @@ class SourceConfig(Strict):
     data_dir: str = "../shared/data/ohlcv"
     cache_dir: str = "cache/candles"  # upbit: the Parquet cache in front of the exchange
     upbit_base_url: str = "https://api.upbit.com"
+    binance_base_url: str = "https://api.binance.com"  # upbit: the premium group's USDT side
     timeout_s: float = Field(5.0, gt=0)
 
 

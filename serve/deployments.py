@@ -20,7 +20,7 @@ from serve.config import ServeConfig
 from serve.metrics import prediction_metrics, sizing_metrics
 from serve.model_age import prediction_age, status_age
 from serve.model_slot import ModelSlot
-from serve.predict import RequestCandles, predict_candles, warm_up
+from serve.predict import RequestCandles, model_feature_set, predict_candles, warm_up
 from serve.schema import BadRequest, ModelView, Sizing, Unavailable
 from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
 from train.registry import ModelRegistry
@@ -70,7 +70,8 @@ class HybridPredictor:
         if loaded is None:
             raise Unavailable(self.slot.status()["last_error"] or f"no model for {self.market}")
         candles = self.feed.candles(self.market, rows)
-        view = predict_candles(loaded.model, self.market, candles, self.replica)
+        context = self.feed.context(self.market, model_feature_set(loaded.model))
+        view = predict_candles(loaded.model, self.market, candles, self.replica, context)
         self.predictions.inc(tags={"market": self.market, "signal": view.signal})
         self._publish_version()
         self.last_hour = view.time

@@ -34,7 +34,7 @@ from serve.deployments import PREDICTOR_BOUNDS, replica_id
 from serve.metrics import prediction_metrics
 from serve.model_age import prediction_age
 from serve.model_slot import RETRY_FAILED_S
-from serve.predict import RequestCandles, predict_candles, warm_up
+from serve.predict import RequestCandles, model_feature_set, predict_candles, warm_up
 from serve.schema import ModelView, Unavailable
 from train.bundle import BundleError, HybridModel, load_bundle
 from train.registry import ModelRegistry, parse_version
@@ -127,7 +127,10 @@ class MultiplexedPredictor:
         model = serve.get_multiplexed_model_id()
         market, _ = parse_model_id(model)
         bundle = await self._model(model)
-        view = predict_candles(bundle, market, self.feed.candles(market, candles), self.replica)
+        context = self.feed.context(market, model_feature_set(bundle))
+        view = predict_candles(
+            bundle, market, self.feed.candles(market, candles), self.replica, context
+        )
         self.predictions.inc(tags={"market": market, "signal": view.signal})
         window = bundle.metadata.get("train_window")
         return view.model_copy(

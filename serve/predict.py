@@ -21,10 +21,12 @@ import pandas as pd
 
 from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, normalize_candles, validate_candles
+from features.groups import FeatureSet, MarketContext
 from features.serving import serving_matrix
 from serve.schema import BadRequest, ModelView, Probabilities
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
+from train.bundle_io import bundle_feature_set
 
 _CANDLE_FIELDS = operator.itemgetter(*CANDLE_COLUMNS)
 
@@ -127,20 +129,41 @@ def warm_up() -> None:
     serving_matrix(shape, indicators.SEQUENCE_LENGTH)
 
 
+def model_feature_set(model: HybridModel) -> FeatureSet:
+    """The columns the model was trained on (its bundle's feature groups; the base 46 if none)."""
+    return bundle_feature_set(model.metadata)
+
+
 def predict_candles(
-    model: HybridModel, market: str, candles: pd.DataFrame, served_by: str = "in-process"
+    model: HybridModel,
+    market: str,
+    candles: pd.DataFrame,
+    served_by: str = "in-process",
+    context: MarketContext | None = None,
 ) -> ModelView:
     """The model's view of the newest closed hour in `candles`; too few or gappy candles are a
     BadRequest naming how many it needs. `volatility` is `serve.sizing.sizing_volatility` (simple
-    hourly returns), the input the sizing rule reads."""
+    hourly returns), the input the sizing rule reads.
+
+    A model trained with the cross-market or premium group also reads `context` (the other
+    markets' and Binance's candles, `serve.candle_feed.CandleFeed.context`); context that is
+    missing or does not reach the newest hour is a BadRequest (422) naming what is missing, so
+    the loop records `no_decision` rather than trading on a silent zero."""
     needed = indicators.SERVING_WINDOW
     if len(candles) < needed:
         raise BadRequest(f"{market}: need at least {needed} hourly candles, got {len(candles)}")
     try:
         window = candles.iloc[-indicators.CANDLES_FOR_SERVING :]
         max_gap = int(model.metadata.get("max_gap_hours", 6))
-        rows = serving_matrix(window, indicators.SEQUENCE_LENGTH, max_gap)
-    except CandleError as exc:
+        rows = serving_matrix(
+            window,
+            indicators.SEQUENCE_LENGTH,
+            max_gap,
+            feature_set=model_feature_set(model),
+            context=context,
+            market=market,
+        )
+    except CandleError as exc:  # MissingContextError included
         raise BadRequest(f"{market}: {exc}") from exc
     proba = model.predict_proba(rows[None, :, :])[0]
     return ModelView(

@@ -4,7 +4,7 @@
         [--groups multi_horizon,calendar] [--profile quick] [--local | --ray-address local]
         [--json] [--out DIR] [--cache DIR]
 
-For the base 46 alone, the base plus each group in turn, and the base plus every group, it runs
+For the base 46 alone and the base plus each group in turn, it runs
 the research walk-forward of the gbm family (train.research_run: the same folds, the same cache,
 so a variant computed once is read back next time) and scores every variant against the base on
 the hours both predicted, with the configured training label. The effect of a group is the
@@ -29,10 +29,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.candles import repair_segments
 from features.config import ConfigError
 from features.groups import GROUP_ORDER
+from features.sources import ParquetDirSource
+from train.research_cache import config_hash
 from train.research_cli import add_research_parser, build_request
-from train.research_run import MarketResearch, ResearchRequest, run_research, training_labels
+from train.research_jobs import MarketIndex
+from train.research_run import (
+    MarketResearch,
+    ResearchRequest,
+    describe,
+    run_research,
+    training_labels,
+)
 from train.research_stats import block_starts, bootstrap_metrics, interval, point_metrics
 
 FAMILY = "gbm"
@@ -51,15 +61,18 @@ def add_ablate_parser(sub: argparse._SubParsersAction) -> None:
             continue
         p._add_action(action)
     p.add_argument("--groups", help=f"comma-separated of {', '.join(GROUP_ORDER)} (default all)")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="compare the variants' folds already in the cache (from earlier, partial runs)",
+    )
 
 
 def variants(groups: list[str]) -> dict[str, tuple[str, ...]]:
-    """Variant name -> enabled groups: the base, the base plus each group, the base plus all."""
-    out: dict[str, tuple[str, ...]] = {"base": ()}
-    out |= {f"+{g}": (g,) for g in groups}
-    if len(groups) > 1:
-        out["+all"] = tuple(groups)
-    return out
+    """Variant name -> enabled groups: the base, and the base plus each group alone (each group
+    is judged on its own against the same base; a combination is one more `--groups` run of
+    research with those groups on)."""
+    return {"base": ()} | {f"+{g}": (g,) for g in groups}
 
 
 def with_groups(req: ResearchRequest, enabled: tuple[str, ...]) -> ResearchRequest:
@@ -114,10 +127,43 @@ def verdict(low: float, high: float) -> str:
     return "helps" if low > 0 else "hurts" if high < 0 else "unclear"
 
 
-def ablate(req: ResearchRequest, groups: list[str], say: Any, local: bool) -> dict[str, Any]:
-    """Run every variant and compare each with the base, per market and on average."""
+def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
+    """A variant's gbm predictions read straight from the research cache (every fold in range,
+    whichever run computed it), with the market's repaired timeline for the labels: the table
+    of several partial `ablate` runs, without preparing any market again."""
+    digest = config_hash(describe(FAMILY, req))
+    out = {}
+    for market in req.markets:
+        candles = ParquetDirSource(req.data_dir).history(market)
+        parts = repair_segments(candles, req.features.max_gap_hours)
+        times = pd.DatetimeIndex(np.concatenate([p.candles.index.asi8 for p in parts]))
+        close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
+        index = MarketIndex(market, times, close, np.arange(len(times)), {})
+        frames = []
+        for key in req.cache.keys(market, FAMILY, digest):
+            if (req.end is None or key.start <= req.end) and (
+                req.start is None or key.end > req.start
+            ):
+                frames.append(req.cache.read(key)[0])
+        if not frames:
+            raise ValueError(
+                f"{market}: no cached {FAMILY} folds for groups "
+                f"{list(req.features.feature_set().groups)} (config {digest})"
+            )
+        frame = pd.concat(frames).sort_index()
+        out[market] = MarketResearch(index, [], {FAMILY: frame})
+    return out
+
+
+def ablate(
+    req: ResearchRequest, groups: list[str], say: Any, local: bool, cached: bool = False
+) -> dict[str, Any]:
+    """Run every variant (or, `cached`, read it back) and compare each with the base, per market
+    and on average."""
     runs = {
-        name: run_research(with_groups(req, enabled), say, local=local)[0]
+        name: cached_research(with_groups(req, enabled))
+        if cached
+        else run_research(with_groups(req, enabled), say, local=local)[0]
         for name, enabled in variants(groups).items()
     }
     report: dict[str, Any] = {"metric": METRIC, "family": FAMILY, "variants": {}}
@@ -155,9 +201,8 @@ def format_ablation(report: dict[str, Any], markets: list[str]) -> str:
     first = report["variants"][next(iter(report["variants"]))]["markets"]
     for m in markets:
         r = first[m]
-        lines.append(
-            f"{m}: {r['hours']} hours {r['first']} .. {r['last']}, base BA {r['base']:.4f}"
-        )
+        span = f"{r['hours']} hours {r['first']} .. {r['last']}"
+        lines.append(f"{m}: {span}, base balanced accuracy {r['base']:.4f}")
     lines.append(f"groups that help: {', '.join(report['helps']) or 'none'}")
     return "\n".join(lines)
 
@@ -179,9 +224,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     req = build_request(args)
     groups = _groups(args.groups)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    if not args.local:
+    if not (args.local or args.cached_only):
         _init_ray(args)
-    report = ablate(req, groups, say, args.local)
+    report = ablate(req, groups, say, args.local, cached=args.cached_only)
     report["command"] = "python -m train " + " ".join(sys.argv[1:])
     text = format_ablation(report, req.markets)
     if args.out:

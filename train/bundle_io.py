@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.indicators import FEATURE_HASH
+from features.groups import DEFAULT_CONTEXT_MARKETS, FeatureSet
 
 
 class BundleError(ValueError):
@@ -35,12 +35,35 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise BundleError(f"{directory / 'metadata.json'} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise BundleError(f"{directory / 'metadata.json'} must hold a JSON object")
-    if meta.get("feature_hash") != FEATURE_HASH:
+    feature_set = bundle_feature_set(meta, directory)
+    if meta.get("feature_hash") != feature_set.hash:
         raise BundleError(
             f"bundle {directory} was trained on feature hash {meta.get('feature_hash')!r}, "
-            f"this code computes {FEATURE_HASH!r}: retrain it"
+            f"this code computes {feature_set.hash!r} for its feature groups "
+            f"{list(feature_set.groups)}: retrain it"
         )
     return meta
+
+
+def bundle_feature_set(meta: Mapping[str, Any], directory: Path | str = "bundle") -> FeatureSet:
+    """The feature set a bundle was trained on: the base 46 plus its `feature_groups` (absent in
+    bundles older than groups: the base alone). Serving computes exactly these columns."""
+    groups = meta.get("feature_groups", [])
+    markets = meta.get("context_markets", list(DEFAULT_CONTEXT_MARKETS))
+    try:
+        return FeatureSet(tuple(groups), tuple(markets))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"bundle {directory}: unusable feature_groups {groups!r}: {exc}") from exc
+
+
+def feature_metadata(feature_set: FeatureSet) -> dict[str, Any]:
+    """What a bundle records about its features, read back by `bundle_feature_set`."""
+    return {
+        "feature_names": list(feature_set.names),
+        "feature_hash": feature_set.hash,
+        "feature_groups": list(feature_set.groups),
+        "context_markets": list(feature_set.context_markets),
+    }
 
 
 def bundle_family(meta: dict[str, Any]) -> str:

@@ -16,10 +16,22 @@ import numpy as np
 
 from features.dataset import MarketDataset
 from features.folds import purged_parts
+from features.groups import FeatureSet
 from features.splits import seed_leaky_split
+from train.bundle_io import feature_metadata
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import GbmModel, GbmSlices, design_rows, fit_gbm, raw_scores
+
+
+def refuse_groups(feature_set: FeatureSet) -> None:
+    """The hybrid reads the seed's 46 only: its encoder's input width is fixed at 46 and its
+    transform refuses NaN (a missing Binance hour); feature groups need the gbm family."""
+    if feature_set.groups:
+        raise ValueError(
+            f"the hybrid family reads the base 46 features only; feature groups "
+            f"{list(feature_set.groups)} (features.yaml groups) need --family gbm"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ class GbmFitter:
         s = plan.slices
         slices = GbmSlices(xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]))
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
-        model = GbmModel(booster, temperature, {})
+        model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
         proba = (
             calibrated_proba(raw_scores(booster, self._x(plan.test)), temperature)
             if len(plan.test)
@@ -103,6 +115,7 @@ class HybridFitter:
     family = "hybrid"
 
     def __init__(self, profile: TrainProfile, data: MarketDataset, hooks: Any = None) -> None:
+        refuse_groups(data.feature_set)
         self.profile, self.data, self.hooks = profile, data, hooks
 
     def plan(self, name: str, train: np.ndarray, test: np.ndarray, purge: int) -> Plan:

@@ -22,9 +22,10 @@ import lightgbm as lgb
 import numpy as np
 
 from features.dataset import MarketDataset
-from features.indicators import FEATURE_HASH, FEATURE_NAMES
+from features.groups import FeatureSet
+from features.indicators import FEATURE_NAMES
 from features.transform import relative_windows
-from train.bundle_io import BundleError, require_files
+from train.bundle_io import BundleError, bundle_feature_set, feature_metadata, require_files
 from train.calibration import calibrated_proba, fit_temperature, process_threads
 from train.config import GbmConfig
 from train.plain_gbm import balanced_weights
@@ -150,12 +151,16 @@ class GbmModel:
     def version(self) -> str:
         return str(self.metadata.get("version", "unregistered"))
 
+    @property
+    def feature_set(self) -> FeatureSet:
+        return bundle_feature_set(self.metadata)
+
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         """(n, 24, F) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities."""
         raw = np.asarray(windows, dtype="float64")
         if len(raw) == 0:
             return np.zeros((0, 3))
-        return self.predict_inputs(window_inputs(raw))
+        return self.predict_inputs(window_inputs(raw, self.feature_set.names))
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
         return calibrated_proba(raw_scores(self.booster, x), self.temperature)
@@ -166,9 +171,8 @@ class GbmModel:
         meta = {
             **self.metadata,
             "family": "gbm",
-            "feature_names": list(FEATURE_NAMES),
-            "feature_hash": FEATURE_HASH,
-            "gbm_inputs": list(input_names()),
+            **feature_metadata(self.feature_set),
+            "gbm_inputs": list(input_names(self.feature_set.names)),
             "temperature": self.temperature,
         }
         (directory / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -178,19 +182,20 @@ class GbmModel:
 def load_gbm(directory: Path, meta: dict[str, Any]) -> GbmModel:
     """A gbm bundle; refused with the reason when its inputs or temperature do not fit."""
     require_files(directory, GBM_FILES)
-    if tuple(meta.get("gbm_inputs", ())) != input_names():
+    names = input_names(bundle_feature_set(meta, directory).names)
+    if tuple(meta.get("gbm_inputs", ())) != names:
         raise BundleError(
             f"{directory / 'metadata.json'}: the bundle's gbm inputs differ from this code's "
-            f"{len(input_names())} window summaries: retrain it"
+            f"{len(names)} window summaries: retrain it"
         )
     try:
         booster = lgb.Booster(model_file=str(directory / "lightgbm.txt"))
     except lgb.basic.LightGBMError as exc:
         raise BundleError(f"{directory / 'lightgbm.txt'} is not a LightGBM model: {exc}") from exc
-    if booster.num_feature() != len(input_names()):
+    if booster.num_feature() != len(names):
         raise BundleError(
             f"{directory / 'lightgbm.txt'} reads {booster.num_feature()} inputs, "
-            f"the window gives {len(input_names())}"
+            f"the window gives {len(names)}"
         )
     temperature = float(meta.get("temperature", float("nan")))
     if not np.isfinite(temperature) or temperature <= 0:

@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from features.binance import BinanceParquetSource
 from features.config import FeaturesConfig
+from features.context import batch_context
 from features.dataset import MarketDataset, build_dataset
 from features.exchange import HOUR_NS
-from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH, SERVING_WINDOW
+from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, SERVING_WINDOW
 from features.labels import class_shares, fold_threshold, label_returns
+from features.sources import ParquetDirSource
 from features.splits import SplitSpec, walk_forward_splits
 from features.transform import SequenceTransform
+from train.bundle_io import feature_metadata
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
 from train.evaluate import evaluate_predictions, one_hot
@@ -62,7 +66,18 @@ def load_market(
     candles = source.history(market, end=profile.data.until)
     if profile.data.last_hours is not None:
         candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
-    return build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)
+    feature_set = features.feature_set()
+    folder = isinstance(source, ParquetDirSource)  # Binance files sit beside the Upbit files
+    binance = BinanceParquetSource(source.directory) if folder else None
+    context = batch_context(feature_set, market, source, binance, end=profile.data.until)
+    return build_dataset(
+        candles,
+        market,
+        features.labels.horizon_hours,
+        features.max_gap_hours,
+        feature_set=feature_set,
+        context=context,
+    )
 
 
 def split_spec(features: FeaturesConfig, profile: TrainProfile) -> SplitSpec:
@@ -95,9 +110,10 @@ def baselines(
     train = plan.transform_fit
     y_train = data.labels(threshold, train)
     majority = int(np.bincount(y_train, minlength=3).argmax())
-    transform = SequenceTransform.fit(data.features, train)
-    last_train = transform.apply(data.features, train)[:, -1, :]
-    last_test = transform.apply(data.features, plan.test)[:, -1, :]
+    base = data.features[:, : len(FEATURE_NAMES)]  # this baseline reads the seed's 46 only
+    transform = SequenceTransform.fit(base, train)
+    last_train = transform.apply(base, train)[:, -1, :]
+    last_test = transform.apply(base, plan.test)[:, -1, :]
     head = fit_head(profile.head, last_train, y_train, profile.optim.seed)
     plain = plain_features(data)
     booster = fit_plain(plain[train], y_train, profile.optim.seed)
@@ -247,7 +263,7 @@ def bundle_metadata(
         "market": data.market,
         "family": refit.family,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_hash": FEATURE_HASH,
+        **feature_metadata(data.feature_set),
         "sequence_length": SEQUENCE_LENGTH,
         "serving_window": SERVING_WINDOW,
         "horizon": data.horizon,

@@ -161,3 +161,23 @@ class PredictionCache:
                 _, start, end, _ = name.removesuffix(".parquet").split("_")
                 spans.append((pd.Timestamp(start), pd.Timestamp(end)))
         return spans
+
+    def keys(self, market: str, family: str, config: str) -> list[FoldKey]:
+        """Every stored fold of one configuration, as keys (from the file names), by fold."""
+        base = f"{self._base.rstrip('/')}/{check_market(market)}/{family}/{config}"
+        found = []
+        for info in self._fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.base_name.endswith(".parquet"):
+                fold, start, end, fingerprint = info.base_name.removesuffix(".parquet").split("_")
+                found.append(
+                    FoldKey(
+                        market,
+                        family,
+                        config,
+                        int(fold[1:]),
+                        pd.Timestamp(start),
+                        pd.Timestamp(end),
+                        fingerprint,
+                    )  # fmt: skip
+                )
+        return sorted(found, key=lambda k: k.fold)

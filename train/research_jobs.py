@@ -19,7 +19,7 @@ import pandas as pd
 
 from features.candles import CandleError
 from features.config import FeaturesConfig
-from features.context import batch_context
+from features.context import folder_context
 from features.dataset import MarketDataset, build_dataset
 from features.folds import (
     FoldGrid,
@@ -111,7 +111,7 @@ def prepare_market(
     if len(candles) == 0:
         raise CandleError(f"{market}: no candles in {data_dir}")
     feature_set = features.feature_set()
-    context = batch_context(feature_set, market, data_dir)
+    context = folder_context(feature_set, market, data_dir)
     data = build_dataset(
         candles,
         market,

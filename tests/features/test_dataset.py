@@ -113,7 +113,7 @@ def test_group_columns_are_causal(real_candles, ohlcv_dir) -> None:
     """With every group on: cutting the future of the market, of every context market and of
     Binance, or rewriting that future (BTC and Binance closes doubled after t), changes no row at
     or before hour t."""
-    from features.context import batch_context
+    from features.context import folder_context
     from features.exchange import KST
     from features.groups import GROUP_ORDER, FeatureSet, MarketContext
 
@@ -122,7 +122,7 @@ def test_group_columns_are_causal(real_candles, ohlcv_dir) -> None:
     rng = np.random.default_rng(11)
     for market in ("KRW-ETH", "KRW-XRP"):
         recent = real_candles[market].iloc[-4000:]
-        context = batch_context(groups, market, str(ohlcv_dir))
+        context = folder_context(groups, market, str(ohlcv_dir))
         full = build_dataset(recent, market, HORIZON, 6, feature_set=groups, context=context)
         for t in rng.choice(full.samples[full.samples < len(full.times) - 200], 2, replace=False):
             at = full.times[t]

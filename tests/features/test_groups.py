@@ -12,10 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.binance import BinanceError, BinanceHttpSource, BinanceParquetSource
+from features.binance import (
+    BinanceError,
+    BinanceHttpSource,
+    BinanceParquetSource,
+    BinanceUnknownSymbol,
+)
 from features.candles import CANDLE_COLUMNS
 from features.config import ConfigError, load_features_config
-from features.context import batch_context, serving_context
+from features.context import folder_context, serving_context
 from features.dataset import build_dataset
 from features.exchange import HOUR
 from features.groups import (
@@ -135,7 +140,7 @@ def test_multi_horizon_columns_by_their_definitions(ohlcv_dir: Path) -> None:
 def test_cross_market_refuses_missing_or_stale_context(ohlcv_dir: Path) -> None:
     cross = FeatureSet(("cross_market",))
     eth = _recent(ohlcv_dir, "KRW-ETH", CANDLES_FOR_SERVING)
-    context = batch_context(cross, "KRW-ETH", str(ohlcv_dir))
+    context = folder_context(cross, "KRW-ETH", str(ohlcv_dir))
     assert context is not None
     partial = MarketContext({m: f for m, f in context.upbit.items() if m != "KRW-SOL"})
     with pytest.raises(MissingContextError, match="KRW-SOL"):
@@ -163,7 +168,7 @@ def test_binance_source_reads_the_standin_like_the_files(ohlcv_dir: Path) -> Non
         expected = truth.loc[: got.index[-1]].tail(1500)
         assert got.index.equals(expected.index) and list(got.columns) == list(CANDLE_COLUMNS)
         np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-8, atol=1e-8)
-        with pytest.raises(BinanceError, match="Invalid symbol"):
+        with pytest.raises(BinanceUnknownSymbol, match="Invalid symbol"):
             source.latest("DOGEUSDT", 10, now=now.tz_localize("UTC"))
         standin.fail_next = 429
         with pytest.raises(BinanceError, match="429"):

@@ -21,7 +21,7 @@ import pytest
 from features import indicators
 from features.candles import CANDLE_COLUMNS, CandleError, repair_gaps, repair_segments
 from features.config import load_features_config
-from features.context import batch_context
+from features.context import folder_context
 from features.dataset import build_dataset
 from features.exchange import HOUR, HOUR_NS, KST
 from features.groups import GROUP_ORDER, FeatureSet, MarketContext
@@ -254,7 +254,7 @@ def test_group_columns_serving_rows_equal_batch_rows(market: Market, ohlcv_dir: 
     the hour) gives the batch rows, the group columns bit for bit. NaN (a missing Binance hour)
     is NaN on both paths."""
     recent = market.candles.iloc[-GROUP_HOURS:]
-    context = batch_context(ALL_GROUPS, market.name, str(ohlcv_dir))
+    context = folder_context(ALL_GROUPS, market.name, str(ohlcv_dir))
     assert context is not None
     data = build_dataset(recent, market.name, 6, 6, feature_set=ALL_GROUPS, context=context)
     batch = data.frame()

@@ -38,7 +38,6 @@ def test_variants_switch_exactly_their_groups_and_key_the_cache_apart(tmp_path: 
         "base": (),
         "+calendar": ("calendar",),
         "+premium": ("premium",),
-        "+all": ("calendar", "premium"),
     }
     base, premium = with_groups(req, ()), with_groups(req, ("premium",))
     assert base.families == ["gbm"] and not base.leaky and not base.baselines
