@@ -38,7 +38,9 @@ def group_bundle(ohlcv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     thirds = np.array_split(np.arange(len(y)), 3)
     slices = GbmSlices(*((x[i], y[i]) for i in thirds))
     booster, temperature = fit_gbm(GbmConfig(num_rounds=20, min_data_in_leaf=20), slices)
-    meta = {**feature_metadata(GROUPS), "max_gap_hours": 6, "market": MARKET}
+    window = [str(data.sample_times[0]), str(data.sample_times[-1])]
+    meta = {**feature_metadata(GROUPS), "max_gap_hours": 6, "market": MARKET, "horizon": 6,
+            "train_window": window}  # fmt: skip
     return GbmModel(booster, temperature, meta).save(tmp_path_factory.mktemp("bundle") / "v0001")
 
 
@@ -89,3 +91,61 @@ def test_missing_context_is_422_and_a_failing_source_503(
         CandleFeed(ServeConfig(source=down)).context(MARKET, FeatureSet(("premium",)))
     assert failed.value.status == 503 and "unavailable" in str(failed.value)
     assert len(feed.candles(MARKET, None)) == CANDLES_FOR_SERVING
+
+
+@pytest.mark.slow
+def test_over_real_serve_missing_context_is_a_422_then_served(
+    group_bundle: Path, ray_local, ray_head, ohlcv_dir: Path, serve_port, tmp_path: Path
+) -> None:
+    """`serve deploy` of a predictor pool whose KRW-ETH model reads every group: while its source
+    folder lacks KRW-SOL, the answer is a 422 naming it, and so is a missing Binance file; once
+    both are there, the same request is served, equal to the in-process prediction."""
+    import os
+
+    import requests
+    import yaml
+    from ray import serve
+
+    from features.config import PROJECT_ROOT
+    from train.registry import ModelRegistry
+
+    from standins.serve_app import deploy_beside, deploy_config, wait_ready
+
+    data = tmp_path / "ohlcv"
+    data.mkdir()
+    for market in (MARKET, "KRW-BTC", "KRW-XRP"):
+        shutil.copy(ohlcv_dir / f"{market}_minute60.parquet", data)
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    registry.promote(MARKET, registry.register(MARKET, group_bundle))
+    sizing = yaml.safe_load((PROJECT_ROOT / "configs" / "sizing.yaml").read_text())
+    sizing["groq"]["enabled"] = sizing["ollama"]["enabled"] = False
+    (tmp_path / "sizing.yaml").write_text(yaml.safe_dump(sizing))
+    config = deploy_config(tmp_path / "registry", data, tmp_path / "sizing.yaml", serve_port,
+                           [MARKET])  # fmt: skip
+    (app,) = config["applications"]
+    app.update(name="ctx", route_prefix="/ctx")
+    app["args"]["serving"] = {"mode": "multiplexed", "replicas": 1, "models_per_replica": 1}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] in {"Ingress", "SizingNode"}]
+    deploy_beside(config, tmp_path / "deploy.yaml", ray_head.dashboard_url,
+                  os.environ["RAY_AUTH_TOKEN"])  # fmt: skip
+    url = f"http://127.0.0.1:{serve_port}/ctx"
+    try:
+        wait_ready(url, [MARKET])
+        ask = lambda: requests.post(f"{url}/v1/predict/{MARKET}", timeout=60)  # noqa: E731
+        refused = ask()
+        assert refused.status_code == 422 and "KRW-SOL" in refused.text, refused.text
+        shutil.copy(ohlcv_dir / "KRW-SOL_minute60.parquet", data)
+        refused = ask()
+        assert refused.status_code == 422 and "ETHUSDT" in refused.text, refused.text
+        shutil.copy(ohlcv_dir / "binance_ETHUSDT_1h.parquet", data)
+        served = ask()
+        assert served.status_code == 200, served.text
+        feed = CandleFeed(ServeConfig(source=SourceConfig(kind="parquet", data_dir=str(data))))
+        view = predict_candles(load_bundle(group_bundle), MARKET, feed.candles(MARKET, None),
+                               context=feed.context(MARKET, GROUPS))  # fmt: skip
+        got = served.json()["probabilities"]
+        assert [got[k] for k in ("sell", "hold", "buy")] == pytest.approx(
+            list(view.probabilities.as_tuple()), abs=1e-9
+        )
+    finally:
+        serve.delete("ctx")

@@ -69,3 +69,28 @@ def test_compare_is_paired_and_says_which_way(real_candles, tmp_path: Path) -> N
     assert verdict(*back["interval"]) == "hurts"
     same, diffs = compare(knows, knows, req)
     assert same["diff"] == 0 and np.all(diffs == 0) and verdict(*same["interval"]) == "unclear"
+
+
+def test_cache_keys_list_what_a_configuration_stored(tmp_path: Path) -> None:
+    """`ablate --cached-only` finds every stored fold of a variant from the file names."""
+    from train.research_cache import FoldKey
+
+    cache = PredictionCache(tmp_path)
+    frame = pd.DataFrame({"fold": 7, "p_sell": [0.2], "p_hold": [0.5], "p_buy": [0.3]},
+                         index=pd.DatetimeIndex(["2023-10-02 00:00"], name="time"))  # fmt: skip
+    keys = [
+        FoldKey(
+            "KRW-BTC",
+            "gbm",
+            "abc",
+            fold,
+            pd.Timestamp("2023-10-02") + pd.Timedelta(days=30 * i),
+            pd.Timestamp("2023-11-01") + pd.Timedelta(days=30 * i),
+            "f00d",
+        )  # fmt: skip
+        for i, fold in enumerate((70, 69))
+    ]
+    for key in keys:
+        cache.write(key, frame, {})
+    assert cache.keys("KRW-BTC", "gbm", "abc") == sorted(keys, key=lambda k: k.fold)
+    assert cache.keys("KRW-BTC", "gbm", "other") == []
