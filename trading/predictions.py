@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.dataset import MarketDataset, build_dataset, usable_samples
+from features.dataset import MarketDataset, usable_samples
 from features.sources import CandleSource
 from trading.step import rolling_sizing_volatility
-from train.bundle_io import trained_until
+from train.bundle_io import dataset_for_model, trained_until
 from train.registry import ModelRegistry
 
 if TYPE_CHECKING:  # torch loads only when a bundle does: `python -m trading status` stays light
@@ -158,7 +158,7 @@ def load_market_hours(
     oos = pd.read_parquet(oos_path) if oos_path.is_file() else None
     meta = model.metadata
     candles = source.history(market)
-    data = build_dataset(candles, market, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    data = dataset_for_model(meta, candles, market, source)
     built = time.perf_counter()
     predictions = walk_forward_predictions(model, data, oos)
     hours = market_hours(market, data.times, data.close, predictions)

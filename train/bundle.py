@@ -21,9 +21,16 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from features.indicators import FEATURE_HASH, FEATURE_NAMES
+from features.indicators import FEATURE_NAMES
 from features.transform import SequenceTransform, TransformError
-from train.bundle_io import BundleError, bundle_family, read_metadata, require_files
+from train.bundle_io import (
+    BundleError,
+    bundle_family,
+    bundle_feature_set,
+    feature_metadata,
+    read_metadata,
+    require_files,
+)
 from train.encoder_loop import encode
 from train.ensemble import load_ensemble
 from train.gbm import load_gbm
@@ -62,11 +69,13 @@ class HybridModel:
         return str(self.metadata.get("version", "unregistered"))
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
-        """(n, 24, 46) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities.
+        """(n, 24, F) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities; the
+        hybrid reads the base 46 (the first columns) of windows that carry feature groups too.
 
         Raw windows in, so no caller can forget or mis-apply the transform.
         """
-        x = self.transform.apply_windows(np.asarray(windows, dtype="float64"))
+        raw = np.asarray(windows, dtype="float64")[..., : len(FEATURE_NAMES)]  # base 46 first
+        x = self.transform.apply_windows(raw)
         return self.predict_proba_transformed(x)
 
     def predict_proba_transformed(self, x: np.ndarray) -> np.ndarray:
@@ -83,8 +92,7 @@ class HybridModel:
         meta = {
             **self.metadata,
             "family": "hybrid",
-            "feature_names": list(FEATURE_NAMES),
-            "feature_hash": FEATURE_HASH,
+            **feature_metadata(bundle_feature_set(self.metadata)),  # what serving computes
             "encoder": self.encoder.spec.to_dict(),
             "temperature": self.temperature,
             "use_last_row": self.use_last_row,

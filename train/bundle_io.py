@@ -13,7 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from features.groups import DEFAULT_CONTEXT_MARKETS, FeatureSet
+from features.binance import BinanceParquetSource
+from features.context import batch_context, needs_context
+from features.dataset import MarketDataset, build_dataset
+from features.groups import DEFAULT_CONTEXT_MARKETS, FeatureSet, MissingContextError
+from features.sources import ParquetDirSource
 
 
 class BundleError(ValueError):
@@ -81,3 +85,23 @@ def trained_until(metadata: Mapping[str, object]) -> pd.Timestamp:
             f"bundle metadata lacks a usable train_window/horizon ({exc!r}): retrain it"
         ) from exc
     return end + pd.Timedelta(hours=horizon)
+
+
+def dataset_for_model(
+    meta: Mapping[str, Any], candles: pd.DataFrame, market: str, source: Any = None
+) -> MarketDataset:
+    """The dataset a bundle reads, for replaying or scoring it: its own feature groups, horizon
+    and gap policy. Context groups read `source` (a CandleSource; a ParquetDirSource also gives
+    the Binance files beside it); without one they raise MissingContextError naming what lacks."""
+    feature_set = bundle_feature_set(meta)
+    context = None
+    if needs_context(feature_set):
+        if source is None:
+            raise MissingContextError(
+                f"{market}: the bundle's groups {list(feature_set.groups)} need a candle source"
+            )
+        folder = isinstance(source, ParquetDirSource)
+        binance = BinanceParquetSource(source.directory) if folder else None
+        context = batch_context(feature_set, market, source, binance)
+    horizon, gap = int(meta["horizon"]), int(meta["max_gap_hours"])
+    return build_dataset(candles, market, horizon, gap, feature_set=feature_set, context=context)

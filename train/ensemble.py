@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.exchange import HOUR
-from features.indicators import FEATURE_HASH
-from train.bundle_io import BundleError, bundle_family
+from train.bundle_io import BundleError, bundle_family, bundle_feature_set, feature_metadata
 
 COMPONENTS = ("hybrid", "gbm")
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
@@ -100,7 +99,7 @@ class EnsembleModel:
         meta = {
             **self.metadata,
             "family": "ensemble",
-            "feature_hash": FEATURE_HASH,
+            **feature_metadata(bundle_feature_set(self.metadata)),  # the gbm's; hybrid: first 46
             "ensemble_weight": self.weight,
             "components": list(COMPONENTS),
         }

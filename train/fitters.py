@@ -9,6 +9,7 @@ gaps between slices, and both put early stopping and calibration on the newest h
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from features.dataset import MarketDataset
 from features.folds import purged_parts
-from features.groups import FeatureSet
+from features.groups import BASE_SET
+from features.indicators import FEATURE_NAMES
 from features.splits import seed_leaky_split
 from train.bundle_io import feature_metadata
 from train.calibration import calibrated_proba
@@ -24,14 +26,16 @@ from train.config import TrainProfile
 from train.gbm import GbmModel, GbmSlices, design_rows, fit_gbm, raw_scores
 
 
-def refuse_groups(feature_set: FeatureSet) -> None:
-    """The hybrid reads the seed's 46 only: its encoder's input width is fixed at 46 and its
-    transform refuses NaN (a missing Binance hour); feature groups need the gbm family."""
-    if feature_set.groups:
-        raise ValueError(
-            f"the hybrid family reads the base 46 features only; feature groups "
-            f"{list(feature_set.groups)} (features.yaml groups) need --family gbm"
-        )
+def base_view(data: MarketDataset) -> MarketDataset:
+    """The dataset's base 46 columns alone (they always come first), same hours and samples.
+
+    The hybrid reads the seed's 46 only: its encoder's input width is fixed at 46 and its
+    transform does not fill NaN (a missing Binance hour). Feature groups reach the gbm family;
+    a hybrid served under groups is handed the wider window and reads its first 46 columns."""
+    if not data.feature_set.groups:
+        return data
+    base = data.features[:, : len(FEATURE_NAMES)]
+    return dataclasses.replace(data, features=base, feature_set=BASE_SET)
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,7 @@ class HybridFitter:
     family = "hybrid"
 
     def __init__(self, profile: TrainProfile, data: MarketDataset, hooks: Any = None) -> None:
-        refuse_groups(data.feature_set)
-        self.profile, self.data, self.hooks = profile, data, hooks
+        self.profile, self.data, self.hooks = profile, base_view(data), hooks
 
     def plan(self, name: str, train: np.ndarray, test: np.ndarray, purge: int) -> Plan:
         from train.fit import purged_slices

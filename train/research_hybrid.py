@@ -23,7 +23,6 @@ from features.sources import ParquetDirSource
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
 from train.fit import SLICE_NAMES, FoldPlan, fit_plan, purged_slices
-from train.fitters import refuse_groups
 from train.research_cache import PROBA, FoldKey, PredictionCache
 from train.research_jobs import FoldJob, JobSettings, leaky_rows, walk_forward_rows
 
@@ -86,7 +85,6 @@ def run_hybrid_jobs(
         config["purge_hours"],
         config["leaky_parts"],
     )
-    refuse_groups(settings.features.feature_set())
     market, cache = config["market"], PredictionCache(config["cache_root"])
     candles = ParquetDirSource(config["data_dir"]).history(market)
     labels = settings.features.labels

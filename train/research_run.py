@@ -22,7 +22,7 @@ import pandas as pd
 
 from features.config import FeaturesConfig
 from features.folds import AnchoredFold, FoldGrid, TrainWindow, anchored_folds, folds_in_range
-from features.indicators import SEQUENCE_LENGTH
+from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
@@ -89,13 +89,18 @@ class MarketResearch:
     configs: dict[str, str] = field(default_factory=dict)  # model name -> config hash
 
 
+def _feature_hash(family: str, req: ResearchRequest) -> str:
+    """The hybrid reads the base 46 whatever groups are on (train.fitters.base_view)."""
+    return FEATURE_HASH if family.startswith("hybrid") else req.features.feature_set().hash
+
+
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     """Everything that changes a family's predictions; its hash keys the cache."""
     base = {
         "family": family.split("~")[0],
         "labels": req.features.labels.model_dump(),
         "max_gap_hours": req.features.max_gap_hours,
-        "feature_hash": req.features.feature_set().hash,  # FEATURE_HASH with no group on
+        "feature_hash": _feature_hash(family, req),
         "purge_hours": req.purge_hours,
         "seed": req.profile.optim.seed,
     }

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.dataset import build_dataset
 from train.bundle import ServableModel
+from train.bundle_io import dataset_for_model
 from train.evaluate import evaluate_predictions, one_hot
 from train.pipeline import next_returns, persistence_labels
 
@@ -58,7 +58,7 @@ def score_window(
 ) -> dict[str, Any]:
     meta = model.metadata
     market = str(meta.get("market", "unknown"))
-    data = build_dataset(candles, market, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    data = dataset_for_model(meta, candles, market)
     times = data.sample_times
     keep = (times >= start) & (times <= (end if end is not None else times.max()))
     positions = data.samples[keep]
