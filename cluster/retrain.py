@@ -31,11 +31,12 @@ class RetrainJob:
     until: str | None = None  # the newest candle to train on (KST), e.g. the first run's hold-out
 
     def entrypoint(self) -> str:
-        tune = " --tune" if self.tune else ""
+        """`train fit`, or `train tune --registry` (which fits each market's winner) with tune."""
         until = f" --until {self.until.replace(' ', 'T')}" if self.until else ""
+        command = "tune" if self.tune else "fit"
         return (
-            f"python -m train fit --markets {','.join(self.markets)} --profile {self.profile} "
-            f"--data-dir {self.data_dir} --registry {self.registry}{tune}{until}"
+            f"python -m train {command} --markets {','.join(self.markets)} --profile "
+            f"{self.profile} --data-dir {self.data_dir} --registry {self.registry}{until}"
         )
 
 

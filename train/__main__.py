@@ -1,5 +1,5 @@
-"""`python -m train fit|research|evaluate|report|list|promote|rollback`: fit, research, judge and
-manage models.
+"""`python -m train fit|research|tune|evaluate|report|list|promote|rollback`: fit, research,
+tune, judge and manage models.
 
 `fit_markets(FitRequest(...))` (train.fit_cli) is the same `fit` for code (`python -m cluster up`
 calls it): it returns each market's gate verdict instead of an exit code.
@@ -25,6 +25,7 @@ from train.registry import ModelRegistry, RegistryError
 from train.report import format_versions, market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
 from train.score_window import score_window
+from train.tune_cli import add_tune_parser, cmd_tune
 
 __all__ = ["FitRequest", "FitVerdict", "fit_markets", "main", "parse_args"]  # cluster and tests
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit markets walk-forward, register, gate, promote")
-    fit.add_argument("--markets", required=True, help="comma-separated, e.g. KRW-BTC,KRW-ETH")
+    fit.add_argument("--markets", help="comma-separated, e.g. KRW-BTC,KRW-ETH")
     fit.add_argument("--data-dir", required=True, help="folder or URI of <MARKET>_minute60.parquet")
     fit.add_argument("--profile", default="quick", help="smoke | quick | full (configs/train.yaml)")
     fit.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
@@ -67,9 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train on GPUs (also chosen when the cluster already shows GPUs)",
     )
     fit.add_argument(
-        "--tune",
-        action="store_true",
-        help="run Ray Tune per market first (tune.search_space), then fit each market's winner",
+        "--config-from",
+        metavar="BUNDLE",
+        help="refit exactly the configuration stored in a bundle: its folder or, with "
+        "--registry, market@version (then --markets defaults to its market)",
     )
     fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
     fit.add_argument(
@@ -85,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     _common(fit, market=False)
     add_research_parser(sub)
+    add_tune_parser(sub)
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
     ev.add_argument("--version")
@@ -150,6 +153,7 @@ def cmd_manage(args: argparse.Namespace) -> int:
 COMMANDS = {
     "fit": cmd_fit,
     "research": cmd_research,
+    "tune": cmd_tune,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "list": cmd_manage,

@@ -7,7 +7,10 @@ is assembled from those two (`train.ensemble_fit`), so asking for all three fits
 in a plain Ray task, all at once; `--local` fits in this process, one market after another.
 
 `fit_markets(FitRequest(...))` is the same `fit` for code (`python -m cluster up` calls it): it
-returns each market's gate verdict instead of an exit code.
+returns each market's gate verdict instead of an exit code. Every bundle stores its whole
+configuration (`train.model_config.ModelConfig`) as `config` in metadata.json; `--config-from
+<bundle dir | market@version>` refits exactly that configuration, reading no YAML, and `python -m
+train tune --registry` fits each market's Tune winner the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from train.bundle_io import bundle_family
 from train.config import FAMILIES, GateConfig, TrainProfile, TuneConfig, load_train_config
 from train.ensemble_fit import assemble
 from train.gate import Contender, judge
+from train.model_config import ModelConfig, read_bundle_config
 from train.pipeline import MarketFit, fit_market, load_market
 from train.registry import ModelRegistry
 from train.report import market_report
@@ -36,9 +40,10 @@ from train.report import market_report
 
 @dataclass(frozen=True)
 class FitRequest:
-    """Fit these markets from these candles into this registry with this profile: on Ray (after
-    Ray Tune with `tune`), or in this process with `local`; `until` holds later candles out.
-    `families` None: train.yaml's `families`."""
+    """Fit these markets from these candles into this registry with this profile: on Ray, or in
+    this process with `local`; `until` holds later candles out. `families` None: train.yaml's
+    `families`. `config` (a stored or tuned configuration) replaces the profile, the families, the
+    YAML files and their overrides, which must then be left at their defaults."""
 
     markets: list[str]
     data_dir: str  # folder or URI of <MARKET>_minute60.parquet
@@ -48,12 +53,12 @@ class FitRequest:
     ray_address: str | None = None
     local: bool = False
     use_gpu: bool = False
-    tune: bool = False
     storage_path: str | None = None
     families: list[str] | None = None
     features_config: str = str(CONFIG_DIR / "features.yaml")
     train_config: str = str(CONFIG_DIR / "train.yaml")
     overrides: list[str] = field(default_factory=list)  # on train_config, as `--set` takes them
+    config: ModelConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,19 @@ class FitContext:
     families: list[str]
     features: FeaturesConfig
     profile: TrainProfile
+    profile_name: str
     gate: GateConfig
     tune: TuneConfig
     source: ParquetDirSource
     registry: ModelRegistry
+    config: ModelConfig | None = None  # where the configuration came from, if not the YAML
+
+    def model_config(self, family: str) -> ModelConfig:
+        """What a bundle of `family` stores as `config`: enough to refit it exactly."""
+        if self.config is not None:
+            return self.config.model_copy(update={"family": family})
+        return ModelConfig(family=family, profile_name=self.profile_name,
+                           features=self.features, profile=self.profile)  # fmt: skip
 
     @property
     def components(self) -> list[str]:
@@ -147,9 +161,10 @@ def market_fits(components: dict[str, MarketFit], ctx: FitContext) -> dict[str, 
     return out
 
 
-def save_fits(fits: dict[str, MarketFit], tmp: Path) -> dict[str, Path]:
+def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[str, Path]:
     bundles = {}
     for family, fit in fits.items():
+        fit.model.metadata["config"] = ctx.model_config(family).as_metadata()
         bundles[family] = fit.model.save(tmp / family)
         fit.oos.to_parquet(bundles[family] / "oos.parquet")
     return bundles
@@ -161,11 +176,11 @@ def fit_local(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
         started = time.perf_counter()
         data = load_market(ctx.source, market, ctx.features, ctx.profile)
         components = {
-            c: fit_market(data, ctx.features, ctx.profile, profile_name=request.profile, family=c)
+            c: fit_market(data, ctx.features, ctx.profile, profile_name=ctx.profile_name, family=c)
             for c in ctx.components
         }
         with tempfile.TemporaryDirectory() as tmp:
-            bundles = save_fits(market_fits(components, ctx), Path(tmp))
+            bundles = save_fits(market_fits(components, ctx), Path(tmp), ctx)
             verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
         print(f"{verdicts[-1]} ({time.perf_counter() - started:.1f} s)\n")
     return verdicts
@@ -186,20 +201,17 @@ def fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
     gbm_refs = {}
     if "gbm" in ctx.components:
         gbm_refs = fit_gbm_on_ray(
-            ctx.markets, request.data_dir, ctx.features, ctx.profile, request.profile
+            ctx.markets, request.data_dir, ctx.features, ctx.profile, ctx.profile_name
         )
-    profiles = {market: ctx.profile for market in ctx.markets}
     runs = {}
     if "hybrid" in ctx.components:
-        if request.tune:
-            profiles = tune(request, ctx, use_gpu)
         runs = {
             run.market: run
             for run in fit_markets_on_ray(
-                profiles,
+                {market: ctx.profile for market in ctx.markets},
                 request.data_dir,
                 ctx.features,
-                request.profile,
+                ctx.profile_name,
                 use_gpu=use_gpu,
                 gpu_fraction=ctx.tune.gpu_fraction,
                 storage_path=request.storage_path,
@@ -208,7 +220,7 @@ def fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
     gbm_files = dict(zip(gbm_refs, ray.get(list(gbm_refs.values())), strict=True))
     verdicts = []
     for market in ctx.markets:
-        data = load_market(ctx.source, market, ctx.features, profiles[market])
+        data = load_market(ctx.source, market, ctx.features, ctx.profile)
         with tempfile.TemporaryDirectory() as tmp:
             components = {}
             if market in runs:
@@ -218,7 +230,7 @@ def fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
                 components["gbm"] = fit_from_bundle(
                     market, write_files(gbm_files[market], Path(tmp) / "gbm-fit")
                 )
-            bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles")
+            bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles", ctx)
             verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
         print(f"{verdicts[-1]} (fitted on Ray, use_gpu={use_gpu})\n")
     return verdicts
@@ -231,41 +243,43 @@ def write_files(files: dict[str, bytes], directory: Path) -> Path:
     return directory
 
 
-def tune(request: FitRequest, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
-    from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
-
-    if not ctx.tune.search_space:
-        raise ConfigError("--tune needs tune.search_space in the train config")
-    print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
-    outcomes = tune_markets_on_ray(
-        ctx.markets,
-        request.data_dir,
-        ctx.features,
-        ctx.profile,
-        ctx.tune,
-        request.storage_path,
-        use_gpu=use_gpu,
-    )
-    print(format_outcomes(outcomes) + "\n")
-    return tuned_profiles(ctx.profile, outcomes)
+def _configured(
+    request: FitRequest,
+) -> tuple[ModelConfig | None, FeaturesConfig, TrainProfile, str]:
+    """The features, profile and profile name a fit runs with: a stored configuration, else the
+    YAML files with their overrides (and `until`)."""
+    config = request.config
+    if config is not None:
+        defaults = FitRequest([], "", "")
+        changed = [name for name in ("profile", "until", "families", "overrides")
+                   if getattr(request, name) != getattr(defaults, name)]  # fmt: skip
+        if changed:
+            raise ConfigError(f"a stored configuration fixes {', '.join(changed)}: drop them "
+                              "(or drop --config-from)")  # fmt: skip
+        return config, config.features, config.profile, config.profile_name
+    profile = load_train_config(request.train_config, request.overrides).profile(request.profile)
+    if request.until is not None:
+        window = profile.data.model_copy(update={"until": request.until})
+        profile = profile.model_copy(update={"data": window})
+    return None, load_features_config(request.features_config), profile, request.profile
 
 
 def fit_markets(request: FitRequest) -> list[FitVerdict]:
     """Fit, register and gate every market of `request`; one verdict per market."""
     train_cfg = load_train_config(request.train_config, request.overrides)
-    profile = train_cfg.profile(request.profile)
-    if request.until is not None:
-        window = profile.data.model_copy(update={"until": request.until})
-        profile = profile.model_copy(update={"data": window})
+    config, features, profile, profile_name = _configured(request)
+    families = [config.family] if config else request.families
     ctx = FitContext(
         markets=request.markets,
-        families=parse_families(",".join(request.families or []), train_cfg.families),
-        features=load_features_config(request.features_config),
+        families=parse_families(",".join(families or []), train_cfg.families),
+        features=features,
         profile=profile,
+        profile_name=profile_name,
         gate=train_cfg.gate,
         tune=train_cfg.tune,
         source=ParquetDirSource(request.data_dir),
         registry=ModelRegistry(request.registry),
+        config=config,
     )
     known = ctx.source.markets()
     unknown = [m for m in ctx.markets if m not in known]
@@ -276,9 +290,15 @@ def fit_markets(request: FitRequest) -> list[FitVerdict]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    market, config = (
+        read_bundle_config(args.config_from, args.registry) if args.config_from else (None, None)
+    )
+    markets = args.markets or market
+    if not markets:
+        raise ConfigError("give --markets (or --config-from, which defaults to its market)")
     fit_markets(
         FitRequest(
-            markets=[m.strip() for m in args.markets.split(",") if m.strip()],
+            markets=[m.strip() for m in markets.split(",") if m.strip()],
             data_dir=args.data_dir,
             registry=args.registry,
             profile=args.profile,
@@ -286,12 +306,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             local=args.local,
             use_gpu=args.use_gpu,
-            tune=args.tune,
             storage_path=args.storage_path,
             families=[f.strip() for f in args.family.split(",")] if args.family else None,
             features_config=args.features_config,
             train_config=args.train_config,
             overrides=args.set,
+            config=config,
         )
     )
     return 0

@@ -129,7 +129,7 @@ def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFol
     return anchored_folds(index.sample_times, req.grid, window)
 
 
-def _fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
+def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
     bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
     return FoldKey(
         index.market,
@@ -168,12 +168,12 @@ def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFo
     first = in_range[0].number - lookback
     component_folds = [f for f in folds if first <= f.number <= in_range[-1].number]
     jobs = [
-        FoldJob(_fold_key(c, f, index, req), c, req.profile.data.last_hours)
+        FoldJob(fold_key(c, f, index, req), c, req.profile.data.last_hours)
         for c in req.components()
         for f in component_folds
     ]
     jobs += [
-        FoldJob(_fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
+        FoldJob(fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
         for b in BASELINE_FAMILIES
         for f in in_range
     ]
@@ -369,7 +369,7 @@ def _ensemble(req: ResearchRequest, market: MarketResearch) -> pd.DataFrame:
     )
     blended = blend_folds(hybrid, gbm, weights)
     for fold in market.folds:
-        key = _fold_key("ensemble", fold, market.index, req)
+        key = fold_key("ensemble", fold, market.index, req)
         if not req.cache.has(key):
             part = blended[blended["fold"] == fold.number]
             req.cache.write(
