@@ -91,10 +91,12 @@ def check_candidates(base: ModelConfig, space: dict[str, list[Any]]) -> None:
 
 
 def read_bundle_config(source: str, registry: str | None) -> tuple[str, ModelConfig]:
-    """The market and configuration stored in a bundle folder, or a registry's `market@version`."""
+    """The market and configuration stored in a bundle folder (metadata.json), a winner's folder
+    of `train tune --out` (config.json), or a registry's `market@version`."""
     path = Path(source)
-    if (path / "metadata.json").is_file():
-        meta, where = json.loads((path / "metadata.json").read_text()), str(path)
+    files = [path / name for name in ("metadata.json", "config.json") if (path / name).is_file()]
+    if files:
+        meta, where = json.loads(files[0].read_text()), str(files[0])
     elif "@" in source:
         if registry is None:
             raise ConfigError(f"--config-from {source!r} names a registry version: give --registry")
@@ -103,8 +105,8 @@ def read_bundle_config(source: str, registry: str | None) -> tuple[str, ModelCon
         market, _, version = source.partition("@")
         meta, where = ModelRegistry(registry).read_metadata(market, version), source
     else:
-        raise ConfigError(f"--config-from {source!r} is neither a bundle folder (with "
-                          "metadata.json) nor a registry market@version")  # fmt: skip
+        raise ConfigError(f"--config-from {source!r} is neither a folder with metadata.json or "
+                          "config.json nor a registry market@version")  # fmt: skip
     if "config" not in meta:
         raise ConfigError(f"{where}: the bundle predates stored configurations (no 'config' in "
                           "metadata.json); refit it once with this code")  # fmt: skip

@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from train.config import FAMILIES, load_train_config
+from train.model_config import read_bundle_config
 from train.research_cache import PredictionCache
 from train.research_report import TradeRequest, build_report
 from train.research_run import ResearchRequest, run_research
@@ -41,6 +42,8 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a private local Ray")
     p.add_argument("--smoke-test", action="store_true", help="smoke profile, the newest fold")
+    p.add_argument("--config-from", metavar="SOURCE", help="the family, features and profile "
+                   "stored in a bundle or a `train tune --out` winner folder")  # fmt: skip
     p.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
     p.add_argument("--train-config", default=str(CONFIG_DIR / "train.yaml"))
     p.add_argument(
@@ -77,15 +80,21 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
     train_cfg = load_train_config(args.train_config, args.set)
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
-    markets = [m.strip() for m in args.markets.split(",")] if args.markets else features.markets
+    profile, families = train_cfg.profile(profile_name), _families(args.family, research.families)
+    default_markets = features.markets
+    if args.config_from:
+        market, config = read_bundle_config(args.config_from, None)
+        features, profile, profile_name = config.features, config.profile, config.profile_name
+        families, default_markets = [config.family], [market]
+    markets = [m.strip() for m in args.markets.split(",")] if args.markets else default_markets
     start = _time(args.start, "--start") or _time(research.start, "research.start")
     if args.smoke_test and args.start is None:
         start = pd.Timestamp("2025-09-01")
     return ResearchRequest(
         markets=[m for m in markets if m],
-        families=_families(args.family, research.families),
+        families=families,
         data_dir=args.data_dir or features.resolve_data_dir(),
-        profile=train_cfg.profile(profile_name),
+        profile=profile,
         profile_name=profile_name,
         features=features,
         research=research,

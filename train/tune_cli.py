@@ -41,7 +41,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", help="fit and register each market's winner here")
     p.add_argument("--cache", help="research prediction cache (default: research.cache_dir)")
     p.add_argument("--storage-path", help="Tune's experiment storage: absolute path or URI")
-    p.add_argument("--out", help="write tune.json (every trial, each winner's config) here")
+    p.add_argument("--out", help="write tune.json (every trial) and <market>/config.json here")
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a private local Ray")
     p.add_argument("--use-gpu", action="store_true", help="give hybrid trials a GPU share")
@@ -140,12 +140,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, outcomes: dict, winners: dict[str, ModelConfig]) -> None:
+    """tune.json (every trial of every market) and <market>/config.json per winner, which
+    `train fit --config-from` and `train research --config-from` read."""
     out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        m: {
-            "trials": [vars(r) for r in o.rows],
-            "winner": winners[m].as_metadata() if m in winners else None,
-        }
-        for m, o in outcomes.items()
-    }
-    (out / "tune.json").write_text(json.dumps(doc, indent=1, default=str))
+    trials = {m: [vars(r) for r in o.rows] for m, o in outcomes.items()}
+    (out / "tune.json").write_text(json.dumps(trials, indent=1, default=str))
+    for market, config in winners.items():
+        (out / market).mkdir(exist_ok=True)
+        doc = {"market": market, "config": config.as_metadata()}
+        (out / market / "config.json").write_text(json.dumps(doc, indent=1))
