@@ -6,8 +6,8 @@ the newest `inner_folds` folds of the research calendar that end before `tune_en
 writing the research cache, so a configuration already computed costs a cache read and
 `train research` with the winner reuses nothing it should not (its reported folds are later).
 Predictions are scored against the reference label, whatever label the trial trained on, on the
-hours whose reference label is known before `tune_end`: no scored hour, and no price a score
-reads, lies in a fold a report calls out-of-sample.
+hours whose reference label is known before the last inner fold ends: no scored hour, and no price
+a score reads, lies in a fold a report calls out-of-sample.
 
 The hybrid reports every epoch's early-stop loss (`hybrid_epoch`, counted across its folds) for
 ASHA; the gbm reports once, at the end, without `hybrid_epoch`, so ASHA leaves it alone.
@@ -113,7 +113,7 @@ def reference_score(
     predictions: pd.DataFrame, index: MarketIndex, research: ResearchConfig, tune_end: pd.Timestamp
 ) -> dict[str, Any]:
     """Balanced accuracy and log loss against the reference label, on the hours whose label is
-    known before `tune_end` (t + horizon < tune_end)."""
+    known before `tune_end` (t + horizon < tune_end): the end of the last inner fold."""
     ref = research.reference_label
     close = pd.Series(index.close, index=index.times)
     labels = pd.Series(
@@ -152,6 +152,7 @@ def run_trial(values: dict[str, Any], run: InnerRun, base: ModelConfig) -> None:
         tune.report({EPOCH: next(epochs), EPOCH_LOSS: float(metrics["val_loss"])})
 
     predictions = fold_predictions(req, material, index, folds, report_epoch)
-    scores = reference_score(predictions, index, run.research, run.tune_end)
+    # The last inner fold's end, not tune_end: a label must not read the next (reported) fold.
+    scores = reference_score(predictions, index, run.research, folds[-1].test_end)
     folds_text = ",".join(str(f.number) for f in folds)
     tune.report({EPOCH_LOSS: float("nan"), "family": config.family, "folds": folds_text, **scores})

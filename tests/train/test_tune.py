@@ -57,3 +57,26 @@ def test_tune_picks_the_best_pre_test_trial_of_two_families(
     assert chosen.family == outcome.winner.values["family"]
     assert chosen.tuned is not None and math.isclose(chosen.tuned.score, max(scores.values()))
     assert chosen.tuned.trials == 2 and chosen.search == {"family": chosen.family}
+
+
+def test_asha_stops_the_hopeless_hybrid_early(ray_local, ohlcv_dir: Path, tmp_path) -> None:
+    from train.tune_search import tune_markets_on_ray
+    from train.tune_trial import InnerRun
+
+    overrides = ["profiles.smoke.optim.epochs=4", "profiles.smoke.optim.patience=4"]
+    train_cfg = load_train_config(overrides=overrides)
+    tune_end = pd.Timestamp("2025-06-01")
+    run = InnerRun("KRW-BTC", str(ohlcv_dir), train_cfg.research, str(tmp_path / "c"), tune_end, 1)
+    base = ModelConfig(family="hybrid", profile_name="smoke", features=load_features_config(),
+                       profile=train_cfg.profile("smoke"))  # fmt: skip
+    tune_cfg = TuneConfig(
+        search_space={"profile.optim.lr": [3e-3, 1e-3, 1.0]},  # the bad one last: rungs exist
+        sampler="grid",
+        num_samples=1,
+        max_concurrent=2,
+    )
+    outcome = tune_markets_on_ray([run], base, tune_cfg, str(tmp_path / "t"))["KRW-BTC"]
+    status = {r.values["profile.optim.lr"]: r.status for r in outcome.rows}
+    assert status[1.0] == "stopped by ASHA", status
+    assert status[3e-3] == status[1e-3] == "done", status
+    assert outcome.winner is not None and outcome.winner.values["profile.optim.lr"] != 1.0
