@@ -26,6 +26,7 @@ from features.folds import AnchoredFold
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig
 from train.evaluate import classification_metrics
+from train.gbm import design_rows
 from train.model_config import ModelConfig, apply_search
 from train.research_cache import PROBA, PredictionCache
 from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
@@ -88,7 +89,8 @@ def fold_predictions(
     folds: list[AnchoredFold],
     report: Any = None,
 ) -> pd.DataFrame:
-    """Every inner fold's out-of-sample probabilities, from the cache or computed (and cached)."""
+    """Every inner fold's out-of-sample probabilities, from the cache or computed (and cached).
+    The gbm's tree inputs are built at the first fold the cache lacks: a cached trial skips them."""
     family = req.families[0]
     frames = []
     for fold in folds:
@@ -99,6 +101,10 @@ def fold_predictions(
             continue
         job = FoldJob(key, family, req.profile.data.last_hours)
         if family == "gbm":
+            if material.gbm_rows is None:
+                material = MarketMaterial(
+                    material.data, design_rows(material.data, material.data.samples), None
+                )
             frames.append(run_and_store(material, job, req.settings, req.cache.root).frame)
         else:
             from train.research_hybrid import hybrid_job
@@ -142,9 +148,7 @@ def run_trial(values: dict[str, Any], run: InnerRun, base: ModelConfig) -> None:
 
     config = apply_search(base, values)
     req = trial_request(run, config)
-    material, index = prepare_market(
-        run.data_dir, run.market, config.features, req.grid, {config.family}
-    )
+    material, index = prepare_market(run.data_dir, run.market, config.features, req.grid, set())
     folds = inner_folds(index, req, run)
     epochs = itertools.count(1)
 
