@@ -63,7 +63,7 @@ def _families(text: str | None, default: list[str]) -> list[str]:
     return families
 
 
-def _time(text: str | None, what: str) -> pd.Timestamp | None:
+def parse_time(text: str | None, what: str) -> pd.Timestamp | None:
     if text is None:
         return None
     try:
@@ -87,7 +87,7 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
         features, profile, profile_name = config.features, config.profile, config.profile_name
         families, default_markets = [config.family], [market]
     markets = [m.strip() for m in args.markets.split(",")] if args.markets else default_markets
-    start = _time(args.start, "--start") or _time(research.start, "research.start")
+    start = parse_time(args.start, "--start") or parse_time(research.start, "research.start")
     if args.smoke_test and args.start is None:
         start = pd.Timestamp("2025-09-01")
     return ResearchRequest(
@@ -100,7 +100,7 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
         research=research,
         cache=PredictionCache(args.cache or resolve_path(research.cache_dir)),
         start=start,
-        end=_time(args.end, "--end"),
+        end=parse_time(args.end, "--end"),
         leaky=not args.no_leaky,
     )
 
@@ -116,7 +116,7 @@ def _trader(local: bool, arm: str, cpus: float):
     return run
 
 
-def _init_ray(args: argparse.Namespace) -> None:
+def init_ray(args: argparse.Namespace) -> None:
     import ray
 
     if args.ray_address == "local":
@@ -147,7 +147,7 @@ def cmd_research(args: argparse.Namespace) -> int:
     req = build_request(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if not args.local:
-        _init_ray(args)
+        init_ray(args)
     markets, run = run_research(req, say, local=args.local)
     run["command"] = "python -m train " + " ".join(
         sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv

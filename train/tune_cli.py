@@ -19,7 +19,7 @@ from pathlib import Path
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from train.config import FAMILIES, TrainConfig, load_train_config
 from train.model_config import ModelConfig, check_candidates
-from train.research_cli import _time
+from train.research_cli import parse_time
 from train.tune_trial import InnerRun
 
 
@@ -84,7 +84,8 @@ def base_config(args: argparse.Namespace, train_cfg: TrainConfig) -> ModelConfig
 
 def inner_runs(args: argparse.Namespace, train_cfg: TrainConfig) -> list[InnerRun]:
     research = train_cfg.research
-    tune_end = _time(args.tune_end, "--tune-end") or _time(research.start, "research.start")
+    start = parse_time(research.start, "research.start")
+    tune_end = parse_time(args.tune_end, "--tune-end") or start
     if tune_end is None:
         raise ConfigError("give --tune-end or research.start: tuning must end before reports")
     return [
@@ -112,7 +113,7 @@ def _fit_winners(args, winners: dict[str, ModelConfig]) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from train.research_cli import _init_ray
+    from train.research_cli import init_ray
     from train.tune_search import format_outcome, tune_markets_on_ray
 
     train_cfg = load_train_config(args.train_config, args.set)
@@ -125,7 +126,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_candidates(base, tune_cfg.search_space)
     check_trading_keys(base, tune_cfg.search_space)
     runs = inner_runs(args, train_cfg)
-    _init_ray(args)
+    init_ray(args)
     storage = args.storage_path and resolve_path(args.storage_path)
     outcomes = tune_markets_on_ray(runs, base, tune_cfg, storage, use_gpu=args.use_gpu)
     tune_end = str(runs[0].tune_end)
