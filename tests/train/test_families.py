@@ -10,10 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.dataset import build_dataset
+from features.indicators import CANDLES_FOR_SERVING
 from features.sources import ParquetDirSource
+from serve.predict import predict_candles
 from trading.account import fixed_ratio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
+from trading.predictions import bundle_proba, prediction_positions
 from train.bundle import load_bundle
 from train.bundle_io import trained_until
 from train.config import GateConfig, load_train_config
@@ -146,3 +150,25 @@ def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
         assert registry.current(MARKET) == expected, line
     statuses = {v.version: v.status.value for v in registry.versions(MARKET)}
     assert statuses == {"v0001": "previous", "v0002": "candidate", "v0003": "current"}
+
+
+@pytest.mark.parametrize("family", ["hybrid", "gbm", "ensemble"])
+def test_every_family_serves_what_its_batch_path_predicts(
+    family: str, bundles, ohlcv_dir: Path
+) -> None:
+    """Serve's path (the newest CANDLES_FOR_SERVING candles of a request) and the backtester's
+    (windows of the whole history's dataset) give one bundle the same probabilities at an hour
+    after its training window, for every family."""
+    model = load_bundle(bundles[family])
+    meta = model.metadata
+    history = ParquetDirSource(ohlcv_dir).history(MARKET)
+    data = build_dataset(history, MARKET, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    after = data.times[prediction_positions(data)]
+    after = after[after > trained_until(meta)][:200:50]
+    assert len(after) == 4
+    batch = bundle_proba(model, data, data.times.get_indexer(after))
+    for hour, expected in zip(after, batch, strict=True):
+        window = history.loc[:hour].iloc[-CANDLES_FOR_SERVING:]
+        view = predict_candles(model, MARKET, window)
+        assert view.time == hour and view.model_version == model.version
+        np.testing.assert_allclose(view.probabilities.as_tuple(), expected, rtol=1e-6, atol=1e-9)
