@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from features.barriers import bundle_barriers
 from features.dataset import MarketDataset, build_dataset, usable_samples
 from features.sources import CandleSource
 from trading.step import rolling_sizing_volatility
@@ -158,7 +159,8 @@ def load_market_hours(
     oos = pd.read_parquet(oos_path) if oos_path.is_file() else None
     meta = model.metadata
     candles = source.history(market)
-    data = build_dataset(candles, market, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    horizon, gap = int(meta["horizon"]), int(meta["max_gap_hours"])
+    data = build_dataset(candles, market, horizon, gap, barriers=bundle_barriers(meta))
     built = time.perf_counter()
     predictions = walk_forward_predictions(model, data, oos)
     hours = market_hours(market, data.times, data.close, predictions)
