@@ -72,17 +72,35 @@ def path_returns(close: pd.Series, horizon: int) -> np.ndarray:
     return np.column_stack(cols) if cols else np.empty((len(close), 0))
 
 
+def first_touches(paths: np.ndarray, barriers: Barriers) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `paths`, the step (0-based) at which the take-profit and the stop-loss are first
+    touched; `horizon` (past the last step) where never."""
+    up = paths - ROUND_TRIP_FEE >= barriers.take_profit - TOUCH
+    down = paths <= -barriers.stop_loss + TOUCH
+    never = barriers.horizon
+    first_up = np.where(up.any(axis=1), up.argmax(axis=1), never)
+    first_down = np.where(down.any(axis=1), down.argmax(axis=1), never)
+    return first_up, first_down
+
+
+def barrier_trade_returns(close: pd.Series, barriers: Barriers) -> np.ndarray:
+    """After-fee return of the trade a triple-barrier label describes: bought at the close of t,
+    sold at the first barrier touched or at the time limit (NaN where the path is incomplete)."""
+    paths = path_returns(close, barriers.horizon)
+    first_up, first_down = first_touches(paths, barriers)
+    exit_at = np.minimum(np.minimum(first_up, first_down), barriers.horizon - 1)
+    gross = paths[np.arange(len(paths)), exit_at]
+    gross[~np.isfinite(paths).all(axis=1)] = np.nan
+    return gross - ROUND_TRIP_FEE
+
+
 def triple_barrier_labels(close: pd.Series, barriers: Barriers) -> np.ndarray:
     """0 (SELL) / 1 (HOLD) / 2 (BUY) per hour, as float; NaN where the path is incomplete.
 
     Within one hour a close cannot be on both sides, so the first barrier touched is unambiguous.
     """
     paths = path_returns(close, barriers.horizon)
-    up = paths - ROUND_TRIP_FEE >= barriers.take_profit - TOUCH
-    down = paths <= -barriers.stop_loss + TOUCH
-    never = barriers.horizon + 1
-    first_up = np.where(up.any(axis=1), up.argmax(axis=1), never)
-    first_down = np.where(down.any(axis=1), down.argmax(axis=1), never)
+    first_up, first_down = first_touches(paths, barriers)
     labels = np.full(len(close), float(Signal.HOLD))
     labels[first_up < first_down] = float(Signal.BUY)
     labels[first_down < first_up] = float(Signal.SELL)

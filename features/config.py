@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.barriers import Barriers
+from features.barriers import Barriers, LabelMoves
 from features.exchange import ROUND_TRIP_FEE, check_market
 from features.splits import SplitSpec
 
@@ -59,6 +59,14 @@ class LabelConfig(Strict):
     hold_share: float = Field(0.4, gt=0.0, lt=1.0)
     take_profit: float = Field(0.01, gt=0.0, lt=1.0)  # after the round-trip fee
     stop_loss: float = Field(0.01, gt=0.0, lt=1.0)
+
+    def moves(self) -> LabelMoves | None:
+        """The moves this label's BUY and SELL stand for (`features.barriers.LabelMoves`); None
+        for `quantile`, whose threshold is fitted per fold (its bundle's `label_threshold`)."""
+        barriers = self.barriers()
+        if barriers is not None:
+            return LabelMoves.of_barriers(barriers)
+        return LabelMoves.of_threshold(self.threshold) if self.mode == "fixed" else None
 
     def barriers(self) -> Barriers | None:
         """The triple barriers when this label uses them, else None."""

@@ -31,7 +31,9 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1
     first, last = request.times.get_indexer(predictions.index[[0, -1]])
     span = slice(max(0, first - history), last + 1)
-    hours = market_hours(request.market, request.times[span], request.close[span], predictions)
+    hours = market_hours(
+        request.market, request.times[span], request.close[span], predictions, request.moves
+    )
     run = replay(hours, arm, source, config)
     return {
         "market": request.market,

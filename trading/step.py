@@ -22,6 +22,7 @@ from datetime import datetime
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, Signal
 from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
 from trading.config import EmergencyConfig, TradingConfig
@@ -67,6 +68,7 @@ def plan_hour(
     *,
     high: float = 0.0,
     stale: str = "",
+    moves: LabelMoves | None = None,
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -75,10 +77,11 @@ def plan_hour(
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
     `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
     the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
-    `stale` says why the model is stale ("" when it is not).
+    `stale` says why the model is stale ("" when it is not). `moves`: the model's label moves,
+    which `policy.margin` prices the edge with (`trading.policy.decide`).
     """
     guard = guard.observe(hour, account.equity)
-    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy)
+    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
     emergency = config.risk.emergency
     score = hour_emergency_score(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.barriers import LabelMoves
 from features.exchange import FEE_RATE, HOUR
 from features.labels import forward_returns, label_returns
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
@@ -55,6 +56,7 @@ class TradeRequest:
     times: pd.DatetimeIndex  # the market's timeline; the replay reads the history it needs
     close: np.ndarray
     predictions: pd.DataFrame  # index time, PROBA columns: one fold's reported hours
+    moves: LabelMoves | None = None  # the trained label's moves (policy.margin prices with them)
 
 
 Trader = Callable[[list[TradeRequest]], list[dict[str, Any]]]
@@ -200,7 +202,10 @@ def buy_and_hold(close: np.ndarray, initial: float) -> dict[str, Any]:
 
 
 def trade_requests(
-    research: MarketResearch, hours: pd.DatetimeIndex, frames: dict[str, pd.DataFrame]
+    research: MarketResearch,
+    hours: pd.DatetimeIndex,
+    frames: dict[str, pd.DataFrame],
+    moves: LabelMoves | None = None,
 ) -> list[TradeRequest]:
     """One replay per model and fold, on that fold's reported hours."""
     index, requests = research.index, []
@@ -210,7 +215,9 @@ def trade_requests(
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
                 requests.append(
-                    TradeRequest(index.market, name, fold.number, index.times, index.close, part)
+                    TradeRequest(
+                        index.market, name, fold.number, index.times, index.close, part, moves
+                    )
                 )
     return requests
 
@@ -278,7 +285,7 @@ def market_report(
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
     trials = configs_tried(req, research.index.market, hours)
-    results = trader(trade_requests(research, hours, frames))
+    results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
     curves = _attach_trading(models, results, trials)
     close = research.index.close[research.index.times.get_indexer(hours)]
     initial = results[0]["initial"] if results else 1.0
