@@ -120,6 +120,7 @@ class LabelMoves:
 
     up: float
     down: float
+    barriers: Barriers | None = None  # a triple-barrier label's own barriers (its exits)
 
     def __post_init__(self) -> None:
         for name in ("up", "down"):
@@ -133,7 +134,7 @@ class LabelMoves:
 
     @classmethod
     def of_barriers(cls, barriers: Barriers) -> LabelMoves:
-        return cls(barriers.take_profit + ROUND_TRIP_FEE, barriers.stop_loss)
+        return cls(barriers.take_profit + ROUND_TRIP_FEE, barriers.stop_loss, barriers)
 
 
 def expected_edge(probabilities: np.ndarray, moves: LabelMoves) -> np.ndarray:

@@ -5,6 +5,7 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
+    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit or stop (its label's)
     apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
     gate_stale(...)        -> a stale model opens no position (its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
@@ -25,6 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, Signal
 from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
+from trading.barrier_exits import apply_barrier_exits
 from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
@@ -87,6 +89,7 @@ def plan_hour(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
     decision = apply_emergency(decision, account, price, score, emergency)
+    decision = apply_barrier_exits(decision, account, price, moves and moves.barriers)
     decision = apply_stops(decision, account, price, high, config.risk.stops)
     return guard.gate(gate_stale(decision, stale)), guard
 

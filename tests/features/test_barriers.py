@@ -106,3 +106,10 @@ def test_expected_edge_prices_the_label_moves() -> None:
     fixed = bundle_moves({"label_threshold": 0.005})
     assert fixed == LabelMoves(0.005, 0.005)
     assert bundle_moves({"label_threshold": 0.005, "label_barriers": BARRIERS.to_dict()}) == moves
+
+
+def test_splits_purge_at_least_the_time_limit() -> None:
+    tb = ["labels.mode=triple_barrier", "labels.horizon_hours=48"]
+    config = load_features_config(overrides=tb)
+    assert config.split_spec(sequence_length=24).purge >= 48
+    assert config.split_spec(sequence_length=24).embargo >= 48

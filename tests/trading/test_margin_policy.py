@@ -70,3 +70,21 @@ def test_margin_without_the_label_moves_is_an_error() -> None:
         _plan(WEAK_BUY, 0.001, moves=None)
     with pytest.raises(ValueError):
         PolicyConfig(margin=0.5)  # 50 %: a typo, refused at load
+
+
+def _held(entry: float) -> AccountState:
+    return AccountState(700_000.0, 0.005, entry, 700_000.0 + 0.005 * PRICE, 0.0)
+
+
+def test_the_labels_barriers_close_a_held_position() -> None:
+    # held from 1.5 % below the close: +1.52 % gross, +1.42 % after fees >= the 1 % take-profit
+    decision = _plan((0.1, 0.2, 0.7), None, _held(PRICE / 1.0152))
+    assert decision.signal is Signal.SELL and "take-profit" in decision.reason
+    assert decision.order is not None and decision.order.volume == 0.005
+    stopped = _plan((0.1, 0.2, 0.7), None, _held(PRICE / 0.985))  # 1.5 % under the entry
+    assert stopped.signal is Signal.SELL and "label stop-loss" in stopped.reason
+    # +1.05 % gross is +0.95 % after fees: not yet the take-profit, the BUY stands
+    assert _plan((0.1, 0.2, 0.7), None, _held(PRICE / 1.0105)).signal is Signal.BUY
+    # a threshold label has no barriers: no such exit
+    fixed = _plan((0.1, 0.2, 0.7), None, _held(PRICE / 1.0152), LabelMoves.of_threshold(0.005))
+    assert fixed.signal is Signal.BUY
