@@ -60,6 +60,13 @@ class LabelConfig(Strict):
     take_profit: float = Field(0.01, gt=0.0, lt=1.0)  # after the round-trip fee
     stop_loss: float = Field(0.01, gt=0.0, lt=1.0)
 
+    def identity(self) -> dict[str, object]:
+        """The fields that change the labels: the barriers only count for `triple_barrier`, so
+        a fixed or quantile label keeps the cache key it had before barriers existed."""
+        if self.mode == "triple_barrier":
+            return self.model_dump()
+        return self.model_dump(exclude={"take_profit", "stop_loss"})
+
     def moves(self) -> LabelMoves | None:
         """The moves this label's BUY and SELL stand for (`features.barriers.LabelMoves`); None
         for `quantile`, whose threshold is fitted per fold (its bundle's `label_threshold`)."""
