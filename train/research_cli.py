@@ -51,6 +51,13 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
         help="override configs/train.yaml, e.g. --set research.fold_hours=360",
     )
     p.add_argument(
+        "--features-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/features.yaml, e.g. --features-set labels.mode=triple_barrier",
+    )
+    p.add_argument(
         "--trading-set",
         action="append",
         default=[],
@@ -80,7 +87,7 @@ def _time(text: str | None, what: str) -> pd.Timestamp | None:
 
 
 def build_request(args: argparse.Namespace) -> ResearchRequest:
-    features = load_features_config(args.features_config)
+    features = load_features_config(args.features_config, args.features_set)
     train_cfg = load_train_config(args.train_config, args.set)
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
