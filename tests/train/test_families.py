@@ -146,3 +146,16 @@ def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
         assert registry.current(MARKET) == expected, line
     statuses = {v.version: v.status.value for v in registry.versions(MARKET)}
     assert statuses == {"v0001": "previous", "v0002": "candidate", "v0003": "current"}
+
+
+def test_every_familys_report_scores_against_the_reference_label(smoke_fit, gbm_fit) -> None:
+    _, hybrid = smoke_fit
+    ensemble = assemble(hybrid, gbm_fit, lookback_folds=1, min_hours=200)
+    for fit in (hybrid, gbm_fit, ensemble):
+        block = fit.report["reference"]
+        assert block["label"] == {"horizon_hours": 6, "threshold": 0.005}
+        assert 0 < block["hours"] <= len(fit.oos)
+        assert block["scores"]["walk_forward"]["n"] == block["hours"]
+    # the default label is the reference label: the same calls score the same on both
+    own, ref = gbm_fit.report["walk_forward"], gbm_fit.report["reference"]["scores"]
+    assert ref["walk_forward"]["confusion"] == own["confusion"]
