@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, drawdown
 from serve.schema import Sizing
 from serve.sizing import SizingConfig, SizingRequest, rule_sizing
@@ -217,8 +218,10 @@ class ArmAccount:
         served: Sizing | None,
         config: TradingConfig,
         stale: str = "",
+        moves: LabelMoves | None = None,
     ) -> Decision:
-        """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on."""
+        """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on.
+        `moves`: the model's label moves, for `policy.margin`."""
         ratio, source = self.sizing(prediction, state, volatility, served)
         return self.kill_switch.change(
             lambda guard: plan_hour(
@@ -233,6 +236,7 @@ class ArmAccount:
                 config,
                 high=self.high.high,
                 stale=stale,
+                moves=moves,
             )  # fmt: skip
         )
 

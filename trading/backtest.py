@@ -128,7 +128,9 @@ def replay(hours: MarketHours, arm: str, sizing: RatioSource, config: TradingCon
         if hours.source[i]:
             prediction = Prediction(market, hour, tuple(probas[i]), hours.model_version[i])
             window = close[max(0, i - baseline) : i + 1]
-            decision = account.plan(prediction, state, price, window, volatility[i], None, config)
+            decision = account.plan(
+                prediction, state, price, window, volatility[i], None, config, moves=hours.moves
+            )
         else:  # the price-only rules still protect a held position, as in the loop
             decision = account.protect(state, price, hour, config, NO_PREDICTION)
         if decision is not None:

@@ -24,6 +24,12 @@ class PolicyConfig(Strict):
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
     # BUY while holding: "top_up" buys up to ratio x equity, "skip" buys nothing.
     buy_when_holding: Literal["top_up", "skip"] = "top_up"
+    # Decision margin (`trading.policy`): BUY only when the expected after-fee move
+    # E = p_buy * up - p_sell * down - ROUND_TRIP_FEE (up/down: the model's label moves,
+    # `features.barriers.LabelMoves`) exceeds it; SELL when the argmax says SELL; HOLD otherwise.
+    # null: act on the argmax (and min_confidence). Fit it on pre-test hours
+    # (`train.margin.fit_margin`, `python -m train margin`).
+    margin: float | None = Field(None, ge=-0.05, le=0.05)
 
 
 class EmergencyConfig(Strict):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from features import indicators
+from features.barriers import LabelMoves
 from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
@@ -51,6 +52,7 @@ ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
 class Labels:
     horizon: int
     threshold: float
+    moves: LabelMoves | None = None  # the label's moves, which policy.margin prices with
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class HourlyTrader:
         reply = served.reply
         return account.plan(
             reply.prediction(), state, price, closes.to_numpy(), reply.volatility, reply.sizing,
-            self.config, stale=served.stale,
+            self.config, stale=served.stale, moves=self.labels.moves,
         )  # fmt: skip
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -31,7 +31,13 @@ import pandas as pd
 import ray
 from pydantic import Field
 
-from features.config import MarketList, Strict, load_features_config, resolve_path
+from features.config import (
+    ConfigError,
+    MarketList,
+    Strict,
+    load_features_config,
+    resolve_path,
+)
 from features.exchange import HOUR
 from features.sources import ParquetDirSource, UpbitSource
 from trading.account import loop_accounts
@@ -148,7 +154,13 @@ class LoopCore:
         accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
-        labels = Labels(features.labels.horizon_hours, features.labels.threshold)
+        lab = features.labels
+        labels = Labels(lab.horizon_hours, lab.threshold, lab.moves())
+        if self.config.policy.margin is not None and labels.moves is None:
+            raise ConfigError(
+                f"policy.margin needs the label's moves; labels.mode {lab.mode!r} fits its "
+                "threshold per fold: use fixed or triple_barrier, or set policy.margin: null"
+            )
         predictor = predictor or ServeClient(settings.serve_url, token=admin_token())
         return HourlyTrader(
             self.config, self.markets, self.ledger, source, predictor, accounts, labels

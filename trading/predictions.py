@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from features.barriers import LabelMoves, bundle_barriers, bundle_moves
 from features.dataset import MarketDataset, build_dataset, usable_samples
 from features.sources import CandleSource
 from trading.step import rolling_sizing_volatility
@@ -105,6 +106,7 @@ class MarketHours:
     model_version: np.ndarray
     start: int
     volatility: np.ndarray  # the sizing rule's 24 h volatility at each position
+    moves: LabelMoves | None = None  # the model's label moves (policy.margin prices with them)
 
     @property
     def replayed(self) -> pd.DatetimeIndex:
@@ -112,7 +114,11 @@ class MarketHours:
 
 
 def market_hours(
-    market: str, times: pd.DatetimeIndex, close: np.ndarray, predictions: pd.DataFrame
+    market: str,
+    times: pd.DatetimeIndex,
+    close: np.ndarray,
+    predictions: pd.DataFrame,
+    moves: LabelMoves | None = None,
 ) -> MarketHours:
     """Align `predictions` (indexed by hour, see walk_forward_predictions) with a timeline."""
     if len(predictions) == 0:
@@ -133,6 +139,7 @@ def market_hours(
         model_version=aligned["model_version"].fillna("").to_numpy(dtype=object),
         start=int(np.argmax(has)),
         volatility=rolling_sizing_volatility(close),
+        moves=moves,
     )
 
 
@@ -158,10 +165,11 @@ def load_market_hours(
     oos = pd.read_parquet(oos_path) if oos_path.is_file() else None
     meta = model.metadata
     candles = source.history(market)
-    data = build_dataset(candles, market, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    horizon, gap = int(meta["horizon"]), int(meta["max_gap_hours"])
+    data = build_dataset(candles, market, horizon, gap, barriers=bundle_barriers(meta))
     built = time.perf_counter()
     predictions = walk_forward_predictions(model, data, oos)
-    hours = market_hours(market, data.times, data.close, predictions)
+    hours = market_hours(market, data.times, data.close, predictions, bundle_moves(meta))
     timings["features_s"] = timings.get("features_s", 0.0) + built - started
     timings["inference_s"] = timings.get("inference_s", 0.0) + time.perf_counter() - built
     return hours

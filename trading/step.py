@@ -5,6 +5,7 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
+    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit or stop (its label's)
     apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
     gate_stale(...)        -> a stale model opens no position (its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
@@ -22,8 +23,10 @@ from datetime import datetime
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, Signal
 from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
+from trading.barrier_exits import apply_barrier_exits
 from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
@@ -67,6 +70,7 @@ def plan_hour(
     *,
     high: float = 0.0,
     stale: str = "",
+    moves: LabelMoves | None = None,
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -75,15 +79,17 @@ def plan_hour(
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
     `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
     the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
-    `stale` says why the model is stale ("" when it is not).
+    `stale` says why the model is stale ("" when it is not). `moves`: the model's label moves,
+    which `policy.margin` prices the edge with (`trading.policy.decide`).
     """
     guard = guard.observe(hour, account.equity)
-    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy)
+    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
     emergency = config.risk.emergency
     score = hour_emergency_score(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
     decision = apply_emergency(decision, account, price, score, emergency)
+    decision = apply_barrier_exits(decision, account, price, moves and moves.barriers)
     decision = apply_stops(decision, account, price, high, config.risk.stops)
     return guard.gate(gate_stale(decision, stale)), guard
 

@@ -20,6 +20,7 @@ import pandas as pd
 from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
+from train.config import load_train_config
 from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
 from train.registry import ModelRegistry, RegistryError
 from train.report import format_versions, market_report, registry_report, window_report
@@ -118,7 +119,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(registry.fetch(args.market, args.version, dest_dir=Path(tmp)))
     end = pd.Timestamp(args.end) if args.end else None
-    result = score_window(model, candles, pd.Timestamp(args.start), end, args.allow_in_sample)
+    reference = load_train_config().research.reference_label
+    result = score_window(
+        model, candles, pd.Timestamp(args.start), end, args.allow_in_sample, reference
+    )
     print(json.dumps(result, indent=1) if args.json else window_report(result))
     return 0
 

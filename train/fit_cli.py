@@ -26,7 +26,14 @@ from features.dataset import MarketDataset
 from features.sources import ParquetDirSource
 from train.bundle import load_bundle
 from train.bundle_io import bundle_family
-from train.config import FAMILIES, GateConfig, TrainProfile, TuneConfig, load_train_config
+from train.config import (
+    FAMILIES,
+    GateConfig,
+    ReferenceLabel,
+    TrainProfile,
+    TuneConfig,
+    load_train_config,
+)
 from train.ensemble_fit import assemble
 from train.gate import Contender, judge
 from train.pipeline import MarketFit, fit_market, load_market
@@ -80,6 +87,7 @@ class FitContext:
     tune: TuneConfig
     source: ParquetDirSource
     registry: ModelRegistry
+    reference: ReferenceLabel = ReferenceLabel()  # research.reference_label: the one place
 
     @property
     def components(self) -> list[str]:
@@ -161,7 +169,14 @@ def fit_local(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
         started = time.perf_counter()
         data = load_market(ctx.source, market, ctx.features, ctx.profile)
         components = {
-            c: fit_market(data, ctx.features, ctx.profile, profile_name=request.profile, family=c)
+            c: fit_market(
+                data,
+                ctx.features,
+                ctx.profile,
+                profile_name=request.profile,
+                family=c,
+                reference=ctx.reference,
+            )
             for c in ctx.components
         }
         with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +281,7 @@ def fit_markets(request: FitRequest) -> list[FitVerdict]:
         tune=train_cfg.tune,
         source=ParquetDirSource(request.data_dir),
         registry=ModelRegistry(request.registry),
+        reference=train_cfg.research.reference_label,
     )
     known = ctx.source.markets()
     unknown = [m for m in ctx.markets if m not in known]

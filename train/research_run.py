@@ -92,7 +92,7 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     """Everything that changes a family's predictions; its hash keys the cache."""
     base = {
         "family": family.split("~")[0],
-        "labels": req.features.labels.model_dump(),
+        "labels": req.features.labels.identity(),
         "max_gap_hours": req.features.max_gap_hours,
         "feature_hash": FEATURE_HASH,
         "purge_hours": req.purge_hours,

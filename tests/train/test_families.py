@@ -172,3 +172,16 @@ def test_every_family_serves_what_its_batch_path_predicts(
         view = predict_candles(model, MARKET, window)
         assert view.time == hour and view.model_version == model.version
         np.testing.assert_allclose(view.probabilities.as_tuple(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_every_familys_report_scores_against_the_reference_label(smoke_fit, gbm_fit) -> None:
+    _, hybrid = smoke_fit
+    ensemble = assemble(hybrid, gbm_fit, lookback_folds=1, min_hours=200)
+    for fit in (hybrid, gbm_fit, ensemble):
+        block = fit.report["reference"]
+        assert block["label"] == {"horizon_hours": 6, "threshold": 0.005}
+        assert 0 < block["hours"] <= len(fit.oos)
+        assert block["scores"]["walk_forward"]["n"] == block["hours"]
+    # the default label is the reference label: the same calls score the same on both
+    own, ref = gbm_fit.report["walk_forward"], gbm_fit.report["reference"]["scores"]
+    assert ref["walk_forward"]["confusion"] == own["confusion"]
