@@ -109,7 +109,9 @@ def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Hea
     return head.gcs_address, head.dashboard_url, True, head.pid
 
 
-def _train_missing(state: State, profile: str, replay: Replay | None) -> list[str]:
+def _train_missing(
+    state: State, profile: str, replay: Replay | None, max_concurrent: int
+) -> list[str]:
     from train.__main__ import FitRequest, fit_markets
     from train.registry import ModelRegistry
 
@@ -129,9 +131,10 @@ def _train_missing(state: State, profile: str, replay: Replay | None) -> list[st
             profile,
             until=until,
             ray_address=state.gcs_address,
+            max_concurrent=max_concurrent,  # an interrupted `up` refits only markets still missing
         )
     )
-    unpromoted = [str(v) for v in verdicts if not v.promoted]
+    unpromoted = [str(v) for v in verdicts if not v.promoted and not v.skipped]
     if unpromoted:
         raise UpError(f"no model was promoted for: {'; '.join(unpromoted)}")
     return missing
@@ -220,7 +223,9 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         offline=bool(args.data_dir), head_pid=pid,
     )  # fmt: skip
     state.save(state_path)
-    trained = _train_missing(state, args.profile or cfg.train.profile, replay)
+    trained = _train_missing(
+        state, args.profile or cfg.train.profile, replay, cfg.train.max_concurrent
+    )
     template, serve, loop = _settings(args, cfg, state, replay)
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
     config = deploy_config(template, serve, loop, port, cfg.serve.host)
@@ -248,8 +253,9 @@ def _retrainer(
     from cluster.retrain import RetrainJob, start_retrainer
 
     until = str(replay.until) if replay else None
-    job = RetrainJob(state.markets, state.data_dir, state.registry, cfg.retrain.profile,
-                     cfg.retrain.tune, until)  # fmt: skip
+    plan = cfg.retrain
+    job = RetrainJob(state.markets, state.data_dir, state.registry, plan.profile, plan.tune,
+                     until, plan.fresh_hours, plan.max_concurrent)  # fmt: skip
     start_retrainer(state.dashboard_url, job, cfg.retrain.every_hours * 3600)
     return f"retraining: every {cfg.retrain.every_hours:g} h as a Ray job ({cfg.retrain.profile})"
 
