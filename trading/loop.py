@@ -149,7 +149,11 @@ class LoopCore:
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
         labels = Labels(features.labels.horizon_hours, features.labels.threshold)
-        predictor = predictor or ServeClient(settings.serve_url, token=admin_token())
+        predictor = predictor or ServeClient(
+            settings.serve_url,
+            token=admin_token(),
+            batch_bytes=self.config.loop.predict_batch_bytes,
+        )
         return HourlyTrader(
             self.config, self.markets, self.ledger, source, predictor, accounts, labels
         )
