@@ -154,16 +154,27 @@ def _upbit_error_fields(response: requests.Response) -> tuple[str | None, str]:
 
 class SecondBudget:
     """Upbit's per-second request budget as the `Remaining-Req` replies report it, shared by every
-    thread that sends through one adapter. A reply's `sec` counts the requests Upbit has seen;
-    those still in flight will spend more, so they are subtracted. A new second starts unknown
-    (every thread may go) until its first reply says how much is left."""
+    thread that sends through one adapter.
+
+    A reply's `sec` counts the requests Upbit has seen this second; those still in flight will
+    spend more, so they are subtracted. The budget of a whole second (`capacity`) is learnt from
+    the replies (what is left plus the reply's own request: a lower bound, so never too much; the
+    first request, sent alone, learns it exactly); a new second opens with that capacity less the
+    requests still in flight (they may land in it).
+    """
 
     def __init__(self, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._second: int | None = None
-        self._left: int | None = None  # None: not known for this second
+        self._left = 0  # requests this second still allows
+        self._heard = False  # a reply of this second has said what is left
         self._in_flight = 0
+        self.capacity: int | None = None
+
+    def _open(self, second: int) -> None:
+        self._second, self._heard = second, False
+        self._left = 1 if self.capacity is None else max(1, self.capacity - self._in_flight)
 
     def acquire(self) -> None:
         """Wait, if this second is spent, for the next one; then count one request in flight."""
@@ -172,26 +183,30 @@ class SecondBudget:
                 now = self._clock()
                 second = math.floor(now)
                 if self._second != second:
-                    self._second, self._left = second, None
-                if self._left is None or self._left > 0:
-                    self._left = None if self._left is None else self._left - 1
+                    self._open(second)
+                if self._left > 0:
+                    self._left -= 1
                     self._in_flight += 1
                     return
                 delay = second + 1 - now
             self._sleep(delay)
             with self._lock:  # the next second has begun (even on a clock that does not move)
                 if self._second == second:
-                    self._second, self._left = second + 1, None
+                    self._open(second + 1)
 
     def release(self, remaining: RemainingReq | None) -> None:
         with self._lock:
             self._in_flight -= 1
+            second = math.floor(self._clock())
+            if self._second != second:
+                self._open(second)
             if remaining is None or remaining.second is None:
+                self._left += 1  # no budget reply (no answer at all): its slot is free again
                 return
-            second, left = math.floor(self._clock()), remaining.second - self._in_flight
-            if self._second == second and self._left is not None:
-                left = min(self._left, left)
-            self._second, self._left = second, left
+            self.capacity = max(self.capacity or 0, remaining.second + 1)  # this one counted
+            left = remaining.second - self._in_flight
+            self._left = min(self._left, left) if self._heard else left  # replies may cross
+            self._heard = True
 
 
 def _dispatcher(name: str, method: str) -> Callable[..., requests.Response]:
