@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cluster import add_market
 from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
@@ -79,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
     market_list.add_parser(sub)
+    add_market.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -220,7 +222,7 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     state = State(
         gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
         resolve_path(args.registry or cfg.paths.registry), ledger, data_dir, mode,
-        offline=bool(args.data_dir), head_pid=pid,
+        offline=bool(args.data_dir), head_pid=pid, until=str(replay.until) if replay else None,
     )  # fmt: skip
     state.save(state_path)
     trained = _train_missing(
@@ -387,8 +389,12 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
+def cmd_add_market(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    return add_market.cmd_add_market(args, cfg, TRAIN_HOURS)
+
+
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
-            "markets": market_list.cmd_markets}  # fmt: skip
+            "markets": market_list.cmd_markets, "add-market": cmd_add_market}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

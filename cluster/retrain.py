@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
@@ -100,6 +100,10 @@ class Retrainer:
             "next_run": self.next_run,
             "history": self.history[-5:],
         }
+
+    def set_markets(self, markets: list[str]) -> None:
+        """The next runs fit these markets (a market added at runtime: `cluster add-market`)."""
+        self.job = replace(self.job, markets=list(markets))
 
     def stop(self) -> None:
         self.stop_event.set()

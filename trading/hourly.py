@@ -101,6 +101,14 @@ class HourlyTrader:
             if account.kill_switch.store is None:
                 account.kill_switch.store = ledger.set_risk_state
 
+    def add_markets(self, markets: list[str], accounts: dict[tuple[str, str], ArmAccount]) -> None:
+        """Trade these markets too from the next hour on (a market added while the loop runs)."""
+        for account in accounts.values():
+            if account.kill_switch.store is None:
+                account.kill_switch.store = self.ledger.set_risk_state
+        self.accounts = {**self.accounts, **accounts}
+        self.markets = [*self.markets, *(m for m in markets if m not in self.markets)]
+
     @property
     def window(self) -> int:
         """Candles fetched per market and hour: what serving needs (derived from the features'

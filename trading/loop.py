@@ -135,6 +135,8 @@ class LoopCore:
         self.caught_up = False
         self.errors: list[str] = []
         self.alarm: str | None = None
+        self.added: list[str] = []  # markets added at runtime, waiting for the next hour
+        self._added_lock = threading.Lock()
         self.stop_event = threading.Event()
         threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
 
@@ -170,6 +172,33 @@ class LoopCore:
                 self.stop_event.set()
             except Exception:  # noqa: BLE001 - a busy ledger: try again at the next beat
                 log.exception("renewing the ledger's lease failed")
+
+    def set_markets(self, markets: list[str]) -> list[str]:
+        """Trade `markets` from the next hour on, without a restart: the ones not traded yet are
+        added (their accounts built as at start); none is removed at runtime, since a removed
+        market's open position would no longer be watched by the stops. Returns the added ones."""
+        with self._added_lock:
+            known = {*self.markets, *self.added}
+            new = [m for m in markets if m not in known]
+            self.added += new
+        if new:
+            log.info("markets added, traded from the next hour: %s", ", ".join(new))
+        return new
+
+    def _take_added(self) -> None:
+        """In the schedule's thread, between hours: the added markets join the trader."""
+        with self._added_lock:
+            added, self.added = self.added, []
+        if not added:
+            return
+        live = None
+        if self.settings.mode == "live":
+            first = next(iter(self.trader.accounts.values()))
+            live = (first.broker, first.kill_switch)
+        accounts = loop_accounts(self.config, added, self.ledger, self.settings.mode,
+                                 self.settings.upbit_base_url, live)  # fmt: skip
+        self.trader.add_markets(added, accounts)
+        self.markets = list(self.trader.markets)
 
     def release(self) -> None:
         """Give the lease up (a clean stop), so another loop may start at once."""
@@ -214,6 +243,7 @@ class LoopCore:
         """
         hour = self._first_hour()
         while not self._done():
+            self._take_added()
             stored = self._stored(hour)
             if stored:
                 self.run_hour(hour)
@@ -328,6 +358,8 @@ class LoopCore:
             "halted_markets": self.halted_markets(),
             "holder": self.holder,
             "ledger": str(self.config.ledger.resolve_path()),
+            "markets": list(self.markets),
+            "markets_pending": list(self.added),
         }
 
     def set_trading(self, enabled: bool, by: str, reason: str) -> dict[str, Any]:
@@ -365,6 +397,10 @@ class TradingLoop:
 
     def set_trading(self, enabled: bool, by: str, reason: str = "switched off by a person"):
         return self.core.set_trading(enabled, by, reason)
+
+    def set_markets(self, markets: list[str]) -> list[str]:
+        """Markets to trade from the next hour on (`LoopCore.set_markets`); no restart."""
+        return self.core.set_markets(markets)
 
     def stop(self) -> dict[str, Any]:
         """Finish the hour in progress, then stop and give the ledger's lease up; the ledger
