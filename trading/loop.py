@@ -195,8 +195,13 @@ class LoopCore:
         if self.settings.mode == "live":
             first = next(iter(self.trader.accounts.values()))
             live = (first.broker, first.kill_switch)
-        accounts = loop_accounts(self.config, added, self.ledger, self.settings.mode,
-                                 self.settings.upbit_base_url, live)  # fmt: skip
+        try:
+            accounts = loop_accounts(self.config, added, self.ledger, self.settings.mode,
+                                     self.settings.upbit_base_url, live)  # fmt: skip
+        except Exception:  # noqa: BLE001 - the markets traded so far go on; the keeper asks again
+            self.errors = [*self.errors[-9:], f"adding {added}: {traceback.format_exc(limit=3)}"]
+            log.exception("adding markets %s failed", added)
+            return
         self.trader.add_markets(added, accounts)
         self.markets = list(self.trader.markets)
 
