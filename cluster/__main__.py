@@ -173,6 +173,7 @@ def _settings(
     clock = _clock(args, speed, replay, loop.trading().loop.delay_after_close_s)
     loop = loop.model_copy(update={
         "mode": state.mode, "data_dir": state.data_dir if state.offline else None,
+        "cache_dir": None if state.offline else resolve_path(cfg.paths.cache),
         "serve_url": state.serve_url, "ledger": state.ledger, "markets": state.markets,
         "clock": clock, "max_hours": args.max_hours,
     })  # fmt: skip
