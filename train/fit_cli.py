@@ -247,8 +247,8 @@ def fit_ray(
     profiles = {market: ctx.profile for market in pending}
     if request.tune and "hybrid" in ctx.components and pending:
         profiles = tune(request, ctx.with_markets(pending), use_gpu)
-    print(f"fitting {len(pending)} markets on Ray, at most {request.max_concurrent} at once "
-          f"(use_gpu={use_gpu})")  # fmt: skip
+    print(f"fitting {len(pending)} markets, at most {request.max_concurrent} at once, "
+          f"on Ray, use_gpu={use_gpu}")  # fmt: skip
     return lambda market: fit_one_on_ray(market, profiles[market], request, ctx, use_gpu)
 
 
