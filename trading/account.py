@@ -277,15 +277,22 @@ class ArmAccount:
 
 
 def loop_accounts(
-    config: TradingConfig, markets: list[str], ledger: Ledger, mode: str, upbit_url: str
+    config: TradingConfig,
+    markets: list[str],
+    ledger: Ledger,
+    mode: str,
+    upbit_url: str,
+    live_account: tuple[Any, KillSwitch] | None = None,
 ) -> dict[tuple[str, str], ArmAccount]:
     """The loop's accounts by (arm, market). Paper: each A/B arm's paper account per market,
     rebuilt from the ledger's fills, each with its own kill switch. Live: one Upbit account (keys
     from the environment) and one kill switch for every market, sized by Serve. Kill switches
-    come back from the ledger's last risk state, highs since entry from the ledger too."""
+    come back from the ledger's last risk state, highs since entry from the ledger too.
+    `live_account`: the running loop's live broker and kill switch, for markets added at runtime
+    (the account is one: a second broker would count its equity twice)."""
     arms = list(config.ab.arms) if mode == "paper" else ["live"]
-    live, shared = None, None
-    if mode == "live":
+    live, shared = live_account or (None, None)
+    if mode == "live" and live is None:
         from trading.upbit_broker import UpbitBroker
 
         live = UpbitBroker.from_env(base_url=upbit_url)

@@ -112,6 +112,12 @@ class LoopConfig(Strict):
     lease_ttl_s: float = Field(120.0, ge=1.0, le=3600.0)
     # None: the markets of configs/features.yaml.
     markets: MarketList | None = None
+    # Markets whose candles are fetched at once each hour. Upbit's candle group allows about ten
+    # requests a second; the shared `Remaining-Req` budget (features.upbit_http) paces them.
+    fetch_workers: int = Field(8, ge=1, le=64)
+    # Every market's prediction goes in one `POST /v1/predict`, split into calls sent at once
+    # when the candles are more than this: keep it at Serve's Ingress `max_body_bytes`.
+    predict_batch_bytes: int = Field(2_000_000, ge=100_000)
 
     @field_validator("markets")
     @classmethod

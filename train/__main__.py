@@ -22,6 +22,7 @@ from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
 from train.config import load_train_config
 from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
+from train.fit_progress import FitFailed
 from train.registry import ModelRegistry, RegistryError
 from train.report import format_versions, market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
@@ -78,6 +79,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=datetime.fromisoformat,
         help="the newest candle to train on (KST open time, e.g. 2025-09-16T08:00); later "
         "ones are held out",
+    )
+    fit.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=4,
+        help="markets fitting at once on Ray (each holds its trainer's and task's CPUs)",
+    )
+    fit.add_argument(
+        "--fresh-hours",
+        type=float,
+        default=None,
+        help="skip a market whose CURRENT (or last gated fit) read candles within this many hours "
+        "of the newest one; 0: only those fitted on exactly these candles, so a rerun after an "
+        "interruption refits only what it had not finished (default: fit every market)",
     )
     fit.add_argument(
         "--storage-path",
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError) as exc:
+    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError,
+            FitFailed) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
