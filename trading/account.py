@@ -217,6 +217,7 @@ class ArmAccount:
         served: Sizing | None,
         config: TradingConfig,
         stale: str = "",
+        novel: str = "",
     ) -> Decision:
         """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on."""
         ratio, source = self.sizing(prediction, state, volatility, served)
@@ -233,6 +234,7 @@ class ArmAccount:
                 config,
                 high=self.high.high,
                 stale=stale,
+                novel=novel,
             )  # fmt: skip
         )
 
