@@ -28,6 +28,7 @@ import pandas as pd
 
 from features.exchange import FEE_RATE, HOUR
 from features.labels import forward_returns, label_returns
+from train.research_novelty import gated, novelty_block
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
 from train.research_stats import (
     METRICS,
@@ -40,6 +41,7 @@ from train.research_stats import (
 )
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
+TRADED = [*PROBA, "novel"]  # what a replay reads of a model's predictions (novel: optional)
 REFERENCE_BASELINE = "plain-12m"
 CHANCE_BASELINES = ("majority", "persistence")
 MODEL_FAMILIES = ("hybrid", "gbm", "ensemble")
@@ -54,7 +56,7 @@ class TradeRequest:
     fold: int
     times: pd.DatetimeIndex  # the market's timeline; the replay reads the history it needs
     close: np.ndarray
-    predictions: pd.DataFrame  # index time, PROBA columns: one fold's reported hours
+    predictions: pd.DataFrame  # index time, PROBA (+ novel): one fold's reported hours
 
 
 Trader = Callable[[list[TradeRequest]], list[dict[str, Any]]]
@@ -205,7 +207,7 @@ def trade_requests(
     """One replay per model and fold, on that fold's reported hours."""
     index, requests = research.index, []
     for name, frame in frames.items():
-        own = frame.loc[hours.intersection(frame.index), PROBA]
+        own = frame.loc[hours.intersection(frame.index), [c for c in TRADED if c in frame]]
         for fold in research.folds:
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
@@ -265,6 +267,14 @@ def _attach_trading(
     return curves
 
 
+def _novelty(research: MarketResearch, hours, labels, frames) -> dict[str, Any] | None:
+    """The novelty block (train.research_novelty) of the families and the plain baseline."""
+    if research.novelty is None:
+        return None
+    scored = {n: f for n, f in frames.items() if n in (*MODEL_FAMILIES, REFERENCE_BASELINE)}
+    return novelty_block(research.novelty, hours, labels, scored)
+
+
 def market_report(
     research: MarketResearch, req: ResearchRequest, trader: Trader
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -278,6 +288,9 @@ def market_report(
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
     trials = configs_tried(req, research.index.market, hours)
+    novelty = _novelty(research, hours, labels, frames)
+    if research.novelty is not None:  # the families trade as the loop would: not on novel hours
+        frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
     results = trader(trade_requests(research, hours, frames))
     curves = _attach_trading(models, results, trials)
     close = research.index.close[research.index.times.get_indexer(hours)]
@@ -294,6 +307,7 @@ def market_report(
         "configs_tried": trials,
         "models": models,
         "buy_and_hold": hold,
+        "novelty": novelty,
     }
     curves["buy&hold"] = (hours, close / close[0] * (1 - FEE_RATE) ** 2)
     return block, {"hours": hours, "curves": curves, "models": models}
