@@ -14,10 +14,12 @@ FreqAI's mean distance to every training row: that is nearly the distance to the
 centre, so an hour between two regimes the model saw (far from both, close to their average)
 would look familiar; its nearest neighbours do not.
 
-Purged. Neighbouring hours are nearly the same row, so a training hour's nearest neighbour is
-usually its own previous hour, which a live hour never has among the training rows. The normalizer
-and the threshold therefore score each reference row only against reference rows more than
-`purge_hours` away from it, as the walk-forward purge separates training and test hours.
+Purged. Neighbouring hours share most of their rolling indicators, so a training hour's nearest
+neighbours include its own adjacent hours, which a live hour never has among the training rows
+(on 3,495 KRW-BTC hours to 2025-08-31, leaving them in shrinks the typical distance by 6 %, and
+a live hour would read that much more novel). The normalizer and the threshold therefore score
+each reference row only against reference rows more than `purge_hours` away from it, as the
+walk-forward purge separates training and test hours.
 
 Threshold. The `quantile` (0.99) of those purged training scores: hours like the training ones are
 flagged about 1 % of the time, so a live share far above that says the market has moved away from
