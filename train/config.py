@@ -204,6 +204,7 @@ class ResearchConfig(Strict):
     cache_dir: str = "runs/research-cache"  # path (relative to the project) or URI
     bootstrap: BootstrapConfig = BootstrapConfig()
     reference_label: ReferenceLabel = ReferenceLabel()
+    novelty_gate: bool = True  # replay the families as the loop trades: no position on novel hours
 
     @field_validator("origin", "start", "leaky_from")
     @classmethod

@@ -289,7 +289,7 @@ def market_report(
     models = score_models(research, hours, labels, frames, req)
     trials = configs_tried(req, research.index.market, hours)
     novelty = _novelty(research, hours, labels, frames)
-    if research.novelty is not None:  # the families trade as the loop would: not on novel hours
+    if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
         frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
     results = trader(trade_requests(research, hours, frames))
     curves = _attach_trading(models, results, trials)
