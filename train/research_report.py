@@ -14,7 +14,10 @@ PaperBroker), so this module stays below trading in the layering. Each fold is r
 paper account and risk guard, as if a person re-enabled the kill switch every month: over three
 years one bad day would otherwise switch an arm off for good (daily loss limit and max drawdown
 stay off until re-enabled) and the rest of the span would measure nothing. The folds' curves are
-chained into one; `folds_halted` counts the folds that ended with the switch off.
+chained into one; `folds_halted` counts the folds that ended with the switch off. Each market's
+block also holds `novelty` (`train.research_novelty`: the share of novel hours, every family's
+and the plain baseline's balanced accuracy on novel vs familiar hours), and the families' replays
+open no position on a novel hour, as the loop would not (`research.novelty_gate`).
 """
 
 from __future__ import annotations
