@@ -219,6 +219,7 @@ class ArmAccount:
         config: TradingConfig,
         stale: str = "",
         moves: LabelMoves | None = None,
+        novel: str = "",
     ) -> Decision:
         """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on.
         `moves`: the model's label moves, for `policy.margin`."""
@@ -237,6 +238,7 @@ class ArmAccount:
                 high=self.high.high,
                 stale=stale,
                 moves=moves,
+                novel=novel,
             )  # fmt: skip
         )
 

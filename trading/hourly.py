@@ -20,7 +20,7 @@ Money first, in this order every hour:
   sends nothing either (`no_decision: late ...`);
 - without a usable prediction (Serve silent, no model, a refusal) the price-only rules still
   run on a held position (`protect_hour`): the stops sell, the kill switch observes; a stale
-  model opens no position (its sells go out).
+  model opens no position, nor does a novel input (`novel: true`); their sells go out.
 """
 
 from __future__ import annotations
@@ -71,6 +71,15 @@ class Served:
         if reply is None or not reply.stale:
             return ""
         return f"model {reply.model_version} is stale ({reply.model_age_hours:.0f} h past its data)"
+
+    @property
+    def novel(self) -> str:
+        """Why the hour's input is novel to the model (`train.novelty`); "" when it is not."""
+        reply = self.reply
+        if reply is None or not reply.novel:
+            return ""
+        score = f"{reply.dissimilarity:.2f}" if reply.dissimilarity is not None else "?"
+        return f"novel input (dissimilarity {score} past model {reply.model_version}'s threshold)"
 
 
 class HourlyTrader:
@@ -280,7 +289,7 @@ class HourlyTrader:
         reply = served.reply
         return account.plan(
             reply.prediction(), state, price, closes.to_numpy(), reply.volatility, reply.sizing,
-            self.config, stale=served.stale, moves=self.labels.moves,
+            self.config, stale=served.stale, moves=self.labels.moves, novel=served.novel,
         )  # fmt: skip
 
     # -- bookkeeping ---------------------------------------------------------------------------

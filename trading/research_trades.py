@@ -18,7 +18,7 @@ from trading.account import fixed_ratio, rule_ratio
 from trading.backtest import replay
 from trading.config import TradingConfig, load_trading_config
 from trading.predictions import market_hours
-from train.research_report import PROBA, TradeRequest
+from train.research_report import TradeRequest
 
 
 def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     source = (
         rule_ratio(load_sizing_config()) if arm == "rule" else fixed_ratio(config.ab.fixed_ratio)
     )
-    predictions = request.predictions[PROBA].assign(source="oos", model_version=request.model)
+    predictions = request.predictions.assign(source="oos", model_version=request.model)
     history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1
     first, last = request.times.get_indexer(predictions.index[[0, -1]])
     span = slice(max(0, first - history), last + 1)

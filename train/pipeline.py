@@ -36,6 +36,7 @@ from train.evaluate import evaluate_predictions, one_hot
 from train.fitters import Fitter, Plan, make_fitter
 from train.head import calibrated_proba as softmax_scores
 from train.head import fit_head, raw_scores
+from train.novelty import fit_novelty
 from train.plain_gbm import fit_plain, plain_features, plain_proba
 from train.reference import reference_block
 
@@ -224,6 +225,7 @@ def fit_market(
             data.labels(threshold, plan.test), leaky.proba, next_returns(data, plan.test)
         )
     model, refit = refit_market(fitter, data, features, spec.purge, progress)
+    model.novelty = fit_novelty(data, refit.plan.transform_fit, profile.novelty, spec.purge)
     model.metadata.update(
         bundle_metadata(data, features, profile, profile_name, refit, report, oos)
     )

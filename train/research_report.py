@@ -14,7 +14,10 @@ PaperBroker), so this module stays below trading in the layering. Each fold is r
 paper account and risk guard, as if a person re-enabled the kill switch every month: over three
 years one bad day would otherwise switch an arm off for good (daily loss limit and max drawdown
 stay off until re-enabled) and the rest of the span would measure nothing. The folds' curves are
-chained into one; `folds_halted` counts the folds that ended with the switch off.
+chained into one; `folds_halted` counts the folds that ended with the switch off. Each market's
+block also holds `novelty` (`train.research_novelty`: the share of novel hours, every family's
+and the plain baseline's balanced accuracy on novel vs familiar hours), and the families' replays
+open no position on a novel hour, as the loop would not (`research.novelty_gate`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from features.barriers import LabelMoves
 from features.exchange import FEE_RATE, HOUR
 from train.margin import fit_margin, label_trade_returns, margin_curve
 from train.reference import reference_labels as reference_label_series
+from train.research_novelty import gated, novelty_block
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
 from train.research_stats import (
     METRICS,
@@ -42,6 +46,7 @@ from train.research_stats import (
 )
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
+TRADED = [*PROBA, "novel"]  # what a replay reads of a model's predictions (novel: optional)
 REFERENCE_BASELINE = "plain-12m"
 CHANCE_BASELINES = ("majority", "persistence")
 MODEL_FAMILIES = ("hybrid", "gbm", "ensemble")
@@ -56,7 +61,7 @@ class TradeRequest:
     fold: int
     times: pd.DatetimeIndex  # the market's timeline; the replay reads the history it needs
     close: np.ndarray
-    predictions: pd.DataFrame  # index time, PROBA columns: one fold's reported hours
+    predictions: pd.DataFrame  # index time, PROBA (+ novel): one fold's reported hours
     moves: LabelMoves | None = None  # the trained label's moves (policy.margin prices with them)
 
 
@@ -209,7 +214,7 @@ def trade_requests(
     """One replay per model and fold, on that fold's reported hours."""
     index, requests = research.index, []
     for name, frame in frames.items():
-        own = frame.loc[hours.intersection(frame.index), PROBA]
+        own = frame.loc[hours.intersection(frame.index), [c for c in TRADED if c in frame]]
         for fold in research.folds:
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
@@ -294,6 +299,14 @@ def margin_block(
     return out
 
 
+def _novelty(research: MarketResearch, hours, labels, frames) -> dict[str, Any] | None:
+    """The novelty block (train.research_novelty) of the families and the plain baseline."""
+    if research.novelty is None:
+        return None
+    scored = {n: f for n, f in frames.items() if n in (*MODEL_FAMILIES, REFERENCE_BASELINE)}
+    return novelty_block(research.novelty, hours, labels, scored)
+
+
 def market_report(
     research: MarketResearch, req: ResearchRequest, trader: Trader
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -307,6 +320,9 @@ def market_report(
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
     trials = configs_tried(req, research.index.market, hours)
+    novelty = _novelty(research, hours, labels, frames)
+    if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
+        frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
     results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
     curves = _attach_trading(models, results, trials)
     close = research.index.close[research.index.times.get_indexer(hours)]
@@ -324,6 +340,7 @@ def market_report(
         "models": models,
         "buy_and_hold": hold,
         "margins": margin_block(research, hours, frames, req),
+        "novelty": novelty,
     }
     curves["buy&hold"] = (hours, close / close[0] * (1 - FEE_RATE) ** 2)
     return block, {"hours": hours, "curves": curves, "models": models, "margins": block["margins"]}

@@ -92,6 +92,19 @@ def margin_lines(margins: dict[str, Any]) -> list[str]:
     return lines
 
 
+def novelty_line(novelty: dict[str, Any]) -> str:
+    """The market's novel hours and each model's balanced accuracy on novel / familiar hours."""
+    scores = ", ".join(
+        f"{name} {_num(m['balanced_accuracy_novel'], '.3f')}/"
+        f"{_num(m['balanced_accuracy_familiar'], '.3f')}"
+        for name, m in novelty["models"].items()
+    )
+    return (
+        f"novel hours: {novelty['novel_hours']} of {novelty['hours']} "
+        f"({novelty['share_novel']:.1%}); balanced accuracy novel/familiar: {scores}"
+    )
+
+
 def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
     ref = report["reference_label"]
     parts = []
@@ -106,6 +119,8 @@ def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
         lines += [model_line(name, entry) for name, entry in block["models"].items()]
         lines.append(hold_line(block["buy_and_hold"]))
         lines += margin_lines(block.get("margins", {}))
+        if block.get("novelty"):
+            lines.append(novelty_line(block["novelty"]))
         if per_fold:
             lines.append("per-fold balanced accuracy:")
             lines += fold_lines(block["models"])

@@ -73,9 +73,24 @@ def test_gbm_and_ensemble_round_trip_through_load_bundle(smoke_fit, gbm_fit, bun
     names = sorted(p.relative_to(bundles["ensemble"]).as_posix()
                    for p in bundles["ensemble"].rglob("*") if p.is_file())  # fmt: skip
     assert names == [
-        "gbm/lightgbm.txt", "gbm/metadata.json", "hybrid/lightgbm.txt", "hybrid/lstm.pt",
-        "hybrid/metadata.json", "hybrid/transform.json", "metadata.json", "oos.parquet",
+        "gbm/lightgbm.txt", "gbm/metadata.json", "gbm/novelty.json", "gbm/novelty_rows.npy",
+        "hybrid/lightgbm.txt", "hybrid/lstm.pt", "hybrid/metadata.json", "hybrid/novelty.json",
+        "hybrid/novelty_rows.npy", "hybrid/transform.json", "metadata.json", "oos.parquet",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["hybrid", "gbm", "ensemble"])
+def test_every_family_keeps_its_novelty_gate_through_the_bundle(family, smoke_fit, bundles):
+    """Saved as .npy (read with allow_pickle=False) and JSON, loaded back identical: the same
+    threshold and the same scores as the fitted model's gate."""
+    data, hybrid = smoke_fit
+    loaded = load_bundle(bundles[family])
+    assert loaded.novelty is not None
+    fitted = hybrid.model.novelty  # the components refit on the same hours: one gate for all
+    windows = data.raw_windows(data.samples[-64:])
+    assert loaded.novelty.threshold == fitted.threshold
+    np.testing.assert_array_equal(loaded.novelty.scores(windows), fitted.scores(windows))
+    assert (loaded.novelty.scores(windows) > 0).all()
 
 
 def test_gbm_refit_ends_at_the_newest_labelled_hour(smoke_fit, gbm_fit) -> None:
