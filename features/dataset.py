@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.barriers import Barriers, triple_barrier_labels
 from features.candles import repair_segments
 from features.exchange import HOUR_NS
 from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, compute_features
@@ -31,6 +32,8 @@ class MarketDataset:
     samples: np.ndarray  # positions t usable as sample ends
     horizon: int
     sequence_length: int = SEQUENCE_LENGTH
+    # Triple-barrier labels of every hour (0/1/2 as float, NaN unknown); None: the threshold label.
+    barrier_labels: np.ndarray | None = None
 
     @property
     def sample_times(self) -> pd.DatetimeIndex:
@@ -41,8 +44,13 @@ class MarketDataset:
         return int(self.filled.sum())
 
     def labels(self, threshold: float, positions: np.ndarray | None = None) -> np.ndarray:
-        """Labels (0/1/2, int64) of the samples at `positions` (default: all samples)."""
+        """Labels (0/1/2, int64) of the samples at `positions` (default: all samples).
+
+        With triple-barrier labels `threshold` plays no part: the barriers decided at build time.
+        """
         pos = self.samples if positions is None else positions
+        if self.barrier_labels is not None:
+            return self.barrier_labels[pos].astype(np.int64)
         return label_returns(self.forward_returns[pos], threshold).astype(np.int64)
 
     def raw_windows(self, positions: np.ndarray) -> np.ndarray:
@@ -71,8 +79,18 @@ def build_dataset(
     horizon: int,
     max_gap_hours: int,
     sequence_length: int = SEQUENCE_LENGTH,
+    barriers: Barriers | None = None,
 ) -> MarketDataset:
-    """Repair, split into segments, compute the 46 features per segment, find the usable samples."""
+    """Repair, split into segments, compute the 46 features per segment, find the usable samples.
+
+    With `barriers` the labels are triple-barrier labels whose time limit must be `horizon` (the
+    horizon the splits purge by); a sample then needs its whole barrier path.
+    """
+    if barriers is not None and barriers.horizon != horizon:
+        raise ValueError(
+            f"the barriers' time limit ({barriers.horizon} h) must be the label horizon "
+            f"({horizon} h): the splits purge by the horizon"
+        )
     parts = repair_segments(candles, max_gap_hours)
     if not parts:
         raise ValueError(f"{market}: no candles to build a dataset from")
@@ -83,7 +101,12 @@ def build_dataset(
     close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
     filled = np.concatenate([p.filled.to_numpy() for p in parts])
     fwd = forward_returns(pd.Series(close, index=times), horizon).to_numpy()
-    samples = usable_samples(times, feats, filled, fwd, sequence_length)
+    tb = None
+    known = fwd
+    if barriers is not None:
+        tb = triple_barrier_labels(pd.Series(close, index=times), barriers)
+        known = np.where(np.isfinite(tb), fwd, np.nan)
+    samples = usable_samples(times, feats, filled, known, sequence_length)
     return MarketDataset(
-        market, times, feats, close, filled, fwd, samples, horizon, sequence_length
+        market, times, feats, close, filled, fwd, samples, horizon, sequence_length, tb
     )

@@ -25,6 +25,7 @@ from features.serving import serving_matrix
 from serve.schema import BadRequest, ModelView, Probabilities
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
+from train.novelty import novelty_fields
 
 _CANDLE_FIELDS = operator.itemgetter(*CANDLE_COLUMNS)
 
@@ -132,7 +133,8 @@ def predict_candles(
 ) -> ModelView:
     """The model's view of the newest closed hour in `candles`; too few or gappy candles are a
     BadRequest naming how many it needs. `volatility` is `serve.sizing.sizing_volatility` (simple
-    hourly returns), the input the sizing rule reads."""
+    hourly returns), the input the sizing rule reads; `dissimilarity` and `novel` come from the
+    bundle's novelty gate (`train.novelty`) on the very window the model read."""
     needed = indicators.SERVING_WINDOW
     if len(candles) < needed:
         raise BadRequest(f"{market}: need at least {needed} hourly candles, got {len(candles)}")
@@ -144,6 +146,7 @@ def predict_candles(
         raise BadRequest(f"{market}: {exc}") from exc
     proba = model.predict_proba(rows[None, :, :])[0]
     return ModelView(
+        **novelty_fields(model.novelty, rows),
         market=market,
         time=candles.index[-1],
         probabilities=Probabilities.of((float(proba[0]), float(proba[1]), float(proba[2]))),

@@ -20,7 +20,9 @@ import pandas as pd
 from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
 from train.bundle import BundleError, load_bundle
+from train.config import load_train_config
 from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
+from train.fit_progress import FitFailed
 from train.registry import ModelRegistry, RegistryError
 from train.report import format_versions, market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
@@ -81,6 +83,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ones are held out",
     )
     fit.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=4,
+        help="markets fitting at once on Ray (each holds its trainer's and task's CPUs)",
+    )
+    fit.add_argument(
+        "--fresh-hours",
+        type=float,
+        default=None,
+        help="skip a market whose CURRENT (or last gated fit) read candles within this many hours "
+        "of the newest one; 0: only those fitted on exactly these candles, so a rerun after an "
+        "interruption refits only what it had not finished (default: fit every market)",
+    )
+    fit.add_argument(
         "--storage-path",
         default=None,
         help="Ray Train storage for run results: absolute path or URI",
@@ -121,7 +137,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(registry.fetch(args.market, args.version, dest_dir=Path(tmp)))
     end = pd.Timestamp(args.end) if args.end else None
-    result = score_window(model, candles, pd.Timestamp(args.start), end, args.allow_in_sample)
+    reference = load_train_config().research.reference_label
+    result = score_window(
+        model, candles, pd.Timestamp(args.start), end, args.allow_in_sample, reference
+    )
     print(json.dumps(result, indent=1) if args.json else window_report(result))
     return 0
 
@@ -166,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError) as exc:
+    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError,
+            FitFailed) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

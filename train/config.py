@@ -105,6 +105,18 @@ class LeakyConfig(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class NoveltyConfig(Strict):
+    """The novelty gate's reference (`train.novelty`): `sample_rows` training rows kept in the
+    bundle, the score's `neighbours` (k), and the threshold: the `quantile` of the training rows'
+    own scores, or a fixed `threshold` when one is given."""
+
+    sample_rows: int = Field(2000, ge=50, le=20000)
+    neighbours: int = Field(5, ge=1, le=100)
+    quantile: float = Field(0.99, ge=0.5, lt=1.0)
+    threshold: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
 class TrainProfile(Strict):
     data: DataWindow = DataWindow()
     splits: SplitConfig = SplitConfig()
@@ -115,6 +127,7 @@ class TrainProfile(Strict):
     leaky: LeakyConfig = LeakyConfig()
     gbm: GbmConfig = GbmConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    novelty: NoveltyConfig = NoveltyConfig()
 
 
 class GateConfig(Strict):
@@ -204,6 +217,7 @@ class ResearchConfig(Strict):
     cache_dir: str = "runs/research-cache"  # path (relative to the project) or URI
     bootstrap: BootstrapConfig = BootstrapConfig()
     reference_label: ReferenceLabel = ReferenceLabel()
+    novelty_gate: bool = True  # replay the families as the loop trades: no position on novel hours
 
     @field_validator("origin", "start", "leaky_from")
     @classmethod

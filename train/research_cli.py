@@ -53,6 +53,20 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override configs/train.yaml, e.g. --set research.fold_hours=360",
     )
+    p.add_argument(
+        "--features-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/features.yaml, e.g. --features-set labels.mode=triple_barrier",
+    )
+    p.add_argument(
+        "--trading-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/trading.yaml for the replay, e.g. --trading-set policy.margin=0.001",
+    )
 
 
 def _families(text: str | None, default: list[str]) -> list[str]:
@@ -76,7 +90,7 @@ def parse_time(text: str | None, what: str) -> pd.Timestamp | None:
 
 
 def build_request(args: argparse.Namespace) -> ResearchRequest:
-    features = load_features_config(args.features_config)
+    features = load_features_config(args.features_config, args.features_set)
     train_cfg = load_train_config(args.train_config, args.set)
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
@@ -105,13 +119,15 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
     )
 
 
-def _trader(local: bool, arm: str, cpus: float):
+def _trader(local: bool, arm: str, cpus: float, overrides: list[str]):
     # The edge composes: train/ may not import trading/ (layering), so the replay through
     # plan_hour and the PaperBroker comes in here, lazily, and is handed down to the report.
     from trading.research_trades import trade, trade_on_ray
 
     def run(requests: list[TradeRequest]) -> list[dict[str, Any]]:
-        return trade(requests, arm) if local else trade_on_ray(requests, arm, cpus)
+        if local:
+            return trade(requests, arm, overrides)
+        return trade_on_ray(requests, arm, cpus, overrides)
 
     return run
 
@@ -149,10 +165,11 @@ def cmd_research(args: argparse.Namespace) -> int:
     if not args.local:
         init_ray(args)
     markets, run = run_research(req, say, local=args.local)
+    run["trading_set"] = args.trading_set
     run["command"] = "python -m train " + " ".join(
         sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
     )
-    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold)
+    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold, args.trading_set)
     report, plots = build_report(req, markets, trader, run)
     text = format_report(report)
     _write(report, plots, text, Path(args.out) if args.out else None, plot=True)

@@ -109,7 +109,10 @@ def prepare_market(
     candles = ParquetDirSource(data_dir).history(market)
     if len(candles) == 0:
         raise CandleError(f"{market}: no candles in {data_dir}")
-    data = build_dataset(candles, market, features.labels.horizon_hours, features.max_gap_hours)
+    lab = features.labels
+    data = build_dataset(
+        candles, market, lab.horizon_hours, features.max_gap_hours, barriers=lab.barriers()
+    )
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None
     bounds = fold_bounds(data.sample_times, grid, data.horizon)

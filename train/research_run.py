@@ -38,6 +38,7 @@ from train.research_jobs import (
     prepare_market,
     run_job,
 )
+from train.research_novelty import market_novelty
 
 Say = Callable[[str], None]
 BASELINE_FAMILIES = tuple(PLAIN_VARIANTS)
@@ -86,13 +87,14 @@ class MarketResearch:
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)  # model name -> config hash
+    novelty: pd.DataFrame | None = None  # per test hour (train.research_novelty)
 
 
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     """Everything that changes a family's predictions; its hash keys the cache."""
     base = {
         "family": family.split("~")[0],
-        "labels": req.features.labels.model_dump(),
+        "labels": req.features.labels.identity(),
         "max_gap_hours": req.features.max_gap_hours,
         "feature_hash": FEATURE_HASH,
         "purge_hours": req.purge_hours,
@@ -207,6 +209,7 @@ class Collector:
     def __init__(self, say: Say) -> None:
         self.frames: dict[tuple[str, str], list[pd.DataFrame]] = {}
         self.records: list[dict[str, Any]] = []
+        self.novelty: dict[str, pd.DataFrame] = {}  # by market
         self.say = say
 
     def add(self, key: FoldKey, frame: pd.DataFrame, info: dict[str, Any], cached: bool) -> None:
@@ -284,7 +287,8 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
     for market in req.markets:
         material, index = prepare_market(req.data_dir, market, req.features, req.grid, _kinds(req))
         indexes[market] = index
-        _, jobs = plan_jobs(index, req)
+        folds, jobs = plan_jobs(index, req)
+        collector.novelty[market] = market_novelty(material, folds, *_novelty_args(req))
         pending = _split_cached(jobs, req.cache, collector)
         for job in [j for j in pending if not _is_hybrid(j)]:
             result = run_and_store(material, job, req.settings, req.cache.root)
@@ -294,6 +298,10 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
             run_hybrid_jobs(hybrid_config(req, market, hybrid), None, say)
             _read_back(hybrid, req.cache, collector)
     return indexes, collector
+
+
+def _novelty_args(req: ResearchRequest) -> tuple[Any, ...]:
+    return req.purge_hours, req.profile.data.last_hours, req.profile.novelty
 
 
 def _kinds(req: ResearchRequest) -> set[str]:
@@ -322,8 +330,11 @@ def execute_on_ray(
     }
     indexes = dict(zip(req.markets, ray.get([refs[m][1] for m in req.markets]), strict=True))
     collector, tasks, hybrid = Collector(say), {}, {}
+    novelty = ray.remote(market_novelty).options(num_cpus=cpus)
+    novelty_refs = {}
     for market, index in indexes.items():
-        _, jobs = plan_jobs(index, req)
+        folds, jobs = plan_jobs(index, req)
+        novelty_refs[market] = novelty.remote(refs[market][0], folds, *_novelty_args(req))
         pending = _split_cached(jobs, req.cache, collector)
         for job in pending:
             if _is_hybrid(job):
@@ -346,6 +357,7 @@ def execute_on_ray(
         for market, future in trainers.items():
             future.result()
             _read_back(hybrid[market], req.cache, collector)
+    collector.novelty = dict(zip(novelty_refs, ray.get(list(novelty_refs.values())), strict=True))
     return indexes, collector
 
 
@@ -397,6 +409,7 @@ def assemble(
             research.predictions["ensemble"] = _ensemble(req, research)
             research.configs["ensemble"] = config_hash(describe("ensemble", req))
         research.records = [r for r in collector.records if r["market"] == market]
+        research.novelty = collector.novelty.get(market)
         out[market] = research
     return out
 
