@@ -11,7 +11,7 @@ Prints wall times, the ratios (b)/(a) and (c)/(a) of the fold stage (goal >= 0.9
 and the largest difference between the runs' probabilities. Not a test. The load average is
 printed beside every figure: this machine is shared.
 
-    .venv/bin/python bench/research.py --data-dir ../shared/data/ohlcv [--markets ...] [--no-leaky]
+    .venv/bin/python -m bench.research --data-dir ../shared/data/ohlcv [--markets ...] [--no-leaky]
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from features.config import load_features_config  # noqa: E402
-from train.config import load_train_config  # noqa: E402
-from train.research_cache import PredictionCache  # noqa: E402
-from train.research_report import build_report  # noqa: E402
-from train.research_run import ResearchRequest, run_research  # noqa: E402
+from features.config import load_features_config
+from train.config import load_train_config
+from train.research_cache import PredictionCache
+from train.research_report import build_report
+from train.research_run import ResearchRequest, run_research
 
 
 def load() -> str:

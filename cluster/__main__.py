@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cluster import add_market
 from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
@@ -79,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("status", help="what runs, and how it is doing")
     sub.add_parser("down", help="stop the loop (ledger intact), Serve and the Ray head up started")
     market_list.add_parser(sub)
+    add_market.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -109,7 +111,9 @@ def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Hea
     return head.gcs_address, head.dashboard_url, True, head.pid
 
 
-def _train_missing(state: State, profile: str, replay: Replay | None) -> list[str]:
+def _train_missing(
+    state: State, profile: str, replay: Replay | None, max_concurrent: int
+) -> list[str]:
     from train.__main__ import FitRequest, fit_markets
     from train.registry import ModelRegistry
 
@@ -129,9 +133,10 @@ def _train_missing(state: State, profile: str, replay: Replay | None) -> list[st
             profile,
             until=until,
             ray_address=state.gcs_address,
+            max_concurrent=max_concurrent,  # an interrupted `up` refits only markets still missing
         )
     )
-    unpromoted = [str(v) for v in verdicts if not v.promoted]
+    unpromoted = [str(v) for v in verdicts if not v.promoted and not v.skipped]
     if unpromoted:
         raise UpError(f"no model was promoted for: {'; '.join(unpromoted)}")
     return missing
@@ -168,6 +173,7 @@ def _settings(
     clock = _clock(args, speed, replay, loop.trading().loop.delay_after_close_s)
     loop = loop.model_copy(update={
         "mode": state.mode, "data_dir": state.data_dir if state.offline else None,
+        "cache_dir": None if state.offline else resolve_path(cfg.paths.cache),
         "serve_url": state.serve_url, "ledger": state.ledger, "markets": state.markets,
         "clock": clock, "max_hours": args.max_hours,
     })  # fmt: skip
@@ -217,10 +223,12 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     state = State(
         gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,
         resolve_path(args.registry or cfg.paths.registry), ledger, data_dir, mode,
-        offline=bool(args.data_dir), head_pid=pid,
+        offline=bool(args.data_dir), head_pid=pid, until=str(replay.until) if replay else None,
     )  # fmt: skip
     state.save(state_path)
-    trained = _train_missing(state, args.profile or cfg.train.profile, replay)
+    trained = _train_missing(
+        state, args.profile or cfg.train.profile, replay, cfg.train.max_concurrent
+    )
     template, serve, loop = _settings(args, cfg, state, replay)
     # The graph first, the loop once the graph answers: its first hour must find Serve ready.
     config = deploy_config(template, serve, loop, port, cfg.serve.host)
@@ -248,8 +256,9 @@ def _retrainer(
     from cluster.retrain import RetrainJob, start_retrainer
 
     until = str(replay.until) if replay else None
-    job = RetrainJob(state.markets, state.data_dir, state.registry, cfg.retrain.profile,
-                     cfg.retrain.tune, until)  # fmt: skip
+    plan = cfg.retrain
+    job = RetrainJob(state.markets, state.data_dir, state.registry, plan.profile, plan.tune,
+                     until, plan.fresh_hours, plan.max_concurrent)  # fmt: skip
     start_retrainer(state.dashboard_url, job, cfg.retrain.every_hours * 3600)
     return f"retraining: every {cfg.retrain.every_hours:g} h as a Ray job ({cfg.retrain.profile})"
 
@@ -381,8 +390,12 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
+def cmd_add_market(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    return add_market.cmd_add_market(args, cfg, TRAIN_HOURS)
+
+
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
-            "markets": market_list.cmd_markets}  # fmt: skip
+            "markets": market_list.cmd_markets, "add-market": cmd_add_market}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,10 @@ class Paths(Strict):
 
 
 class TrainPlan(Strict):
+    """`up` (and `add-market`) fit markets without a model: at most `max_concurrent` at once."""
+
     profile: str = "quick"
+    max_concurrent: int = Field(4, ge=1, le=256)
 
 
 class ReplayPlan(Strict):
@@ -42,10 +45,16 @@ class ReplayPlan(Strict):
 
 
 class RetrainPlan(Strict):
+    """Every `every_hours`, refit each market whose model read candles more than `fresh_hours`
+    older than the newest (so a retraining run that was interrupted refits only the rest), at most
+    `max_concurrent` markets at once."""
+
     enabled: bool = True
     every_hours: float = Field(168.0, gt=0)
     profile: str = "quick"
     tune: bool = False
+    fresh_hours: float = Field(24.0, ge=0)
+    max_concurrent: int = Field(4, ge=1, le=256)
 
 
 class ClusterConfig(Strict):

@@ -56,6 +56,7 @@ class State:
     mode: str
     offline: bool = True  # online, Serve and the loop read Upbit itself
     head_pid: int | None = None  # the head's process group, when `up` started it
+    until: str | None = None  # offline replay: the newest hour training sees (KST), for add-market
 
     @property
     def head_port(self) -> int:

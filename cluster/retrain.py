@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
@@ -29,14 +29,18 @@ class RetrainJob:
     profile: str = "quick"
     tune: bool = False
     until: str | None = None  # the newest candle to train on (KST), e.g. the first run's hold-out
+    fresh_hours: float | None = None  # skip markets fitted this close to the newest candle
+    max_concurrent: int = 4  # markets fitting at once
 
     def entrypoint(self) -> str:
-        tune = " --tune" if self.tune else ""
+        """`train fit`, or `train tune --registry` (which fits each market's winner) with tune."""
         until = f" --until {self.until.replace(' ', 'T')}" if self.until else ""
-        return (
-            f"python -m train fit --markets {','.join(self.markets)} --profile {self.profile} "
-            f"--data-dir {self.data_dir} --registry {self.registry}{tune}{until}"
-        )
+        base = (f"--markets {','.join(self.markets)} --profile {self.profile} "
+                f"--data-dir {self.data_dir} --registry {self.registry}{until}")  # fmt: skip
+        if self.tune:  # the tuner fits every market's winner; freshness does not apply
+            return f"python -m train tune {base}"
+        fresh = f" --fresh-hours {self.fresh_hours:g}" if self.fresh_hours is not None else ""
+        return f"python -m train fit {base} --max-concurrent {self.max_concurrent}{fresh}"
 
 
 def run_job(dashboard_url: str, job: RetrainJob, timeout_s: float = 6 * 3600) -> dict[str, Any]:
@@ -96,6 +100,10 @@ class Retrainer:
             "next_run": self.next_run,
             "history": self.history[-5:],
         }
+
+    def set_markets(self, markets: list[str]) -> None:
+        """The next runs fit these markets (a market added at runtime: `cluster add-market`)."""
+        self.job = replace(self.job, markets=list(markets))
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from features.barriers import Barriers, LabelMoves
 from features.exchange import ROUND_TRIP_FEE, check_market
 from features.groups import ANCHOR_MARKET, DEFAULT_CONTEXT_MARKETS, GROUP_ORDER, FeatureSet
 from features.splits import SplitSpec
@@ -47,10 +48,39 @@ MarketList = Annotated[list[MarketName], AfterValidator(_distinct)]
 
 
 class LabelConfig(Strict):
+    """The label a model trains on. `fixed`/`quantile`: the return over `horizon_hours` against a
+    threshold. `triple_barrier` (`features.barriers`): take-profit (after fees), stop-loss and the
+    time limit `horizon_hours`; this block is the one place for those barrier values, and each
+    bundle carries them (`label_barriers`) for the trading side, which `features` may not import.
+    """
+
     horizon_hours: int = Field(6, ge=1, le=168)
     threshold: float = Field(0.005, ge=ROUND_TRIP_FEE)
-    mode: Literal["fixed", "quantile"] = "fixed"
+    mode: Literal["fixed", "quantile", "triple_barrier"] = "fixed"
     hold_share: float = Field(0.4, gt=0.0, lt=1.0)
+    take_profit: float = Field(0.01, gt=0.0, lt=1.0)  # after the round-trip fee
+    stop_loss: float = Field(0.01, gt=0.0, lt=1.0)
+
+    def identity(self) -> dict[str, object]:
+        """The fields that change the labels: the barriers only count for `triple_barrier`, so
+        a fixed or quantile label keeps the cache key it had before barriers existed."""
+        if self.mode == "triple_barrier":
+            return self.model_dump()
+        return self.model_dump(exclude={"take_profit", "stop_loss"})
+
+    def moves(self) -> LabelMoves | None:
+        """The moves this label's BUY and SELL stand for (`features.barriers.LabelMoves`); None
+        for `quantile`, whose threshold is fitted per fold (its bundle's `label_threshold`)."""
+        barriers = self.barriers()
+        if barriers is not None:
+            return LabelMoves.of_barriers(barriers)
+        return LabelMoves.of_threshold(self.threshold) if self.mode == "fixed" else None
+
+    def barriers(self) -> Barriers | None:
+        """The triple barriers when this label uses them, else None."""
+        if self.mode != "triple_barrier":
+            return None
+        return Barriers(self.take_profit, self.stop_loss, self.horizon_hours)
 
 
 class SplitConfig(Strict):

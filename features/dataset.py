@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features import indicators
+from features.barriers import Barriers, triple_barrier_labels
 from features.candles import candle_arrays, repair_segments
 from features.exchange import HOUR_NS
 from features.groups import BASE_SET, FeatureSet, MarketContext
@@ -36,6 +37,8 @@ class MarketDataset:
     horizon: int
     sequence_length: int = SEQUENCE_LENGTH
     feature_set: FeatureSet = BASE_SET
+    # Triple-barrier labels of every hour (0/1/2 as float, NaN unknown); None: the threshold label.
+    barrier_labels: np.ndarray | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -50,8 +53,13 @@ class MarketDataset:
         return int(self.filled.sum())
 
     def labels(self, threshold: float, positions: np.ndarray | None = None) -> np.ndarray:
-        """Labels (0/1/2, int64) of the samples at `positions` (default: all samples)."""
+        """Labels (0/1/2, int64) of the samples at `positions` (default: all samples).
+
+        With triple-barrier labels `threshold` plays no part: the barriers decided at build time.
+        """
         pos = self.samples if positions is None else positions
+        if self.barrier_labels is not None:
+            return self.barrier_labels[pos].astype(np.int64)
         return label_returns(self.forward_returns[pos], threshold).astype(np.int64)
 
     def raw_windows(self, positions: np.ndarray) -> np.ndarray:
@@ -91,11 +99,20 @@ def build_dataset(
     sequence_length: int = SEQUENCE_LENGTH,
     feature_set: FeatureSet = BASE_SET,
     context: MarketContext | None = None,
+    barriers: Barriers | None = None,
 ) -> MarketDataset:
     """Repair, split into segments, compute the feature set per segment, find the usable samples.
 
     `context` carries the other series the cross-market and premium groups read
-    (`features.context.batch_context`); the base set needs none."""
+    (`features.context.batch_context`); the base set needs none. With `barriers` the labels are
+    triple-barrier labels whose time limit must be `horizon` (the horizon the splits purge by); a
+    sample then needs its whole barrier path.
+    """
+    if barriers is not None and barriers.horizon != horizon:
+        raise ValueError(
+            f"the barriers' time limit ({barriers.horizon} h) must be the label horizon "
+            f"({horizon} h): the splits purge by the horizon"
+        )
     parts = repair_segments(candles, max_gap_hours)
     if not parts:
         raise ValueError(f"{market}: no candles to build a dataset from")
@@ -112,9 +129,24 @@ def build_dataset(
     close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
     filled = np.concatenate([p.filled.to_numpy() for p in parts])
     fwd = forward_returns(pd.Series(close, index=times), horizon).to_numpy()
-    samples = usable_samples(times, feats, filled, fwd, sequence_length, feature_set.required)
+    tb = None
+    known = fwd
+    if barriers is not None:
+        tb = triple_barrier_labels(pd.Series(close, index=times), barriers)
+        known = np.where(np.isfinite(tb), fwd, np.nan)
+    samples = usable_samples(times, feats, filled, known, sequence_length, feature_set.required)
     return MarketDataset(
-        market, times, feats, close, filled, fwd, samples, horizon, sequence_length, feature_set
+        market,
+        times,
+        feats,
+        close,
+        filled,
+        fwd,
+        samples,
+        horizon,
+        sequence_length,
+        feature_set,
+        tb,
     )
 
 

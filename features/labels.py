@@ -74,9 +74,14 @@ def class_shares(labels: np.ndarray) -> tuple[float, float, float]:
 def fold_threshold(
     mode: str, threshold: float, hold_share: float, train_returns: np.ndarray
 ) -> float:
-    """The threshold a fold labels with: the fixed one, or a quantile of its training returns."""
-    if mode == "fixed":
+    """The threshold a fold labels with: the fixed one, or a quantile of its training returns.
+
+    Triple-barrier labels (`features.barriers`) come from the barriers, not from a threshold; the
+    fixed threshold is still returned for what reads one (the bundle's `label_threshold`).
+    """
+    if mode in ("fixed", "triple_barrier"):
         return check_threshold(threshold)
     if mode == "quantile":
         return fit_quantile_threshold(train_returns, hold_share)
-    raise ValueError(f"unknown label mode {mode!r}; expected 'fixed' or 'quantile'")
+    expected = "'fixed', 'quantile' or 'triple_barrier'"
+    raise ValueError(f"unknown label mode {mode!r}; expected {expected}")

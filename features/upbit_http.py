@@ -10,6 +10,12 @@ reason, even where pyupbit swallowed it.
 
 Only unsigned (public) requests are retried: a signed request carries a JWT whose nonce Upbit
 accepts once, so resending it would turn a rate limit into an authentication failure.
+
+Concurrent calls (the loop fetches many markets' candles at once) are safe: pyupbit's hooks are
+installed while any adapter routes and dispatch to the adapter of the calling thread (a context
+variable), each thread keeps its own call's failure and reply, and the threads of one adapter share
+one `SecondBudget`: the `Remaining-Req` count, less the requests still in flight, is what the
+current second still allows; at zero, every thread waits for the next second.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -34,7 +40,9 @@ ROUTED_CALLS: tuple[tuple[str, str], ...] = (
     ("_call_post", "POST"),
     ("_call_delete", "DELETE"),
 )
-_ROUTING_LOCK = threading.RLock()  # pyupbit's hooks are process-wide: one routed call at a time
+_HOOKS_LOCK = threading.Lock()  # pyupbit's hooks are process-wide: installed while any routes
+_HOOKS = {"routing": 0, "originals": {}}  # how many blocks route now; pyupbit's own functions
+_ACTIVE: ContextVar[UpbitHttp | None] = ContextVar("upbit_http_active", default=None)
 _SECRET_PATTERNS = (
     re.compile(r"Bearer\s+\S+", re.IGNORECASE),
     re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*"),  # any JWT, signed or not
@@ -144,6 +152,102 @@ def _upbit_error_fields(response: requests.Response) -> tuple[str | None, str]:
     return (None if name is None else str(name)), str(error.get("message", ""))
 
 
+class SecondBudget:
+    """Upbit's per-second request budget as the `Remaining-Req` replies report it, shared by every
+    thread that sends through one adapter.
+
+    A reply's `sec` counts the requests Upbit has seen this second; those still in flight will
+    spend more, so they are subtracted. The budget of a whole second (`capacity`) is learnt from
+    the replies (what is left plus the reply's own request: a lower bound, so never too much; the
+    first request, sent alone, learns it exactly); a new second opens with that capacity less the
+    requests still in flight (they may land in it).
+    """
+
+    def __init__(self, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._second: int | None = None
+        self._left = 0  # requests this second still allows
+        self._heard = False  # a reply of this second has said what is left
+        self._in_flight = 0
+        self.capacity: int | None = None
+
+    def _open(self, second: int) -> None:
+        self._second, self._heard = second, False
+        self._left = 1 if self.capacity is None else max(1, self.capacity - self._in_flight)
+
+    def acquire(self) -> None:
+        """Wait, if this second is spent, for the next one; then count one request in flight."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                second = math.floor(now)
+                if self._second != second:
+                    self._open(second)
+                if self._left > 0:
+                    self._left -= 1
+                    self._in_flight += 1
+                    return
+                delay = second + 1 - now
+            self._sleep(delay)
+            with self._lock:  # the next second has begun (even on a clock that does not move)
+                if self._second == second:
+                    self._open(second + 1)
+
+    def release(self, remaining: RemainingReq | None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            second = math.floor(self._clock())
+            if self._second != second:
+                self._open(second)
+            if remaining is None or remaining.second is None:
+                self._left += 1  # no budget reply (no answer at all): its slot is free again
+                return
+            self.capacity = max(self.capacity or 0, remaining.second + 1)  # this one counted
+            left = remaining.second - self._in_flight
+            self._left = min(self._left, left) if self._heard else left  # replies may cross
+            self._heard = True
+
+
+def _dispatcher(name: str, method: str) -> Callable[..., requests.Response]:
+    """pyupbit's hook while adapters route: the calling thread's adapter, else pyupbit's own."""
+
+    def call(url: str, **kwargs: Any) -> requests.Response:
+        adapter = _ACTIVE.get()
+        if adapter is None:
+            return _HOOKS["originals"][name](url, **kwargs)
+        return adapter.send(method, url, **kwargs)
+
+    return call
+
+
+@contextmanager
+def _hooks_installed() -> Iterator[None]:
+    with _HOOKS_LOCK:
+        if _HOOKS["routing"] == 0:
+            _HOOKS["originals"] = {name: getattr(request_api, name) for name, _ in ROUTED_CALLS}
+            for name, method in ROUTED_CALLS:
+                setattr(request_api, name, _dispatcher(name, method))
+        _HOOKS["routing"] += 1
+    try:
+        yield
+    finally:
+        with _HOOKS_LOCK:
+            _HOOKS["routing"] -= 1
+            if _HOOKS["routing"] == 0:
+                for name, original in _HOOKS["originals"].items():
+                    setattr(request_api, name, original)
+
+
+class _CallState(threading.local):
+    """One thread's routed call: its failure, its last reply body and request, its budget reply."""
+
+    failure: UpbitError | None = None
+    last_body: Any = None
+    last_request: str = ""
+    remaining: RemainingReq | None = None
+
+
 class UpbitHttp:
     """One Upbit endpoint (real or a stand-in) with its session, timeout and retry policy.
 
@@ -167,14 +271,12 @@ class UpbitHttp:
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         self.session = session if session is not None else requests.Session()
-        self.remaining: RemainingReq | None = None
+        self.remaining: RemainingReq | None = None  # the newest reply's, for people and tests
         self._sleep = sleep
         self._clock = clock
         self._secrets = tuple(secrets)
-        self._resume_at: float | None = None
-        self._failure: UpbitError | None = None
-        self._last_body: Any = None
-        self._last_request = ""
+        self.budget = SecondBudget(clock, sleep)
+        self._call = _CallState()
 
     def close(self) -> None:
         self.session.close()
@@ -192,10 +294,10 @@ class UpbitHttp:
         if result is not None:
             return result
         name = getattr(fn, "__qualname__", repr(fn))
-        if self._last_body == []:
+        if self._call.last_body == []:
             raise UpbitNoData(f"pyupbit.{name}: the reply held no rows")
-        snippet = repr(self._last_body)[:_BODY_SNIPPET]
-        reason = f"pyupbit.{name} could not read the reply to {self._last_request}: {snippet}"
+        snippet = repr(self._call.last_body)[:_BODY_SNIPPET]
+        reason = f"pyupbit.{name} could not read the reply to {self._call.last_request}: {snippet}"
         raise UpbitBadReply(self._clean(reason))
 
     @contextmanager
@@ -205,18 +307,16 @@ class UpbitHttp:
         pyupbit catches and hides most exceptions, so the last request failure inside the block is
         raised when the block ends, even if code inside the block caught it.
         """
-        with _ROUTING_LOCK:
-            saved = {name: getattr(request_api, name) for name, _ in ROUTED_CALLS}
-            self._failure, self._last_body = None, None
+        call = self._call
+        call.failure, call.last_body = None, None
+        with _hooks_installed():
+            token = _ACTIVE.set(self)
             try:
-                for name, method in ROUTED_CALLS:
-                    setattr(request_api, name, partial(self.send, method))
                 yield self
             finally:
-                for name, original in saved.items():
-                    setattr(request_api, name, original)
-            if self._failure is not None:
-                raise self._failure
+                _ACTIVE.reset(token)
+        if call.failure is not None:
+            raise call.failure
 
     def send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One logical request: rewritten URL, timeout, rate budget, bounded retries."""
@@ -224,12 +324,16 @@ class UpbitHttp:
         retryable = not _is_signed(kwargs)
         attempt = 0
         while True:
-            self._wait_for_budget()
-            outcome = self._attempt(method, url, kwargs)
+            self.budget.acquire()
+            self._call.remaining = None
+            try:
+                outcome = self._attempt(method, url, kwargs)
+            finally:
+                self.budget.release(self._call.remaining)
             if isinstance(outcome, requests.Response):
                 return outcome
             if not (retryable and _transient(outcome)) or attempt >= self.retry.retries:
-                self._failure = outcome
+                self._call.failure = outcome
                 raise outcome
             self._sleep(self.retry.delay(attempt))
             attempt += 1
@@ -238,7 +342,7 @@ class UpbitHttp:
         self, method: str, url: str, kwargs: Mapping[str, Any]
     ) -> requests.Response | UpbitError:
         """One HTTP exchange: the response when it is usable, else the error it amounts to."""
-        what = self._last_request = _describe(method, url, kwargs.get("params"))
+        what = self._call.last_request = _describe(method, url, kwargs.get("params"))
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.Timeout:
@@ -266,7 +370,7 @@ class UpbitHttp:
 
     def _check_body(self, what: str, response: requests.Response) -> UpbitError | None:
         try:
-            self._last_body = response.json()
+            self._call.last_body = response.json()
         except ValueError:
             snippet = response.text[:_BODY_SNIPPET]
             return UpbitBadReply(self._clean(f"{what}: malformed JSON body: {snippet!r}"))
@@ -275,18 +379,9 @@ class UpbitHttp:
         return None
 
     def _note_budget(self, response: requests.Response) -> None:
-        """`sec=0`: this second's budget is spent, so the next request waits for the next second."""
-        self.remaining = RemainingReq.parse(response.headers.get("Remaining-Req", ""))
-        if self.remaining is not None and self.remaining.second == 0:
-            self._resume_at = math.floor(self._clock()) + 1.0
-
-    def _wait_for_budget(self) -> None:
-        if self._resume_at is None:
-            return
-        delay = self._resume_at - self._clock()
-        self._resume_at = None
-        if delay > 0:
-            self._sleep(delay)
+        """This call's `Remaining-Req`, for the shared budget (`send` hands it over)."""
+        self._call.remaining = RemainingReq.parse(response.headers.get("Remaining-Req", ""))
+        self.remaining = self._call.remaining or self.remaining
 
     def _rewrite(self, url: str) -> str:
         if url.startswith(UPBIT_API):

@@ -54,6 +54,13 @@ class ServingConfig(Strict):
     models_per_replica: int = Field(24, ge=1, le=1000)  # multiplexed: bundles a replica holds
 
 
+class MarketSet(Strict):
+    """The served markets as the Ingress's and the MultiplexedPredictor's `user_config` give them:
+    a change there is a lightweight update, so a market is added without restarting a replica."""
+
+    markets: MarketList
+
+
 class ServeConfig(Strict):
     markets: MarketList | None = None  # None: the markets of `features_config`
     features_config: str = "configs/features.yaml"

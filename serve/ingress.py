@@ -40,7 +40,7 @@ from ray.serve.handle import DeploymentHandle
 
 from features.domain import AccountState
 from serve.admin import check_admin
-from serve.config import ServeConfig
+from serve.config import MarketSet, ServeConfig
 from serve.metrics import request_metrics
 from serve.predict import CandleColumns
 from serve.routing import market_routes
@@ -111,8 +111,15 @@ class Ingress:
         self.anonymous = 0  # predictions in flight without the token (one event loop: no lock)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve passes the deployment's `user_config` here at start and on every change."""
-        self.limits = IngressLimits.model_validate(user_config or {})
+        """Serve passes the deployment's `user_config` here at start and on every change. Its
+        `markets`, when given, replace the args' list: a change of `user_config` is a lightweight
+        update (no replica restarts), so `python -m cluster add-market` adds a market this way in
+        multiplexed mode, where only the routes' list changes."""
+        config = dict(user_config or {})
+        markets = config.pop("markets", None)
+        self.limits = IngressLimits.model_validate(config)
+        if markets is not None:
+            self.routes.set_markets(MarketSet.model_validate({"markets": markets}).markets)
 
     @contextmanager
     def _admitted(self, request: Request) -> Iterator[None]:

@@ -29,7 +29,7 @@ from ray import serve
 
 from features.exchange import InvalidMarketError, check_market
 from serve.candle_feed import CandleFeed
-from serve.config import ServeConfig
+from serve.config import MarketSet, ServeConfig
 from serve.deployments import PREDICTOR_BOUNDS, replica_id
 from serve.metrics import prediction_metrics
 from serve.model_age import prediction_age
@@ -87,6 +87,13 @@ class MultiplexedPredictor:
         self.load_model = serve.multiplexed(
             max_num_models_per_replica=self.config.serving.models_per_replica
         )(load)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The deployment's `user_config` `markets`, when given, replace the args' list: a market
+        added at runtime (`python -m cluster add-market`) without restarting the pool."""
+        markets = (user_config or {}).get("markets")
+        if markets is not None:
+            self.markets = frozenset(MarketSet.model_validate({"markets": markets}).markets)
 
     def _load(self, model: str) -> HybridModel:
         """Fetch and load one immutable version; off the event loop (file copies, torch.load)."""

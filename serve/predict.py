@@ -27,6 +27,7 @@ from serve.schema import BadRequest, ModelView, Probabilities
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
 from train.bundle_io import bundle_feature_set
+from train.novelty import novelty_fields
 
 _CANDLE_FIELDS = operator.itemgetter(*CANDLE_COLUMNS)
 
@@ -143,7 +144,8 @@ def predict_candles(
 ) -> ModelView:
     """The model's view of the newest closed hour in `candles`; too few or gappy candles are a
     BadRequest naming how many it needs. `volatility` is `serve.sizing.sizing_volatility` (simple
-    hourly returns), the input the sizing rule reads.
+    hourly returns), the input the sizing rule reads; `dissimilarity` and `novel` come from the
+    bundle's novelty gate (`train.novelty`) on the very window the model read.
 
     A model trained with the cross-market or premium group also reads `context` (the other
     markets' and Binance's candles, `serve.candle_feed.CandleFeed.context`); context that is
@@ -167,6 +169,7 @@ def predict_candles(
         raise BadRequest(f"{market}: {exc}") from exc
     proba = model.predict_proba(rows[None, :, :])[0]
     return ModelView(
+        **novelty_fields(model.novelty, rows),
         market=market,
         time=candles.index[-1],
         probabilities=Probabilities.of((float(proba[0]), float(proba[1]), float(proba[2]))),

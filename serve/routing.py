@@ -42,6 +42,8 @@ class MarketRoutes(Protocol):
 
     async def reload(self, market: str) -> dict[str, Any]: ...
 
+    def set_markets(self, markets: list[str]) -> None: ...
+
 
 class PerMarketRoutes:
     """One HybridPredictor deployment per market (the default, for a handful of markets)."""
@@ -58,6 +60,15 @@ class PerMarketRoutes:
 
     async def reload(self, market: str) -> dict[str, Any]:
         return await self.handles[market].reload.remote()
+
+    def set_markets(self, markets: list[str]) -> None:
+        """Per market, a market is a deployment of the graph: a list naming others is refused
+        (adding one means deploying the graph with it, `python -m cluster add-market`)."""
+        missing = sorted(set(markets) - set(self.handles))
+        if missing:
+            raise ValueError(f"per_market serving has no deployment for {missing}: redeploy the "
+                             "hybrid app with them in its args' markets")  # fmt: skip
+        self.markets = sorted(markets)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,13 @@ class CurrentVersions:
 
     def get(self, market: str) -> Current:
         return self._current[market]
+
+    def watch(self, markets: list[str]) -> None:
+        """Watch these markets from now on (a market added at runtime is read at once)."""
+        for market in markets:
+            if market not in self._current:
+                self._current[market] = _unpromoted(market)
+                self.refresh(market)
 
     def refresh(self, market: str) -> bool:
         """Read `market`'s CURRENT now; True when requests now go to another version."""
@@ -186,6 +204,12 @@ class MultiplexedRoutes:
 
     async def statuses(self) -> list[dict[str, Any]]:
         return [self.status(market) for market in self.markets]
+
+    def set_markets(self, markets: list[str]) -> None:
+        """Serve these markets from now on: the pool loads any market's bundle by its model id,
+        so a market added at runtime needs only its CURRENT watched (no replica restarts)."""
+        self.versions.watch(markets)
+        self.markets = sorted(markets)
 
     async def reload(self, market: str) -> dict[str, Any]:
         """Re-read CURRENT now instead of within `poll_s`, and forget a load failure this ingress

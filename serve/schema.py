@@ -152,6 +152,11 @@ class ModelView(BaseModel):
     served_by: str  # the replica that answered
     model_age_hours: float | None = None  # hours from the end of its training window to `time`
     stale: bool = False  # older than the predictor's max_model_age_hours: opens no position
+    # How far this hour's feature row lies from the model's training rows (train.novelty; 1.0: as
+    # far as a typical training hour); past the bundle's threshold it is `novel` and the loop opens
+    # no position. None (and novel false) from a bundle made before the novelty gate.
+    dissimilarity: float | None = Field(None, ge=0.0)
+    novel: bool = False
 
     @computed_field  # type: ignore[prop-decorator]
     @property

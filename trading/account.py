@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, drawdown
 from serve.schema import Sizing
 from serve.sizing import SizingConfig, SizingRequest, rule_sizing
@@ -217,8 +218,11 @@ class ArmAccount:
         served: Sizing | None,
         config: TradingConfig,
         stale: str = "",
+        moves: LabelMoves | None = None,
+        novel: str = "",
     ) -> Decision:
-        """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on."""
+        """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on.
+        `moves`: the model's label moves, for `policy.margin`."""
         ratio, source = self.sizing(prediction, state, volatility, served)
         return self.kill_switch.change(
             lambda guard: plan_hour(
@@ -233,6 +237,8 @@ class ArmAccount:
                 config,
                 high=self.high.high,
                 stale=stale,
+                moves=moves,
+                novel=novel,
             )  # fmt: skip
         )
 
@@ -273,15 +279,22 @@ class ArmAccount:
 
 
 def loop_accounts(
-    config: TradingConfig, markets: list[str], ledger: Ledger, mode: str, upbit_url: str
+    config: TradingConfig,
+    markets: list[str],
+    ledger: Ledger,
+    mode: str,
+    upbit_url: str,
+    live_account: tuple[Any, KillSwitch] | None = None,
 ) -> dict[tuple[str, str], ArmAccount]:
     """The loop's accounts by (arm, market). Paper: each A/B arm's paper account per market,
     rebuilt from the ledger's fills, each with its own kill switch. Live: one Upbit account (keys
     from the environment) and one kill switch for every market, sized by Serve. Kill switches
-    come back from the ledger's last risk state, highs since entry from the ledger too."""
+    come back from the ledger's last risk state, highs since entry from the ledger too.
+    `live_account`: the running loop's live broker and kill switch, for markets added at runtime
+    (the account is one: a second broker would count its equity twice)."""
     arms = list(config.ab.arms) if mode == "paper" else ["live"]
-    live, shared = None, None
-    if mode == "live":
+    live, shared = live_account or (None, None)
+    if mode == "live" and live is None:
         from trading.upbit_broker import UpbitBroker
 
         live = UpbitBroker.from_env(base_url=upbit_url)

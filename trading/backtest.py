@@ -10,7 +10,8 @@ Accounts: each (market, arm) pair is its own `trading.account.ArmAccount` over a
 `paper.initial_krw` with its own kill switch, so markets and arms never share cash and each result
 stands alone. Decisions go through `plan_hour` and orders through `ArmAccount.execute`, exactly as
 in the live loop; a fill happens at the hour's close (+/- slippage), as the loop acts right after
-the close. Sizing is the arm's `RatioSource`: `fixed` and `rule` are built in (`ARMS`); a replay
+the close. An hour whose prediction is novel opens no position (`plan_hour`'s novelty gate), as
+in the loop. Sizing is the arm's `RatioSource`: `fixed` and `rule` are built in (`ARMS`); a replay
 of recorded live hours passes the recorded ratios instead.
 """
 
@@ -46,6 +47,7 @@ RECORD_COLUMNS = [
     "halted",
 ]  # fmt: skip
 NO_PREDICTION = "no prediction for this hour: nothing sent"
+NOVEL = "novel input (dissimilarity past the model's threshold)"
 
 
 def arm_sources(config: TradingConfig, sizing: SizingConfig) -> dict[str, RatioSource]:
@@ -128,7 +130,18 @@ def replay(hours: MarketHours, arm: str, sizing: RatioSource, config: TradingCon
         if hours.source[i]:
             prediction = Prediction(market, hour, tuple(probas[i]), hours.model_version[i])
             window = close[max(0, i - baseline) : i + 1]
-            decision = account.plan(prediction, state, price, window, volatility[i], None, config)
+            novel = NOVEL if hours.novel[i] else ""
+            decision = account.plan(
+                prediction,
+                state,
+                price,
+                window,
+                volatility[i],
+                None,
+                config,
+                moves=hours.moves,
+                novel=novel,
+            )
         else:  # the price-only rules still protect a held position, as in the loop
             decision = account.protect(state, price, hour, config, NO_PREDICTION)
         if decision is not None:

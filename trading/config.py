@@ -24,6 +24,12 @@ class PolicyConfig(Strict):
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
     # BUY while holding: "top_up" buys up to ratio x equity, "skip" buys nothing.
     buy_when_holding: Literal["top_up", "skip"] = "top_up"
+    # Decision margin (`trading.policy`): BUY only when the expected after-fee move
+    # E = p_buy * up - p_sell * down - ROUND_TRIP_FEE (up/down: the model's label moves,
+    # `features.barriers.LabelMoves`) exceeds it; SELL when the argmax says SELL; HOLD otherwise.
+    # null: act on the argmax (and min_confidence). Fit it on pre-test hours
+    # (`train.margin.fit_margin`, `python -m train margin`).
+    margin: float | None = Field(None, ge=-0.05, le=0.05)
 
 
 class EmergencyConfig(Strict):
@@ -106,6 +112,12 @@ class LoopConfig(Strict):
     lease_ttl_s: float = Field(120.0, ge=1.0, le=3600.0)
     # None: the markets of configs/features.yaml.
     markets: MarketList | None = None
+    # Markets whose candles are fetched at once each hour. Upbit's candle group allows about ten
+    # requests a second; the shared `Remaining-Req` budget (features.upbit_http) paces them.
+    fetch_workers: int = Field(8, ge=1, le=64)
+    # Every market's prediction goes in one `POST /v1/predict`, split into calls sent at once
+    # when the candles are more than this: keep it at Serve's Ingress `max_body_bytes`.
+    predict_batch_bytes: int = Field(2_000_000, ge=100_000)
 
     @field_validator("markets")
     @classmethod

@@ -10,7 +10,9 @@ follow the same prediction. Live, one Upbit account serves every market.
 Money first, in this order every hour:
 - a live loop's first hour reconciles with the exchange (`trading.reconcile`); the open orders of
   every hour are settled before anything is sent;
-- every market's candles are fetched first, so a live account is marked at this hour's prices;
+- every market's candles are fetched first (`loop.fetch_workers` markets at once, within Upbit's
+  `Remaining-Req` budget), so a live account is marked at this hour's prices; every market's
+  prediction then comes from one batched call to Serve (`trading.serve_client.ask_all`);
 - each market is its own try: one market's failure (a bad reply, an exception) is that market's
   `no_decision`, never the end of the other markets' hour;
 - a halted market (an order whose outcome is unknown, a difference with the exchange) sends
@@ -18,19 +20,21 @@ Money first, in this order every hour:
   sends nothing either (`no_decision: late ...`);
 - without a usable prediction (Serve silent, no model, a refusal) the price-only rules still
   run on a held position (`protect_hour`): the stops sell, the kill switch observes; a stale
-  model opens no position (its sells go out).
+  model opens no position, nor does a novel input (`novel: true`); their sells go out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from features import indicators
+from features.barriers import LabelMoves
 from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
@@ -41,7 +45,7 @@ from trading.config import TradingConfig
 from trading.ledger import Ledger
 from trading.ledger_books import Halt
 from trading.reconcile import halt, settle_open_orders, start_or_retry
-from trading.serve_client import Predictor, ServeUnavailable
+from trading.serve_client import Ask, Predictor, ServeUnavailable, ask_all
 
 log = logging.getLogger(__name__)
 ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
@@ -51,6 +55,7 @@ ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
 class Labels:
     horizon: int
     threshold: float
+    moves: LabelMoves | None = None  # the label's moves, which policy.margin prices with
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,15 @@ class Served:
         if reply is None or not reply.stale:
             return ""
         return f"model {reply.model_version} is stale ({reply.model_age_hours:.0f} h past its data)"
+
+    @property
+    def novel(self) -> str:
+        """Why the hour's input is novel to the model (`train.novelty`); "" when it is not."""
+        reply = self.reply
+        if reply is None or not reply.novel:
+            return ""
+        score = f"{reply.dissimilarity:.2f}" if reply.dissimilarity is not None else "?"
+        return f"novel input (dissimilarity {score} past model {reply.model_version}'s threshold)"
 
 
 class HourlyTrader:
@@ -98,6 +112,14 @@ class HourlyTrader:
             if account.kill_switch.store is None:
                 account.kill_switch.store = ledger.set_risk_state
 
+    def add_markets(self, markets: list[str], accounts: dict[tuple[str, str], ArmAccount]) -> None:
+        """Trade these markets too from the next hour on (a market added while the loop runs)."""
+        for account in accounts.values():
+            if account.kill_switch.store is None:
+                account.kill_switch.store = self.ledger.set_risk_state
+        self.accounts = {**self.accounts, **accounts}
+        self.markets = [*self.markets, *(m for m in markets if m not in self.markets)]
+
     @property
     def window(self) -> int:
         """Candles fetched per market and hour: what serving needs (derived from the features'
@@ -110,14 +132,17 @@ class HourlyTrader:
         self.reconciled = not not_ready
         self.reconcile(hour)
         halted = self.ledger.halts.open()
-        fetched = {m: self._candles(m, hour) for m in self.markets}
-        candles = {m: c for m, c in fetched.items() if c is not None}
+        candles = self._fetch_all(hour)
         prices = {m: float(c["close"].iloc[-1]) for m, c in candles.items()}
+        asking = []
         for market, frame in candles.items():
             if not_ready:
                 self._no_decision(market, hour, not_ready)
-                continue
-            self._isolated(market, hour, frame, prices, halted)
+            elif self._isolated(market, hour, self._before_asking, frame, halted):
+                asking.append(market)
+        served = self._ask_all(asking, candles, prices)
+        for market in asking:
+            self._isolated(market, hour, self._arms_hour, candles[market], prices, served[market])
         self._snapshot(hour, prices)
         if self.on_hour:
             self.on_hour(self, hour)
@@ -133,47 +158,70 @@ class HourlyTrader:
         for arm in self.arms:
             self.ledger.record_no_decision(market, hour.to_pydatetime(), arm, reason)
 
-    def _candles(self, market: str, hour: pd.Timestamp) -> pd.DataFrame | None:
+    def _fetch_all(self, hour: pd.Timestamp) -> dict[str, pd.DataFrame]:
+        """Every market's candles, `loop.fetch_workers` at once; a market that failed is its
+        `no_decision` (recorded here, in the loop's thread, where the ledger is written)."""
+        workers = min(self.config.loop.fetch_workers, max(len(self.markets), 1))
+        with ThreadPoolExecutor(workers, thread_name_prefix="candles") as pool:
+            fetched = dict(zip(self.markets, pool.map(lambda m: self._candles(m, hour),
+                                                      self.markets), strict=True))  # fmt: skip
+        candles = {}
+        for market, got in fetched.items():
+            if isinstance(got, str):
+                self._no_decision(market, hour, got)
+            else:
+                candles[market] = got
+        return candles
+
+    def _candles(self, market: str, hour: pd.Timestamp) -> pd.DataFrame | str:
+        """The market's candles up to `hour`, or why there are none (any thread)."""
         try:
             candles = self.source.latest(market, self.window, now=(hour + HOUR).to_pydatetime())
         except Exception as exc:  # noqa: BLE001 - any fetch failure is this hour's no_decision
-            self._no_decision(market, hour, f"candle fetch failed: {exc}")
-            return None
+            return f"candle fetch failed: {exc}"
         newest = candles.index[-1] if len(candles) else None
         if newest != hour:
-            self._no_decision(
-                market, hour, f"stale data: newest closed candle is {newest}, expected {hour}"
-            )
-            return None
+            return f"stale data: newest closed candle is {newest}, expected {hour}"
         return candles
 
-    def _isolated(self, market, hour, candles, prices, halted) -> None:
+    def _isolated(
+        self, market: str, hour: pd.Timestamp, step: Callable[..., bool | None], *args
+    ) -> bool:
+        """Run one market's step; its failure is that market's `no_decision` (False), never the
+        end of the other markets' hour. A ban (418) stops the hour for all."""
         try:
-            self._market_hour(market, hour, candles, prices, halted)
+            return step(market, hour, *args) is not False
         except BrokerBanned:
             raise
         except Exception as exc:  # noqa: BLE001 - one market's failure ends no other's hour
             log.exception("%s %s failed", market, hour)
             self._no_decision(market, hour, f"this market's hour failed: {exc!r}"[:500])
+            return False
 
-    def _market_hour(
+    def _before_asking(
+        self, market: str, hour: pd.Timestamp, candles: pd.DataFrame, halted: dict[str, list[Halt]]
+    ) -> bool:
+        """Record the outcome of the decision `horizon` hours ago; False when the market must not
+        trade this hour (halted, or too late after the close)."""
+        self._record_outcome(market, hour, candles["close"])
+        if market in halted:
+            reasons = "; ".join(h.reason for h in halted[market])
+            self._no_decision(market, hour, f"market halted: {reasons}; {ACK_HINT}")
+            return False
+        late = self._late(hour)
+        if late:
+            self._no_decision(market, hour, late)
+            return False
+        return True
+
+    def _arms_hour(
         self,
         market: str,
         hour: pd.Timestamp,
         candles: pd.DataFrame,
         prices: dict[str, float],
-        halted: dict[str, list[Halt]],
+        served: Served,
     ) -> None:
-        self._record_outcome(market, hour, candles["close"])
-        if market in halted:
-            reasons = "; ".join(h.reason for h in halted[market])
-            self._no_decision(market, hour, f"market halted: {reasons}; {ACK_HINT}")
-            return
-        late = self._late(hour)
-        if late:
-            self._no_decision(market, hour, late)
-            return
-        served = self._ask(market, candles, prices)
         for arm in self.arms:
             self._arm_hour(self.accounts[(arm, market)], hour, candles, prices, served)
 
@@ -189,15 +237,24 @@ class HourlyTrader:
             f"({limit:g} s); nothing sent for this hour"
         )
 
-    def _ask(self, market: str, candles: pd.DataFrame, prices: dict[str, float]) -> Served:
-        # The sizing node sizes for the arm that follows it (llm, or live), so it sees that account.
+    def _ask_all(
+        self, markets: list[str], candles: dict[str, pd.DataFrame], prices: dict[str, float]
+    ) -> dict[str, Served]:
+        """Every market's prediction from one batched call. The sizing node sizes for the arm
+        that follows it (llm, or live), so each market's ask carries that arm's account."""
         sized = [a for a in self.arms if a != "fixed"] or self.arms
-        asking = self.accounts[(sized[0], market)]
-        try:
-            state = asking.state(prices[market], prices)
-            return Served(self.predictor.predict(market, candles, state))
-        except ServeUnavailable as exc:
-            return Served(None, str(exc))
+        asks, served = {}, {}
+        for market in markets:
+            try:
+                account = self.accounts[(sized[0], market)].state(prices[market], prices)
+                asks[market] = Ask(candles[market], account)
+            except Exception as exc:  # noqa: BLE001 - that market asks nothing this hour
+                served[market] = Served(None, f"account state failed: {exc!r}"[:300])
+        answers = ask_all(self.predictor, asks) if asks else {}
+        for market, answer in answers.items():
+            failed = isinstance(answer, ServeUnavailable)
+            served[market] = Served(None, str(answer)) if failed else Served(answer)
+        return served
 
     def _arm_hour(
         self,
@@ -232,7 +289,7 @@ class HourlyTrader:
         reply = served.reply
         return account.plan(
             reply.prediction(), state, price, closes.to_numpy(), reply.volatility, reply.sizing,
-            self.config, stale=served.stale,
+            self.config, stale=served.stale, moves=self.labels.moves, novel=served.novel,
         )  # fmt: skip
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 for it over HTTP (under /trading), so a RayService (or `cluster up`) starts the loop the same way.
 
 The keeper never trades: it creates the named detached loop once (a second keeper, or a second
-`up`, finds the running one), pins it to the head node where the SQLite ledger lives, and serves
+`up`, finds the running one) and hands it the keeper's markets (a keeper redeployed with a market
+added makes the running loop trade it from its next hour), pins it to the head node where the
+SQLite ledger lives, and serves
 the loop's status and the kill switch behind the admin bearer token. Its `args` are
 `trading.loop.LoopSettings`, validated by Serve before the keeper is built.
 """
@@ -36,6 +38,7 @@ class LoopKeeper:
     def __init__(self, settings: dict[str, Any], check_s: float = 30.0) -> None:
         self.settings = LoopSettings.model_validate(settings)
         self.loop = start_loop(self.settings)
+        self._markets_to_loop()
         self.stop = threading.Event()
         self.check_s = check_s
         threading.Thread(target=self._watch, daemon=True, name="loop-keeper").start()
@@ -47,6 +50,14 @@ class LoopKeeper:
                 get_loop()
             except ValueError:
                 self.loop = start_loop(self.settings)
+            self._markets_to_loop()
+
+    def _markets_to_loop(self) -> None:
+        """The loop already running (a keeper redeployed with more markets, `cluster add-market`)
+        or restarted from its first settings trades this keeper's markets from its next hour;
+        no actor restart. Markets are only ever added (`LoopCore.set_markets`)."""
+        if self.settings.markets:
+            self.loop.set_markets.remote(list(self.settings.markets))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -31,9 +31,15 @@ import pandas as pd
 import ray
 from pydantic import Field
 
-from features.config import MarketList, Strict, load_features_config, resolve_path
+from features.config import (
+    ConfigError,
+    MarketList,
+    Strict,
+    load_features_config,
+    resolve_path,
+)
 from features.exchange import HOUR
-from features.sources import ParquetDirSource, UpbitSource
+from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
 from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour
@@ -73,6 +79,9 @@ class LoopSettings(Strict):
     serve_url: str = "http://127.0.0.1:8000"
     data_dir: str | None = None  # a folder of stored Parquet candles (offline); None: Upbit
     upbit_base_url: str = "https://api.upbit.com"
+    # Online: a Parquet cache (folder or URI) in front of Upbit, so each hour fetches only the new
+    # candle, one request a market instead of five pages of the serving window; None: no cache.
+    cache_dir: str | None = None
     clock: ClockSettings = ClockSettings()
     max_hours: int | None = Field(None, ge=1)  # stop after this many hours (demos, tests)
 
@@ -84,6 +93,14 @@ class LoopSettings(Strict):
             loop = config.loop.model_copy(update={"markets": self.markets})
             config = config.model_copy(update={"loop": loop})
         return config
+
+
+def candle_source(settings: LoopSettings) -> CandleSource:
+    """Stored candles offline; online Upbit, through the cache when there is one."""
+    if settings.data_dir:
+        return ParquetDirSource(resolve_path(settings.data_dir))
+    upbit = UpbitSource(settings.upbit_base_url)
+    return CachedSource(upbit, resolve_path(settings.cache_dir)) if settings.cache_dir else upbit
 
 
 def make_clock(settings: ClockSettings) -> Clock:
@@ -135,21 +152,29 @@ class LoopCore:
         self.caught_up = False
         self.errors: list[str] = []
         self.alarm: str | None = None
+        self.added: list[str] = []  # markets added at runtime, waiting for the next hour
+        self._added_lock = threading.Lock()
         self.stop_event = threading.Event()
         threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
 
     def _trader(self, features, predictor: Predictor | None) -> HourlyTrader:
         settings = self.settings
-        source = (
-            ParquetDirSource(resolve_path(settings.data_dir))
-            if settings.data_dir
-            else UpbitSource(settings.upbit_base_url)
-        )
+        source = candle_source(settings)
         accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
-        labels = Labels(features.labels.horizon_hours, features.labels.threshold)
-        predictor = predictor or ServeClient(settings.serve_url, token=admin_token())
+        lab = features.labels
+        labels = Labels(lab.horizon_hours, lab.threshold, lab.moves())
+        if self.config.policy.margin is not None and labels.moves is None:
+            raise ConfigError(
+                f"policy.margin needs the label's moves; labels.mode {lab.mode!r} fits its "
+                "threshold per fold: use fixed or triple_barrier, or set policy.margin: null"
+            )
+        predictor = predictor or ServeClient(
+            settings.serve_url,
+            token=admin_token(),
+            batch_bytes=self.config.loop.predict_batch_bytes,
+        )
         return HourlyTrader(
             self.config, self.markets, self.ledger, source, predictor, accounts, labels
         )
@@ -166,6 +191,38 @@ class LoopCore:
                 self.stop_event.set()
             except Exception:  # noqa: BLE001 - a busy ledger: try again at the next beat
                 log.exception("renewing the ledger's lease failed")
+
+    def set_markets(self, markets: list[str]) -> list[str]:
+        """Trade `markets` from the next hour on, without a restart: the ones not traded yet are
+        added (their accounts built as at start); none is removed at runtime, since a removed
+        market's open position would no longer be watched by the stops. Returns the added ones."""
+        with self._added_lock:
+            known = {*self.markets, *self.added}
+            new = [m for m in markets if m not in known]
+            self.added += new
+        if new:
+            log.info("markets added, traded from the next hour: %s", ", ".join(new))
+        return new
+
+    def _take_added(self) -> None:
+        """In the schedule's thread, between hours: the added markets join the trader."""
+        with self._added_lock:
+            added, self.added = self.added, []
+        if not added:
+            return
+        live = None
+        if self.settings.mode == "live":
+            first = next(iter(self.trader.accounts.values()))
+            live = (first.broker, first.kill_switch)
+        try:
+            accounts = loop_accounts(self.config, added, self.ledger, self.settings.mode,
+                                     self.settings.upbit_base_url, live)  # fmt: skip
+        except Exception:  # noqa: BLE001 - the markets traded so far go on; the keeper asks again
+            self.errors = [*self.errors[-9:], f"adding {added}: {traceback.format_exc(limit=3)}"]
+            log.exception("adding markets %s failed", added)
+            return
+        self.trader.add_markets(added, accounts)
+        self.markets = list(self.trader.markets)
 
     def release(self) -> None:
         """Give the lease up (a clean stop), so another loop may start at once."""
@@ -210,6 +267,7 @@ class LoopCore:
         """
         hour = self._first_hour()
         while not self._done():
+            self._take_added()
             stored = self._stored(hour)
             if stored:
                 self.run_hour(hour)
@@ -324,6 +382,8 @@ class LoopCore:
             "halted_markets": self.halted_markets(),
             "holder": self.holder,
             "ledger": str(self.config.ledger.resolve_path()),
+            "markets": list(self.markets),
+            "markets_pending": list(self.added),
         }
 
     def set_trading(self, enabled: bool, by: str, reason: str) -> dict[str, Any]:
@@ -361,6 +421,10 @@ class TradingLoop:
 
     def set_trading(self, enabled: bool, by: str, reason: str = "switched off by a person"):
         return self.core.set_trading(enabled, by, reason)
+
+    def set_markets(self, markets: list[str]) -> list[str]:
+        """Markets to trade from the next hour on (`LoopCore.set_markets`); no restart."""
+        return self.core.set_markets(markets)
 
     def stop(self) -> dict[str, Any]:
         """Finish the hour in progress, then stop and give the ledger's lease up; the ledger

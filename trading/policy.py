@@ -17,6 +17,10 @@ Rules the caller may rely on:
 - Any order below MIN_ORDER_KRW is skipped with the reason in `Decision.reason`.
 - `Decision.signal` is the signal acted on (a low-confidence BUY becomes HOLD); the model's own
   view stays in `Decision.probabilities`.
+- With `policy.margin` set, the probabilities decide, not the argmax: BUY only when the expected
+  after-fee move `features.barriers.expected_edge` (from the label's `moves`) exceeds the margin,
+  SELL when the argmax is SELL, HOLD otherwise. Without `moves` a set margin is an error: the
+  edge of an unknown label cannot be priced, and guessing would trade on a wrong scale.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+import numpy as np
+
+from features.barriers import LabelMoves, expected_edge
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
 from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
@@ -41,13 +48,15 @@ def decide(
     price: float,
     hour: datetime,
     config: PolicyConfig,
+    moves: LabelMoves | None = None,
 ) -> Decision:
-    """What to do in `prediction.market` for the candle hour `hour`, priced at close `price`."""
+    """What to do in `prediction.market` for the candle hour `hour`, priced at close `price`;
+    `moves`: the model's label moves, which `config.margin` needs."""
     if not math.isfinite(price) or price <= 0:
         raise ValueError(f"price must be finite and > 0, got {price}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    signal, note = _acted_signal(prediction, config)
+    signal, note = _acted_signal(prediction, config, moves)
     if signal is Signal.BUY:
         order, reason = _buy(prediction.market, ratio, account, price, hour, config)
     elif signal is Signal.SELL:
@@ -67,7 +76,30 @@ def decide(
     )
 
 
-def _acted_signal(prediction: Prediction, config: PolicyConfig) -> tuple[Signal, str]:
+def margin_signal(
+    prediction: Prediction, margin: float, moves: LabelMoves | None
+) -> tuple[Signal, str]:
+    """BUY when the expected after-fee move clears `margin`, SELL on an argmax SELL, else HOLD."""
+    if moves is None:
+        raise ValueError(
+            "policy.margin is set but the model's label moves are unknown (a quantile label "
+            "without its bundle's threshold?): set policy.margin to null or give the moves"
+        )
+    edge = float(expected_edge(np.asarray(prediction.probabilities), moves))
+    if edge > margin:
+        return Signal.BUY, f"edge {edge:+.4%} > margin {margin:+.4%}; "
+    if prediction.signal is Signal.SELL:
+        return Signal.SELL, ""
+    if prediction.signal is Signal.BUY:
+        return Signal.HOLD, f"BUY with edge {edge:+.4%} not above margin {margin:+.4%}; "
+    return Signal.HOLD, ""
+
+
+def _acted_signal(
+    prediction: Prediction, config: PolicyConfig, moves: LabelMoves | None
+) -> tuple[Signal, str]:
+    if config.margin is not None:  # the margin replaces the argmax rule and min_confidence
+        return margin_signal(prediction, config.margin, moves)
     if prediction.confidence < config.min_confidence:
         note = (
             f"{prediction.signal.name} at confidence {prediction.confidence:.2f} is below "

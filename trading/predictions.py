@@ -9,6 +9,9 @@ A model never trades the hours it was trained on. Each market's predictions come
   refuses to return a bundle prediction inside that window.
 The backtester (`trading.backtest`) walks the result hour by hour; a replay of recorded live hours
 (`trading.replay`) builds the same `MarketHours` from the predictions Serve would have made.
+Predictions may carry `novel` (the bundle's novelty gate, `train.novelty`, as Serve scores it);
+the replay then opens no position on those hours, as the loop does. oos rows carry none (their
+fold models kept no reference rows): they trade as familiar.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from features.barriers import LabelMoves, bundle_moves
 from features.dataset import MarketDataset, usable_samples
 from features.sources import CandleSource
 from trading.step import rolling_sizing_volatility
 from train.bundle_io import dataset_for_model, trained_until
+from train.novelty import dataset_scores
 from train.registry import ModelRegistry
 
 if TYPE_CHECKING:  # torch loads only when a bundle does: `python -m trading status` stays light
@@ -59,8 +64,9 @@ def walk_forward_predictions(
 ) -> pd.DataFrame:
     """Out-of-sample predictions by hour: oos rows first, then the bundle after training.
 
-    Columns: p_sell, p_hold, p_buy, source ("oos" | "bundle"), model_version. oos hours missing
-    from `data` (other candles than the fit saw) are dropped: they could not be priced.
+    Columns: p_sell, p_hold, p_buy, source ("oos" | "bundle"), model_version, dissimilarity and
+    novel (NaN and False where unknown: oos rows, a bundle made before the gate). oos hours
+    missing from `data` (other candles than the fit saw) are dropped: they could not be priced.
     """
     version = model.version
     frames = []
@@ -80,9 +86,15 @@ def walk_forward_predictions(
     if len(times) and times.min() <= cutoff:
         raise LookaheadError(f"{data.market}: bundle {version} would trade {times.min()}")
     proba = bundle_proba(model, data, positions)
+    novelty = model.novelty
+    known = novelty is not None
+    score = dataset_scores(novelty, data, positions) if known else np.full(len(times), np.nan)
     frames.append(
         pd.DataFrame(proba, index=times, columns=PROBA_COLUMNS).assign(
-            source="bundle", model_version=version
+            source="bundle",
+            model_version=version,
+            dissimilarity=score,
+            novel=score > novelty.threshold if known else False,
         )
     )
     out = pd.concat(frames).sort_index()
@@ -105,6 +117,8 @@ class MarketHours:
     model_version: np.ndarray
     start: int
     volatility: np.ndarray  # the sizing rule's 24 h volatility at each position
+    novel: np.ndarray  # True where the prediction's input was novel (opens no position)
+    moves: LabelMoves | None = None  # the model's label moves (policy.margin prices with them)
 
     @property
     def replayed(self) -> pd.DatetimeIndex:
@@ -112,7 +126,11 @@ class MarketHours:
 
 
 def market_hours(
-    market: str, times: pd.DatetimeIndex, close: np.ndarray, predictions: pd.DataFrame
+    market: str,
+    times: pd.DatetimeIndex,
+    close: np.ndarray,
+    predictions: pd.DataFrame,
+    moves: LabelMoves | None = None,
 ) -> MarketHours:
     """Align `predictions` (indexed by hour, see walk_forward_predictions) with a timeline."""
     if len(predictions) == 0:
@@ -133,7 +151,16 @@ def market_hours(
         model_version=aligned["model_version"].fillna("").to_numpy(dtype=object),
         start=int(np.argmax(has)),
         volatility=rolling_sizing_volatility(close),
+        novel=novel_flags(aligned),
+        moves=moves,
     )
+
+
+def novel_flags(aligned: pd.DataFrame) -> np.ndarray:
+    """The `novel` column as booleans; all False when the predictions carry no novelty."""
+    if "novel" not in aligned:
+        return np.zeros(len(aligned), dtype=bool)
+    return aligned["novel"].astype("boolean").fillna(False).to_numpy(dtype=bool)
 
 
 def load_market_hours(
@@ -161,7 +188,7 @@ def load_market_hours(
     data = dataset_for_model(meta, candles, market, source)
     built = time.perf_counter()
     predictions = walk_forward_predictions(model, data, oos)
-    hours = market_hours(market, data.times, data.close, predictions)
+    hours = market_hours(market, data.times, data.close, predictions, bundle_moves(meta))
     timings["features_s"] = timings.get("features_s", 0.0) + built - started
     timings["inference_s"] = timings.get("inference_s", 0.0) + time.perf_counter() - built
     return hours

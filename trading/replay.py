@@ -73,8 +73,9 @@ def predictions(
         view = predict_candles(models[version], market, candles.loc[:hour])
         proba = view.probabilities.as_tuple()
         rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, proba, strict=True)),
-                     "source": "replay", "model_version": version})  # fmt: skip
-    columns = ["time", *PROBA_COLUMNS, "source", "model_version"]
+                     "source": "replay", "model_version": version,
+                     "novel": view.novel})  # fmt: skip
+    columns = ["time", *PROBA_COLUMNS, "source", "model_version", "novel"]
     return pd.DataFrame(rows, columns=columns).set_index("time")
 
 

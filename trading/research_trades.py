@@ -18,7 +18,7 @@ from trading.account import fixed_ratio, rule_ratio
 from trading.backtest import replay
 from trading.config import TradingConfig, load_trading_config
 from trading.predictions import market_hours
-from train.research_report import PROBA, TradeRequest
+from train.research_report import TradeRequest
 
 
 def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[str, Any]:
@@ -27,11 +27,13 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     source = (
         rule_ratio(load_sizing_config()) if arm == "rule" else fixed_ratio(config.ab.fixed_ratio)
     )
-    predictions = request.predictions[PROBA].assign(source="oos", model_version=request.model)
+    predictions = request.predictions.assign(source="oos", model_version=request.model)
     history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1
     first, last = request.times.get_indexer(predictions.index[[0, -1]])
     span = slice(max(0, first - history), last + 1)
-    hours = market_hours(request.market, request.times[span], request.close[span], predictions)
+    hours = market_hours(
+        request.market, request.times[span], request.close[span], predictions, request.moves
+    )
     run = replay(hours, arm, source, config)
     return {
         "market": request.market,
@@ -46,12 +48,17 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     }
 
 
-def trade(requests: list[TradeRequest], arm: str = "fixed") -> list[dict[str, Any]]:
-    config = load_trading_config()
+def trade(
+    requests: list[TradeRequest], arm: str = "fixed", overrides: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Replay each request; `overrides` change configs/trading.yaml (e.g. policy.margin=0.001)."""
+    config = load_trading_config(overrides=overrides)
     return [trade_one(r, arm, config) for r in requests]
 
 
-def trade_on_ray(requests: list[TradeRequest], arm: str, cpus: float) -> list[dict[str, Any]]:
+def trade_on_ray(
+    requests: list[TradeRequest], arm: str, cpus: float, overrides: list[str] | None = None
+) -> list[dict[str, Any]]:
     """One Ray task per market and model (its folds in turn): each replay is a Python loop over
     the hours, so tasks parallelise, and the market's timeline travels once per task."""
     import ray
@@ -60,5 +67,5 @@ def trade_on_ray(requests: list[TradeRequest], arm: str, cpus: float) -> list[di
     for request in requests:
         groups.setdefault((request.market, request.model), []).append(request)
     remote = ray.remote(trade).options(num_cpus=cpus)
-    results = ray.get([remote.remote(group, arm) for group in groups.values()])
+    results = ray.get([remote.remote(group, arm, overrides) for group in groups.values()])
     return [r for group in results for r in group]

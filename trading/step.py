@@ -5,8 +5,10 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
+    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit or stop (its label's)
     apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
     gate_stale(...)        -> a stale model opens no position (its sells still go out)
+    gate_novel(...)        -> nor does a novel input (train.novelty; its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
 An hour without a usable prediction (Serve silent, no model, a refusal) goes through
 `protect_hour` instead: the kill switch still observes, and the price-only stops still sell.
@@ -22,8 +24,10 @@ from datetime import datetime
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, Signal
 from serve.sizing import SIZING_VOLATILITY_HOURS, sizing_volatility
+from trading.barrier_exits import apply_barrier_exits
 from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
@@ -67,6 +71,8 @@ def plan_hour(
     *,
     high: float = 0.0,
     stale: str = "",
+    moves: LabelMoves | None = None,
+    novel: str = "",
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -75,17 +81,20 @@ def plan_hour(
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
     `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
     the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
-    `stale` says why the model is stale ("" when it is not).
+    `stale` says why the model is stale ("" when it is not), `novel` why the input is novel.
+    `moves`: the model's label moves, which `policy.margin` prices the edge with
+    (`trading.policy.decide`).
     """
     guard = guard.observe(hour, account.equity)
-    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy)
+    decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
     emergency = config.risk.emergency
     score = hour_emergency_score(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
     decision = apply_emergency(decision, account, price, score, emergency)
+    decision = apply_barrier_exits(decision, account, price, moves and moves.barriers)
     decision = apply_stops(decision, account, price, high, config.risk.stops)
-    return guard.gate(gate_stale(decision, stale)), guard
+    return guard.gate(gate_novel(gate_stale(decision, stale), novel)), guard
 
 
 def protect_hour(
@@ -114,9 +123,19 @@ def protect_hour(
 
 def gate_stale(decision: Decision, stale: str) -> Decision:
     """`decision` without its BUY when the model is stale (`stale` says why); sells go out."""
-    if not stale or decision.order is None or decision.order.side is not Side.BID:
+    return _no_new_position(decision, stale, "a stale model")
+
+
+def gate_novel(decision: Decision, novel: str) -> Decision:
+    """`decision` without its BUY when the input is novel (`novel` says why): the model never
+    saw hours like it, so its BUY is a guess; sells and the stops still go out."""
+    return _no_new_position(decision, novel, "a novel input")
+
+
+def _no_new_position(decision: Decision, why: str, on: str) -> Decision:
+    if not why or decision.order is None or decision.order.side is not Side.BID:
         return decision
-    reason = f"{stale}: BUY not sent (no new position on a stale model); was: {decision.reason}"
+    reason = f"{why}: BUY not sent (no new position on {on}); was: {decision.reason}"
     return replace(decision, order=None, reason=reason)
 
 

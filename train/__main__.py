@@ -1,5 +1,5 @@
-"""`python -m train fit|research|ablate|evaluate|report|list|promote|rollback`: fit, research,
-ablate, judge and manage models.
+"""`python -m train fit|research|ablate|tune|evaluate|report|list|promote|rollback`: fit,
+research, ablate, tune, judge and manage models.
 
 `fit_markets(FitRequest(...))` (train.fit_cli) is the same `fit` for code (`python -m cluster up`
 calls it): it returns each market's gate verdict instead of an exit code.
@@ -21,11 +21,14 @@ from features.config import CONFIG_DIR, ConfigError
 from features.sources import ParquetDirSource
 from train.ablate import add_ablate_parser, cmd_ablate
 from train.bundle import BundleError, load_bundle
+from train.config import load_train_config
 from train.fit_cli import FitRequest, FitVerdict, cmd_fit, fit_markets
+from train.fit_progress import FitFailed
 from train.registry import ModelRegistry, RegistryError
 from train.report import format_versions, market_report, registry_report, window_report
 from train.research_cli import add_research_parser, cmd_research
 from train.score_window import score_window
+from train.tune_cli import add_tune_parser, cmd_tune
 
 __all__ = ["FitRequest", "FitVerdict", "fit_markets", "main", "parse_args"]  # cluster and tests
 
@@ -40,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit markets walk-forward, register, gate, promote")
-    fit.add_argument("--markets", required=True, help="comma-separated, e.g. KRW-BTC,KRW-ETH")
+    fit.add_argument("--markets", help="comma-separated, e.g. KRW-BTC,KRW-ETH")
     fit.add_argument("--data-dir", required=True, help="folder or URI of <MARKET>_minute60.parquet")
     fit.add_argument("--profile", default="quick", help="smoke | quick | full (configs/train.yaml)")
     fit.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
@@ -68,9 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train on GPUs (also chosen when the cluster already shows GPUs)",
     )
     fit.add_argument(
-        "--tune",
-        action="store_true",
-        help="run Ray Tune per market first (tune.search_space), then fit each market's winner",
+        "--config-from",
+        metavar="BUNDLE",
+        help="refit exactly the configuration stored in a bundle: its folder or, with "
+        "--registry, market@version (then --markets defaults to its market)",
     )
     fit.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto)")
     fit.add_argument(
@@ -80,6 +84,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ones are held out",
     )
     fit.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=4,
+        help="markets fitting at once on Ray (each holds its trainer's and task's CPUs)",
+    )
+    fit.add_argument(
+        "--fresh-hours",
+        type=float,
+        default=None,
+        help="skip a market whose CURRENT (or last gated fit) read candles within this many hours "
+        "of the newest one; 0: only those fitted on exactly these candles, so a rerun after an "
+        "interruption refits only what it had not finished (default: fit every market)",
+    )
+    fit.add_argument(
         "--storage-path",
         default=None,
         help="Ray Train storage for run results: absolute path or URI",
@@ -87,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _common(fit, market=False)
     add_research_parser(sub)
     add_ablate_parser(sub)
+    add_tune_parser(sub)
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
     ev.add_argument("--version")
@@ -120,7 +139,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(registry.fetch(args.market, args.version, dest_dir=Path(tmp)))
     end = pd.Timestamp(args.end) if args.end else None
-    result = score_window(model, candles, pd.Timestamp(args.start), end, args.allow_in_sample)
+    reference = load_train_config().research.reference_label
+    result = score_window(
+        model, candles, pd.Timestamp(args.start), end, args.allow_in_sample, reference
+    )
     print(json.dumps(result, indent=1) if args.json else window_report(result))
     return 0
 
@@ -153,6 +175,7 @@ COMMANDS = {
     "fit": cmd_fit,
     "research": cmd_research,
     "ablate": cmd_ablate,
+    "tune": cmd_tune,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "list": cmd_manage,
@@ -165,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError) as exc:
+    except (ConfigError, RegistryError, BundleError, LookupError, ValueError, OSError,
+            FitFailed) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,7 @@ from train.ensemble import load_ensemble
 from train.gbm import load_gbm
 from train.head import calibrated_proba, head_inputs, raw_scores
 from train.model import EncoderSpec, LSTMEncoder
+from train.novelty import Novelty, load_novelty, save_novelty
 
 __all__ = ["BUNDLE_FILES", "BundleError", "HybridModel", "ServableModel", "load_bundle"]
 
@@ -46,6 +47,7 @@ class ServableModel(Protocol):
     """What every family's model offers its callers (Serve, backtest, evaluate, replay)."""
 
     metadata: dict[str, Any]
+    novelty: Novelty | None  # the gate's reference (train.novelty); None in older bundles
 
     @property
     def version(self) -> str: ...
@@ -63,6 +65,7 @@ class HybridModel:
     temperature: float
     use_last_row: bool
     metadata: dict[str, Any]
+    novelty: Novelty | None = None
 
     @property
     def version(self) -> str:
@@ -89,6 +92,7 @@ class HybridModel:
         torch.save(self.encoder.state_dict(), directory / "lstm.pt")
         self.head.save_model(str(directory / "lightgbm.txt"))
         (directory / "transform.json").write_text(self.transform.to_json())
+        save_novelty(self.novelty, directory)
         meta = {
             **self.metadata,
             "family": "hybrid",
@@ -170,4 +174,5 @@ def load_hybrid(directory: Path, meta: dict[str, Any]) -> HybridModel:
         raise BundleError(
             f"{directory / 'metadata.json'}: temperature {temperature} is not positive"
         )
-    return HybridModel(encoder, head, transform, temperature, use_last_row, meta)
+    novelty = load_novelty(directory)
+    return HybridModel(encoder, head, transform, temperature, use_last_row, meta, novelty)

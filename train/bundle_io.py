@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.barriers import bundle_barriers
 from features.binance import BinanceParquetSource
 from features.context import batch_context, needs_context
 from features.dataset import MarketDataset, build_dataset
@@ -104,4 +105,5 @@ def dataset_for_model(
         binance = BinanceParquetSource(source.directory) if folder else None
         context = batch_context(feature_set, market, source, binance)
     horizon, gap = int(meta["horizon"]), int(meta["max_gap_hours"])
-    return build_dataset(candles, market, horizon, gap, feature_set=feature_set, context=context)
+    return build_dataset(candles, market, horizon, gap, feature_set=feature_set, context=context,
+                         barriers=bundle_barriers(meta))  # fmt: skip

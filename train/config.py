@@ -105,6 +105,18 @@ class LeakyConfig(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class NoveltyConfig(Strict):
+    """The novelty gate's reference (`train.novelty`): `sample_rows` training rows kept in the
+    bundle, the score's `neighbours` (k), and the threshold: the `quantile` of the training rows'
+    own scores, or a fixed `threshold` when one is given."""
+
+    sample_rows: int = Field(2000, ge=50, le=20000)
+    neighbours: int = Field(5, ge=1, le=100)
+    quantile: float = Field(0.99, ge=0.5, lt=1.0)
+    threshold: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
 class TrainProfile(Strict):
     data: DataWindow = DataWindow()
     splits: SplitConfig = SplitConfig()
@@ -115,6 +127,7 @@ class TrainProfile(Strict):
     leaky: LeakyConfig = LeakyConfig()
     gbm: GbmConfig = GbmConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    novelty: NoveltyConfig = NoveltyConfig()
 
 
 class GateConfig(Strict):
@@ -125,36 +138,49 @@ class GateConfig(Strict):
     min_hours: int = Field(200, ge=1)
 
 
-TUNABLE = {
-    "encoder": EncoderConfig,
-    "optim": OptimConfig,
-    "head": HeadConfig,
-}
+SearchValue = str | bool | int | float | None
+SEARCH_ROOTS = ("family", "features", "profile", "trading")
+"""What a search key may start with: the family itself, `features.<field path>` of
+configs/features.yaml, `profile.<section>.<field>` of the training profile, `trading.<field path>`
+of configs/trading.yaml (checked where trading's config is loaded: train must not import it)."""
 
 
 class TuneConfig(Strict):
-    """What Ray Tune searches per market, and how hard; values are lists of candidates."""
+    """What Ray Tune searches per market (`python -m train tune`), and how hard.
 
-    search_space: dict[str, list[float | int]] = {}
-    sampler: str = Field("random", pattern="^(grid|random)$")
-    num_samples: int = Field(8, ge=1, le=1000)  # random: trials; grid: repeats of the grid
+    `search_space` maps dotted keys (`train.model_config.apply_search`) to lists of candidates;
+    each trial draws one per key (random) or the grid walks them all. Trials are scored on the
+    reference label (`research.reference_label`) over the last `inner_folds` calendar folds of
+    the research grid that end before `research.start` (or `--tune-end`), so trials that train
+    on different labels compare, and no scored hour is one a report calls out-of-sample.
+    """
+
+    search_space: dict[str, list[SearchValue]] = {}
+    metric: Literal["balanced_accuracy", "log_loss"] = "balanced_accuracy"
+    inner_folds: int = Field(3, ge=1, le=60)
+    sampler: Literal["grid", "random"] = "random"
+    num_samples: int = Field(8, ge=1, le=10000)  # random: trials; grid: repeats of the grid
     max_concurrent: int = Field(2, ge=1, le=64)  # per market
-    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
-    score_share: float = Field(0.2, gt=0.05, lt=0.5)  # newest share of pre-test hours scored
-    cpus_per_trial: float = Field(0.25, gt=0)
-    gpu_fraction: float = Field(0.25, gt=0, le=1)
+    grace_period: int = Field(1, ge=1)  # hybrid epochs before ASHA may stop a trial
+    seed: int = 0  # of the random sampler, so a search can be rerun
+    cpus_per_trial: float = Field(0.5, gt=0)
+    gpu_fraction: float = Field(0.25, gt=0, le=1)  # per hybrid trial, when GPUs are used
 
     @field_validator("search_space")
     @classmethod
-    def _known_keys(cls, space: dict[str, list[float | int]]) -> dict[str, list[float | int]]:
+    def _known_roots(cls, space: dict[str, list[SearchValue]]) -> dict[str, list[SearchValue]]:
         for key, values in space.items():
-            section, _, name = key.partition(".")
-            if section not in TUNABLE or name not in TUNABLE[section].model_fields:
+            root, _, rest = key.partition(".")
+            if root not in SEARCH_ROOTS or (root == "family") == bool(rest):
                 raise ValueError(
-                    f"tune.search_space key {key!r} is not section.field of {sorted(TUNABLE)}"
+                    f"tune.search_space key {key!r} must be 'family' or start with "
+                    f"{', '.join(r + '.' for r in SEARCH_ROOTS[1:])}"
                 )
             if not values:
                 raise ValueError(f"tune.search_space[{key!r}] has no candidates")
+        families = space.get("family", [])
+        if any(f not in ("hybrid", "gbm") for f in families):
+            raise ValueError(f"tune.search_space family {families}: Tune fits hybrid and gbm")
         return space
 
 
@@ -191,6 +217,7 @@ class ResearchConfig(Strict):
     cache_dir: str = "runs/research-cache"  # path (relative to the project) or URI
     bootstrap: BootstrapConfig = BootstrapConfig()
     reference_label: ReferenceLabel = ReferenceLabel()
+    novelty_gate: bool = True  # replay the families as the loop trades: no position on novel hours
 
     @field_validator("origin", "start", "leaky_from")
     @classmethod

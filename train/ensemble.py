@@ -88,6 +88,12 @@ class EnsembleModel:
     def version(self) -> str:
         return str(self.metadata.get("version", "unregistered"))
 
+    @property
+    def novelty(self) -> Any:
+        """The components were refit on the same hours, so they hold the same gate
+        (`train.novelty`); the hybrid's, kept in `hybrid/`, is the ensemble's."""
+        return self.hybrid.novelty
+
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         raw = np.asarray(windows, dtype="float64")
         return blend(self.hybrid.predict_proba(raw), self.gbm.predict_proba(raw), self.weight)

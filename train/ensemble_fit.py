@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from train.config import ReferenceLabel
 from train.ensemble import PROBA, EnsembleModel, blend_folds, fit_weight, fold_weights
 from train.evaluate import evaluate_predictions
 from train.pipeline import MarketFit
+from train.reference import reference_block
 
 
 def _scores(frame: pd.DataFrame) -> dict[str, Any]:
@@ -34,6 +36,16 @@ def bundle_weight(
     return fit_weight(
         h.loc[newest.index, PROBA].to_numpy(), g.loc[newest.index, PROBA].to_numpy(), y
     )
+
+
+def ensemble_reference(oos: pd.DataFrame, hybrid: MarketFit) -> dict[str, Any]:
+    """The ensemble's calls against the components' reference label, priced from the closes of
+    the out-of-sample hours (an hour whose reference horizon leaves them is not counted)."""
+    label = hybrid.report.get("reference", {}).get("label")
+    reference = ReferenceLabel.model_validate(label) if label else ReferenceLabel()
+    close = oos["close"].astype("float64")
+    proba = {"walk_forward": oos[PROBA].to_numpy()}
+    return reference_block(close, oos.index, oos["next_return"].to_numpy(), proba, reference)
 
 
 def assemble(hybrid: MarketFit, gbm: MarketFit, lookback_folds: int, min_hours: int) -> MarketFit:
@@ -55,6 +67,7 @@ def assemble(hybrid: MarketFit, gbm: MarketFit, lookback_folds: int, min_hours: 
             "hybrid": hybrid.report.get("walk_forward"),
             "gbm": gbm.report.get("walk_forward"),
         },
+        "reference": ensemble_reference(oos, hybrid),
     }
     meta = {
         **hybrid.model.metadata,

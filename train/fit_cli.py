@@ -4,17 +4,26 @@ let the gate promote the best of them (or keep CURRENT) on hours none of them tr
 Families: `hybrid` and `gbm` run their own procedure (`train.pipeline.fit_market`); `ensemble`
 is assembled from those two (`train.ensemble_fit`), so asking for all three fits two. Through Ray
 (the default), each market's hybrid runs in its own one-worker TorchTrainer and each market's gbm
-in a plain Ray task, all at once; `--local` fits in this process, one market after another.
+in a plain Ray task, at most `max_concurrent` markets at once (a hundred markets' trainers at once
+would not fit any machine); `--local` fits in this process, one market after another.
+
+With `fresh_hours`, a market whose fit of the newest candles is already registered and gated is
+skipped (`train.fit_resume`): so an interrupted run started again refits only what it had not
+finished. One line per market as it finishes (`KRW-X v0003: ... [k/N]`), then a summary; a market
+that fails is reported and the others go on (the run exits non-zero at the end).
 
 `fit_markets(FitRequest(...))` is the same `fit` for code (`python -m cluster up` calls it): it
-returns each market's gate verdict instead of an exit code.
+returns each market's gate verdict instead of an exit code. Every bundle stores its whole
+configuration (`train.model_config.ModelConfig`) as `config` in metadata.json; `--config-from
+<bundle dir | market@version>` refits exactly that configuration, reading no YAML, and `python -m
+train tune --registry` fits each market's Tune winner the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +35,19 @@ from features.dataset import MarketDataset
 from features.sources import ParquetDirSource
 from train.bundle import load_bundle
 from train.bundle_io import bundle_family
-from train.config import FAMILIES, GateConfig, TrainProfile, TuneConfig, load_train_config
+from train.config import (
+    FAMILIES,
+    GateConfig,
+    ReferenceLabel,
+    TrainProfile,
+    TuneConfig,
+    load_train_config,
+)
 from train.ensemble_fit import assemble
+from train.fit_progress import run_bounded
+from train.fit_resume import Done, FitJournal, data_through, done_fit, newest_candle
 from train.gate import Contender, judge
+from train.model_config import ModelConfig, read_bundle_config
 from train.pipeline import MarketFit, fit_market, load_market
 from train.registry import ModelRegistry
 from train.report import market_report
@@ -48,12 +67,20 @@ class FitRequest:
     ray_address: str | None = None
     local: bool = False
     use_gpu: bool = False
-    tune: bool = False
     storage_path: str | None = None
     families: list[str] | None = None
     features_config: str = str(CONFIG_DIR / "features.yaml")
     train_config: str = str(CONFIG_DIR / "train.yaml")
     overrides: list[str] = field(default_factory=list)  # on train_config, as `--set` takes them
+    config: ModelConfig | None = None  # a stored or tuned configuration (replaces the YAML)
+    max_concurrent: int = 4  # markets fitting at once on Ray (each: a trainer and/or a task)
+    fresh_hours: float | None = None  # skip markets fitted this close to the newest; None: fit all
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be at least 1, not {self.max_concurrent}")
+        if self.fresh_hours is not None and self.fresh_hours < 0:
+            raise ConfigError(f"fresh_hours must be 0 or more, not {self.fresh_hours}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,7 @@ class FitVerdict:
     version: str
     promoted: bool
     reason: str
+    skipped: bool = False  # done before this run (fresh): nothing was fitted
 
     def __str__(self) -> str:  # the line retraining jobs report (cluster.retrain.VERDICT)
         return f"{self.market} {self.version}: {self.reason}"
@@ -76,10 +104,21 @@ class FitContext:
     families: list[str]
     features: FeaturesConfig
     profile: TrainProfile
+    profile_name: str
     gate: GateConfig
     tune: TuneConfig
     source: ParquetDirSource
     registry: ModelRegistry
+    reference: ReferenceLabel = ReferenceLabel()  # research.reference_label: the one place
+    journal: FitJournal | None = None
+    config: ModelConfig | None = None  # where the configuration came from, if not the YAML
+
+    def model_config(self, family: str) -> ModelConfig:
+        """What a bundle of `family` stores as `config`: enough to refit it exactly."""
+        if self.config is not None:
+            return self.config.model_copy(update={"family": family})
+        return ModelConfig(family=family, profile_name=self.profile_name,
+                           features=self.features, profile=self.profile)  # fmt: skip
 
     @property
     def components(self) -> list[str]:
@@ -147,28 +186,41 @@ def market_fits(components: dict[str, MarketFit], ctx: FitContext) -> dict[str, 
     return out
 
 
-def save_fits(fits: dict[str, MarketFit], tmp: Path) -> dict[str, Path]:
+def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[str, Path]:
     bundles = {}
     for family, fit in fits.items():
+        fit.model.metadata["config"] = ctx.model_config(family).as_metadata()
         bundles[family] = fit.model.save(tmp / family)
         fit.oos.to_parquet(bundles[family] / "oos.parquet")
     return bundles
 
 
-def fit_local(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
-    verdicts = []
-    for market in ctx.markets:
-        started = time.perf_counter()
-        data = load_market(ctx.source, market, ctx.features, ctx.profile)
-        components = {
-            c: fit_market(data, ctx.features, ctx.profile, profile_name=request.profile, family=c)
-            for c in ctx.components
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            bundles = save_fits(market_fits(components, ctx), Path(tmp))
-            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
-        print(f"{verdicts[-1]} ({time.perf_counter() - started:.1f} s)\n")
-    return verdicts
+def fit_one_local(market: str, request: FitRequest, ctx: FitContext) -> FitVerdict:
+    data = load_market(ctx.source, market, ctx.features, ctx.profile)
+    components = {
+        c: fit_market(
+            data,
+            ctx.features,
+            ctx.profile,
+            profile_name=ctx.profile_name,
+            family=c,
+            reference=ctx.reference,
+        )
+        for c in ctx.components
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = save_fits(market_fits(components, ctx), Path(tmp), ctx)
+        return gate_and_record(ctx, bundles, data)
+
+
+def gate_and_record(ctx: FitContext, bundles: dict[str, Path], data: MarketDataset) -> FitVerdict:
+    """Register and gate, then note in the market's journal that this fit was judged: from here
+    on the market counts as done for a rerun (`train.fit_resume`)."""
+    verdict = register_and_gate(ctx.registry, ctx.gate, bundles, data)
+    if ctx.journal is not None:
+        through = data_through(ctx.registry.read_metadata(verdict.market, verdict.version))
+        ctx.journal.record(verdict.market, verdict.version, verdict.promoted, through)
+    return verdict
 
 
 def fit_from_bundle(market: str, directory: Path) -> MarketFit:
@@ -176,52 +228,52 @@ def fit_from_bundle(market: str, directory: Path) -> MarketFit:
     return MarketFit(market, model, _oos(directory), model.metadata.get("metrics", {}))
 
 
-def fit_ray(request: FitRequest, ctx: FitContext) -> list[FitVerdict]:
+def fit_one_on_ray(
+    market: str, profile: TrainProfile, request: FitRequest, ctx: FitContext, use_gpu: bool
+) -> FitVerdict:
+    """One market's fit on Ray: its gbm task and its TorchTrainer side by side, then the gate
+    (in this driver, which holds the registry's only writer for this market)."""
     import ray
 
-    from train.ray_fit import detect_gpu, fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray
+    from train.ray_fit import fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray
+
+    gbm_ref = None
+    if "gbm" in ctx.components:
+        gbm_ref = fit_gbm_on_ray([market], request.data_dir, ctx.features, profile,
+                                 ctx.profile_name)[market]  # fmt: skip
+    runs = []
+    if "hybrid" in ctx.components:
+        runs = fit_markets_on_ray({market: profile}, request.data_dir, ctx.features,
+                                  ctx.profile_name, use_gpu=use_gpu,
+                                  gpu_fraction=ctx.tune.gpu_fraction,
+                                  storage_path=request.storage_path)  # fmt: skip
+    data = load_market(ctx.source, market, ctx.features, profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        components = {}
+        for run in runs:
+            hybrid_dir = fetch_bundle(run.checkpoint, Path(tmp) / "hybrid-fit")
+            components["hybrid"] = fit_from_bundle(market, hybrid_dir)
+        if gbm_ref is not None:
+            files = ray.get(gbm_ref)
+            components["gbm"] = fit_from_bundle(market, write_files(files, Path(tmp) / "gbm-fit"))
+        bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles", ctx)
+        return gate_and_record(ctx, bundles, data)
+
+
+def fit_ray(
+    request: FitRequest, ctx: FitContext, pending: list[str]
+) -> Callable[[str], FitVerdict]:
+    """Connect to Ray and hand back the per-market fit the bounded driver calls (tuning is
+    `python -m train tune`, which fits its winners through here)."""
+    import ray
+
+    from train.ray_fit import detect_gpu
 
     ray.init(address=request.ray_address, ignore_reinit_error=True)
     use_gpu = request.use_gpu or detect_gpu()
-    gbm_refs = {}
-    if "gbm" in ctx.components:
-        gbm_refs = fit_gbm_on_ray(
-            ctx.markets, request.data_dir, ctx.features, ctx.profile, request.profile
-        )
-    profiles = {market: ctx.profile for market in ctx.markets}
-    runs = {}
-    if "hybrid" in ctx.components:
-        if request.tune:
-            profiles = tune(request, ctx, use_gpu)
-        runs = {
-            run.market: run
-            for run in fit_markets_on_ray(
-                profiles,
-                request.data_dir,
-                ctx.features,
-                request.profile,
-                use_gpu=use_gpu,
-                gpu_fraction=ctx.tune.gpu_fraction,
-                storage_path=request.storage_path,
-            )
-        }
-    gbm_files = dict(zip(gbm_refs, ray.get(list(gbm_refs.values())), strict=True))
-    verdicts = []
-    for market in ctx.markets:
-        data = load_market(ctx.source, market, ctx.features, profiles[market])
-        with tempfile.TemporaryDirectory() as tmp:
-            components = {}
-            if market in runs:
-                hybrid_dir = fetch_bundle(runs[market].checkpoint, Path(tmp) / "hybrid-fit")
-                components["hybrid"] = fit_from_bundle(market, hybrid_dir)
-            if market in gbm_files:
-                components["gbm"] = fit_from_bundle(
-                    market, write_files(gbm_files[market], Path(tmp) / "gbm-fit")
-                )
-            bundles = save_fits(market_fits(components, ctx), Path(tmp) / "bundles")
-            verdicts.append(register_and_gate(ctx.registry, ctx.gate, bundles, data))
-        print(f"{verdicts[-1]} (fitted on Ray, use_gpu={use_gpu})\n")
-    return verdicts
+    print(f"fitting {len(pending)} markets, at most {request.max_concurrent} at once, "
+          f"on Ray, use_gpu={use_gpu}")  # fmt: skip
+    return lambda market: fit_one_on_ray(market, ctx.profile, request, ctx, use_gpu)
 
 
 def write_files(files: dict[str, bytes], directory: Path) -> Path:
@@ -231,54 +283,87 @@ def write_files(files: dict[str, bytes], directory: Path) -> Path:
     return directory
 
 
-def tune(request: FitRequest, ctx: FitContext, use_gpu: bool) -> dict[str, TrainProfile]:
-    from train.tune_search import format_outcomes, tune_markets_on_ray, tuned_profiles
-
-    if not ctx.tune.search_space:
-        raise ConfigError("--tune needs tune.search_space in the train config")
-    print(f"tuning {', '.join(ctx.markets)}: one Tune experiment per market, concurrently")
-    outcomes = tune_markets_on_ray(
-        ctx.markets,
-        request.data_dir,
-        ctx.features,
-        ctx.profile,
-        ctx.tune,
-        request.storage_path,
-        use_gpu=use_gpu,
-    )
-    print(format_outcomes(outcomes) + "\n")
-    return tuned_profiles(ctx.profile, outcomes)
-
-
-def fit_markets(request: FitRequest) -> list[FitVerdict]:
-    """Fit, register and gate every market of `request`; one verdict per market."""
-    train_cfg = load_train_config(request.train_config, request.overrides)
-    profile = train_cfg.profile(request.profile)
+def _configured(
+    request: FitRequest,
+) -> tuple[ModelConfig | None, FeaturesConfig, TrainProfile, str]:
+    """The features, profile and profile name a fit runs with: a stored configuration, else the
+    YAML files with their overrides (and `until`)."""
+    config = request.config
+    if config is not None:
+        defaults = FitRequest([], "", "")
+        changed = [name for name in ("profile", "until", "families", "overrides")
+                   if getattr(request, name) != getattr(defaults, name)]  # fmt: skip
+        if changed:
+            raise ConfigError(f"a stored configuration fixes {', '.join(changed)}: drop them "
+                              "(or drop --config-from)")  # fmt: skip
+        return config, config.features, config.profile, config.profile_name
+    profile = load_train_config(request.train_config, request.overrides).profile(request.profile)
     if request.until is not None:
         window = profile.data.model_copy(update={"until": request.until})
         profile = profile.model_copy(update={"data": window})
+    return None, load_features_config(request.features_config), profile, request.profile
+
+
+def fit_markets(request: FitRequest) -> list[FitVerdict]:
+    """Fit, register and gate every market of `request` that is not done already; one verdict
+    per market (skipped ones say so), in the order asked. `FitFailed` when any market failed,
+    after the others are registered."""
+    train_cfg = load_train_config(request.train_config, request.overrides)
+    config, features, profile, profile_name = _configured(request)
+    families = [config.family] if config else request.families
     ctx = FitContext(
         markets=request.markets,
-        families=parse_families(",".join(request.families or []), train_cfg.families),
-        features=load_features_config(request.features_config),
+        families=parse_families(",".join(families or []), train_cfg.families),
+        features=features,
         profile=profile,
+        profile_name=profile_name,
         gate=train_cfg.gate,
         tune=train_cfg.tune,
         source=ParquetDirSource(request.data_dir),
         registry=ModelRegistry(request.registry),
+        reference=train_cfg.research.reference_label,
+        journal=FitJournal(request.registry),
+        config=config,
     )
     known = ctx.source.markets()
     unknown = [m for m in ctx.markets if m not in known]
     if unknown:
         raise LookupError(f"no candles for {', '.join(unknown)} in {request.data_dir}; "
                           f"found {known}")  # fmt: skip
-    return (fit_local if request.local else fit_ray)(request, ctx)
+    skipped = [_skipped(d) for d in _done(request, ctx)]
+    pending = [m for m in ctx.markets if m not in {v.market for v in skipped}]
+    if request.local:
+        fit_one, concurrent = (lambda m: fit_one_local(m, request, ctx)), 1
+    else:
+        fit_one, concurrent = fit_ray(request, ctx, pending), request.max_concurrent
+    return run_bounded(pending, fit_one, concurrent, skipped)
+
+
+def _done(request: FitRequest, ctx: FitContext) -> list[Done]:
+    if request.fresh_hours is None:
+        return []
+    found = []
+    for market in ctx.markets:
+        newest = newest_candle(ctx.source, market, request.until)
+        done = done_fit(ctx.registry, ctx.journal, market, newest, request.fresh_hours)
+        found += [done] if done else []
+    return found
+
+
+def _skipped(done: Done) -> FitVerdict:
+    return FitVerdict(done.market, done.version, promoted=False, reason=done.reason, skipped=True)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    market, config = (
+        read_bundle_config(args.config_from, args.registry) if args.config_from else (None, None)
+    )
+    markets = args.markets or market
+    if not markets:
+        raise ConfigError("give --markets (or --config-from, which defaults to its market)")
     fit_markets(
         FitRequest(
-            markets=[m.strip() for m in args.markets.split(",") if m.strip()],
+            markets=[m.strip() for m in markets.split(",") if m.strip()],
             data_dir=args.data_dir,
             registry=args.registry,
             profile=args.profile,
@@ -286,12 +371,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             local=args.local,
             use_gpu=args.use_gpu,
-            tune=args.tune,
             storage_path=args.storage_path,
             families=[f.strip() for f in args.family.split(",")] if args.family else None,
             features_config=args.features_config,
             train_config=args.train_config,
             overrides=args.set,
+            max_concurrent=args.max_concurrent,
+            fresh_hours=args.fresh_hours,
+            config=config,
         )
     )
     return 0

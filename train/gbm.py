@@ -28,6 +28,7 @@ from features.transform import relative_windows
 from train.bundle_io import BundleError, bundle_feature_set, feature_metadata, require_files
 from train.calibration import calibrated_proba, fit_temperature, process_threads
 from train.config import GbmConfig
+from train.novelty import Novelty, load_novelty, save_novelty
 from train.plain_gbm import balanced_weights
 
 GBM_FILES = ("lightgbm.txt", "metadata.json")
@@ -146,6 +147,7 @@ class GbmModel:
     booster: lgb.Booster
     temperature: float
     metadata: dict[str, Any]
+    novelty: Novelty | None = None  # the gate's reference (train.novelty)
 
     @property
     def version(self) -> str:
@@ -168,6 +170,7 @@ class GbmModel:
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(directory / "lightgbm.txt"))
+        save_novelty(self.novelty, directory)
         meta = {
             **self.metadata,
             "family": "gbm",
@@ -200,4 +203,4 @@ def load_gbm(directory: Path, meta: dict[str, Any]) -> GbmModel:
     temperature = float(meta.get("temperature", float("nan")))
     if not np.isfinite(temperature) or temperature <= 0:
         raise BundleError(f"{directory / 'metadata.json'}: temperature {temperature} is not > 0")
-    return GbmModel(booster, temperature, meta)
+    return GbmModel(booster, temperature, meta, load_novelty(directory))

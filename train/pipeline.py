@@ -34,13 +34,15 @@ from features.sources import ParquetDirSource
 from features.splits import SplitSpec, walk_forward_splits
 from features.transform import SequenceTransform
 from train.bundle_io import feature_metadata
-from train.config import TrainProfile
+from train.config import ReferenceLabel, TrainProfile
 from train.encoder_loop import TrainHooks
 from train.evaluate import evaluate_predictions, one_hot
 from train.fitters import Fitter, Plan, make_fitter
 from train.head import calibrated_proba as softmax_scores
 from train.head import fit_head, raw_scores
+from train.novelty import fit_novelty
 from train.plain_gbm import fit_plain, plain_features, plain_proba
+from train.reference import reference_block
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
 
@@ -70,13 +72,15 @@ def load_market(
     folder = isinstance(source, ParquetDirSource)  # Binance files sit beside the Upbit files
     binance = BinanceParquetSource(source.directory) if folder else None
     context = batch_context(feature_set, market, source, binance, end=profile.data.until)
+    lab = features.labels
     return build_dataset(
         candles,
         market,
-        features.labels.horizon_hours,
+        lab.horizon_hours,
         features.max_gap_hours,
         feature_set=feature_set,
         context=context,
+        barriers=lab.barriers(),
     )
 
 
@@ -93,8 +97,14 @@ def next_returns(data: MarketDataset, positions: np.ndarray) -> np.ndarray:
 
 
 def persistence_labels(data: MarketDataset, positions: np.ndarray, threshold: float) -> np.ndarray:
-    """The label of hour t - H, already known at t: the 'tomorrow is like today' baseline."""
+    """The label of hour t - H, already known at t: the 'tomorrow is like today' baseline
+    (the triple-barrier label of t - H when the dataset has one: its path ends by t)."""
     h = data.horizon
+    if data.barrier_labels is not None:
+        past_labels = pd.Series(data.barrier_labels, index=data.times).reindex(
+            data.times[positions] - pd.Timedelta(hours=h)
+        )
+        return past_labels.fillna(1).to_numpy().astype(np.int64)
     past = pd.Series(data.close, index=data.times).reindex(
         data.times[positions] - pd.Timedelta(hours=h)
     )
@@ -179,9 +189,12 @@ def fit_market(
     progress: Progress = print,
     profile_name: str = "custom",
     family: str = "hybrid",
+    reference: ReferenceLabel | None = None,
 ) -> MarketFit:
     """Walk-forward folds (the procedure's record), the leaky comparison, then the bundle: the
-    same procedure refit on every labelled hour of the profile's window."""
+    same procedure refit on every labelled hour of the profile's window. The report's
+    `reference` block scores the same out-of-sample calls against `reference` (default: the
+    `ReferenceLabel` defaults), whatever label the model trained on."""
     fitter = make_fitter(family, profile, data, hooks)
     spec = split_spec(features, profile)
     frames, base_rows, fold_rows, threshold = [], {}, [], 0.0
@@ -204,13 +217,19 @@ def fit_market(
             base_rows.setdefault(name, []).append(proba)
     oos = pd.concat(frames)
     y, nxt = oos["label"].to_numpy(), oos["next_return"].to_numpy()
+    base_proba = {n: np.concatenate(p) for n, p in base_rows.items()}
     report: dict[str, Any] = {
         "family": family,
         "walk_forward": evaluate_predictions(y, oos[PROBA].to_numpy(), nxt),
-        "baselines": {
-            n: evaluate_predictions(y, np.concatenate(p), nxt) for n, p in base_rows.items()
-        },
+        "baselines": {n: evaluate_predictions(y, p, nxt) for n, p in base_proba.items()},
         "folds": fold_rows,
+        "reference": reference_block(
+            pd.Series(data.close, index=data.times),
+            pd.DatetimeIndex(oos.index),
+            nxt,
+            {"walk_forward": oos[PROBA].to_numpy(), **base_proba},
+            reference or ReferenceLabel(),
+        ),
     }
     if profile.leaky.enabled:
         started = time.perf_counter()
@@ -221,6 +240,7 @@ def fit_market(
             data.labels(threshold, plan.test), leaky.proba, next_returns(data, plan.test)
         )
     model, refit = refit_market(fitter, data, features, spec.purge, progress)
+    model.novelty = fit_novelty(data, refit.plan.transform_fit, profile.novelty, spec.purge)
     model.metadata.update(
         bundle_metadata(data, features, profile, profile_name, refit, report, oos)
     )
@@ -258,6 +278,7 @@ def bundle_metadata(
     oos: pd.DataFrame,
 ) -> dict[str, Any]:
     slices, train = refit.plan.slices, refit.plan.transform_fit
+    barriers = features.labels.barriers()
     last_fold = oos[oos["fold"] == oos["fold"].max()]
     return {
         "market": data.market,
@@ -269,6 +290,7 @@ def bundle_metadata(
         "horizon": data.horizon,
         "label_threshold": refit.threshold,
         "label_mode": features.labels.mode,
+        "label_barriers": None if barriers is None else barriers.to_dict(),
         "max_gap_hours": features.max_gap_hours,
         "train_window": _span(data, train),
         "train_class_shares": class_shares(data.labels(refit.threshold, train)),

@@ -23,6 +23,19 @@ def market_rows(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+def reference_table(block: dict[str, Any] | None) -> str:
+    """The `reference` block as a table, headed by the label it scores against; "" if absent
+    (bundles from before the block existed)."""
+    if not block:
+        return ""
+    label = block["label"]
+    head = (
+        f"against the reference label ({label['horizon_hours']} h, {label['threshold']:.2%}), "
+        f"{block['hours']} hours:"
+    )
+    return "\n" + head + "\n" + format_table(list(block["scores"].items()))
+
+
 def market_report(meta: dict[str, Any], mark: str = "") -> str:
     head = (
         f"{meta.get('market')} {meta.get('version', '')}{mark}  {meta.get('family', 'hybrid')}  "
@@ -30,7 +43,14 @@ def market_report(meta: dict[str, Any], mark: str = "") -> str:
         f"OOS {meta.get('oos_window', ['?', '?'])[0]} .. {meta.get('oos_window', ['?', '?'])[1]}  "
         f"horizon {meta.get('horizon')} h, threshold {meta.get('label_threshold', 0):.4f}"
     )
-    return head + "\n" + format_table(market_rows(meta))
+    barriers = meta.get("label_barriers")
+    if barriers:
+        head += (
+            f" [triple barrier: take-profit {barriers['take_profit']:.2%} after fees, "
+            f"stop-loss {barriers['stop_loss']:.2%}, time limit {barriers['horizon']} h]"
+        )
+    table = format_table(market_rows(meta))
+    return head + "\n" + table + reference_table(meta.get("metrics", {}).get("reference"))
 
 
 def newest_per_family(
@@ -67,7 +87,7 @@ def window_report(result: dict[str, Any]) -> str:
             f"\nIN-SAMPLE: {result['in_sample_hours']} of these hours lie inside the bundle's "
             "training window; its scores there say nothing about later hours"
         )
-    return head + "\n" + format_table(rows)
+    return head + "\n" + format_table(rows) + reference_table(result.get("reference"))
 
 
 def version_summary(info: VersionInfo) -> str:

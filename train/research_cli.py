@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from train.config import FAMILIES, load_train_config
+from train.model_config import read_bundle_config
 from train.research_cache import PredictionCache
 from train.research_report import TradeRequest, build_report
 from train.research_run import ResearchRequest, run_research
@@ -41,6 +42,8 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a private local Ray")
     p.add_argument("--smoke-test", action="store_true", help="smoke profile, the newest fold")
+    p.add_argument("--config-from", metavar="SOURCE", help="the family, features and profile "
+                   "stored in a bundle or a `train tune --out` winner folder")  # fmt: skip
     p.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
     p.add_argument("--train-config", default=str(CONFIG_DIR / "train.yaml"))
     p.add_argument(
@@ -49,6 +52,20 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override configs/train.yaml, e.g. --set research.fold_hours=360",
+    )
+    p.add_argument(
+        "--features-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/features.yaml, e.g. --features-set labels.mode=triple_barrier",
+    )
+    p.add_argument(
+        "--trading-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/trading.yaml for the replay, e.g. --trading-set policy.margin=0.001",
     )
 
 
@@ -60,7 +77,7 @@ def _families(text: str | None, default: list[str]) -> list[str]:
     return families
 
 
-def _time(text: str | None, what: str) -> pd.Timestamp | None:
+def parse_time(text: str | None, what: str) -> pd.Timestamp | None:
     if text is None:
         return None
     try:
@@ -73,41 +90,49 @@ def _time(text: str | None, what: str) -> pd.Timestamp | None:
 
 
 def build_request(args: argparse.Namespace) -> ResearchRequest:
-    features = load_features_config(args.features_config)
+    features = load_features_config(args.features_config, args.features_set)
     train_cfg = load_train_config(args.train_config, args.set)
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
-    markets = [m.strip() for m in args.markets.split(",")] if args.markets else features.markets
-    start = _time(args.start, "--start") or _time(research.start, "research.start")
+    profile, families = train_cfg.profile(profile_name), _families(args.family, research.families)
+    default_markets = features.markets
+    if args.config_from:
+        market, config = read_bundle_config(args.config_from, None)
+        features, profile, profile_name = config.features, config.profile, config.profile_name
+        families, default_markets = [config.family], [market]
+    markets = [m.strip() for m in args.markets.split(",")] if args.markets else default_markets
+    start = parse_time(args.start, "--start") or parse_time(research.start, "research.start")
     if args.smoke_test and args.start is None:
         start = pd.Timestamp("2025-09-01")
     return ResearchRequest(
         markets=[m for m in markets if m],
-        families=_families(args.family, research.families),
+        families=families,
         data_dir=args.data_dir or features.resolve_data_dir(),
-        profile=train_cfg.profile(profile_name),
+        profile=profile,
         profile_name=profile_name,
         features=features,
         research=research,
         cache=PredictionCache(args.cache or resolve_path(research.cache_dir)),
         start=start,
-        end=_time(args.end, "--end"),
+        end=parse_time(args.end, "--end"),
         leaky=not args.no_leaky,
     )
 
 
-def _trader(local: bool, arm: str, cpus: float):
+def _trader(local: bool, arm: str, cpus: float, overrides: list[str]):
     # The edge composes: train/ may not import trading/ (layering), so the replay through
     # plan_hour and the PaperBroker comes in here, lazily, and is handed down to the report.
     from trading.research_trades import trade, trade_on_ray
 
     def run(requests: list[TradeRequest]) -> list[dict[str, Any]]:
-        return trade(requests, arm) if local else trade_on_ray(requests, arm, cpus)
+        if local:
+            return trade(requests, arm, overrides)
+        return trade_on_ray(requests, arm, cpus, overrides)
 
     return run
 
 
-def _init_ray(args: argparse.Namespace) -> None:
+def init_ray(args: argparse.Namespace) -> None:
     import ray
 
     if args.ray_address == "local":
@@ -138,12 +163,13 @@ def cmd_research(args: argparse.Namespace) -> int:
     req = build_request(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if not args.local:
-        _init_ray(args)
+        init_ray(args)
     markets, run = run_research(req, say, local=args.local)
+    run["trading_set"] = args.trading_set
     run["command"] = "python -m train " + " ".join(
         sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
     )
-    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold)
+    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold, args.trading_set)
     report, plots = build_report(req, markets, trader, run)
     text = format_report(report)
     _write(report, plots, text, Path(args.out) if args.out else None, plot=True)

@@ -88,7 +88,13 @@ def run_hybrid_jobs(
     market, cache = config["market"], PredictionCache(config["cache_root"])
     candles = ParquetDirSource(config["data_dir"]).history(market)
     labels = settings.features.labels
-    data = build_dataset(candles, market, labels.horizon_hours, settings.features.max_gap_hours)
+    data = build_dataset(
+        candles,
+        market,
+        labels.horizon_hours,
+        settings.features.max_gap_hours,
+        barriers=labels.barriers(),
+    )
     done = []
     for raw in config["jobs"]:
         job = job_from_dict(raw)

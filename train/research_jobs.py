@@ -112,13 +112,15 @@ def prepare_market(
         raise CandleError(f"{market}: no candles in {data_dir}")
     feature_set = features.feature_set()
     context = folder_context(feature_set, market, data_dir)
+    lab = features.labels
     data = build_dataset(
         candles,
         market,
-        features.labels.horizon_hours,
+        lab.horizon_hours,
         features.max_gap_hours,
         feature_set=feature_set,
         context=context,
+        barriers=lab.barriers(),
     )
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None

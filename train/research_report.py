@@ -14,7 +14,10 @@ PaperBroker), so this module stays below trading in the layering. Each fold is r
 paper account and risk guard, as if a person re-enabled the kill switch every month: over three
 years one bad day would otherwise switch an arm off for good (daily loss limit and max drawdown
 stay off until re-enabled) and the rest of the span would measure nothing. The folds' curves are
-chained into one; `folds_halted` counts the folds that ended with the switch off.
+chained into one; `folds_halted` counts the folds that ended with the switch off. Each market's
+block also holds `novelty` (`train.research_novelty`: the share of novel hours, every family's
+and the plain baseline's balanced accuracy on novel vs familiar hours), and the families' replays
+open no position on a novel hour, as the loop would not (`research.novelty_gate`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.barriers import LabelMoves
 from features.exchange import FEE_RATE, HOUR
-from features.labels import forward_returns, label_returns
+from train.margin import fit_margin, label_trade_returns, margin_curve
+from train.reference import reference_labels as reference_label_series
+from train.research_novelty import gated, novelty_block
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
 from train.research_stats import (
     METRICS,
@@ -40,6 +46,7 @@ from train.research_stats import (
 )
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
+TRADED = [*PROBA, "novel"]  # what a replay reads of a model's predictions (novel: optional)
 REFERENCE_BASELINE = "plain-12m"
 CHANCE_BASELINES = ("majority", "persistence")
 MODEL_FAMILIES = ("hybrid", "gbm", "ensemble")
@@ -54,7 +61,8 @@ class TradeRequest:
     fold: int
     times: pd.DatetimeIndex  # the market's timeline; the replay reads the history it needs
     close: np.ndarray
-    predictions: pd.DataFrame  # index time, PROBA columns: one fold's reported hours
+    predictions: pd.DataFrame  # index time, PROBA (+ novel): one fold's reported hours
+    moves: LabelMoves | None = None  # the trained label's moves (policy.margin prices with them)
 
 
 Trader = Callable[[list[TradeRequest]], list[dict[str, Any]]]
@@ -67,11 +75,9 @@ def one_hot(labels: np.ndarray, smoothing: float = 1e-3) -> np.ndarray:
 
 
 def reference_labels(research: MarketResearch, req: ResearchRequest) -> pd.Series:
-    ref = req.research.reference_label
     index = research.index
     close = pd.Series(index.close, index=index.times)
-    fwd = forward_returns(close, ref.horizon_hours).to_numpy()
-    return pd.Series(label_returns(fwd, ref.threshold), index=index.times)
+    return reference_label_series(close, req.research.reference_label)
 
 
 def chance_baselines(
@@ -200,17 +206,22 @@ def buy_and_hold(close: np.ndarray, initial: float) -> dict[str, Any]:
 
 
 def trade_requests(
-    research: MarketResearch, hours: pd.DatetimeIndex, frames: dict[str, pd.DataFrame]
+    research: MarketResearch,
+    hours: pd.DatetimeIndex,
+    frames: dict[str, pd.DataFrame],
+    moves: LabelMoves | None = None,
 ) -> list[TradeRequest]:
     """One replay per model and fold, on that fold's reported hours."""
     index, requests = research.index, []
     for name, frame in frames.items():
-        own = frame.loc[hours.intersection(frame.index), PROBA]
+        own = frame.loc[hours.intersection(frame.index), [c for c in TRADED if c in frame]]
         for fold in research.folds:
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
                 requests.append(
-                    TradeRequest(index.market, name, fold.number, index.times, index.close, part)
+                    TradeRequest(
+                        index.market, name, fold.number, index.times, index.close, part, moves
+                    )
                 )
     return requests
 
@@ -265,6 +276,37 @@ def _attach_trading(
     return curves
 
 
+def margin_block(
+    research: MarketResearch,
+    hours: pd.DatetimeIndex,
+    frames: dict[str, pd.DataFrame],
+    req: ResearchRequest,
+) -> dict[str, Any]:
+    """Coverage against precision and after-fee return per margin (`train.margin`) for every
+    model family and the plain baseline, on the report's hours, with the margin these hours would
+    fit: honest to configure only from a run whose hours precede the ones reported elsewhere."""
+    moves = req.features.labels.moves()
+    if moves is None:
+        return {}
+    close = pd.Series(research.index.close, index=research.index.times)
+    returns = label_trade_returns(close, req.features.labels).reindex(hours).to_numpy()
+    out = {}
+    for name in [*req.families, REFERENCE_BASELINE]:
+        if name in frames:
+            proba = frames[name].reindex(hours)[PROBA].to_numpy()
+            curve = margin_curve(proba, returns, moves)
+            out[name] = {"curve": curve, "fitted_here": fit_margin(curve)}
+    return out
+
+
+def _novelty(research: MarketResearch, hours, labels, frames) -> dict[str, Any] | None:
+    """The novelty block (train.research_novelty) of the families and the plain baseline."""
+    if research.novelty is None:
+        return None
+    scored = {n: f for n, f in frames.items() if n in (*MODEL_FAMILIES, REFERENCE_BASELINE)}
+    return novelty_block(research.novelty, hours, labels, scored)
+
+
 def market_report(
     research: MarketResearch, req: ResearchRequest, trader: Trader
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -278,7 +320,10 @@ def market_report(
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
     trials = configs_tried(req, research.index.market, hours)
-    results = trader(trade_requests(research, hours, frames))
+    novelty = _novelty(research, hours, labels, frames)
+    if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
+        frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
+    results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
     curves = _attach_trading(models, results, trials)
     close = research.index.close[research.index.times.get_indexer(hours)]
     initial = results[0]["initial"] if results else 1.0
@@ -294,9 +339,11 @@ def market_report(
         "configs_tried": trials,
         "models": models,
         "buy_and_hold": hold,
+        "margins": margin_block(research, hours, frames, req),
+        "novelty": novelty,
     }
     curves["buy&hold"] = (hours, close / close[0] * (1 - FEE_RATE) ** 2)
-    return block, {"hours": hours, "curves": curves, "models": models}
+    return block, {"hours": hours, "curves": curves, "models": models, "margins": block["margins"]}
 
 
 def build_report(
@@ -316,6 +363,11 @@ def build_report(
         "range": [str(req.start) if req.start else None, str(req.end) if req.end else None],
         "fold_grid": {"origin": req.research.origin, "fold_hours": req.research.fold_hours},
         "reference_label": req.research.reference_label.model_dump(),
+        "reference": {
+            "label": req.research.reference_label.model_dump(),
+            "scored": "every model and baseline of markets.*.models, whatever it trained on",
+        },
+        "labels": req.features.labels.model_dump(),
         "markets": blocks,
         "run": run,
         "folds_run": records,

@@ -38,6 +38,7 @@ from train.research_jobs import (
     prepare_market,
     run_job,
 )
+from train.research_novelty import market_novelty
 
 Say = Callable[[str], None]
 BASELINE_FAMILIES = tuple(PLAIN_VARIANTS)
@@ -87,6 +88,7 @@ class MarketResearch:
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)  # model name -> config hash
+    novelty: pd.DataFrame | None = None  # per test hour (train.research_novelty)
 
 
 def _feature_hash(family: str, req: ResearchRequest) -> str:
@@ -98,7 +100,7 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     """Everything that changes a family's predictions; its hash keys the cache."""
     base = {
         "family": family.split("~")[0],
-        "labels": req.features.labels.model_dump(),
+        "labels": req.features.labels.identity(),
         "max_gap_hours": req.features.max_gap_hours,
         "feature_hash": _feature_hash(family, req),
         "purge_hours": req.purge_hours,
@@ -135,7 +137,7 @@ def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFol
     return anchored_folds(index.sample_times, req.grid, window)
 
 
-def _fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
+def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
     bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
     return FoldKey(
         index.market,
@@ -174,12 +176,12 @@ def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFo
     first = in_range[0].number - lookback
     component_folds = [f for f in folds if first <= f.number <= in_range[-1].number]
     jobs = [
-        FoldJob(_fold_key(c, f, index, req), c, req.profile.data.last_hours)
+        FoldJob(fold_key(c, f, index, req), c, req.profile.data.last_hours)
         for c in req.components()
         for f in component_folds
     ]
     jobs += [
-        FoldJob(_fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
+        FoldJob(fold_key(b, f, index, req), "plain", PLAIN_VARIANTS[b])
         for b in (BASELINE_FAMILIES if req.baselines else ())
         for f in in_range
     ]
@@ -213,6 +215,7 @@ class Collector:
     def __init__(self, say: Say) -> None:
         self.frames: dict[tuple[str, str], list[pd.DataFrame]] = {}
         self.records: list[dict[str, Any]] = []
+        self.novelty: dict[str, pd.DataFrame] = {}  # by market
         self.say = say
 
     def add(self, key: FoldKey, frame: pd.DataFrame, info: dict[str, Any], cached: bool) -> None:
@@ -290,7 +293,8 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
     for market in req.markets:
         material, index = prepare_market(req.data_dir, market, req.features, req.grid, _kinds(req))
         indexes[market] = index
-        _, jobs = plan_jobs(index, req)
+        folds, jobs = plan_jobs(index, req)
+        collector.novelty[market] = market_novelty(material, folds, *_novelty_args(req))
         pending = _split_cached(jobs, req.cache, collector)
         for job in [j for j in pending if not _is_hybrid(j)]:
             result = run_and_store(material, job, req.settings, req.cache.root)
@@ -300,6 +304,10 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
             run_hybrid_jobs(hybrid_config(req, market, hybrid), None, say)
             _read_back(hybrid, req.cache, collector)
     return indexes, collector
+
+
+def _novelty_args(req: ResearchRequest) -> tuple[Any, ...]:
+    return req.purge_hours, req.profile.data.last_hours, req.profile.novelty
 
 
 def _kinds(req: ResearchRequest) -> set[str]:
@@ -328,8 +336,11 @@ def execute_on_ray(
     }
     indexes = dict(zip(req.markets, ray.get([refs[m][1] for m in req.markets]), strict=True))
     collector, tasks, hybrid = Collector(say), {}, {}
+    novelty = ray.remote(market_novelty).options(num_cpus=cpus)
+    novelty_refs = {}
     for market, index in indexes.items():
-        _, jobs = plan_jobs(index, req)
+        folds, jobs = plan_jobs(index, req)
+        novelty_refs[market] = novelty.remote(refs[market][0], folds, *_novelty_args(req))
         pending = _split_cached(jobs, req.cache, collector)
         for job in pending:
             if _is_hybrid(job):
@@ -352,6 +363,7 @@ def execute_on_ray(
         for market, future in trainers.items():
             future.result()
             _read_back(hybrid[market], req.cache, collector)
+    collector.novelty = dict(zip(novelty_refs, ray.get(list(novelty_refs.values())), strict=True))
     return indexes, collector
 
 
@@ -375,7 +387,7 @@ def _ensemble(req: ResearchRequest, market: MarketResearch) -> pd.DataFrame:
     )
     blended = blend_folds(hybrid, gbm, weights)
     for fold in market.folds:
-        key = _fold_key("ensemble", fold, market.index, req)
+        key = fold_key("ensemble", fold, market.index, req)
         if not req.cache.has(key):
             part = blended[blended["fold"] == fold.number]
             req.cache.write(
@@ -403,6 +415,7 @@ def assemble(
             research.predictions["ensemble"] = _ensemble(req, research)
             research.configs["ensemble"] = config_hash(describe("ensemble", req))
         research.records = [r for r in collector.records if r["market"] == market]
+        research.novelty = collector.novelty.get(market)
         out[market] = research
     return out
 

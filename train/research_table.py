@@ -71,6 +71,40 @@ def fold_lines(models: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def margin_lines(margins: dict[str, Any]) -> list[str]:
+    """Per model: coverage, trades, precision and after-fee return per trade for each margin."""
+    if not margins:
+        return []
+    lines = [
+        "decision margin (BUY when p_buy*up - p_sell*down - fee > margin; trades of the trained"
+        " label, after fees, overlapping):",
+        f"  {'model':<10} {'margin':>7} {'cover':>6} {'trades':>6} {'prec':>5} {'mean':>7} "
+        f"{'sum':>7}",
+    ]
+    for name, block in margins.items():
+        for row in block["curve"]:
+            lines.append(
+                f"  {name:<10} {row['margin']:>+7.2%} {row['coverage']:>6.1%} {row['trades']:>6} "
+                f"{_num(row['precision'], '.0%'):>5} {_num(row['mean_return'], '+.2%'):>7} "
+                f"{row['sum_return']:>+7.1%}"
+            )
+        lines.append(f"  {name:<10} margin these hours would fit: {block['fitted_here']:+.2%}")
+    return lines
+
+
+def novelty_line(novelty: dict[str, Any]) -> str:
+    """The market's novel hours and each model's balanced accuracy on novel / familiar hours."""
+    scores = ", ".join(
+        f"{name} {_num(m['balanced_accuracy_novel'], '.3f')}/"
+        f"{_num(m['balanced_accuracy_familiar'], '.3f')}"
+        for name, m in novelty["models"].items()
+    )
+    return (
+        f"novel hours: {novelty['novel_hours']} of {novelty['hours']} "
+        f"({novelty['share_novel']:.1%}); balanced accuracy novel/familiar: {scores}"
+    )
+
+
 def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
     ref = report["reference_label"]
     parts = []
@@ -84,6 +118,9 @@ def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
         lines = [head, HEADER, "-" * len(HEADER)]
         lines += [model_line(name, entry) for name, entry in block["models"].items()]
         lines.append(hold_line(block["buy_and_hold"]))
+        lines += margin_lines(block.get("margins", {}))
+        if block.get("novelty"):
+            lines.append(novelty_line(block["novelty"]))
         if per_fold:
             lines.append("per-fold balanced accuracy:")
             lines += fold_lines(block["models"])
@@ -112,6 +149,18 @@ def _style(name: str) -> dict[str, Any]:
             "linewidth": 1.2 if base in ("hybrid", "gbm", "ensemble") else 0.8}  # fmt: skip
 
 
+def plot_margins(ax: Any, market: str, margins: dict[str, Any]) -> None:
+    """Precision against coverage, one point per margin of the grid, per model."""
+    for name, block in margins.items():
+        rows = [r for r in block["curve"] if r["precision"] is not None]
+        ax.plot([r["coverage"] for r in rows], [r["precision"] for r in rows], marker=".",
+                label=name, **_style(name))  # fmt: skip
+    ax.axhline(0.5, color="grey", linewidth=0.5)
+    ax.set_xlabel("coverage (share of hours that buy)", fontsize=8)
+    ax.set_title(f"{market}: after-fee precision against coverage (margins)", fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
 def plot_report(plots: dict[str, Any], path: Path) -> Path:
     """Per market: per-fold balanced accuracy (top) and equity over initial (bottom)."""
     import matplotlib
@@ -121,7 +170,7 @@ def plot_report(plots: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     markets = list(plots)
-    fig, axes = plt.subplots(2, len(markets), figsize=(5 * len(markets), 8), squeeze=False)
+    fig, axes = plt.subplots(3, len(markets), figsize=(5 * len(markets), 12), squeeze=False)
     for col, market in enumerate(markets):
         top, bottom = axes[0][col], axes[1][col]
         for name, entry in plots[market]["models"].items():
@@ -142,8 +191,10 @@ def plot_report(plots: dict[str, Any], path: Path) -> Path:
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
             ax.tick_params(labelsize=7)
+        plot_margins(axes[2][col], market, plots[market].get("margins", {}))
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
+    axes[2][0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

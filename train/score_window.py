@@ -19,8 +19,10 @@ import pandas as pd
 
 from train.bundle import ServableModel
 from train.bundle_io import dataset_for_model
+from train.config import ReferenceLabel
 from train.evaluate import evaluate_predictions, one_hot
 from train.pipeline import next_returns, persistence_labels
+from train.reference import reference_block
 
 
 class InSampleError(ValueError):
@@ -55,7 +57,10 @@ def score_window(
     start: pd.Timestamp,
     end: pd.Timestamp | None = None,
     allow_in_sample: bool = False,
+    reference: ReferenceLabel | None = None,
 ) -> dict[str, Any]:
+    """The bundle's calls on the window, scored against its own label (`model`, `baselines`) and
+    against the reference label (`reference`, default: the `ReferenceLabel` defaults)."""
     meta = model.metadata
     market = str(meta.get("market", "unknown"))
     data = dataset_for_model(meta, candles, market)
@@ -74,6 +79,13 @@ def score_window(
     nxt = next_returns(data, positions)
     proba = model.predict_proba(data.raw_windows(positions))
     majority = int(np.argmax(meta.get("train_class_shares", [0.0, 1.0, 0.0])))
+    baselines = {
+        "majority class (training window)": one_hot(np.full(len(y), majority)),
+        "persistence (label t-H)": one_hot(persistence_labels(data, positions, threshold)),
+    }
+    times = pd.DatetimeIndex(data.times[positions])
+    close = pd.Series(data.close, index=data.times)
+    calls = {"model": proba} | baselines
     return {
         "market": market,
         "version": model.version,
@@ -81,12 +93,6 @@ def score_window(
         "hours": int(len(positions)),
         "in_sample_hours": in_sample,
         "model": evaluate_predictions(y, proba, nxt),
-        "baselines": {
-            "majority class (training window)": evaluate_predictions(
-                y, one_hot(np.full(len(y), majority)), nxt
-            ),
-            "persistence (label t-H)": evaluate_predictions(
-                y, one_hot(persistence_labels(data, positions, threshold)), nxt
-            ),
-        },
+        "baselines": {n: evaluate_predictions(y, p, nxt) for n, p in baselines.items()},
+        "reference": reference_block(close, times, nxt, calls, reference or ReferenceLabel()),
     }

@@ -1,238 +1,211 @@
-"""Ray Tune over one market's hyper-parameters, scored only on hours before its first test fold.
+"""Ray Tune per market: family x features x label x hyperparameters x trading knobs, one experiment.
 
-Each trial is a Tune function that runs a one-worker TorchTrainer (Train V2 style); the worker runs
-the one training function (`fit_plan`) on the older part of the pre-test hours, reports the
-early-stop loss every epoch (it reaches Tune through `TuneReportCallback`, so ASHA can stop a
-hopeless trial after an epoch), then scores the whole hybrid, head included, on the newest part.
-One experiment per market: ASHA must never rank a BTC trial against a SOL trial. The four markets'
-experiments run at once, each driven from its own Ray task.
+Each market gets its own experiment (a BTC trial is never ranked against a SOL one); the markets'
+experiments run at once, each driven from its own Ray task. Trials are function trainables
+(`train.tune_trial.run_trial`) that fit in their own process with the resources Tune gives them
+(a GPU share for a hybrid trial when GPUs are used), so a trial starts in about a second instead of
+a TorchTrainer's seven. ASHA stops hybrid trials on their per-epoch early-stop loss; gbm trials
+report once and are only ranked by their score. The winner is the finished trial with the best
+pre-test score against the reference label (`tune.metric`), and its whole configuration becomes a
+`ModelConfig` with a `TuneRecord`, which `train tune --registry` fits and stores in the bundle.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-import ray.train
 from ray import tune
-from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
 
-from features.config import FeaturesConfig
-from features.dataset import MarketDataset
-from features.exchange import HOUR_NS
-from features.labels import fold_threshold
-from features.sources import ParquetDirSource
-from features.splits import walk_forward_splits
-from train.config import TrainProfile, TuneConfig
-from train.evaluate import classification_metrics
-from train.fit import FoldPlan, fit_plan, purged_slices
-from train.pipeline import load_market, split_spec
-from train.ray_fit import ray_train_hooks, run_name
+from train.config import TuneConfig
+from train.model_config import ModelConfig, TuneRecord, apply_search
+from train.ray_fit import run_name
+from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, run_trial
 
-SCORE = "score_log_loss"
+LOWER_IS_BETTER = {"balanced_accuracy": False, "log_loss": True}
 
 
-def apply_trial(profile: TrainProfile, trial: dict[str, Any]) -> TrainProfile:
-    """The profile with one trial's values (keys like 'optim.lr', 'encoder.hidden_size')."""
-    data = profile.model_dump()
-    for key, value in trial.items():
-        section, field = key.split(".")
-        data[section][field] = value
-    return TrainProfile.model_validate(data)
-
-
-def tuning_plan(
-    data: MarketDataset, features: FeaturesConfig, profile: TrainProfile, score_share: float
-) -> tuple[FoldPlan, float]:
-    """Fit slices from the older pre-test hours, scored hours from the newest, purged apart."""
-    spec = split_spec(features, profile)
-    pre_test = data.samples[walk_forward_splits(data.sample_times, spec)[0].train]
-    cut = len(pre_test) - max(1, int(len(pre_test) * score_share))
-    fit_rows, score_rows = pre_test[:cut], pre_test[cut:]
-    times = data.times.asi8
-    score_rows = score_rows[times[score_rows] > times[fit_rows[-1]] + spec.purge * HOUR_NS]
-    if len(score_rows) == 0:
-        raise ValueError(f"{data.market}: no pre-test hours left to score trials on")
-    lab = features.labels
-    threshold = fold_threshold(
-        lab.mode, lab.threshold, lab.hold_share, data.forward_returns[fit_rows]
-    )
-    slices = purged_slices(times, fit_rows, profile.slices, spec.purge)
-    return FoldPlan("tune", slices, score_rows, fit_rows), threshold
-
-
-def tuning_worker(config: dict[str, Any]) -> None:
-    """Per-epoch val_loss to Tune, then the hybrid's score on the newest pre-test hours."""
-    features = FeaturesConfig.model_validate(config["features"])
-    profile = apply_trial(TrainProfile.model_validate(config["profile"]), config["trial"])
-    market, label = config["market"], config["label"]
-    data = load_market(ParquetDirSource(config["data_dir"]), market, features, profile)
-    plan, threshold = tuning_plan(data, features, profile, config["score_share"])
-
-    def report(metrics: dict[str, float]) -> None:
-        print(f"[tune {market} {label}] epoch {metrics['epoch']:.0f} "
-              f"val_loss {metrics['val_loss']:.4f}", flush=True)  # fmt: skip
-        ray.train.report({**metrics, "market": market})
-
-    outcome = fit_plan(profile, data, plan, threshold, ray_train_hooks(report))
-    scores = classification_metrics(outcome.test_labels, outcome.test_proba)
-    final = {
-        "epoch": float(len(outcome.encoder.history) + 1),
-        "val_loss": min(h["val_loss"] for h in outcome.encoder.history),
-        SCORE: scores["log_loss"],
-        "score_balanced_accuracy": scores["balanced_accuracy"],
-        "scored_hours": float(scores["n"]),
-    }
-    print(f"[tune {market} {label}] scored {SCORE} {final[SCORE]:.4f} "
-          f"balanced_acc {final['score_balanced_accuracy']:.3f}", flush=True)  # fmt: skip
-    ray.train.report({**final, "market": market})
-
-
-def make_trial(base: dict[str, Any], cpus: float, gpu: float, storage_path: str | None) -> Any:
-    def trial(trial_config: dict[str, Any]) -> None:
-        label = tune.get_context().get_trial_name()
-        use_gpu = gpu > 0
-        trainer = TorchTrainer(
-            tuning_worker,
-            train_loop_config={**base, "trial": trial_config, "label": label},
-            scaling_config=ScalingConfig(
-                num_workers=1,  # several DDP workers on one card fail in NCCL
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": cpus, **({"GPU": gpu} if use_gpu else {})},
-            ),
-            run_config=RunConfig(storage_path=storage_path, callbacks=[TuneReportCallback()]),
-        )
-        trainer.fit()
-
-    return trial
-
-
-def param_space(tune_cfg: TuneConfig, search_space: dict[str, list[Any]]) -> dict[str, Any]:
+def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
     pick = tune.grid_search if tune_cfg.sampler == "grid" else tune.choice
-    return {key: pick(values) for key, values in search_space.items()}
+    return {key: pick(values) for key, values in tune_cfg.search_space.items()}
+
+
+def _max_epochs(base: ModelConfig, tune_cfg: TuneConfig, inner_folds: int) -> int:
+    epochs = [base.profile.optim.epochs, *tune_cfg.search_space.get("profile.optim.epochs", [])]
+    return int(max(epochs)) * inner_folds + 1  # never reached: ASHA must not stop a last epoch
+
+
+def trial_resources(tune_cfg: TuneConfig, base_family: str, use_gpu: bool) -> Any:
+    """CPU for every trial; a GPU share for hybrid trials when GPUs are used."""
+
+    def resources(values: dict[str, Any]) -> dict[str, float]:
+        hybrid = values.get("family", base_family) == "hybrid"
+        gpu = {"GPU": tune_cfg.gpu_fraction} if use_gpu and hybrid else {}
+        return {"CPU": tune_cfg.cpus_per_trial, **gpu}
+
+    return resources
 
 
 def tune_market(
-    market: str,
-    data_dir: str,
-    features: FeaturesConfig,
-    profile: TrainProfile,
+    run: InnerRun,
+    base: ModelConfig,
     tune_cfg: TuneConfig,
     storage_path: str | None,
     *,
     use_gpu: bool = False,
 ) -> tune.ResultGrid:
-    """One Tune experiment for one market over `tune_cfg.search_space`, ASHA on val_loss."""
-    base = {
-        "market": market,
-        "data_dir": data_dir,
-        "features": features.model_dump(),
-        "profile": profile.model_dump(),
-        "score_share": tune_cfg.score_share,
-    }
-    gpu = tune_cfg.gpu_fraction if use_gpu else 0.0
-    trial = make_trial(base, tune_cfg.cpus_per_trial, gpu, storage_path)
-    # The trial function only drives its TorchTrainer; the worker holds the CPU (and GPU) share.
-    trainable = tune.with_resources(trial, {"CPU": 0.01})
+    """One Tune experiment for one market over `tune_cfg.search_space`."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, run=run, base=base),
+        trial_resources(tune_cfg, base.family, use_gpu),
+    )
     scheduler = ASHAScheduler(
-        max_t=profile.optim.epochs + 1,  # + the final scored report
+        time_attr=EPOCH,
+        metric=EPOCH_LOSS,
+        mode="min",
+        max_t=_max_epochs(base, tune_cfg, run.inner_folds),
         grace_period=tune_cfg.grace_period,
         reduction_factor=2,
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(tune_cfg, tune_cfg.search_space),
+        param_space=param_space(tune_cfg),
         tune_config=tune.TuneConfig(
-            metric="val_loss",
-            mode="min",
             scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed),
             num_samples=tune_cfg.num_samples,
             max_concurrent_trials=tune_cfg.max_concurrent,
         ),
-        run_config=tune.RunConfig(name=run_name("tune", market), storage_path=storage_path),
+        run_config=tune.RunConfig(
+            name=run_name("tune", run.market), storage_path=storage_path, verbose=1
+        ),
     )
     return tuner.fit()
 
 
 @dataclass(frozen=True)
+class TrialRow:
+    """One trial as the table shows it; `score` is the experiment's metric, NaN unless done."""
+
+    name: str
+    values: dict[str, Any]
+    status: str  # done | stopped by ASHA | error
+    score: float
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TuneOutcome:
-    """One market's experiment as the driver needs it: the winner and what the search did."""
+    """One market's experiment: every trial, the winner (None when no trial finished)."""
 
     market: str
-    best: dict[str, Any]  # the winning trial's values, {} when no trial finished
-    best_score: float
-    trials: int
-    stopped_early: int
-    failed: int
+    metric: str
+    rows: list[TrialRow]
+    winner: TrialRow | None
+    experiment: str
     started: float
     ended: float
 
+    def winner_config(self, base: ModelConfig, tune_end: str) -> ModelConfig:
+        """The winner's whole configuration, with how it was chosen."""
+        if self.winner is None:
+            raise ValueError(f"{self.market}: no trial of {self.experiment} finished")
+        record = TuneRecord(
+            tune_end=tune_end,
+            metric=self.metric,
+            score=self.winner.score,
+            trials=len(self.rows),
+            scored_hours=int(self.winner.scores["scored_hours"]),
+            experiment=self.experiment,
+        )
+        chosen = apply_search(base, self.winner.values)
+        return chosen.model_copy(update={"tuned": record})
 
-def summarize(market: str, grid: tune.ResultGrid, started: float) -> TuneOutcome:
-    """Pick the trial with the lowest scored log loss; trials ASHA stopped have no score."""
-    scored = [r for r in grid if not r.error and r.metrics and SCORE in r.metrics]
-    scored = [r for r in scored if math.isfinite(r.metrics[SCORE])]
-    best = min(scored, key=lambda r: r.metrics[SCORE], default=None)
-    return TuneOutcome(
-        market=market,
-        best=dict(best.config) if best else {},
-        best_score=float(best.metrics[SCORE]) if best else float("nan"),
-        trials=len(grid),
-        stopped_early=sum(1 for r in grid if not r.error and (r.metrics or {}).get(SCORE) is None),
-        failed=sum(1 for r in grid if r.error),
-        started=started,
-        ended=time.time(),
-    )
+
+def _row(result: Any, metric: str) -> TrialRow:
+    metrics = result.metrics or {}
+    name = str(metrics.get("trial_id") or (result.path or "?").rstrip("/").rsplit("/", 1)[-1])
+    key = f"score_{metric}"
+    if result.error:
+        return TrialRow(name, dict(result.config), f"error: {result.error}", math.nan)
+    if key not in metrics:
+        return TrialRow(name, dict(result.config), "stopped by ASHA", math.nan)
+    scores = {k: metrics[k] for k in metrics if k.startswith("score_") or k in _SCORE_FACTS}
+    return TrialRow(name, dict(result.config), "done", float(metrics[key]), scores)
+
+
+_SCORE_FACTS = ("scored_hours", "first_scored", "last_scored", "folds")
+
+
+def summarize(market: str, grid: tune.ResultGrid, metric: str, started: float) -> TuneOutcome:
+    """Every trial, and the finished one with the best pre-test score (ties: the first)."""
+    rows = [_row(r, metric) for r in grid]
+    sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
+    done = [r for r in rows if r.status == "done" and math.isfinite(r.score)]
+    winner = min(done, key=lambda r: sign * r.score, default=None)
+    experiment = grid.experiment_path if hasattr(grid, "experiment_path") else ""
+    return TuneOutcome(market, metric, rows, winner, experiment, started, time.time())
 
 
 @ray.remote(num_cpus=0)
-def _drive_tuning(market: str, kwargs: dict[str, Any]) -> TuneOutcome:
+def _drive(run: InnerRun, base: ModelConfig, kwargs: dict[str, Any]) -> TuneOutcome:
     started = time.time()
-    return summarize(market, tune_market(market, **kwargs), started)
+    grid = tune_market(run, base, **kwargs)
+    return summarize(run.market, grid, kwargs["tune_cfg"].metric, started)
 
 
 def tune_markets_on_ray(
-    markets: list[str],
-    data_dir: str,
-    features: FeaturesConfig,
-    profile: TrainProfile,
+    runs: list[InnerRun],
+    base: ModelConfig,
     tune_cfg: TuneConfig,
     storage_path: str | None,
     *,
     use_gpu: bool = False,
 ) -> dict[str, TuneOutcome]:
-    """Every market's experiment at once, each from its own Ray task; they share cores or a GPU."""
-    kwargs = {
-        "data_dir": data_dir,
-        "features": features,
-        "profile": profile,
-        "tune_cfg": tune_cfg,
-        "storage_path": storage_path,
-        "use_gpu": use_gpu,
-    }
-    refs = [_drive_tuning.remote(market, kwargs) for market in markets]
+    """Every market's experiment at once, each from its own Ray task; they share the cluster."""
+    kwargs = {"tune_cfg": tune_cfg, "storage_path": storage_path, "use_gpu": use_gpu}
+    refs = [_drive.remote(run, base, kwargs) for run in runs]
     return {outcome.market: outcome for outcome in ray.get(refs)}
 
 
-def tuned_profiles(
-    profile: TrainProfile, outcomes: dict[str, TuneOutcome]
-) -> dict[str, TrainProfile]:
-    """Each market's profile with its winner applied; a market whose search found none keeps it."""
-    return {m: apply_trial(profile, o.best) if o.best else profile for m, o in outcomes.items()}
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def format_outcomes(outcomes: dict[str, TuneOutcome]) -> str:
-    lines = []
-    for o in outcomes.values():
-        best = ", ".join(f"{k}={v}" for k, v in sorted(o.best.items())) or "none (profile kept)"
-        lines.append(
-            f"{o.market}: {o.trials} trials ({o.stopped_early} stopped by ASHA, {o.failed} failed) "
-            f"in {o.ended - o.started:.0f} s; best {SCORE} {o.best_score:.4f}: {best}"
-        )
+def format_outcome(outcome: TuneOutcome) -> str:
+    """The trials of one market, best first, and the winner."""
+    keys = sorted({k for r in outcome.rows for k in r.values})
+    sign = 1.0 if LOWER_IS_BETTER[outcome.metric] else -1.0
+    order = sorted(outcome.rows, key=lambda r: (not math.isfinite(r.score), sign * r.score))
+    head = ["trial", *keys, "bal_acc", "log_loss", "hours", "status"]
+    body = []
+    for r in order:
+        s = r.scores
+        body.append([
+            r.name[:24],
+            *(_value(r.values.get(k, "")) for k in keys),
+            f"{s['score_balanced_accuracy']:.4f}" if s else "-",
+            f"{s['score_log_loss']:.4f}" if s else "-",
+            str(s.get("scored_hours", "-")),
+            r.status[:60],
+        ])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True))
+             for row in [head, *body]]  # fmt: skip
+    took = outcome.ended - outcome.started
+    lines.insert(0, f"{outcome.market}: {len(outcome.rows)} trials in {took:.0f} s, "
+                    f"scored on the reference label, metric {outcome.metric}")  # fmt: skip
+    w = outcome.winner
+    if w is None:
+        lines.append(f"{outcome.market} winner: none (no trial finished)")
+    else:
+        chosen = ", ".join(f"{k}={_value(v)}" for k, v in sorted(w.values.items()))
+        lines.append(f"{outcome.market} winner: {chosen}: {outcome.metric} {w.score:.4f} on "
+                     f"{w.scores['scored_hours']} hours {w.scores['first_scored']} .. "
+                     f"{w.scores['last_scored']} (folds {w.scores['folds']})")  # fmt: skip
     return "\n".join(lines)

@@ -148,7 +148,7 @@ def test_training_command_parses_with_the_real_cli(command):
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "train"]
     args = parse_args(argv[3:])
-    assert args.command == "fit" and args.use_gpu and args.tune
+    assert args.command == "tune" and args.use_gpu  # then fits each winner into --registry
     assert args.markets.split(",") == MARKETS
     for uri in (args.data_dir, args.registry, args.storage_path):
         assert uri.startswith("s3://"), "a job's working copy vanishes: paths must be URIs"

@@ -36,6 +36,8 @@ def test_a_held_out_span_stays_held_out_when_retraining() -> None:
 
     from train.__main__ import parse_args
 
-    job = RetrainJob(["KRW-BTC"], "/data", "/registry", "smoke", until="2025-09-16 08:00:00")
-    args = parse_args(shlex.split(job.entrypoint())[3:])
-    assert args.until == datetime(2025, 9, 16, 8) and args.markets == "KRW-BTC"
+    for tune in (False, True):
+        job = RetrainJob(["KRW-BTC"], "/data", "/registry", "smoke", tune, "2025-09-16 08:00:00")
+        args = parse_args(shlex.split(job.entrypoint())[3:])
+        assert args.until == datetime(2025, 9, 16, 8) and args.markets == "KRW-BTC"
+        assert args.command == ("tune" if tune else "fit") and args.registry == "/registry"

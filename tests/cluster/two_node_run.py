@@ -113,12 +113,13 @@ def start_cluster(root: Path):
 
 
 def fit_and_register(args: argparse.Namespace, address: str) -> None:
-    """`python -m train fit` on Ray (the gate promotes the first model: v0001), then a second
+    """`python -m train fit` of the hybrid family on Ray Train (its one TorchTrainer keeps its run
+    in `--storage-path`, the bucket; the gate promotes the first model: v0001), then a second
     version registered from it, a candidate for the promotion step."""
     code = train_cli([
-        "fit", "--markets", MARKET, "--profile", "smoke", "--data-dir", args.data,
-        "--registry", args.registry, "--storage-path", args.storage_path,
-        "--ray-address", address,
+        "fit", "--markets", MARKET, "--family", "hybrid", "--profile", "smoke",
+        "--data-dir", args.data, "--registry", args.registry,
+        "--storage-path", args.storage_path, "--ray-address", address,
     ])  # fmt: skip
     if code != 0:
         raise RuntimeError(f"python -m train fit exited {code}")

@@ -2,7 +2,7 @@
 configs/serve_deploy.yaml): a body over the size limit (413), a market list with a repeat (422)
 and a flood (503) each get a fast refusal while the trading loop's own requests still answer;
 the prediction routes need the token once `require_token` is on; every prediction says the
-model's age and whether it is stale, and /v1/models shows the age."""
+model's age, whether it is stale and its novelty score, and /v1/models shows the age."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import yaml
 from features.domain import AccountState
 from features.indicators import SERVING_WINDOW
 from serve.admin import ADMIN_TOKEN_ENV
+from serve.predict import predict_candles
 from trading.serve_client import ServeClient, candle_rows
+from train.bundle import load_bundle
 
 from standins.serve_app import serve_deploy
 
@@ -141,12 +143,21 @@ def test_the_prediction_routes_need_the_token_when_required(serve_app, ray_head,
             time.sleep(1)
 
 
-def test_every_prediction_says_the_models_age_and_models_shows_it(url, candles) -> None:
+def test_every_prediction_says_the_models_age_and_models_shows_it(
+    url, candles, smoke_bundle
+) -> None:
     rows = candle_rows(candles)
     reply = requests.post(f"{url}/v1/predict/{MARKET}", json={"candles": rows}, timeout=60)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["stale"] is False and isinstance(body["model_age_hours"], float)
+    # The novelty gate: the served bundle's score of this hour, as computed in this process,
+    # and the loop's client reads the same fields.
+    expected = predict_candles(load_bundle(smoke_bundle), MARKET, candles)
+    assert body["dissimilarity"] == pytest.approx(expected.dissimilarity, rel=1e-9)
+    assert body["novel"] is expected.novel
+    parsed = ServeClient(url).predict(MARKET, candles, AccountState.flat(1_000_000.0))
+    assert (parsed.dissimilarity, parsed.novel) == (body["dissimilarity"], body["novel"])
     model = requests.get(f"{url}/v1/models", timeout=30).json()["models"][MARKET]
     assert model["trained_through"] and model["max_model_age_hours"] == 2160
     assert model["stale"] is False

@@ -20,7 +20,8 @@ SELL = (0.7, 0.2, 0.1)
 
 class FixedSignal:
     """A Predictor that always answers with the same probabilities (per market when a mapping
-    is given) and LLM ratio; `down` makes it refuse as a silent Serve would."""
+    is given) and LLM ratio; `down` makes it refuse as a silent Serve would, `novel` answers as
+    the novelty gate does for an hour unlike the model's training rows."""
 
     def __init__(
         self,
@@ -29,11 +30,13 @@ class FixedSignal:
         *,
         stale: bool = False,
         down: bool = False,
+        novel: bool = False,
     ) -> None:
         self.probabilities = probabilities
         self.ratio = ratio
         self.stale = stale
         self.down = down
+        self.novel = novel
         self.calls = 0
 
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
@@ -52,5 +55,7 @@ class FixedSignal:
             served_by="test",
             model_age_hours=900.0 if self.stale else 10.0,
             stale=self.stale,
+            dissimilarity=4.2 if self.novel else 0.9,
+            novel=self.novel,
             sizing=Sizing(ratio=self.ratio, source="llm-agree", reason="test"),
         )

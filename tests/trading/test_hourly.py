@@ -195,3 +195,15 @@ def test_a_stale_model_opens_no_position_and_the_ledger_says_why(ohlcv_dir, tmp_
         assert frame["reason"].str.contains("model v0001 is stale").all()
         assert frame["reason"].str.contains("BUY not sent").all()
         assert ledger.orders() == []
+
+
+def test_a_novel_input_opens_no_position_and_the_ledger_says_why(ohlcv_dir, tmp_path, hour):
+    cfg = config(tmp_path / "l.sqlite")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        novel = FixedSignal(novel=True)  # BUY, on an hour unlike the model's training rows
+        trader(cfg, ledger, ParquetDirSource(ohlcv_dir), novel, paper_accounts(cfg)).run_hour(hour)
+        frame = ledger.decisions_frame()
+        assert (frame["kind"] == "decision").all() and frame["order_side"].isna().all()
+        assert frame["reason"].str.contains("novel input (dissimilarity 4.20", regex=False).all()
+        assert frame["reason"].str.contains("BUY not sent").all()
+        assert ledger.orders() == []

@@ -10,10 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.dataset import build_dataset
+from features.indicators import CANDLES_FOR_SERVING
 from features.sources import ParquetDirSource
+from serve.predict import predict_candles
 from trading.account import fixed_ratio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
+from trading.predictions import bundle_proba, prediction_positions
 from train.bundle import load_bundle
 from train.bundle_io import trained_until
 from train.config import GateConfig, load_train_config
@@ -69,9 +73,24 @@ def test_gbm_and_ensemble_round_trip_through_load_bundle(smoke_fit, gbm_fit, bun
     names = sorted(p.relative_to(bundles["ensemble"]).as_posix()
                    for p in bundles["ensemble"].rglob("*") if p.is_file())  # fmt: skip
     assert names == [
-        "gbm/lightgbm.txt", "gbm/metadata.json", "hybrid/lightgbm.txt", "hybrid/lstm.pt",
-        "hybrid/metadata.json", "hybrid/transform.json", "metadata.json", "oos.parquet",
+        "gbm/lightgbm.txt", "gbm/metadata.json", "gbm/novelty.json", "gbm/novelty_rows.npy",
+        "hybrid/lightgbm.txt", "hybrid/lstm.pt", "hybrid/metadata.json", "hybrid/novelty.json",
+        "hybrid/novelty_rows.npy", "hybrid/transform.json", "metadata.json", "oos.parquet",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["hybrid", "gbm", "ensemble"])
+def test_every_family_keeps_its_novelty_gate_through_the_bundle(family, smoke_fit, bundles):
+    """Saved as .npy (read with allow_pickle=False) and JSON, loaded back identical: the same
+    threshold and the same scores as the fitted model's gate."""
+    data, hybrid = smoke_fit
+    loaded = load_bundle(bundles[family])
+    assert loaded.novelty is not None
+    fitted = hybrid.model.novelty  # the components refit on the same hours: one gate for all
+    windows = data.raw_windows(data.samples[-64:])
+    assert loaded.novelty.threshold == fitted.threshold
+    np.testing.assert_array_equal(loaded.novelty.scores(windows), fitted.scores(windows))
+    assert (loaded.novelty.scores(windows) > 0).all()
 
 
 def test_gbm_refit_ends_at_the_newest_labelled_hour(smoke_fit, gbm_fit) -> None:
@@ -146,3 +165,38 @@ def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
         assert registry.current(MARKET) == expected, line
     statuses = {v.version: v.status.value for v in registry.versions(MARKET)}
     assert statuses == {"v0001": "previous", "v0002": "candidate", "v0003": "current"}
+
+
+@pytest.mark.parametrize("family", ["hybrid", "gbm", "ensemble"])
+def test_every_family_serves_what_its_batch_path_predicts(
+    family: str, bundles, ohlcv_dir: Path
+) -> None:
+    """Serve's path (the newest CANDLES_FOR_SERVING candles of a request) and the backtester's
+    (windows of the whole history's dataset) give one bundle the same probabilities at an hour
+    after its training window, for every family."""
+    model = load_bundle(bundles[family])
+    meta = model.metadata
+    history = ParquetDirSource(ohlcv_dir).history(MARKET)
+    data = build_dataset(history, MARKET, int(meta["horizon"]), int(meta["max_gap_hours"]))
+    after = data.times[prediction_positions(data)]
+    after = after[after > trained_until(meta)][:200:50]
+    assert len(after) == 4
+    batch = bundle_proba(model, data, data.times.get_indexer(after))
+    for hour, expected in zip(after, batch, strict=True):
+        window = history.loc[:hour].iloc[-CANDLES_FOR_SERVING:]
+        view = predict_candles(model, MARKET, window)
+        assert view.time == hour and view.model_version == model.version
+        np.testing.assert_allclose(view.probabilities.as_tuple(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_every_familys_report_scores_against_the_reference_label(smoke_fit, gbm_fit) -> None:
+    _, hybrid = smoke_fit
+    ensemble = assemble(hybrid, gbm_fit, lookback_folds=1, min_hours=200)
+    for fit in (hybrid, gbm_fit, ensemble):
+        block = fit.report["reference"]
+        assert block["label"] == {"horizon_hours": 6, "threshold": 0.005}
+        assert 0 < block["hours"] <= len(fit.oos)
+        assert block["scores"]["walk_forward"]["n"] == block["hours"]
+    # the default label is the reference label: the same calls score the same on both
+    own, ref = gbm_fit.report["walk_forward"], gbm_fit.report["reference"]["scores"]
+    assert ref["walk_forward"]["confusion"] == own["confusion"]

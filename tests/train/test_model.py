@@ -129,8 +129,30 @@ def test_mismatched_bundles_are_refused(smoke_bundle: Path, tmp_path: Path) -> N
 
 def test_bundle_holds_no_pickle(smoke_bundle: Path) -> None:
     torch.load(smoke_bundle / "lstm.pt", weights_only=True)  # raises on arbitrary objects
-    for name in ("transform.json", "metadata.json"):
+    np.load(smoke_bundle / "novelty_rows.npy", allow_pickle=False)
+    for name in ("transform.json", "metadata.json", "novelty.json"):
         json.loads((smoke_bundle / name).read_text())
+
+
+def test_a_bundle_made_before_the_novelty_gate_still_serves(
+    smoke_fit, smoke_bundle, real_candles, tmp_path
+) -> None:
+    """No novelty files: it loads, predicts the same, and answers novel false, dissimilarity
+    null; with them, the same hour carries a score."""
+    from serve.predict import predict_candles
+    from train.novelty import NOVELTY_JSON, NOVELTY_ROWS
+
+    data, _ = smoke_fit
+    old = _copy(smoke_bundle, tmp_path)
+    (old / NOVELTY_JSON).unlink()
+    (old / NOVELTY_ROWS).unlink()
+    model = load_bundle(old)
+    assert model.novelty is None
+    candles = real_candles["KRW-BTC"].loc[: data.times[-1]]
+    view = predict_candles(model, "KRW-BTC", candles)
+    assert view.novel is False and view.dissimilarity is None
+    current = predict_candles(load_bundle(smoke_bundle), "KRW-BTC", candles)
+    assert current.probabilities == view.probabilities and current.dissimilarity > 0
 
 
 def test_slices_are_ordered_and_purged() -> None:

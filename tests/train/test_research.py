@@ -110,6 +110,13 @@ def test_second_run_recomputes_nothing_and_folds_ignore_the_range(
     assert records and not any(r["cached"] for r in records)
     again, _ = run_research(first, quiet, local=True)
     assert all(r["cached"] for r in again[MARKET].records)
+    # The novelty gate: every test hour of the folds scored against its fold's training rows,
+    # the same on a second run (nothing about it is cached).
+    novelty = markets[MARKET].novelty
+    tested = markets[MARKET].predictions["gbm"].index
+    assert novelty is not None and novelty.index.equals(tested)
+    assert (novelty["dissimilarity"] > 0).all() and novelty["novel"].dtype == bool
+    pd.testing.assert_frame_equal(novelty, again[MARKET].novelty)
     assert len(again[MARKET].records) == len(records)
     # Another range, computed from nothing into another cache: the folds both ranges hold
     # have the very same predictions.
@@ -161,5 +168,9 @@ def test_folds_run_concurrently_on_ray_and_the_report_says_it_all(
         assert 0.0 <= gbm["dsr"]["dsr"] <= 1.0 and block["configs_tried"] >= 1
         assert len(gbm["per_fold"]) == len(block["folds"]) >= 6
         assert block["models"]["majority"]["metrics"]["balanced_accuracy"] == pytest.approx(1 / 3)
+        novelty = block["novelty"]
+        assert 0.0 <= novelty["share_novel"] <= 1.0 and novelty["hours"] == block["hours"]
+        assert {"gbm", "plain-12m"} == set(novelty["models"])
     assert (out / "research.png").stat().st_size > 10_000
     assert "per-fold balanced accuracy" in (out / "report.txt").read_text()
+    assert "novel hours:" in (out / "report.txt").read_text()

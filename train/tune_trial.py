@@ -1,0 +1,162 @@
+"""One Ray Tune trial: a configuration's inner walk-forward, scored on pre-test hours only.
+
+A trial is one `ModelConfig` (the search's values applied to the base configs). It runs the
+research procedure (`train.research_jobs` for the gbm, `train.research_hybrid` for the hybrid) on
+the newest `inner_folds` folds of the research calendar that end before `tune_end`, reading and
+writing the research cache, so a configuration already computed costs a cache read and
+`train research` with the winner reuses nothing it should not (its reported folds are later).
+Predictions are scored against the reference label, whatever label the trial trained on, on the
+hours whose reference label is known before the last inner fold ends: no scored hour, and no price
+a score reads, lies in a fold a report calls out-of-sample.
+
+The hybrid reports every epoch's early-stop loss (`hybrid_epoch`, counted across its folds) for
+ASHA; the gbm reports once, at the end, without `hybrid_epoch`, so ASHA leaves it alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.folds import AnchoredFold
+from features.labels import forward_returns, label_returns
+from train.config import ResearchConfig
+from train.evaluate import classification_metrics
+from train.gbm import design_rows
+from train.model_config import ModelConfig, apply_search
+from train.research_cache import PROBA, PredictionCache
+from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
+from train.research_run import ResearchRequest, eligible_folds, fold_key, run_and_store
+
+EPOCH = "hybrid_epoch"  # ASHA's time attribute: only the hybrid's per-epoch reports carry it
+EPOCH_LOSS = "val_loss"  # ASHA's metric: the encoder's class-weighted early-stop log loss
+
+
+@dataclass(frozen=True)
+class InnerRun:
+    """What every trial of one market's experiment shares."""
+
+    market: str
+    data_dir: str
+    research: ResearchConfig
+    cache_root: str
+    tune_end: pd.Timestamp  # the first reported hour: nothing scored reaches it
+    inner_folds: int
+
+
+def trial_request(run: InnerRun, config: ModelConfig) -> ResearchRequest:
+    return ResearchRequest(
+        markets=[run.market],
+        families=[config.family],
+        data_dir=run.data_dir,
+        profile=config.profile,
+        profile_name=config.profile_name,
+        features=config.features,
+        research=run.research,
+        cache=PredictionCache(run.cache_root),
+        leaky=False,
+    )
+
+
+def inner_folds(index: MarketIndex, req: ResearchRequest, run: InnerRun) -> list[AnchoredFold]:
+    """The newest `inner_folds` research folds whose test span ends by `tune_end`."""
+    folds = [f for f in eligible_folds(index, req) if f.test_end <= run.tune_end]
+    if not folds:
+        raise ValueError(
+            f"{run.market}: no research fold ends by {run.tune_end} with "
+            f"{req.research.min_train_hours} training hours before it: move --tune-end later"
+        )
+    return folds[-run.inner_folds :]
+
+
+def _hybrid_hooks(report: Any) -> Any:
+    import torch
+
+    from train.encoder_loop import TrainHooks
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return TrainHooks(device=device, report=report)
+
+
+def fold_predictions(
+    req: ResearchRequest,
+    material: MarketMaterial,
+    index: MarketIndex,
+    folds: list[AnchoredFold],
+    report: Any = None,
+) -> pd.DataFrame:
+    """Every inner fold's out-of-sample probabilities, from the cache or computed (and cached).
+    The gbm's tree inputs are built at the first fold the cache lacks: a cached trial skips them."""
+    family = req.families[0]
+    frames = []
+    for fold in folds:
+        key = fold_key(family, fold, index, req)
+        hit = req.cache.read(key)
+        if hit is not None:
+            frames.append(hit[0])
+            continue
+        job = FoldJob(key, family, req.profile.data.last_hours)
+        if family == "gbm":
+            if material.gbm_rows is None:
+                material = MarketMaterial(
+                    material.data, design_rows(material.data, material.data.samples), None
+                )
+            frames.append(run_and_store(material, job, req.settings, req.cache.root).frame)
+        else:
+            from train.research_hybrid import hybrid_job
+
+            frame, info = hybrid_job(material.data, job, req.settings, _hybrid_hooks(report))
+            req.cache.write(key, frame, info)
+            frames.append(frame)
+    return pd.concat(frames).sort_index()
+
+
+def reference_score(
+    predictions: pd.DataFrame, index: MarketIndex, research: ResearchConfig, tune_end: pd.Timestamp
+) -> dict[str, Any]:
+    """Balanced accuracy and log loss against the reference label, on the hours whose label is
+    known before `tune_end` (t + horizon < tune_end): the end of the last inner fold."""
+    ref = research.reference_label
+    close = pd.Series(index.close, index=index.times)
+    labels = pd.Series(
+        label_returns(forward_returns(close, ref.horizon_hours).to_numpy(), ref.threshold),
+        index=index.times,
+    )
+    hours = predictions.index
+    y = labels.reindex(hours).to_numpy()
+    keep = np.isfinite(y) & (hours + pd.Timedelta(hours=ref.horizon_hours) < tune_end)
+    if not keep.any():
+        raise ValueError(f"{index.market}: no labelled pre-test hour to score the trial on")
+    scores = classification_metrics(y[keep].astype(np.int64), predictions[PROBA].to_numpy()[keep])
+    scored = hours[keep]
+    return {
+        "score_balanced_accuracy": scores["balanced_accuracy"],
+        "score_log_loss": scores["log_loss"],
+        "scored_hours": int(scores["n"]),
+        "first_scored": str(scored.min()),
+        "last_scored": str(scored.max()),
+    }
+
+
+def run_trial(values: dict[str, Any], run: InnerRun, base: ModelConfig) -> None:
+    """The Tune function trainable (`tune.with_parameters` binds `run` and `base`)."""
+    from ray import tune
+
+    config = apply_search(base, values)
+    req = trial_request(run, config)
+    material, index = prepare_market(run.data_dir, run.market, config.features, req.grid, set())
+    folds = inner_folds(index, req, run)
+    epochs = itertools.count(1)
+
+    def report_epoch(metrics: dict[str, float]) -> None:
+        tune.report({EPOCH: next(epochs), EPOCH_LOSS: float(metrics["val_loss"])})
+
+    predictions = fold_predictions(req, material, index, folds, report_epoch)
+    # The last inner fold's end, not tune_end: a label must not read the next (reported) fold.
+    scores = reference_score(predictions, index, run.research, folds[-1].test_end)
+    folds_text = ",".join(str(f.number) for f in folds)
+    tune.report({EPOCH_LOSS: float("nan"), "family": config.family, "folds": folds_text, **scores})
