@@ -16,6 +16,7 @@ import pandas as pd
 from features import indicators
 from features.barriers import Barriers, triple_barrier_labels
 from features.candles import candle_arrays, repair_segments
+from features.config import FeaturesConfig
 from features.exchange import HOUR_NS
 from features.groups import BASE_SET, FeatureSet, MarketContext
 from features.indicators import SEQUENCE_LENGTH, compute_features
@@ -163,3 +164,23 @@ def _group_block(
     )
     block[: indicators.WARMUP_HOURS - 1] = np.nan  # through the module: tests patch it
     return block
+
+
+def configured_dataset(
+    candles: pd.DataFrame,
+    market: str,
+    features: FeaturesConfig,
+    context: MarketContext | None = None,
+) -> MarketDataset:
+    """The dataset a features config describes: its groups, label (threshold or barriers) and gap
+    policy; training and research build theirs here so the two cannot drift apart."""
+    lab = features.labels
+    return build_dataset(
+        candles,
+        market,
+        lab.horizon_hours,
+        features.max_gap_hours,
+        feature_set=features.feature_set(),
+        context=context,
+        barriers=lab.barriers(),
+    )

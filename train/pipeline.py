@@ -26,7 +26,7 @@ import pandas as pd
 from features.binance import BinanceParquetSource
 from features.config import FeaturesConfig
 from features.context import batch_context
-from features.dataset import MarketDataset, build_dataset
+from features.dataset import MarketDataset, configured_dataset
 from features.exchange import HOUR_NS
 from features.indicators import FEATURE_NAMES, SEQUENCE_LENGTH, SERVING_WINDOW
 from features.labels import class_shares, fold_threshold, label_returns
@@ -72,16 +72,7 @@ def load_market(
     folder = isinstance(source, ParquetDirSource)  # Binance files sit beside the Upbit files
     binance = BinanceParquetSource(source.directory) if folder else None
     context = batch_context(feature_set, market, source, binance, end=profile.data.until)
-    lab = features.labels
-    return build_dataset(
-        candles,
-        market,
-        lab.horizon_hours,
-        features.max_gap_hours,
-        feature_set=feature_set,
-        context=context,
-        barriers=lab.barriers(),
-    )
+    return configured_dataset(candles, market, features, context)
 
 
 def split_spec(features: FeaturesConfig, profile: TrainProfile) -> SplitSpec:

@@ -20,7 +20,7 @@ import pandas as pd
 from features.candles import CandleError
 from features.config import FeaturesConfig
 from features.context import folder_context
-from features.dataset import MarketDataset, build_dataset
+from features.dataset import MarketDataset, configured_dataset
 from features.folds import (
     FoldGrid,
     TrainWindow,
@@ -112,16 +112,7 @@ def prepare_market(
         raise CandleError(f"{market}: no candles in {data_dir}")
     feature_set = features.feature_set()
     context = folder_context(feature_set, market, data_dir)
-    lab = features.labels
-    data = build_dataset(
-        candles,
-        market,
-        lab.horizon_hours,
-        features.max_gap_hours,
-        feature_set=feature_set,
-        context=context,
-        barriers=lab.barriers(),
-    )
+    data = configured_dataset(candles, market, features, context)
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None
     bounds = fold_bounds(data.sample_times, grid, data.horizon)
