@@ -45,7 +45,7 @@ def test_search_keys_fail_with_the_key_named() -> None:
 
 @pytest.mark.slow
 def test_config_from_refits_the_same_model(ohlcv_dir: Path, tmp_path: Path) -> None:
-    from features.dataset import build_dataset
+    from features.dataset import configured_dataset
     from features.sources import ParquetDirSource
     from train.__main__ import main
     from train.bundle import load_bundle
@@ -63,7 +63,8 @@ def test_config_from_refits_the_same_model(ohlcv_dir: Path, tmp_path: Path) -> N
     assert again["horizon"] == 12 and again["family"] == "gbm", "the stored config was not used"
 
     candles = ParquetDirSource(str(ohlcv_dir)).history("KRW-BTC").loc["2025-06-01":"2025-09-10"]
-    data = build_dataset(candles, "KRW-BTC", 12, source.features.max_gap_hours)
+    data = configured_dataset(candles, "KRW-BTC", source.features)  # its groups and 12 h label
+    assert data.horizon == 12
     after = data.samples[data.sample_times > SMOKE_END]  # hours neither fit trained on
     windows = data.raw_windows(after)
     with tempfile.TemporaryDirectory() as tmp:
