@@ -36,10 +36,10 @@ from features.sources import ParquetDirSource
 from train.research_cache import config_hash
 from train.research_cli import add_research_parser, build_request
 from train.research_jobs import MarketIndex
+from train.research_keys import describe
 from train.research_run import (
     MarketResearch,
     ResearchRequest,
-    describe,
     run_research,
     training_labels,
 )

@@ -21,13 +21,12 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeaturesConfig
-from features.folds import AnchoredFold, FoldGrid, TrainWindow, anchored_folds, folds_in_range
-from features.indicators import FEATURE_HASH, SEQUENCE_LENGTH
+from features.folds import AnchoredFold, FoldGrid, folds_in_range
+from features.indicators import SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
-from train.gbm import INPUT_REVISION
-from train.plain_gbm import PLAIN_VARIANTS, RECIPE_REVISION
+from train.plain_gbm import PLAIN_VARIANTS
 from train.research_cache import FoldKey, PredictionCache, config_hash
 from train.research_jobs import (
     FoldJob,
@@ -38,14 +37,12 @@ from train.research_jobs import (
     prepare_market,
     run_job,
 )
+from train.research_keys import describe, eligible_folds, fold_key, leaky_keys
 from train.research_novelty import market_novelty
 
 Say = Callable[[str], None]
 BASELINE_FAMILIES = tuple(PLAIN_VARIANTS)
 COMPONENTS = {"gbm": ("gbm",), "hybrid": ("hybrid",), "ensemble": ("hybrid", "gbm")}
-HYBRID_REVISION = (
-    2  # 2: slices encoder, head, early_stop, calibrate (early stop and calibration last)
-)
 
 
 @dataclass(frozen=True)
@@ -91,77 +88,6 @@ class MarketResearch:
     novelty: pd.DataFrame | None = None  # per test hour (train.research_novelty)
 
 
-def _feature_hash(family: str, req: ResearchRequest) -> str:
-    """The hybrid reads the base 46 whatever groups are on (train.fitters.base_view)."""
-    return FEATURE_HASH if family.startswith("hybrid") else req.features.feature_set().hash
-
-
-def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
-    """Everything that changes a family's predictions; its hash keys the cache."""
-    base = {
-        "family": family.split("~")[0],
-        "labels": req.features.labels.identity(),
-        "max_gap_hours": req.features.max_gap_hours,
-        "feature_hash": _feature_hash(family, req),
-        "purge_hours": req.purge_hours,
-        "seed": req.profile.optim.seed,
-    }
-    if family.startswith("plain"):
-        return base | {"recipe": RECIPE_REVISION, "train_hours": PLAIN_VARIANTS[family]}
-    base["train_hours"] = req.profile.data.last_hours
-    if family.endswith("~leaky"):
-        base["leaky_parts"] = req.research.leaky_parts  # its span is in the key
-    if family.startswith("gbm"):
-        return base | {"gbm": req.profile.gbm.model_dump(), "inputs": INPUT_REVISION}
-    if family.startswith("hybrid"):
-        keep = ("encoder", "optim", "head", "slices")
-        return (
-            base
-            | {k: req.profile.model_dump()[k] for k in keep}
-            | {"transform": req.features.transform.model_dump()}
-        )
-    if family == "ensemble":
-        parts = {c: config_hash(describe(c, req)) for c in ("hybrid", "gbm")}
-        return {
-            "family": "ensemble",
-            "components": parts,
-            "ensemble": req.profile.ensemble.model_dump(),
-        }
-    raise ValueError(f"unknown research family {family!r}")
-
-
-def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFold]:
-    window = TrainWindow(
-        req.purge_hours, None, req.research.min_train_hours, req.research.min_test_hours
-    )
-    return anchored_folds(index.sample_times, req.grid, window)
-
-
-def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
-    bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
-    return FoldKey(
-        index.market,
-        family,
-        config_hash(describe(family, req)),
-        fold.number,
-        fold.test_start,
-        fold.test_end,
-        index.fingerprints[bound],
-    )
-
-
-def _leaky_keys(family: str, index: MarketIndex, req: ResearchRequest) -> list[FoldKey]:
-    times = index.sample_times
-    first = max(times[0], pd.Timestamp(req.research.leaky_from))
-    span = (first, times[-1] + pd.Timedelta(hours=1))
-    fingerprint = index.fingerprints[str(pd.Timestamp.max)]
-    digest = config_hash(describe(family, req))
-    return [
-        FoldKey(index.market, family, digest, part, *span, fingerprint)
-        for part in range(req.research.leaky_parts)
-    ]
-
-
 def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFold], list[FoldJob]]:
     """The folds in range, and every job the report needs (lookback folds for the ensemble)."""
     folds = eligible_folds(index, req)
@@ -187,7 +113,7 @@ def plan_jobs(index: MarketIndex, req: ResearchRequest) -> tuple[list[AnchoredFo
     ]
     if req.leaky:
         for c in req.components():
-            jobs += [FoldJob(k, f"{c}~leaky") for k in _leaky_keys(f"{c}~leaky", index, req)]
+            jobs += [FoldJob(k, f"{c}~leaky") for k in leaky_keys(f"{c}~leaky", index, req)]
     return in_range, jobs
 
 

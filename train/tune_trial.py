@@ -30,7 +30,8 @@ from train.gbm import design_rows
 from train.model_config import ModelConfig, apply_search
 from train.research_cache import PROBA, PredictionCache
 from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
-from train.research_run import ResearchRequest, eligible_folds, fold_key, run_and_store
+from train.research_keys import eligible_folds, fold_key
+from train.research_run import ResearchRequest, run_and_store
 
 EPOCH = "hybrid_epoch"  # ASHA's time attribute: only the hybrid's per-epoch reports carry it
 EPOCH_LOSS = "val_loss"  # ASHA's metric: the encoder's class-weighted early-stop log loss

@@ -14,8 +14,9 @@ from train.ablate import _groups, compare, variants, verdict, with_groups
 from train.config import load_train_config
 from train.research_cache import PredictionCache, config_hash
 from train.research_jobs import MarketIndex
+from train.research_keys import describe
 from train.research_report import one_hot
-from train.research_run import MarketResearch, ResearchRequest, describe, training_labels
+from train.research_run import MarketResearch, ResearchRequest, training_labels
 
 
 def _request(tmp_path: Path) -> ResearchRequest:

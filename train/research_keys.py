@@ -1,0 +1,96 @@
+"""What keys a research fold in the cache: everything that changes its predictions, hashed.
+
+A fold's key is its market, family, the hash of `describe` (label, gap policy, feature hash,
+purge, training window, the family's settings and a code revision), its number and span, and the
+fingerprint of the candles it read; the seed's leaky protocol is keyed by its parts instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from features.folds import AnchoredFold, TrainWindow, anchored_folds
+from features.indicators import FEATURE_HASH
+from train.gbm import INPUT_REVISION
+from train.plain_gbm import PLAIN_VARIANTS, RECIPE_REVISION
+from train.research_cache import FoldKey, config_hash
+
+if TYPE_CHECKING:  # research_run imports this module; the request is only read here
+    from train.research_jobs import MarketIndex
+    from train.research_run import ResearchRequest
+
+# 2: slices encoder, head, early_stop, calibrate (early stop and calibration last)
+HYBRID_REVISION = 2
+
+
+def _feature_hash(family: str, req: ResearchRequest) -> str:
+    """The hybrid reads the base 46 whatever groups are on (train.fitters.base_view)."""
+    return FEATURE_HASH if family.startswith("hybrid") else req.features.feature_set().hash
+
+
+def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
+    """Everything that changes a family's predictions; its hash keys the cache."""
+    base = {
+        "family": family.split("~")[0],
+        "labels": req.features.labels.identity(),
+        "max_gap_hours": req.features.max_gap_hours,
+        "feature_hash": _feature_hash(family, req),
+        "purge_hours": req.purge_hours,
+        "seed": req.profile.optim.seed,
+    }
+    if family.startswith("plain"):
+        return base | {"recipe": RECIPE_REVISION, "train_hours": PLAIN_VARIANTS[family]}
+    base["train_hours"] = req.profile.data.last_hours
+    if family.endswith("~leaky"):
+        base["leaky_parts"] = req.research.leaky_parts  # its span is in the key
+    if family.startswith("gbm"):
+        return base | {"gbm": req.profile.gbm.model_dump(), "inputs": INPUT_REVISION}
+    if family.startswith("hybrid"):
+        keep = ("encoder", "optim", "head", "slices")
+        return (
+            base
+            | {k: req.profile.model_dump()[k] for k in keep}
+            | {"transform": req.features.transform.model_dump()}
+        )
+    if family == "ensemble":
+        parts = {c: config_hash(describe(c, req)) for c in ("hybrid", "gbm")}
+        return {
+            "family": "ensemble",
+            "components": parts,
+            "ensemble": req.profile.ensemble.model_dump(),
+        }
+    raise ValueError(f"unknown research family {family!r}")
+
+
+def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFold]:
+    window = TrainWindow(
+        req.purge_hours, None, req.research.min_train_hours, req.research.min_test_hours
+    )
+    return anchored_folds(index.sample_times, req.grid, window)
+
+
+def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
+    bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
+    return FoldKey(
+        index.market,
+        family,
+        config_hash(describe(family, req)),
+        fold.number,
+        fold.test_start,
+        fold.test_end,
+        index.fingerprints[bound],
+    )
+
+
+def leaky_keys(family: str, index: MarketIndex, req: ResearchRequest) -> list[FoldKey]:
+    times = index.sample_times
+    first = max(times[0], pd.Timestamp(req.research.leaky_from))
+    span = (first, times[-1] + pd.Timedelta(hours=1))
+    fingerprint = index.fingerprints[str(pd.Timestamp.max)]
+    digest = config_hash(describe(family, req))
+    return [
+        FoldKey(index.market, family, digest, part, *span, fingerprint)
+        for part in range(req.research.leaky_parts)
+    ]
