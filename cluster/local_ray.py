@@ -114,7 +114,7 @@ def _signal_group(pgid: int, grace_s: float, reap: Callable[[], object] = lambda
 def group_commands(pgid: int) -> list[str]:
     """The command lines of every process in process group `pgid` (empty when it is gone)."""
     listing = subprocess.run(
-        ["ps", "-eo", "pgid=,args="], capture_output=True, text=True, check=True, timeout=30
+        ["ps", "-ww", "-eo", "pgid=,args="], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     rows = (line.strip().split(None, 1) for line in listing.splitlines() if line.strip())
     return [row[1] for row in rows if len(row) == 2 and row[0] == str(pgid)]

@@ -77,9 +77,12 @@ def tune_market(
         param_space=param_space(tune_cfg),
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed),
+            # The bound goes to the generator itself: Tune ignores `max_concurrent_trials` (with
+            # only a warning) when it is handed a generator instance.
+            search_alg=BasicVariantGenerator(
+                random_state=tune_cfg.seed, max_concurrent=tune_cfg.max_concurrent
+            ),
             num_samples=tune_cfg.num_samples,
-            max_concurrent_trials=tune_cfg.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=run_name("tune", run.market), storage_path=storage_path, verbose=1

@@ -31,7 +31,9 @@ def test_a_group_that_is_not_the_named_head_is_left_alone() -> None:
         other.wait()
 
 
-def test_the_named_head_group_is_stopped_and_another_keeps_running() -> None:
+def test_the_named_head_group_is_stopped_and_another_keeps_running(monkeypatch) -> None:
+    # A narrow terminal (or a long install path) must not cut `--port=...` off the listing.
+    monkeypatch.setenv("COLUMNS", "40")
     head, bystander = start_group("--port=7003"), start_group("--port=7004")
     try:
         assert stop_head_group(head.pid, 7003, grace_s=5)

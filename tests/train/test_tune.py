@@ -70,10 +70,12 @@ def test_asha_stops_the_hopeless_hybrid_early(ray_local, ohlcv_dir: Path, tmp_pa
     base = ModelConfig(family="hybrid", profile_name="smoke", features=load_features_config(),
                        profile=train_cfg.profile("smoke"))  # fmt: skip
     tune_cfg = TuneConfig(
-        search_space={"profile.optim.lr": [3e-3, 1e-3, 1.0]},  # the bad one last: rungs exist
+        # One at a time, the bad one last: ASHA lets the first trial to reach a rung go on, so the
+        # hopeless one must meet rungs the others already recorded.
+        search_space={"profile.optim.lr": [3e-3, 1e-3, 1.0]},
         sampler="grid",
         num_samples=1,
-        max_concurrent=2,
+        max_concurrent=1,
     )
     outcome = tune_markets_on_ray([run], base, tune_cfg, str(tmp_path / "t"))["KRW-BTC"]
     status = {r.values["profile.optim.lr"]: r.status for r in outcome.rows}
