@@ -81,6 +81,11 @@ GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
 NULLABLE_GROUPS = frozenset({"premium"})
 """Groups whose NaN is data (a missing Binance hour), not warm-up: a row with NaN there is still
 a sample; every other column must be finite for a row to be one."""
+MISSABLE_GROUPS = frozenset({"cross_market", "premium"})
+"""Groups that read another series, so any of their hours can be missing (NaN) by construction:
+a missing Binance hour (premium); a context market's hour older than max_gap_hours (cross_market:
+such rows are no training samples, but a serving window's older rows may still carry them). The
+hybrid's transform gives each of their columns a 0/1 missing flag (features.transform)."""
 
 
 class MissingContextError(CandleError):
@@ -202,6 +207,11 @@ class FeatureSet:
         """Per column: must it be finite for a row to be a sample (False: NaN is data)."""
         nullable = {n for g in self.groups if g in NULLABLE_GROUPS for n in GROUP_COLUMNS[g]}
         return np.array([n not in nullable for n in self.names])
+
+    @property
+    def missable(self) -> tuple[str, ...]:
+        """The columns that can be NaN by construction (`MISSABLE_GROUPS`), in column order."""
+        return tuple(n for g in self.groups if g in MISSABLE_GROUPS for n in GROUP_COLUMNS[g])
 
     @property
     def needs_upbit_context(self) -> tuple[str, ...]:

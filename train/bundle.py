@@ -5,8 +5,9 @@ No pickle anywhere: the encoder is a state dict loaded with `weights_only=True`,
 LightGBM's text format, the transform and metadata are JSON. Loading checks the feature hash and
 every shape, so a bundle made for other features or a corrupt file is refused with a reason.
 `load_bundle` reads `family` from metadata.json (hybrid when absent: bundles made before families)
-and returns the family's model; every one answers `predict_proba(raw windows (n, 24, 46))`,
-`metadata` and `version`, so Serve, the backtester, `evaluate` and `replay` serve any family.
+and returns the family's model; every one answers `predict_proba(raw windows (n, 24, F))` (F: the
+bundle's feature set), `metadata` and `version`, so Serve, the backtester, `evaluate` and `replay`
+serve any family.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from features.indicators import FEATURE_NAMES
 from features.transform import SequenceTransform, TransformError
 from train.bundle_io import (
     BundleError,
@@ -72,12 +72,14 @@ class HybridModel:
         return str(self.metadata.get("version", "unregistered"))
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
-        """(n, 24, F) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities; the
-        hybrid reads the base 46 (the first columns) of windows that carry feature groups too.
+        """(n, 24, F) raw feature windows -> (n, 3) calibrated SELL/HOLD/BUY probabilities.
 
-        Raw windows in, so no caller can forget or mis-apply the transform.
+        Raw windows in, so no caller can forget or mis-apply the transform. The hybrid reads its
+        transform's columns, the first of the window's (the bundle's feature set): all of them,
+        or the base 46 alone for a bundle whose transform predates groups in the hybrid.
         """
-        raw = np.asarray(windows, dtype="float64")[..., : len(FEATURE_NAMES)]  # base 46 first
+        width = len(self.transform.feature_names)
+        raw = np.asarray(windows, dtype="float64")[..., :width]
         x = self.transform.apply_windows(raw)
         return self.predict_proba_transformed(x)
 
@@ -105,15 +107,17 @@ class HybridModel:
         return directory
 
 
-def _load_encoder(directory: Path, meta: dict[str, Any]) -> LSTMEncoder:
+def _load_encoder(directory: Path, meta: dict[str, Any], width: int) -> LSTMEncoder:
     try:
         spec = EncoderSpec(**meta["encoder"])
     except (KeyError, TypeError) as exc:
         raise BundleError(
             f"{directory / 'metadata.json'} has no valid 'encoder' spec: {exc}"
         ) from exc
-    if spec.n_features != len(FEATURE_NAMES):
-        raise BundleError(f"bundle encoder reads {spec.n_features} features, expected 46")
+    if spec.n_features != width:
+        raise BundleError(
+            f"bundle encoder reads {spec.n_features} inputs, its transform.json gives {width}"
+        )
     encoder = LSTMEncoder(spec)
     try:
         state = torch.load(directory / "lstm.pt", map_location="cpu", weights_only=True)
@@ -165,9 +169,15 @@ def load_hybrid(directory: Path, meta: dict[str, Any]) -> HybridModel:
         transform = SequenceTransform.from_json((directory / "transform.json").read_text())
     except (TransformError, UnicodeDecodeError) as exc:
         raise BundleError(f"{directory / 'transform.json'}: {exc}") from exc
-    encoder = _load_encoder(directory, meta)
+    served = bundle_feature_set(meta, directory).names
+    if served[: len(transform.feature_names)] != transform.feature_names:
+        raise BundleError(
+            f"{directory / 'transform.json'} reads groups {list(transform.feature_set.groups)}, "
+            f"which are not the first columns of the bundle's feature set {served}"
+        )
+    encoder = _load_encoder(directory, meta, transform.width)
     use_last_row = bool(meta.get("use_last_row", True))
-    inputs = encoder.spec.hidden_size + (len(FEATURE_NAMES) if use_last_row else 0)
+    inputs = encoder.spec.hidden_size + (transform.width if use_last_row else 0)
     head = _load_head(directory, inputs)
     temperature = float(meta.get("temperature", 1.0))
     if not np.isfinite(temperature) or temperature <= 0:

@@ -105,7 +105,7 @@ class EnsembleModel:
         meta = {
             **self.metadata,
             "family": "ensemble",
-            **feature_metadata(bundle_feature_set(self.metadata)),  # the gbm's; hybrid: first 46
+            **feature_metadata(bundle_feature_set(self.metadata)),  # both components' columns
             "ensemble_weight": self.weight,
             "components": list(COMPONENTS),
         }

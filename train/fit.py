@@ -18,6 +18,7 @@ import numpy as np
 
 from features.dataset import MarketDataset
 from features.folds import purged_parts
+from features.indicators import FEATURE_NAMES
 from features.splits import Fold, seed_leaky_split
 from features.transform import SequenceTransform
 from train.bundle import HybridModel
@@ -83,8 +84,10 @@ def leaky_plan(
     return FoldPlan("leaky", slices, data.samples[test_idx], data.samples)
 
 
-def encoder_spec(profile: TrainProfile) -> EncoderSpec:
+def encoder_spec(profile: TrainProfile, n_features: int = len(FEATURE_NAMES)) -> EncoderSpec:
+    """The profile's encoder reading `n_features` inputs (the transform's width)."""
     return EncoderSpec(
+        n_features=n_features,
         hidden_size=profile.encoder.hidden_size,
         num_layers=profile.encoder.num_layers,
         dropout=profile.encoder.dropout,
@@ -103,12 +106,14 @@ def fit_plan(
     hooks: TrainHooks | None = None,
 ) -> PlanOutcome:
     started = time.perf_counter()
-    transform = SequenceTransform.fit(data.features, plan.transform_fit)
+    transform = SequenceTransform.fit(
+        data.features, plan.transform_fit, feature_set=data.feature_set
+    )
 
     def xy(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return transform.apply(data.features, positions), data.labels(threshold, positions)
 
-    spec = encoder_spec(profile)
+    spec = encoder_spec(profile, transform.width)
     fit_rows = _recent(plan.slices["encoder"], profile.optim.max_train_samples)
     result = train_encoder(spec, profile.optim, xy(fit_rows), xy(plan.slices["early_stop"]), hooks)
     use_last = profile.head.use_last_row

@@ -9,7 +9,6 @@ gaps between slices, and both put early stopping and calibration on the newest h
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,25 +16,11 @@ import numpy as np
 
 from features.dataset import MarketDataset
 from features.folds import purged_parts
-from features.groups import BASE_SET
-from features.indicators import FEATURE_NAMES
 from features.splits import seed_leaky_split
 from train.bundle_io import feature_metadata
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import GbmModel, GbmSlices, design_rows, fit_gbm, raw_scores
-
-
-def base_view(data: MarketDataset) -> MarketDataset:
-    """The dataset's base 46 columns alone (they always come first), same hours and samples.
-
-    The hybrid reads the seed's 46 only: its encoder's input width is fixed at 46 and its
-    transform does not fill NaN (a missing Binance hour). Feature groups reach the gbm family;
-    a hybrid served under groups is handed the wider window and reads its first 46 columns."""
-    if not data.feature_set.groups:
-        return data
-    base = data.features[:, : len(FEATURE_NAMES)]
-    return dataclasses.replace(data, features=base, feature_set=BASE_SET)
 
 
 @dataclass(frozen=True)
@@ -114,12 +99,14 @@ class GbmFitter:
 
 class HybridFitter:
     """The LSTM -> LightGBM hybrid through `train.fit.fit_plan` (imported here, with torch, only
-    when a hybrid is fitted: a gbm-only worker stays torch-free)."""
+    when a hybrid is fitted: a gbm-only worker stays torch-free). It reads every configured
+    column, as the gbm does; its transform fills the group columns' missing hours
+    (features.transform)."""
 
     family = "hybrid"
 
     def __init__(self, profile: TrainProfile, data: MarketDataset, hooks: Any = None) -> None:
-        self.profile, self.data, self.hooks = profile, base_view(data), hooks
+        self.profile, self.data, self.hooks = profile, data, hooks
 
     def plan(self, name: str, train: np.ndarray, test: np.ndarray, purge: int) -> Plan:
         from train.fit import purged_slices

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeaturesConfig
-from features.dataset import MarketDataset, build_dataset
+from features.context import folder_context
+from features.dataset import MarketDataset, configured_dataset
 from features.labels import fold_threshold
 from features.sources import ParquetDirSource
 from train.config import TrainProfile
@@ -87,14 +88,9 @@ def run_hybrid_jobs(
     )
     market, cache = config["market"], PredictionCache(config["cache_root"])
     candles = ParquetDirSource(config["data_dir"]).history(market)
-    labels = settings.features.labels
-    data = build_dataset(
-        candles,
-        market,
-        labels.horizon_hours,
-        settings.features.max_gap_hours,
-        barriers=labels.barriers(),
-    )
+    feature_set = settings.features.feature_set()
+    context = folder_context(feature_set, market, config["data_dir"])
+    data = configured_dataset(candles, market, settings.features, context)
     done = []
     for raw in config["jobs"]:
         job = job_from_dict(raw)

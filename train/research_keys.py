@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from features.folds import AnchoredFold, TrainWindow, anchored_folds
-from features.indicators import FEATURE_HASH
 from train.gbm import INPUT_REVISION
 from train.plain_gbm import PLAIN_VARIANTS, RECIPE_REVISION
 from train.research_cache import FoldKey, config_hash
@@ -25,18 +24,13 @@ if TYPE_CHECKING:  # research_run imports this module; the request is only read 
 HYBRID_REVISION = 2
 
 
-def _feature_hash(family: str, req: ResearchRequest) -> str:
-    """The hybrid reads the base 46 whatever groups are on (train.fitters.base_view)."""
-    return FEATURE_HASH if family.startswith("hybrid") else req.features.feature_set().hash
-
-
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     """Everything that changes a family's predictions; its hash keys the cache."""
     base = {
         "family": family.split("~")[0],
         "labels": req.features.labels.identity(),
         "max_gap_hours": req.features.max_gap_hours,
-        "feature_hash": _feature_hash(family, req),
+        "feature_hash": req.features.feature_set().hash,
         "purge_hours": req.purge_hours,
         "seed": req.profile.optim.seed,
     }

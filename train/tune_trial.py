@@ -108,13 +108,9 @@ def fold_predictions(
                 )
             frames.append(run_and_store(material, job, req.settings, req.cache.root).frame)
         else:
-            from train.fitters import base_view
             from train.research_hybrid import hybrid_job
 
-            # The hybrid reads the base 46 alone (train.fitters.base_view), as research's own
-            # hybrid folds do; feature groups reach the gbm family.
-            data = base_view(material.data)
-            frame, info = hybrid_job(data, job, req.settings, _hybrid_hooks(report))
+            frame, info = hybrid_job(material.data, job, req.settings, _hybrid_hooks(report))
             req.cache.write(key, frame, info)
             frames.append(frame)
     return pd.concat(frames).sort_index()

@@ -34,6 +34,7 @@ from features.indicators import (
     feature_matrix,
 )
 from features.serving import _hourly_tail, serving_features
+from features.transform import SequenceTransform
 
 MARKETS = tuple(load_features_config().markets)
 RTOL = 1e-6
@@ -252,12 +253,14 @@ def _serving_context(context: MarketContext, end: pd.Timestamp) -> MarketContext
 def test_group_columns_serving_rows_equal_batch_rows(market: Market, ohlcv_dir: Path) -> None:
     """Every group column: the serving window (own candles, context markets and Binance cut at
     the hour) gives the batch rows, the group columns bit for bit. NaN (a missing Binance hour)
-    is NaN on both paths."""
+    is NaN on both paths. The hybrid's transform (fill and flags included) reads the served
+    window as it reads the batch window."""
     recent = market.candles.iloc[-GROUP_HOURS:]
     context = folder_context(ALL_GROUPS, market.name, str(ohlcv_dir))
     assert context is not None
     data = build_dataset(recent, market.name, 6, 6, feature_set=ALL_GROUPS, context=context)
     batch = data.frame()
+    transform = SequenceTransform.fit(data.features, data.samples[:2000], feature_set=ALL_GROUPS)
     rng = np.random.default_rng(3)
     ends = data.times[rng.integers(2 * SERVING_WINDOW, len(data.times), 25)]
     for end in [*ends, *(e for e in gap_edges(recent) if e in batch.index)]:
@@ -275,3 +278,8 @@ def test_group_columns_serving_rows_equal_batch_rows(market: Market, ohlcv_dir: 
         extra = list(ALL_GROUPS.extra_names)
         np.testing.assert_array_equal(served[extra].to_numpy(), expected[extra].to_numpy())
         assert np.isfinite(served[extra[:-2]].to_numpy()).all(), end  # only premium may be NaN
+        model_input = transform.apply_windows(served.to_numpy()[None])
+        expected_input = transform.apply(data.features, np.array([batch.index.get_loc(end)]))
+        assert model_input.shape[-1] == transform.width == len(ALL_GROUPS.names) + 8
+        np.testing.assert_allclose(model_input, expected_input, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(model_input[..., -8:], expected_input[..., -8:])  # flags
