@@ -2,8 +2,8 @@
 
 The encoder reads a transformed (batch, 24, F) window (F: the transform's width, the 46 plus any
 feature groups and their missing flags); its last hidden state is the summary the LightGBM head
-consumes. The linear head exists to train the encoder (class-weighted cross-entropy)
-and as a fallback probe; the bundle's probabilities come from LightGBM.
+consumes. The linear head exists to train the encoder (class-weighted cross-entropy) and as a
+fallback probe; the bundle's probabilities come from LightGBM.
 """
 
 from __future__ import annotations

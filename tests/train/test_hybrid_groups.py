@@ -41,7 +41,8 @@ def groups_fit(
     """The smoke hybrid on calendar + premium over the hours of the session's smoke fit, with
     Binance hours missing inside the training window and at the newest hour of one served window
     (the real files lack such gaps in these hours)."""
-    profile = load_train_config().profile("smoke")
+    smoke = load_train_config().profile("smoke")
+    profile = smoke.model_copy(update={"optim": smoke.optim.model_copy(update={"epochs": 1})})
     candles = real_candles["KRW-BTC"].loc[: smoke_fit[0].times[-1]]
     candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
     context = folder_context(GROUPS, "KRW-BTC", str(ohlcv_dir))
@@ -143,3 +144,26 @@ def test_a_transform_that_does_not_fit_the_encoder_is_refused(
     shutil.copy(groups_bundle / "transform.json", copy / "transform.json")
     with pytest.raises(BundleError, match="not the first columns"):
         load_bundle(copy)
+
+
+def test_research_keys_the_hybrid_by_its_configured_groups(tmp_path: Path) -> None:
+    """Research and Tune fit the hybrid on the configured groups, so its cached folds are keyed
+    by that feature hash (a fold cached on the base 46 is not read back under calendar)."""
+    from train.research_cache import PredictionCache
+    from train.research_keys import describe
+    from train.research_run import ResearchRequest
+
+    train_cfg = load_train_config()
+
+    def keyed(switch: str) -> dict[str, object]:
+        features = load_features_config(overrides=[f"groups.calendar={switch}"])
+        req = ResearchRequest(markets=["KRW-BTC"], families=["hybrid"], data_dir="unused",
+                              profile=train_cfg.profile("smoke"), profile_name="smoke",
+                              features=features, research=train_cfg.research,
+                              cache=PredictionCache(tmp_path))  # fmt: skip
+        hybrid = describe("hybrid", req)
+        assert hybrid["feature_hash"] == describe("gbm", req)["feature_hash"]
+        return hybrid
+
+    assert keyed("true")["feature_hash"] == FeatureSet(("calendar",)).hash
+    assert keyed("false")["feature_hash"] == FeatureSet().hash
