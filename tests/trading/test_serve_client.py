@@ -4,9 +4,8 @@ reply is parsed with Serve's own model and must be about the market and hour tha
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pandas as pd
@@ -15,6 +14,8 @@ import pytest
 from features.domain import AccountState, Signal
 from serve.schema import PredictionReply
 from trading.serve_client import ServeClient, ServeMismatch, ServeUnavailable
+
+from standins.http_server import LocalHttpServer, QuietHandler
 
 MARKET = "KRW-BTC"
 HOUR = pd.Timestamp("2025-09-30 08:00")
@@ -36,38 +37,29 @@ def reply_body(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in {**body, **changes}.items() if v is not None}
 
 
-class FakeServe:
+class FakeServe(LocalHttpServer):
     """POST /v1/predict/<market> answers `status` and `body`; each request's JSON is kept."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.status, self.body, self.received = 200, reply_body(), []
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 outer.received.append((self.path, json.loads(self.rfile.read(length))))
-                payload = json.dumps(outer.body).encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(outer.status, json.dumps(outer.body).encode())
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet: the test reads `received`."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return Handler
 
 
 @pytest.fixture
 def serve() -> Iterator[FakeServe]:
-    server = FakeServe()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with FakeServe() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
