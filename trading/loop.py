@@ -31,6 +31,7 @@ import pandas as pd
 import ray
 from pydantic import Field
 
+from features.candle_cache import CachedSource
 from features.config import (
     ConfigError,
     MarketList,
@@ -39,7 +40,7 @@ from features.config import (
     resolve_path,
 )
 from features.exchange import HOUR
-from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
+from features.sources import CandleSource, ParquetDirSource, UpbitSource
 from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour
