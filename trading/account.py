@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from features.barriers import LabelMoves
-from features.domain import AccountState, Decision, Prediction, drawdown
+from features.domain import AccountState, Decision, Prediction, Side, drawdown
 from serve.schema import Sizing
 from serve.sizing import SizingConfig, SizingRequest, rule_sizing
 from trading.broker import Balance, Broker
@@ -167,7 +167,8 @@ class KillSwitch:
 @dataclass
 class ArmAccount:
     """One arm's account in one market: its broker, its kill switch (shared by every market of
-    one live account) and its sizing; `high` is the position's high since entry."""
+    one live account) and its sizing; `high` is the position's high since entry and its entry
+    hour."""
 
     arm: str
     market: str
@@ -203,9 +204,12 @@ class ArmAccount:
         switch's peak."""
         return account_state(self.broker, self.market, price, self.guard.peak_equity, prices)
 
-    def watch(self, state: AccountState, price: float, hour: datetime, missed=()) -> EntryHigh:
-        """Move the high since entry to `hour` (`missed`: closes of hours not seen since)."""
-        self.high = follow_high(self.high, state, price, hour, missed)
+    def watch(
+        self, state: AccountState, price: float, hour: datetime, missed=(), opened=None
+    ) -> EntryHigh:
+        """Move the high since entry to `hour` (`missed`: closes of hours not seen since;
+        `opened`: the entry hour when this account does not know it, `follow_high`)."""
+        self.high = follow_high(self.high, state, price, hour, missed, opened)
         return self.high
 
     def plan(
@@ -236,6 +240,7 @@ class ArmAccount:
                 guard,
                 config,
                 high=self.high.high,
+                entered=self.high.entered,
                 stale=stale,
                 moves=moves,
                 novel=novel,
@@ -259,7 +264,15 @@ class ArmAccount:
     def execute(self, decision: Decision, price: float, journal: OrderJournal) -> Execution:
         """Send `decision.order` once: written to the journal first; an identifier the journal
         already holds is looked up instead, and a settled one is left alone. A BUY whose switch
-        went off after it was planned is not sent."""
+        went off after it was planned is not sent. A buy that filled into a flat account opened
+        the position in the decision's hour (`EntryHigh.opened`: the time limit's start)."""
+        done = self._execute(decision, price, journal)
+        fill = done.fill
+        if fill is not None and fill.side is Side.BID and fill.volume > 0:
+            self.high = self.high.opened(decision.time)
+        return done
+
+    def _execute(self, decision: Decision, price: float, journal: OrderJournal) -> Execution:
         order = decision.order
         if order is None:
             return NOTHING_SENT

@@ -5,13 +5,15 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
-    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit or stop (its label's)
+    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit, stop or time limit
     apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
     gate_stale(...)        -> a stale model opens no position (its sells still go out)
     gate_novel(...)        -> nor does a novel input (train.novelty; its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
 An hour without a usable prediction (Serve silent, no model, a refusal) goes through
-`protect_hour` instead: the kill switch still observes, and the price-only stops still sell.
+`protect_hour` instead: the kill switch still observes, and the price-only stops still sell (the
+label's exits need the label, which comes with the model's answer: a time limit passed in such
+an hour sells at the next answered one).
 Everything is pure: same inputs, same (Decision, RiskGuard), so a replay of recorded live hours
 reproduces the live decisions, identifiers included.
 """
@@ -70,6 +72,7 @@ def plan_hour(
     config: TradingConfig,
     *,
     high: float = 0.0,
+    entered: datetime | None = None,
     stale: str = "",
     moves: LabelMoves | None = None,
     novel: str = "",
@@ -80,10 +83,12 @@ def plan_hour(
     `risk.emergency.baseline_hours + 1` of them for a full volatility baseline; fewer only weaken
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
     `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
-    the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
-    `stale` says why the model is stale ("" when it is not), `novel` why the input is novel.
-    `moves`: the model's label moves, which `policy.margin` prices the edge with
-    (`trading.policy.decide`).
+    the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts),
+    `entered` the hour the position was opened (the label's time limit counts from it; None:
+    unknown, no time limit); `stale` says why the model is stale ("" when it is not), `novel` why
+    the input is novel. `moves`: the model's label moves, which `policy.margin` prices the edge
+    with (`trading.policy.decide`), and whose barriers close the position
+    (`trading.barrier_exits`).
     """
     guard = guard.observe(hour, account.equity)
     decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
@@ -92,7 +97,8 @@ def plan_hour(
         account, price, closes, prediction.probabilities[Signal.SELL], emergency
     )
     decision = apply_emergency(decision, account, price, score, emergency)
-    decision = apply_barrier_exits(decision, account, price, moves and moves.barriers)
+    barriers = moves.barriers if moves is not None else None
+    decision = apply_barrier_exits(decision, account, price, barriers, entered)
     decision = apply_stops(decision, account, price, high, config.risk.stops)
     return guard.gate(gate_novel(gate_stale(decision, stale), novel)), guard
 
