@@ -30,7 +30,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="quick", help="the base profile the search varies")
     p.add_argument(
         "--family",
-        help=f"base family when the search does not vary it: {', '.join(FAMILIES[:2])} "
+        help=f"base family when the search does not vary it: {', '.join(FAMILIES)} "
         "(default: the first of train.yaml families)",
     )
     p.add_argument("--tune-end", help="KST: score only hours whose label is known before this "
@@ -75,9 +75,9 @@ def trial_trading(arm: str) -> TrialTrading:
 
 
 def base_config(args: argparse.Namespace, train_cfg: TrainConfig) -> ModelConfig:
-    family = args.family or next((f for f in train_cfg.families if f != "ensemble"), "gbm")
-    if family not in ("hybrid", "gbm"):
-        raise ConfigError(f"--family {family!r}: Tune fits hybrid and gbm")
+    family = args.family or train_cfg.families[0]
+    if family not in FAMILIES:
+        raise ConfigError(f"--family {family!r}: choose from {', '.join(FAMILIES)}")
     profile = train_cfg.profile(args.profile)
     if args.until is not None:
         profile = profile.model_copy(

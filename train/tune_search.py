@@ -36,15 +36,23 @@ def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
 
 
 def _max_epochs(base: ModelConfig, tune_cfg: TuneConfig, inner_folds: int) -> int:
-    epochs = [base.profile.optim.epochs, *tune_cfg.search_space.get("profile.optim.epochs", [])]
-    return int(max(epochs)) * inner_folds + 1  # never reached: ASHA must not stop a last epoch
+    """More hybrid epochs than any trial reports (an ensemble trial's hybrid also trains the
+    lookback folds its weights are fitted on): ASHA must never stop a trial's last epoch."""
+    space = tune_cfg.search_space
+    epochs = [base.profile.optim.epochs, *space.get("profile.optim.epochs", [])]
+    folds = inner_folds
+    if "ensemble" in [base.family, *space.get("family", [])]:
+        lookback = [base.profile.ensemble.lookback_folds]
+        folds += int(max([*lookback, *space.get("profile.ensemble.lookback_folds", [])]))
+    return int(max(epochs)) * folds + 1
 
 
 def trial_resources(tune_cfg: TuneConfig, base_family: str, use_gpu: bool) -> Any:
-    """CPU for every trial; a GPU share for hybrid trials when GPUs are used."""
+    """CPU for every trial; a GPU share for trials that train a hybrid (hybrid, ensemble) when
+    GPUs are used."""
 
     def resources(values: dict[str, Any]) -> dict[str, float]:
-        hybrid = values.get("family", base_family) == "hybrid"
+        hybrid = values.get("family", base_family) in ("hybrid", "ensemble")
         gpu = {"GPU": tune_cfg.gpu_fraction} if use_gpu and hybrid else {}
         return {"CPU": tune_cfg.cpus_per_trial, **gpu}
 

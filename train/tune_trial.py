@@ -40,7 +40,13 @@ from train.research_cache import PROBA, PredictionCache
 from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
 from train.research_keys import eligible_folds, fold_key
 from train.research_report import TradeRequest, trade_requests, trading_figures
-from train.research_run import MarketResearch, ResearchRequest, run_and_store
+from train.research_run import (
+    COMPONENTS,
+    MarketResearch,
+    ResearchRequest,
+    ensemble_predictions,
+    run_and_store,
+)
 
 EPOCH = "hybrid_epoch"  # ASHA's time attribute: only the hybrid's per-epoch reports carry it
 EPOCH_LOSS = "val_loss"  # ASHA's metric: the encoder's class-weighted early-stop log loss
@@ -135,8 +141,33 @@ def fold_predictions(
     report: Any = None,
 ) -> pd.DataFrame:
     """Every inner fold's out-of-sample probabilities, from the cache or computed (and cached).
-    The gbm's tree inputs are built at the first fold the cache lacks: a cached trial skips them."""
+
+    The ensemble blends its components' folds as `train research` does
+    (`research_run.ensemble_predictions`): they are computed for the inner folds and the
+    `ensemble.lookback_folds` folds before them, whose hours fit each inner fold's weight.
+    """
     family = req.families[0]
+    if family != "ensemble":
+        return _family_folds(family, req, material, index, folds, report)
+    first = folds[0].number - req.profile.ensemble.lookback_folds
+    span = [f for f in eligible_folds(index, req) if first <= f.number <= folds[-1].number]
+    parts = {
+        c: _family_folds(c, req, material, index, span, report) for c in COMPONENTS["ensemble"]
+    }
+    blended = ensemble_predictions(req, MarketResearch(index, folds, parts))
+    return blended[blended["fold"].isin([f.number for f in folds])].sort_index()
+
+
+def _family_folds(
+    family: str,
+    req: ResearchRequest,
+    material: MarketMaterial,
+    index: MarketIndex,
+    folds: list[AnchoredFold],
+    report: Any,
+) -> pd.DataFrame:
+    """One family's folds. The gbm's tree inputs are built at the first fold the cache lacks:
+    a cached trial skips them."""
     frames = []
     for fold in folds:
         key = fold_key(family, fold, index, req)
