@@ -28,7 +28,7 @@ import numpy as np
 from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, drawdown
 from serve.schema import Sizing
-from serve.sizing import SizingConfig, SizingRequest, rule_sizing
+from serve.sizing import SizingConfig, rule_sizing_ratio
 from trading.broker import Balance, Broker
 from trading.config import TradingConfig
 from trading.execution import NO_JOURNAL, NOTHING_SENT, Desk, Execution, OrderJournal
@@ -60,8 +60,7 @@ def rule_ratio(sizing: SizingConfig) -> RatioSource:
     """The fractional-Kelly rule the sizing node falls back to, on this hour's inputs."""
 
     def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
-        result = rule_sizing(SizingRequest(p.market, p.signal, p.probabilities, v, a), sizing)
-        return result.ratio, result.source
+        return rule_sizing_ratio(p.signal, p.probabilities, v, a.drawdown, sizing), "rule"
 
     return source
 
@@ -224,9 +223,11 @@ class ArmAccount:
         stale: str = "",
         moves: LabelMoves | None = None,
         novel: str = "",
+        spike: float | None = None,
     ) -> Decision:
         """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on.
-        `moves`: the model's label moves, for `policy.margin`."""
+        `moves`: the model's label moves, for `policy.margin`; `spike`: the hour's volatility
+        ratio when the caller has it (`plan_hour`)."""
         ratio, source = self.sizing(prediction, state, volatility, served)
         return self.kill_switch.change(
             lambda guard: plan_hour(
@@ -244,6 +245,7 @@ class ArmAccount:
                 stale=stale,
                 moves=moves,
                 novel=novel,
+                spike=spike,
             )  # fmt: skip
         )
 

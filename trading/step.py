@@ -34,7 +34,7 @@ from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
 from trading.risk import volatility_ratio as spike_ratio
-from trading.stops import apply_stops, stop_order, stop_reason
+from trading.stops import apply_stops, holding, stop_order, stop_reason
 from trading.upbit_rules import is_dust
 
 PROTECTIVE = "protective"  # the sizing source of a decision made by the price-only rules alone
@@ -47,16 +47,19 @@ def hour_emergency_score(
     closes: np.ndarray,
     sell_probability: float,
     config: EmergencyConfig,
+    spike: float | None = None,
 ) -> float:
     """The emergency score of this hour; 0 when nothing sellable is held.
 
     A flat or dust position cannot be sold by the emergency rule anyway, so the volatility ratio
-    (the costly part, a std over `baseline_hours` closes) is only computed while holding.
+    (the costly part, a std over `baseline_hours` closes) is only computed while holding, and
+    not at all when the caller has it (`spike`: `rolling_volatility_ratio`'s entry for the hour).
     """
     if not config.enabled or is_dust(account.position * price):
         return 0.0
     loss = loss_from_entry(account.entry_price, price)
-    spike = spike_ratio(closes, config.recent_hours, config.baseline_hours)
+    if spike is None:
+        spike = spike_ratio(closes, config.recent_hours, config.baseline_hours)
     return emergency_score(loss, spike, sell_probability, config)
 
 
@@ -76,6 +79,7 @@ def plan_hour(
     stale: str = "",
     moves: LabelMoves | None = None,
     novel: str = "",
+    spike: float | None = None,
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -89,12 +93,16 @@ def plan_hour(
     the input is novel. `moves`: the model's label moves, which `policy.margin` prices the edge
     with (`trading.policy.decide`), and whose barriers close the position
     (`trading.barrier_exits`).
+    `spike`: the volatility ratio of `closes` when the caller has it already (the backtester
+    computes every hour's at once); None computes it from `closes`.
     """
     guard = guard.observe(hour, account.equity)
     decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
+    if decision.order is None and not holding(account, price):
+        return decision, guard  # nothing to sell and nothing to buy: no rule below can act
     emergency = config.risk.emergency
     score = hour_emergency_score(
-        account, price, closes, prediction.probabilities[Signal.SELL], emergency
+        account, price, closes, prediction.probabilities[Signal.SELL], emergency, spike
     )
     decision = apply_emergency(decision, account, price, score, emergency)
     barriers = moves.barriers if moves is not None else None
