@@ -33,7 +33,6 @@ from pydantic import Field
 
 from features.candle_cache import CachedSource
 from features.config import (
-    ConfigError,
     MarketList,
     Strict,
     load_features_config,
@@ -164,13 +163,8 @@ class LoopCore:
         accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
-        lab = features.labels
-        labels = Labels(lab.horizon_hours, lab.threshold, lab.moves())
-        if self.config.policy.margin is not None and labels.moves is None:
-            raise ConfigError(
-                f"policy.margin needs the label's moves; labels.mode {lab.mode!r} fits its "
-                "threshold per fold: use fixed or triple_barrier, or set policy.margin: null"
-            )
+        # the configured label scores realised outcomes; the served model's prices its trades
+        labels = Labels(features.labels.horizon_hours, features.labels.threshold)
         predictor = predictor or ServeClient(
             settings.serve_url,
             token=admin_token(),

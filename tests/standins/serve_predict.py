@@ -13,6 +13,7 @@ from typing import Any
 
 from serve.schema import (
     ErrorDetail,
+    LabelView,
     PredictAllBody,
     PredictAllReply,
     PredictBody,
@@ -24,13 +25,14 @@ from serve.schema import (
 from standins.http_server import LocalHttpServer, QuietHandler
 
 BUY = (0.1, 0.2, 0.7)
+LABEL = LabelView(up=0.005, down=0.005)  # a fixed 0.5 % label: no barriers
 
 
 def reply_for(market: str, candles: list[dict[str, Any]]) -> PredictionReply:
     return PredictionReply(
         market=market, time=candles[-1]["time"], probabilities=Probabilities.of(BUY),
         model_version="v0001", volatility=0.01, served_by="standin", model_age_hours=10.0,
-        sizing=Sizing(ratio=0.6, source="llm-agree", reason="stand-in"),
+        sizing=Sizing(ratio=0.6, source="llm-agree", reason="stand-in"), label=LABEL,
     )  # fmt: skip
 
 

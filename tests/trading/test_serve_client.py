@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from features.barriers import Barriers, LabelMoves
 from features.domain import AccountState, Signal
 from serve.schema import PredictionReply
 from trading.serve_client import ServeClient, ServeMismatch, ServeUnavailable
@@ -20,6 +21,8 @@ from standins.http_server import LocalHttpServer, QuietHandler
 MARKET = "KRW-BTC"
 HOUR = pd.Timestamp("2025-09-30 08:00")
 FLAT = AccountState.flat(1_000_000.0)
+BARRIERS = {"take_profit": 0.004, "stop_loss": 0.006, "horizon": 3}
+LABEL = {"up": 0.005, "down": 0.006, "barriers": BARRIERS}  # the served model's own label
 
 
 def reply_body(**changes: Any) -> dict[str, Any]:
@@ -33,6 +36,7 @@ def reply_body(**changes: Any) -> dict[str, Any]:
         "volatility": 0.004,
         "sizing": {"ratio": 0.25, "source": "llm-agree", "reason": "both agree"},
         "served_by": "replica-1",
+        "label": LABEL,
     }
     return {k: v for k, v in {**body, **changes}.items() if v is not None}
 
@@ -72,6 +76,7 @@ def test_a_reply_is_parsed_with_serves_own_model(serve: FakeServe, candles) -> N
     assert isinstance(reply, PredictionReply) and reply.sizing.ratio == 0.25
     prediction = reply.prediction()
     assert (prediction.market, prediction.time, prediction.signal) == (MARKET, HOUR, Signal.BUY)
+    assert reply.label.moves() == LabelMoves(0.005, 0.006, Barriers(0.004, 0.006, 3))
     path, sent = serve.received[0]
     assert path == f"/v1/predict/{MARKET}" and len(sent["candles"]) == 30
     assert sent["candles"][-1]["time"] == "2025-09-30T08:00:00" and sent["account"]["cash"] == 1e6
@@ -97,6 +102,13 @@ def test_a_reply_about_another_market_or_hour_is_refused(
     ("status", "body", "named"),
     [
         (200, reply_body(sizing=None), "malformed: sizing: Field required"),
+        (200, reply_body(label=None), "malformed: label: Field required"),
+        (200, reply_body(label={**LABEL, "up": 0.0}), "malformed: label: .*up must be"),
+        (
+            200,
+            reply_body(label={**LABEL, "barriers": {**BARRIERS, "stop_loss": 1.5}}),
+            "malformed: label: .*stop_loss must be in",
+        ),  # fmt: skip
         (200, reply_body(probabilities={"sell": 0.5, "hold": 0.5, "buy": 0.5}), "sum to 1"),
         (503, {"detail": "no model promoted for KRW-BTC yet"}, "503 for KRW-BTC: .*no model"),
     ],
