@@ -49,8 +49,9 @@ from ray import serve
 from bench import DATA_DIR, MARKETS, ROOT, fit_smoke_registry
 from bench.serve_markets import bench_markets, make_candles, make_registry, wait_ready
 from cluster.local_ray import free_port
+from features.candle_cache import CachedSource
 from features.exchange import HOUR
-from features.sources import CachedSource, UpbitSource
+from features.sources import UpbitSource
 from serve.app import build_app
 from serve.config import ServeConfig
 from trading.account import loop_accounts

@@ -70,6 +70,7 @@ from serve.config import ServeConfig
 from serve.predict import CandleColumns
 from serve.schema import (
     FLAT_ACCOUNT,
+    LabelView,
     ModelView,
     PredictBody,
     PredictionReply,
@@ -91,6 +92,7 @@ CONSTANT_PREDICTION = ModelView(
     model_version="v0000",
     volatility=0.005,
     served_by="floor",
+    label=LabelView(up=0.005, down=0.005),
 )
 CONSTANT_SIZING = Sizing(ratio=0.05, source="rule-no-llm", reason="floor")
 

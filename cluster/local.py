@@ -106,7 +106,8 @@ def candles_dir(data_dir: str | None, cache: str, markets: list[str], hours: int
         if "://" not in folder and missing:
             raise UpError(f"--data-dir {folder} has no candles for {', '.join(missing)}")
         return folder
-    from features.sources import CachedSource, UpbitSource
+    from features.candle_cache import CachedSource
+    from features.sources import UpbitSource
 
     upbit = UpbitSource(timeout=5.0)
     try:

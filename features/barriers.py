@@ -145,6 +145,36 @@ def expected_edge(probabilities: np.ndarray, moves: LabelMoves) -> np.ndarray:
     return p[..., 2] * moves.up - p[..., 0] * moves.down - ROUND_TRIP_FEE
 
 
+MARGIN_NEEDS_MOVES = (
+    "policy.margin is set but the model's label moves are unknown (a quantile label "
+    "without its bundle's threshold?): set policy.margin to null or give the moves"
+)
+
+
+def acted_signals(
+    probabilities: np.ndarray,
+    margin: float | None,
+    moves: LabelMoves | None,
+    min_confidence: float = 0.0,
+) -> np.ndarray:
+    """The calls the trading policy acts on (`trading.policy.decide`), for (N, 3) probabilities.
+
+    Without a margin: the argmax, HOLD where the top probability is below `min_confidence`.
+    With one: BUY where `expected_edge` exceeds it, SELL where the argmax is SELL, HOLD otherwise
+    (the margin replaces min_confidence). One rule for the loop, the backtester and whatever
+    scores a configuration's calls (Tune), so a margin is scored as it trades. Needs `moves`
+    whenever a margin is set: the edge of an unknown label cannot be priced.
+    """
+    p = np.asarray(probabilities, dtype="float64")
+    top = p.argmax(axis=-1)
+    if margin is None:
+        return np.where(p.max(axis=-1) < min_confidence, int(Signal.HOLD), top)
+    if moves is None:
+        raise ValueError(MARGIN_NEEDS_MOVES)
+    held = np.where(top == int(Signal.SELL), int(Signal.SELL), int(Signal.HOLD))
+    return np.where(expected_edge(p, moves) > margin, int(Signal.BUY), held)
+
+
 def bundle_barriers(metadata: dict[str, object]) -> Barriers | None:
     """The barriers a bundle's model trained on (its `label_barriers`), None for a threshold
     label: the one way every reader of a bundle (scoring, replay, the loop) rebuilds its labels."""

@@ -10,6 +10,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 
 class Signal(enum.IntEnum):
@@ -71,7 +72,7 @@ class Prediction:
         checked = checked_probabilities(self.probabilities, "Prediction.probabilities")
         object.__setattr__(self, "probabilities", checked)
 
-    @property
+    @cached_property  # frozen: worked out once (the backtester asks several times an hour)
     def signal(self) -> Signal:
         return Signal(max(range(3), key=self.probabilities.__getitem__))
 

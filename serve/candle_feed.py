@@ -18,11 +18,12 @@ from features.binance import (
     BinanceUnknownSymbol,
     UsdtCandleSource,
 )
+from features.candle_cache import CachedSource
 from features.config import resolve_path
 from features.context import needs_context, serving_context
 from features.exchange import UnknownMarketError
 from features.groups import FeatureSet, MarketContext, MissingContextError
-from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
+from features.sources import CandleSource, ParquetDirSource, UpbitSource
 from features.upbit_http import UpbitError
 from serve.config import ServeConfig, SourceConfig
 from serve.predict import RequestCandles, request_candles

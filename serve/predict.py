@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from features import indicators
+from features.barriers import bundle_moves
 from features.candles import CANDLE_COLUMNS, CandleError, normalize_candles, validate_candles
 from features.groups import FeatureSet, MarketContext
 from features.serving import serving_matrix
-from serve.schema import BadRequest, ModelView, Probabilities
+from serve.schema import BadRequest, LabelView, ModelView, Probabilities, Unavailable
 from serve.sizing import sizing_volatility
 from train.bundle import HybridModel
 from train.bundle_io import bundle_feature_set
@@ -135,6 +136,18 @@ def model_feature_set(model: HybridModel) -> FeatureSet:
     return bundle_feature_set(model.metadata)
 
 
+def model_label(model: HybridModel, market: str) -> LabelView:
+    """The label the model trained on (its bundle's barriers, else its `label_threshold`), which
+    the loop prices and closes its trades with; a bundle that names none cannot be traded (503)."""
+    try:
+        return LabelView.of(bundle_moves(model.metadata))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Unavailable(
+            f"{market}: model {model.version}'s bundle names no usable label "
+            f"(label_threshold / label_barriers): {exc!r}"
+        ) from exc
+
+
 def predict_candles(
     model: HybridModel,
     market: str,
@@ -145,7 +158,8 @@ def predict_candles(
     """The model's view of the newest closed hour in `candles`; too few or gappy candles are a
     BadRequest naming how many it needs. `volatility` is `serve.sizing.sizing_volatility` (simple
     hourly returns), the input the sizing rule reads; `dissimilarity` and `novel` come from the
-    bundle's novelty gate (`train.novelty`) on the very window the model read.
+    bundle's novelty gate (`train.novelty`) on the very window the model read; `label` is the
+    label the bundle was trained on (`model_label`), which the loop trades with.
 
     A model trained with the cross-market or premium group also reads `context` (the other
     markets' and Binance's candles, `serve.candle_feed.CandleFeed.context`); context that is
@@ -170,6 +184,7 @@ def predict_candles(
     proba = model.predict_proba(rows[None, :, :])[0]
     return ModelView(
         **novelty_fields(model.novelty, rows),
+        label=model_label(model, market),
         market=market,
         time=candles.index[-1],
         probabilities=Probabilities.of((float(proba[0]), float(proba[1]), float(proba[2]))),

@@ -20,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from features.barriers import Barriers, LabelMoves
 from features.domain import AccountState, Prediction, Signal, checked_probabilities
 from features.exchange import check_market
 
@@ -140,6 +141,43 @@ class Sizing(BaseModel):
     reason: str
 
 
+class BarriersView(BaseModel):
+    """A triple-barrier label's barriers (`features.barriers.Barriers`): fractions, hours."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    take_profit: float  # after the round-trip fee
+    stop_loss: float
+    horizon: int  # the time limit, hours
+
+
+class LabelView(BaseModel):
+    """The label the served model was trained on, as the moves its BUY and SELL stand for
+    (`features.barriers.LabelMoves`): what the loop's decision margin prices the edge with, and,
+    for a triple-barrier label, the barriers that close its positions. Read from the bundle
+    (`features.barriers.bundle_moves`), so a model trained on other barriers than
+    configs/features.yaml is traded on its own; values no label can have are refused here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    up: float
+    down: float
+    barriers: BarriersView | None = None
+
+    @model_validator(mode="after")
+    def _a_label(self) -> LabelView:
+        self.moves()  # LabelMoves and Barriers check their values (ValueError -> 422/malformed)
+        return self
+
+    @classmethod
+    def of(cls, moves: LabelMoves) -> LabelView:
+        barriers = moves.barriers
+        view = None if barriers is None else BarriersView(**barriers.to_dict())  # type: ignore[arg-type]
+        return cls(up=moves.up, down=moves.down, barriers=view)
+
+    def moves(self) -> LabelMoves:
+        barriers = None if self.barriers is None else Barriers.from_dict(self.barriers.model_dump())
+        return LabelMoves(self.up, self.down, barriers)
+
+
 class ModelView(BaseModel):
     """What one market's predictor says about its newest closed hour, before sizing."""
 
@@ -157,6 +195,7 @@ class ModelView(BaseModel):
     # no position. None (and novel false) from a bundle made before the novelty gate.
     dissimilarity: float | None = Field(None, ge=0.0)
     novel: bool = False
+    label: LabelView  # the model's own label: the loop prices and closes its trades with it
 
     @computed_field  # type: ignore[prop-decorator]
     @property

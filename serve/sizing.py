@@ -73,6 +73,7 @@ __all__ = [
     "SizingResult",
     "load_sizing_config",
     "rule_sizing",
+    "rule_sizing_ratio",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,24 +181,46 @@ class SizingResult:
 
 
 # -- the deterministic rule ----------------------------------------------------------------------
+def _rule_terms(
+    signal: Signal, probabilities: tuple[float, float, float], volatility: float,
+    drawdown: float, config: SizingConfig,
+) -> tuple[float, float, float, float]:  # fmt: skip
+    """(edge, volatility scale, drawdown scale, raw ratio) of the rule for a BUY or a SELL."""
+    rule = config.rule
+    sell, _, buy = probabilities
+    if signal is not Signal.BUY:  # a SELL: no shrinking, selling reduces risk
+        edge = max(0.0, sell - buy)
+        return edge, 1.0, 1.0, rule.kelly_fraction * edge
+    edge = max(0.0, buy - sell)
+    vol_scale = 1.0 if volatility <= rule.vol_reference else rule.vol_reference / volatility
+    dd_scale = max(0.0, 1.0 - rule.drawdown_penalty * drawdown)
+    return edge, vol_scale, dd_scale, rule.kelly_fraction * edge * vol_scale * dd_scale
+
+
+def rule_sizing_ratio(
+    signal: Signal, probabilities: tuple[float, float, float], volatility: float,
+    drawdown: float, config: SizingConfig,
+) -> float:  # fmt: skip
+    """`rule_sizing`'s ratio alone, on inputs a `Prediction` and an `AccountState` checked
+    already: the backtester's rule arm sizes every replayed hour, and needs no reason text."""
+    if signal is Signal.HOLD:
+        return config.min_ratio
+    return config.clip(_rule_terms(signal, probabilities, volatility, drawdown, config)[3])
+
+
 def rule_sizing(request: SizingRequest, config: SizingConfig) -> SizingResult:
     """Fractional Kelly on the model's edge, shrunk for volatility and drawdown (see module)."""
-    rule = config.rule
     if request.signal is Signal.HOLD:
         return SizingResult(config.min_ratio, "rule", "rule: HOLD places no order; min_ratio")
-    p = dict(zip(("sell", "hold", "buy"), request.probabilities, strict=True))
-    buy = request.signal is Signal.BUY
-    win, loss = ("buy", "sell") if buy else ("sell", "buy")
-    edge = max(0.0, p[win] - p[loss])
-    vol_scale = dd_scale = 1.0
-    if buy:
-        vol = request.volatility
-        vol_scale = 1.0 if vol <= rule.vol_reference else rule.vol_reference / vol
-        dd_scale = max(0.0, 1.0 - rule.drawdown_penalty * request.account.drawdown)
-    raw = rule.kelly_fraction * edge * vol_scale * dd_scale
+    signal, probabilities = request.signal, request.probabilities
+    edge, vol_scale, dd_scale, raw = _rule_terms(
+        signal, probabilities, request.volatility, request.account.drawdown, config
+    )
     ratio = config.clip(raw)
+    p = dict(zip(("sell", "hold", "buy"), probabilities, strict=True))
+    win, loss = ("buy", "sell") if signal is Signal.BUY else ("sell", "buy")
     reason = (
-        f"rule: {rule.kelly_fraction:g} x Kelly edge {edge:.3f} (p_{win} {p[win]:.2f} - "
+        f"rule: {config.rule.kelly_fraction:g} x Kelly edge {edge:.3f} (p_{win} {p[win]:.2f} - "
         f"p_{loss} {p[loss]:.2f}) x vol {vol_scale:.2f} x drawdown {dd_scale:.2f} = {raw:.3f}"
         f" -> {ratio:.3f}"
     )

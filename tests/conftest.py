@@ -86,6 +86,29 @@ def smoke_fit(real_candles):
     return data, fit
 
 
+BARRIER_END = "2025-06-30 23:00"  # the barrier fit's candles stop here
+BARRIER_LABEL = ["labels.mode=triple_barrier", "labels.take_profit=0.01", "labels.stop_loss=0.01",
+                 "labels.horizon_hours=12"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def barrier_fit(real_candles):
+    """A gbm fitted with the smoke profile on triple-barrier labels (BARRIER_LABEL: 1 %, 1 %,
+    12 h, not configs/features.yaml's label) on real KRW-BTC candles, once per session."""
+    from features.dataset import build_dataset
+    from features.indicators import SERVING_WINDOW
+    from train.config import load_train_config
+    from train.pipeline import fit_market
+
+    features = load_features_config(overrides=BARRIER_LABEL)
+    profile = load_train_config().profile("smoke")
+    candles = real_candles["KRW-BTC"].loc[:BARRIER_END]
+    candles = candles.iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
+    lab = features.labels
+    data = build_dataset(candles, "KRW-BTC", lab.horizon_hours, 6, barriers=lab.barriers())
+    return data, fit_market(data, features, profile, None, lambda _: None, "smoke", "gbm")
+
+
 @pytest.fixture(scope="session")
 def smoke_bundle(smoke_fit, tmp_path_factory) -> Path:
     """The smoke fit saved as a bundle directory (with oos.parquet), as the registry stores it."""

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from features.barriers import LabelMoves
-from features.domain import AccountState, Decision, Prediction, drawdown
+from features.domain import AccountState, Decision, Prediction, Side, drawdown
 from serve.schema import Sizing
-from serve.sizing import SizingConfig, SizingRequest, rule_sizing
+from serve.sizing import SizingConfig, rule_sizing_ratio
 from trading.broker import Balance, Broker
 from trading.config import TradingConfig
 from trading.execution import NO_JOURNAL, NOTHING_SENT, Desk, Execution, OrderJournal
@@ -60,8 +60,7 @@ def rule_ratio(sizing: SizingConfig) -> RatioSource:
     """The fractional-Kelly rule the sizing node falls back to, on this hour's inputs."""
 
     def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
-        result = rule_sizing(SizingRequest(p.market, p.signal, p.probabilities, v, a), sizing)
-        return result.ratio, result.source
+        return rule_sizing_ratio(p.signal, p.probabilities, v, a.drawdown, sizing), "rule"
 
     return source
 
@@ -167,7 +166,8 @@ class KillSwitch:
 @dataclass
 class ArmAccount:
     """One arm's account in one market: its broker, its kill switch (shared by every market of
-    one live account) and its sizing; `high` is the position's high since entry."""
+    one live account) and its sizing; `high` is the position's high since entry and its entry
+    hour."""
 
     arm: str
     market: str
@@ -203,9 +203,12 @@ class ArmAccount:
         switch's peak."""
         return account_state(self.broker, self.market, price, self.guard.peak_equity, prices)
 
-    def watch(self, state: AccountState, price: float, hour: datetime, missed=()) -> EntryHigh:
-        """Move the high since entry to `hour` (`missed`: closes of hours not seen since)."""
-        self.high = follow_high(self.high, state, price, hour, missed)
+    def watch(
+        self, state: AccountState, price: float, hour: datetime, missed=(), opened=None
+    ) -> EntryHigh:
+        """Move the high since entry to `hour` (`missed`: closes of hours not seen since;
+        `opened`: the entry hour when this account does not know it, `follow_high`)."""
+        self.high = follow_high(self.high, state, price, hour, missed, opened)
         return self.high
 
     def plan(
@@ -220,9 +223,11 @@ class ArmAccount:
         stale: str = "",
         moves: LabelMoves | None = None,
         novel: str = "",
+        spike: float | None = None,
     ) -> Decision:
         """This hour's Decision through `plan_hour`, sized by the arm; the switch moves on.
-        `moves`: the model's label moves, for `policy.margin`."""
+        `moves`: the model's label moves, for `policy.margin`; `spike`: the hour's volatility
+        ratio when the caller has it (`plan_hour`)."""
         ratio, source = self.sizing(prediction, state, volatility, served)
         return self.kill_switch.change(
             lambda guard: plan_hour(
@@ -236,9 +241,11 @@ class ArmAccount:
                 guard,
                 config,
                 high=self.high.high,
+                entered=self.high.entered,
                 stale=stale,
                 moves=moves,
                 novel=novel,
+                spike=spike,
             )  # fmt: skip
         )
 
@@ -259,7 +266,15 @@ class ArmAccount:
     def execute(self, decision: Decision, price: float, journal: OrderJournal) -> Execution:
         """Send `decision.order` once: written to the journal first; an identifier the journal
         already holds is looked up instead, and a settled one is left alone. A BUY whose switch
-        went off after it was planned is not sent."""
+        went off after it was planned is not sent. A buy that filled into a flat account opened
+        the position in the decision's hour (`EntryHigh.opened`: the time limit's start)."""
+        done = self._execute(decision, price, journal)
+        fill = done.fill
+        if fill is not None and fill.side is Side.BID and fill.volume > 0:
+            self.high = self.high.opened(decision.time)
+        return done
+
+    def _execute(self, decision: Decision, price: float, journal: OrderJournal) -> Execution:
         order = decision.order
         if order is None:
             return NOTHING_SENT

@@ -20,7 +20,10 @@ Money first, in this order every hour:
   sends nothing either (`no_decision: late ...`);
 - without a usable prediction (Serve silent, no model, a refusal) the price-only rules still
   run on a held position (`protect_hour`): the stops sell, the kill switch observes; a stale
-  model opens no position, nor does a novel input (`novel: true`); their sells go out.
+  model opens no position, nor does a novel input (`novel: true`); their sells go out;
+- the decision margin and the triple-barrier exits use the label of the model that answered
+  (its reply's `label`), so a promoted model trained on other barriers than configs/features.yaml
+  exits at its own; the configured label only scores the realised outcomes (`Labels`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import numpy as np
 import pandas as pd
 
 from features import indicators
-from features.barriers import LabelMoves
 from features.exchange import HOUR
 from features.labels import label_returns
 from features.sources import CandleSource
@@ -46,6 +48,7 @@ from trading.ledger import Ledger
 from trading.ledger_books import Halt
 from trading.reconcile import halt, settle_open_orders, start_or_retry
 from trading.serve_client import Ask, Predictor, ServeUnavailable, ask_all
+from trading.stops import holding
 
 log = logging.getLogger(__name__)
 ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
@@ -53,9 +56,14 @@ ACK_HINT = "acknowledge with `python -m trading reconcile --ack --by NAME`"
 
 @dataclass(frozen=True)
 class Labels:
+    """The configured label (configs/features.yaml), for the realised-outcome bookkeeping only:
+    the class that came true `horizon` hours after each decision hour is recorded against one
+    fixed yardstick, whichever model (or none) answered that hour, so realised accuracy stays
+    comparable across promoted versions. What prices and closes a trade is the served model's
+    own label, which comes with each reply (`PredictionReply.label`), never this one."""
+
     horizon: int
     threshold: float
-    moves: LabelMoves | None = None  # the label's moves, which policy.margin prices with
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,10 @@ class HourlyTrader:
         state = account.state(price, prices)
         seen = account.high.seen
         missed = closes.loc[closes.index > seen].iloc[:-1] if seen is not None else closes.iloc[:0]
-        high = account.watch(state, price, when, missed.tolist())
+        opened = None  # the entry hour this account does not know (a restart): from the fills
+        if account.high.entered is None and holding(state, price):
+            opened = self.ledger.highs.opened(account.arm, market)
+        high = account.watch(state, price, when, missed.tolist(), opened)
         self.ledger.highs.set(account.arm, market, high.to_dict())
         if served.reply is None:
             self.ledger.record_no_decision(market, when, account.arm, served.why)
@@ -289,7 +300,7 @@ class HourlyTrader:
         reply = served.reply
         return account.plan(
             reply.prediction(), state, price, closes.to_numpy(), reply.volatility, reply.sizing,
-            self.config, stale=served.stale, moves=self.labels.moves, novel=served.novel,
+            self.config, stale=served.stale, moves=reply.label.moves(), novel=served.novel,
         )  # fmt: skip
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ledger's books that keep money safe across processes and restarts (schema 3).
+"""The ledger's books that keep money safe across processes and restarts (schemas 3 and 4).
 
 - `LoopLease`: one trading loop per ledger file, across clusters. The loop takes the lease when it
   starts and renews it with a heartbeat; a second loop finds a live lease held by someone else
@@ -9,8 +9,8 @@
   acknowledgement records who and when (`python -m trading reconcile --ack --by NAME`).
 - `BalanceSnapshots`: the exchange balances the live loop last saw at the end of an hour, and how
   many fills the ledger held then, so a restart can tell what the exchange should hold now.
-- `EntryHighs`: each position's highest close since entry (`trading.stops.EntryHigh`), so the
-  trailing stop survives a restart.
+- `EntryHighs`: each position's highest close since entry and its entry hour
+  (`trading.stops.EntryHigh`), so the trailing stop and the label's time limit survive a restart.
 
 They share the ledger's connection (`trading.ledger_db.LedgerFile`); each write is one
 transaction, like every other ledger write. Times are KST wall times without an offset.
@@ -25,7 +25,16 @@ from datetime import datetime, timedelta
 
 from features.exchange import now_kst
 from trading.ledger_db import LedgerFile, get_row
-from trading.ledger_rows import LedgerError, OrderStatus, from_text, now_text, to_text
+from trading.ledger_rows import (
+    LedgerError,
+    OrderStatus,
+    Position,
+    fill_from_row,
+    from_text,
+    now_text,
+    to_text,
+)
+from trading.upbit_rules import is_dust
 
 
 # -- the lease -------------------------------------------------------------------------------
@@ -247,14 +256,36 @@ class EntryHighs:
 
     def get(self, arm: str, market: str) -> dict[str, object] | None:
         rows = self._file.read(
-            "SELECT high, seen FROM entry_highs WHERE arm = ? AND market = ?", (arm, market)
+            "SELECT high, seen, entered FROM entry_highs WHERE arm = ? AND market = ?",
+            (arm, market),
         )
-        return {"high": rows[0]["high"], "seen": rows[0]["seen"]} if rows else None
+        return dict(rows[0]) if rows else None
 
     def set(self, arm: str, market: str, state: Mapping[str, object]) -> None:
+        high = float(state["high"])  # type: ignore[arg-type]
         with self._file.write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO entry_highs (arm, market, high, seen, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (arm, market, float(state["high"]), state["seen"], now_text()),  # type: ignore[arg-type]
+                "INSERT OR REPLACE INTO entry_highs (arm, market, high, seen, entered, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (arm, market, high, state["seen"], state.get("entered"), now_text()),
             )
+
+    def opened(self, arm: str, market: str) -> datetime | None:
+        """The hour of the first filled buy since this arm's own fills in `market` were last
+        flat (the order's candle hour); None when they are flat. What a loop recovers when its
+        row holds no entry hour (written under schema 3, or the buy filled and the process died
+        before the next hour was seen)."""
+        rows = self._file.read(
+            "SELECT f.identifier, f.market, f.side, f.state, f.volume, f.price, f.fee, f.uuid, "
+            "o.hour FROM fills f JOIN orders o ON o.arm = f.arm AND o.identifier = f.identifier "
+            "WHERE f.arm = ? AND f.market = ? AND f.volume > 0 ORDER BY f.rowid",
+            (arm, market),
+        )
+        position, entered = Position(arm=arm, market=market), None
+        for row in rows:
+            position = position.after(fill_from_row(row), now_kst())
+            if is_dust(position.volume * row["price"]):  # what is left cannot be sold: flat
+                entered = None
+            elif entered is None:
+                entered = from_text(row["hour"])
+        return entered

@@ -103,11 +103,17 @@ _V3 = (
         seen TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (arm, market))""",
 )
 
+# Schema 4: each position's entry hour beside its high since entry (the triple-barrier label's
+# time limit counts from it). Rows written under schema 3 keep their high and read `entered` NULL:
+# the loop then recovers it from the fills (`EntryHighs.opened`).
+_V4 = ("ALTER TABLE entry_highs ADD COLUMN entered TEXT",)
+
 # version -> step from version-1; each runs in one transaction together with its version row.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _run_all(_V1),
     2: _run_all(_V2),
     3: _run_all(_V3),
+    4: _run_all(_V4),
 }
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "

@@ -31,15 +31,15 @@ import pandas as pd
 import ray
 from pydantic import Field
 
+from features.candle_cache import CachedSource
 from features.config import (
-    ConfigError,
     MarketList,
     Strict,
     load_features_config,
     resolve_path,
 )
 from features.exchange import HOUR
-from features.sources import CachedSource, CandleSource, ParquetDirSource, UpbitSource
+from features.sources import CandleSource, ParquetDirSource, UpbitSource
 from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, Clock, WallClock, closed_hour
@@ -163,13 +163,8 @@ class LoopCore:
         accounts = loop_accounts(
             self.config, self.markets, self.ledger, settings.mode, settings.upbit_base_url
         )
-        lab = features.labels
-        labels = Labels(lab.horizon_hours, lab.threshold, lab.moves())
-        if self.config.policy.margin is not None and labels.moves is None:
-            raise ConfigError(
-                f"policy.margin needs the label's moves; labels.mode {lab.mode!r} fits its "
-                "threshold per fold: use fixed or triple_barrier, or set policy.margin: null"
-            )
+        # the configured label scores realised outcomes; the served model's prices its trades
+        labels = Labels(features.labels.horizon_hours, features.labels.threshold)
         predictor = predictor or ServeClient(
             settings.serve_url,
             token=admin_token(),

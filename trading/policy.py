@@ -30,7 +30,7 @@ from datetime import datetime
 
 import numpy as np
 
-from features.barriers import LabelMoves, expected_edge
+from features.barriers import LabelMoves, acted_signals, expected_edge
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
 from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
@@ -56,7 +56,8 @@ def decide(
         raise ValueError(f"price must be finite and > 0, got {price}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    signal, note = _acted_signal(prediction, config, moves)
+    # The margin, when set, replaces the argmax rule and min_confidence.
+    signal, note = _acted_signal(prediction, config.margin, config.min_confidence, moves)
     if signal is Signal.BUY:
         order, reason = _buy(prediction.market, ratio, account, price, hour, config)
     elif signal is Signal.SELL:
@@ -79,34 +80,30 @@ def decide(
 def margin_signal(
     prediction: Prediction, margin: float, moves: LabelMoves | None
 ) -> tuple[Signal, str]:
-    """BUY when the expected after-fee move clears `margin`, SELL on an argmax SELL, else HOLD."""
-    if moves is None:
-        raise ValueError(
-            "policy.margin is set but the model's label moves are unknown (a quantile label "
-            "without its bundle's threshold?): set policy.margin to null or give the moves"
-        )
-    edge = float(expected_edge(np.asarray(prediction.probabilities), moves))
-    if edge > margin:
-        return Signal.BUY, f"edge {edge:+.4%} > margin {margin:+.4%}; "
-    if prediction.signal is Signal.SELL:
-        return Signal.SELL, ""
-    if prediction.signal is Signal.BUY:
-        return Signal.HOLD, f"BUY with edge {edge:+.4%} not above margin {margin:+.4%}; "
-    return Signal.HOLD, ""
+    """BUY when the expected after-fee move clears `margin`, SELL on an argmax SELL, else HOLD
+    (`features.barriers.acted_signals`, the rule Tune scores with); the note says why."""
+    return _acted_signal(prediction, margin, 0.0, moves)
 
 
 def _acted_signal(
-    prediction: Prediction, config: PolicyConfig, moves: LabelMoves | None
+    prediction: Prediction, margin: float | None, min_confidence: float, moves: LabelMoves | None
 ) -> tuple[Signal, str]:
-    if config.margin is not None:  # the margin replaces the argmax rule and min_confidence
-        return margin_signal(prediction, config.margin, moves)
-    if prediction.confidence < config.min_confidence:
+    probabilities = np.asarray(prediction.probabilities)
+    signal = Signal(int(acted_signals(probabilities, margin, moves, min_confidence)))
+    if margin is None:
+        if prediction.confidence >= min_confidence:
+            return signal, ""
         note = (
             f"{prediction.signal.name} at confidence {prediction.confidence:.2f} is below "
-            f"min_confidence {config.min_confidence:.2f}; "
+            f"min_confidence {min_confidence:.2f}; "
         )
-        return Signal.HOLD, note
-    return prediction.signal, ""
+        return signal, note
+    edge = float(expected_edge(probabilities, moves))  # type: ignore[arg-type]  # checked above
+    if signal is Signal.BUY:
+        return signal, f"edge {edge:+.4%} > margin {margin:+.4%}; "
+    if prediction.signal is Signal.BUY:
+        return signal, f"BUY with edge {edge:+.4%} not above margin {margin:+.4%}; "
+    return signal, ""
 
 
 def _whole_krw_bid(outlay: float) -> float:

@@ -4,9 +4,10 @@ Live and backtest share `plan_hour` and `trading.account.ArmAccount`, but sharin
 proof. A replay recomputes every recorded hour from the candles and the registry (features, the
 recorded model version's prediction as Serve computes it, the policy, risk and a PaperBroker),
 reusing only the recorded sizing ratios (an LLM is not deterministic), and lists every
-probability, decision, order size or fill that differs. An hour the loop decided without a model
-(a protective sell, model version '') has no prediction to recompute: the backtester runs the
-same price-only rules there, and its order is compared.
+probability, decision, order size or fill that differs. The margin and the label's exits use the
+label the recorded versions were trained on, as the loop did (Serve's reply carried it). An hour
+the loop decided without a model (a protective sell, model version '') has no prediction to
+recompute: the backtester runs the same price-only rules there, and its order is compared.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Prediction, Signal
 from features.sources import CandleSource
 from serve.predict import predict_candles
@@ -60,23 +62,30 @@ def recorded_ratios(decisions: pd.DataFrame) -> RatioSource:
 
 def predictions(
     candles: pd.DataFrame, market: str, decisions: pd.DataFrame, registry: ModelRegistry, tmp: Path
-) -> pd.DataFrame:
-    """The recorded model version's prediction at each recorded hour, the way Serve computes it."""
+) -> tuple[pd.DataFrame, LabelMoves]:
+    """The recorded model version's prediction at each recorded hour, the way Serve computes it,
+    and the label those versions were trained on (the loop priced and closed trades with it).
+    Versions trained on different labels are refused: the backtester replays one label."""
     from train.bundle import load_bundle
 
     models: dict[str, Any] = {}
-    rows = []
+    rows, labels = [], {}
     for (hour, version), _ in decisions.groupby(["time", "model_version"]):
         if version not in models:
             models[version] = load_bundle(registry.fetch(market, version, dest_dir=tmp))
         hour = pd.Timestamp(hour)
         view = predict_candles(models[version], market, candles.loc[:hour])
+        labels[version] = view.label.moves()
         proba = view.probabilities.as_tuple()
         rows.append({"time": hour, **dict(zip(PROBA_COLUMNS, proba, strict=True)),
                      "source": "replay", "model_version": version,
                      "novel": view.novel})  # fmt: skip
+    if len(set(labels.values())) > 1:
+        raise ValueError(f"{market}: the recorded versions were trained on different labels "
+                         f"({labels}); a replay prices a market's hours with one label, so it "
+                         "cannot re-run this ledger")  # fmt: skip
     columns = ["time", *PROBA_COLUMNS, "source", "model_version", "novel"]
-    return pd.DataFrame(rows, columns=columns).set_index("time")
+    return pd.DataFrame(rows, columns=columns).set_index("time"), next(iter(labels.values()))
 
 
 def _close(a: float, b: float, atol: float = 0.0) -> bool:
@@ -124,8 +133,9 @@ def replay_ledger(
             modelled = recorded[recorded["model_version"] != NO_MODEL]
             if modelled.empty:  # only protective sells: no model hour to start the replay at
                 continue
-            proba = predictions(candles, market, modelled, registry, Path(tmp))
-            hours = market_hours(market, candles.index, candles["close"].to_numpy(), proba)
+            proba, moves = predictions(candles, market, modelled, registry, Path(tmp))
+            closes = candles["close"].to_numpy()
+            hours = market_hours(market, candles.index, closes, proba, moves)
             for arm, live_rows in recorded.groupby("arm"):
                 run = replay(hours, str(arm), recorded_ratios(live_rows), config)
                 again = run.records.set_index("time")

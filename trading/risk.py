@@ -28,6 +28,7 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from features.domain import AccountState, Decision, Order, Side, Signal, drawdown
 from trading.broker import order_identifier
@@ -56,6 +57,35 @@ def volatility_ratio(closes: Sequence[float], recent_hours: int, baseline_hours:
     if baseline <= 0:
         return 1.0
     return float(np.std(returns[-recent_hours:])) / baseline
+
+
+ROLLING_ROWS = 4096  # windows per numpy step in the batch form: bounds its memory
+
+
+def rolling_volatility_ratio(
+    closes: np.ndarray, recent_hours: int, baseline_hours: int
+) -> np.ndarray:
+    """`volatility_ratio` at every position of `closes` at once (the backtester's batch form):
+    entry i equals `volatility_ratio(closes[: i + 1], ...)` exactly, the same numpy std over the
+    same windows, so a backtest decides as the loop would."""
+    prices = np.asarray(closes, dtype=float)
+    out = np.ones(len(prices))
+    for i in range(min(baseline_hours, len(prices))):  # partial windows at the start
+        out[i] = volatility_ratio(prices[: i + 1], recent_hours, baseline_hours)
+    if len(prices) <= baseline_hours:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):  # a price <= 0: its windows say 1.0
+        returns = np.diff(np.log(prices))
+        windows = sliding_window_view(returns, baseline_hours)  # row j: window ending at j + b
+        refused = sliding_window_view(prices <= 0, baseline_hours + 1).any(axis=1)
+        for first in range(0, len(windows), ROLLING_ROWS):
+            rows = windows[first : first + ROLLING_ROWS]
+            baseline = np.std(rows, axis=1)
+            recent = np.std(rows[:, -recent_hours:], axis=1)
+            usable = (baseline > 0) & ~refused[first : first + ROLLING_ROWS]
+            ratio = np.where(usable, recent / np.where(usable, baseline, 1.0), 1.0)
+            out[baseline_hours + first : baseline_hours + first + len(rows)] = ratio
+    return out
 
 
 def _clip01(value: float) -> float:

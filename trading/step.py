@@ -5,13 +5,15 @@ The order of the rules is fixed here and nowhere else:
     guard.observe(equity)  -> the kill switch sees this hour's equity before anything is sent
     decide(...)            -> the model's signal and the sizing ratio become an order (or none)
     apply_emergency(...)   -> a whole-position sell replaces it when the emergency score fires
-    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit or stop (its label's)
+    apply_barrier_exits(.) -> so does a triple-barrier model's take-profit, stop or time limit
     apply_stops(...)       -> so does the hard stop-loss or the trailing stop (price only)
     gate_stale(...)        -> a stale model opens no position (its sells still go out)
     gate_novel(...)        -> nor does a novel input (train.novelty; its sells still go out)
     guard.gate(...)        -> a switched-off account sends no buys (sells still go out)
 An hour without a usable prediction (Serve silent, no model, a refusal) goes through
-`protect_hour` instead: the kill switch still observes, and the price-only stops still sell.
+`protect_hour` instead: the kill switch still observes, and the price-only stops still sell (the
+label's exits need the label, which comes with the model's answer: a time limit passed in such
+an hour sells at the next answered one).
 Everything is pure: same inputs, same (Decision, RiskGuard), so a replay of recorded live hours
 reproduces the live decisions, identifiers included.
 """
@@ -32,7 +34,7 @@ from trading.config import EmergencyConfig, TradingConfig
 from trading.policy import decide
 from trading.risk import RiskGuard, apply_emergency, emergency_score, loss_from_entry
 from trading.risk import volatility_ratio as spike_ratio
-from trading.stops import apply_stops, stop_order, stop_reason
+from trading.stops import apply_stops, holding, stop_order, stop_reason
 from trading.upbit_rules import is_dust
 
 PROTECTIVE = "protective"  # the sizing source of a decision made by the price-only rules alone
@@ -45,16 +47,19 @@ def hour_emergency_score(
     closes: np.ndarray,
     sell_probability: float,
     config: EmergencyConfig,
+    spike: float | None = None,
 ) -> float:
     """The emergency score of this hour; 0 when nothing sellable is held.
 
     A flat or dust position cannot be sold by the emergency rule anyway, so the volatility ratio
-    (the costly part, a std over `baseline_hours` closes) is only computed while holding.
+    (the costly part, a std over `baseline_hours` closes) is only computed while holding, and
+    not at all when the caller has it (`spike`: `rolling_volatility_ratio`'s entry for the hour).
     """
     if not config.enabled or is_dust(account.position * price):
         return 0.0
     loss = loss_from_entry(account.entry_price, price)
-    spike = spike_ratio(closes, config.recent_hours, config.baseline_hours)
+    if spike is None:
+        spike = spike_ratio(closes, config.recent_hours, config.baseline_hours)
     return emergency_score(loss, spike, sell_probability, config)
 
 
@@ -70,9 +75,11 @@ def plan_hour(
     config: TradingConfig,
     *,
     high: float = 0.0,
+    entered: datetime | None = None,
     stale: str = "",
     moves: LabelMoves | None = None,
     novel: str = "",
+    spike: float | None = None,
 ) -> tuple[Decision, RiskGuard]:
     """The Decision for `hour` (priced at its close `price`) and the guard after seeing it.
 
@@ -80,19 +87,26 @@ def plan_hour(
     `risk.emergency.baseline_hours + 1` of them for a full volatility baseline; fewer only weaken
     the spike term to "no evidence"). `account.equity` must be the account's equity marked at
     `price` (live: the whole exchange account's): it is what the kill switch observes. `high` is
-    the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts);
-    `stale` says why the model is stale ("" when it is not), `novel` why the input is novel.
-    `moves`: the model's label moves, which `policy.margin` prices the edge with
-    (`trading.policy.decide`).
+    the highest close since entry (`trading.stops.follow_high`; 0: unknown, the entry counts),
+    `entered` the hour the position was opened (the label's time limit counts from it; None:
+    unknown, no time limit); `stale` says why the model is stale ("" when it is not), `novel` why
+    the input is novel. `moves`: the model's label moves, which `policy.margin` prices the edge
+    with (`trading.policy.decide`), and whose barriers close the position
+    (`trading.barrier_exits`).
+    `spike`: the volatility ratio of `closes` when the caller has it already (the backtester
+    computes every hour's at once); None computes it from `closes`.
     """
     guard = guard.observe(hour, account.equity)
     decision = decide(prediction, ratio, sizing_source, account, price, hour, config.policy, moves)
+    if decision.order is None and not holding(account, price):
+        return decision, guard  # nothing to sell and nothing to buy: no rule below can act
     emergency = config.risk.emergency
     score = hour_emergency_score(
-        account, price, closes, prediction.probabilities[Signal.SELL], emergency
+        account, price, closes, prediction.probabilities[Signal.SELL], emergency, spike
     )
     decision = apply_emergency(decision, account, price, score, emergency)
-    decision = apply_barrier_exits(decision, account, price, moves and moves.barriers)
+    barriers = moves.barriers if moves is not None else None
+    decision = apply_barrier_exits(decision, account, price, barriers, entered)
     decision = apply_stops(decision, account, price, high, config.risk.stops)
     return guard.gate(gate_novel(gate_stale(decision, stale), novel)), guard
 

@@ -12,9 +12,10 @@ volatility spike) never reaches it; a position 40-50 % under water was kept. The
 model and no volatility: below `stop_loss` from the average entry, or `trailing_stop` below the
 highest close since entry, the whole position is sold.
 
-The high since entry is state (`EntryHigh`): the loop keeps it in the ledger (so it survives a
-restart) and folds in the closes of any hours it missed; the backtester keeps it in memory.
-Everything here is pure.
+The high since entry is state (`EntryHigh`), and so is the hour the position was opened (the
+triple-barrier label's time limit counts from it, `trading.barrier_exits`): the loop keeps both in
+the ledger (so they survive a restart) and folds in the closes of any hours it missed; the
+backtester keeps them in memory. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -31,19 +32,35 @@ from trading.upbit_rules import is_dust
 
 @dataclass(frozen=True)
 class EntryHigh:
-    """The highest close seen while the position was held, and the last hour folded in."""
+    """The highest close seen while the position was held, the last hour folded in, and the
+    hour the position was opened: the hour of its first buy since it was last flat (a buy that
+    adds to a held position does not move it)."""
 
     high: float = 0.0
-    seen: datetime | None = None  # None: flat, nothing tracked
+    seen: datetime | None = None  # None: flat at the last hour seen (or nothing tracked yet)
+    entered: datetime | None = None  # None: flat, or opened by a buy not folded in yet
+
+    def opened(self, hour: datetime) -> EntryHigh:
+        """After a buy filled in `hour`: it opened the position unless one was already held."""
+        return self if self.entered is not None else replace(self, entered=hour)
 
     def to_dict(self) -> dict[str, object]:
-        return {"high": self.high, "seen": None if self.seen is None else self.seen.isoformat()}
+        return {"high": self.high, "seen": _text(self.seen), "entered": _text(self.entered)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object] | None) -> EntryHigh:
-        if not data or data.get("seen") is None:
+        if not data:
             return cls()
-        return cls(float(data["high"]), datetime.fromisoformat(str(data["seen"])))  # type: ignore[arg-type]
+        seen, entered = _time(data.get("seen")), _time(data.get("entered"))
+        return cls(float(data["high"]) if seen is not None else 0.0, seen, entered)  # type: ignore[arg-type]
+
+
+def _text(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _time(text: object) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(str(text))
 
 
 def holding(account: AccountState, price: float) -> bool:
@@ -57,14 +74,21 @@ def follow_high(
     price: float,
     hour: datetime,
     missed_closes: Iterable[float] = (),
+    opened: datetime | None = None,
 ) -> EntryHigh:
     """The high since entry after `hour`: reset when flat, else the previous high, the entry
     price, this close and `missed_closes` (the closes after `previous.seen` and before `hour`,
-    which a restarted loop reads from its candles)."""
+    which a restarted loop reads from its candles).
+
+    The entry hour is kept while the position is held: `previous.entered` (set by the buy that
+    opened it, `EntryHigh.opened`), else `opened` (what the caller recovered, e.g. the loop from
+    the ledger's fills), else `hour`: a position whose opening nobody saw (coins bought by hand)
+    counts from the first hour it was seen, so its time limit comes late, never early."""
     if not holding(account, price):
         return EntryHigh()
     start = previous.high if previous.seen is not None else account.entry_price
-    return EntryHigh(max(start, price, *missed_closes), hour)
+    entered = previous.entered or opened or hour
+    return EntryHigh(max(start, price, *missed_closes), hour, entered)
 
 
 def stop_reason(account: AccountState, price: float, high: float, config: StopConfig) -> str | None:

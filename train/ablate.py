@@ -35,8 +35,8 @@ from features.groups import GROUP_ORDER
 from features.sources import ParquetDirSource
 from train.research_cache import config_hash
 from train.research_cli import add_research_parser, build_request
-from train.research_jobs import MarketIndex
-from train.research_keys import describe
+from train.research_jobs import MarketIndex, prepare_market
+from train.research_keys import current_keys, describe
 from train.research_run import (
     MarketResearch,
     ResearchRequest,
@@ -129,8 +129,9 @@ def verdict(low: float, high: float) -> str:
 
 def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
     """A variant's gbm predictions read straight from the research cache (every fold in range,
-    whichever run computed it), with the market's repaired timeline for the labels: the table
-    of several partial `ablate` runs, without preparing any market again."""
+    whichever run computed it from the data now in the folder), with the market's repaired
+    timeline for the labels: the table of several partial `ablate` runs, without fitting
+    anything (the market's dataset is built only for its fold fingerprints)."""
     digest = config_hash(describe(FAMILY, req))
     out = {}
     for market in req.markets:
@@ -140,7 +141,9 @@ def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
         close = np.concatenate([p.candles["close"].to_numpy() for p in parts])
         index = MarketIndex(market, times, close, np.arange(len(times)), {})
         frames = []
-        for key in req.cache.keys(market, FAMILY, digest):
+        _, prepared = prepare_market(req.data_dir, market, req.features, req.grid, set())
+        stored = req.cache.keys(market, FAMILY, digest)
+        for key in current_keys(stored, prepared, req.features.labels.horizon_hours):
             if (req.end is None or key.start <= req.end) and (
                 req.start is None or key.end > req.start
             ):

@@ -179,8 +179,8 @@ class TuneConfig(Strict):
             if not values:
                 raise ValueError(f"tune.search_space[{key!r}] has no candidates")
         families = space.get("family", [])
-        if any(f not in ("hybrid", "gbm") for f in families):
-            raise ValueError(f"tune.search_space family {families}: Tune fits hybrid and gbm")
+        if any(f not in FAMILIES for f in families):
+            raise ValueError(f"tune.search_space family {families}: choose from {FAMILIES}")
         return space
 
 

@@ -25,9 +25,13 @@ def confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+def classification_metrics(
+    y: np.ndarray, proba: np.ndarray, calls: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Scores of the calls against `y`: the argmax of `proba`, or `calls` when given (the calls a
+    policy acts on, `features.barriers.acted_signals`); log loss always reads `proba`."""
     y = np.asarray(y, dtype=np.int64)
-    pred = np.asarray(proba).argmax(axis=1)
+    pred = np.asarray(proba).argmax(axis=1) if calls is None else np.asarray(calls, dtype=np.int64)
     matrix = confusion(y, pred)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)

@@ -41,6 +41,10 @@ class ModelConfig(Strict):
     search: dict[str, Any] = Field(default_factory=dict)  # the Tune trial's dotted values
     tuned: TuneRecord | None = None
 
+    def trading_overrides(self) -> list[str]:
+        """`trading` as `load_trading_config(overrides=...)` takes it (KEY=JSON, JSON is YAML)."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.trading.items()]
+
     def as_metadata(self) -> dict[str, Any]:
         """The JSON `metadata.json` stores (times as ISO text, tuples as lists)."""
         return json.loads(self.model_dump_json())

@@ -8,7 +8,8 @@ A file holds the fold's predicted hours (index `time`) with `fold`, `p_sell`, `p
 and in its schema metadata when and where it was computed. Labels are not stored: a report labels
 the hours itself, so the same predictions can be scored against any label. A key changes when
 anything that changes the predictions changes (the family's configuration, the candles the fold
-read, the fold's span), so a hit can be trusted and a second run recomputes nothing.
+read, its market's and the other series its feature groups read, the fold's span), so a hit can
+be trusted and a second run recomputes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 
 from features.candles import CANDLE_COLUMNS
 from features.exchange import check_market
+from features.groups import KST_OFFSET_NS, MarketContext
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
 _INFO_KEY = b"hybrid_trader.research"
@@ -58,6 +60,38 @@ def candle_fingerprints(candles: pd.DataFrame, bounds: list[pd.Timestamp]) -> di
         digest.update(values[done:stop].tobytes())
         done = max(done, stop)
         out[str(bound)] = digest.copy().hexdigest()
+    return out
+
+
+def input_fingerprints(
+    candles: pd.DataFrame, context: MarketContext | None, bounds: list[pd.Timestamp]
+) -> dict[str, str]:
+    """For each bound, a fingerprint of every series a fold's rows read before it.
+
+    That is the market's own candles and, where a feature group reads them, the series its
+    `MarketContext` holds: the context markets' Upbit candles (cross_market) and the coin's
+    Binance candles (premium), the latter placed on the KST clock by instant, as
+    features.groups matches them, so "before the bound" means the same hour for every series.
+    The context holds only what the enabled groups read (features.context.batch_context), so a
+    change to a file no enabled group reads changes no key; with no context at all this is
+    `candle_fingerprints` of the market alone, the keys research used before groups existed.
+    Context is covered up to the same bound as the market's own candles (test end + horizon),
+    a few hours more than its features read: a change there costs a recompute, never a stale hit.
+    """
+    own = candle_fingerprints(candles, bounds)
+    if context is None:
+        return own
+    series = {f"upbit:{m}": frame for m, frame in context.upbit.items()}
+    if context.binance is not None:
+        on_kst = context.binance.index + pd.Timedelta(KST_OFFSET_NS, unit="ns")
+        series["binance"] = context.binance.set_axis(on_kst, axis=0)
+    parts = {name: candle_fingerprints(frame, bounds) for name, frame in sorted(series.items())}
+    out = {}
+    for bound, fingerprint in own.items():
+        digest = hashlib.blake2b(fingerprint.encode(), digest_size=8)
+        for name, prints in parts.items():
+            digest.update(f"|{name}={prints[bound]}".encode())
+        out[bound] = digest.hexdigest()
     return out
 
 

@@ -35,7 +35,7 @@ from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import GbmSlices, design_rows, fit_gbm, raw_scores
 from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
-from train.research_cache import PROBA, FoldKey, candle_fingerprints
+from train.research_cache import PROBA, FoldKey, input_fingerprints
 
 JobKind = Literal["gbm", "plain", "gbm~leaky", "hybrid", "hybrid~leaky"]
 
@@ -71,7 +71,7 @@ class FoldResult:
 @dataclass(frozen=True)
 class MarketIndex:
     """The small part of a market's material the driver needs: timeline, closes, samples,
-    fingerprints of the candles before every fold bound."""
+    fingerprints of the inputs (research_cache.input_fingerprints) before every fold bound."""
 
     market: str
     times: pd.DatetimeIndex
@@ -106,7 +106,8 @@ def fold_bounds(sample_times: pd.DatetimeIndex, grid: FoldGrid, horizon: int) ->
 def prepare_market(
     data_dir: str, market: str, features: FeaturesConfig, grid: FoldGrid, kinds: set[str]
 ) -> tuple[MarketMaterial, MarketIndex]:
-    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold."""
+    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold (of the
+    market's candles and of every other series its feature groups read)."""
     candles = ParquetDirSource(data_dir).history(market)
     if len(candles) == 0:
         raise CandleError(f"{market}: no candles in {data_dir}")
@@ -116,9 +117,8 @@ def prepare_market(
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None
     bounds = fold_bounds(data.sample_times, grid, data.horizon)
-    index = MarketIndex(
-        market, data.times, data.close, data.samples, candle_fingerprints(candles, bounds)
-    )
+    fingerprints = input_fingerprints(candles, context, bounds)
+    index = MarketIndex(market, data.times, data.close, data.samples, fingerprints)
     return MarketMaterial(data, gbm_rows, plain_rows), index
 
 

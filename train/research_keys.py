@@ -2,7 +2,8 @@
 
 A fold's key is its market, family, the hash of `describe` (label, gap policy, feature hash,
 purge, training window, the family's settings and a code revision), its number and span, and the
-fingerprint of the candles it read; the seed's leaky protocol is keyed by its parts instead.
+fingerprint of the series it read (its market's candles and those its feature groups read,
+research_cache.input_fingerprints); the seed's leaky protocol is keyed by its parts instead.
 """
 
 from __future__ import annotations
@@ -88,3 +89,12 @@ def leaky_keys(family: str, index: MarketIndex, req: ResearchRequest) -> list[Fo
         FoldKey(index.market, family, digest, part, *span, fingerprint)
         for part in range(req.research.leaky_parts)
     ]
+
+
+def current_keys(keys: list[FoldKey], index: MarketIndex, horizon_hours: int) -> list[FoldKey]:
+    """The stored `keys` whose fingerprint is the one `index` (prepared from the data now in the
+    folder) gives their fold: a fold computed from since-changed data (the market's candles or a
+    series its feature groups read) stays in the cache under its old fingerprint and must not be
+    read as current. Looked up, not recomputed: a fingerprint is chained over all fold bounds."""
+    horizon = pd.Timedelta(hours=horizon_hours)
+    return [k for k in keys if index.fingerprints.get(str(k.end + horizon)) == k.fingerprint]

@@ -257,6 +257,17 @@ def chain_folds(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def trading_figures(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model's per-fold replays (a trader's results) as the report's trading figures
+    (return, Sharpe, max drawdown, trades, exposure, folds halted, hourly returns) and the
+    chained curve they come from."""
+    chained = chain_folds(parts)
+    figures = curve_figures(
+        chained["equity"], chained["initial"], chained["position_value"], chained["trades"]
+    )
+    return figures | {"folds_halted": chained["folds_halted"]}, chained
+
+
 def _attach_trading(
     models: dict[str, dict[str, Any]], results: list[dict[str, Any]], trials: int
 ) -> dict[str, Any]:
@@ -265,12 +276,9 @@ def _attach_trading(
         by_model.setdefault(result["model"], []).append(result)
     curves = {}
     for name, parts in by_model.items():
-        chained = chain_folds(parts)
-        figures = curve_figures(
-            chained["equity"], chained["initial"], chained["position_value"], chained["trades"]
-        )
+        figures, chained = trading_figures(parts)
         returns = figures.pop("hourly_returns")
-        models[name]["trading"] = figures | {"folds_halted": chained["folds_halted"]}
+        models[name]["trading"] = figures
         models[name]["dsr"] = deflated_sharpe(returns, trials)
         curves[name] = (chained["times"], chained["equity"] / chained["initial"])
     return curves

@@ -300,8 +300,9 @@ def training_labels(index: MarketIndex, features: FeaturesConfig) -> pd.Series:
     return pd.Series(label_returns(fwd, features.labels.threshold), index=index.times)
 
 
-def _ensemble(req: ResearchRequest, market: MarketResearch) -> pd.DataFrame:
-    """The ensemble's folds from its components' cached folds, stored like any fold."""
+def ensemble_predictions(req: ResearchRequest, market: MarketResearch) -> pd.DataFrame:
+    """The ensemble's folds from its components' folds (`market.predictions`, covering the
+    lookback folds before `market.folds`), the folds in `market.folds` stored like any fold."""
     hybrid, gbm = market.predictions["hybrid"], market.predictions["gbm"]
     weights = fold_weights(
         hybrid,
@@ -338,7 +339,7 @@ def assemble(
                 research.predictions[family] = frame[~frame.index.duplicated(keep="first")]
                 research.configs[family] = config_hash(describe(family, req))
         if "ensemble" in req.families:
-            research.predictions["ensemble"] = _ensemble(req, research)
+            research.predictions["ensemble"] = ensemble_predictions(req, research)
             research.configs["ensemble"] = config_hash(describe("ensemble", req))
         research.records = [r for r in collector.records if r["market"] == market]
         research.novelty = collector.novelty.get(market)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from train.config import FAMILIES, TrainConfig, load_train_config
-from train.model_config import ModelConfig, check_candidates
+from train.model_config import ModelConfig, apply_search, check_candidates
 from train.research_cli import parse_time
-from train.tune_trial import InnerRun
+from train.tune_trial import InnerRun, TrialTrading
 
 
 def add_tune_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="quick", help="the base profile the search varies")
     p.add_argument(
         "--family",
-        help=f"base family when the search does not vary it: {', '.join(FAMILIES[:2])} "
+        help=f"base family when the search does not vary it: {', '.join(FAMILIES)} "
         "(default: the first of train.yaml families)",
     )
     p.add_argument("--tune-end", help="KST: score only hours whose label is known before this "
@@ -62,13 +62,22 @@ def check_trading_keys(base: ModelConfig, space: dict[str, list]) -> None:
 
     for key, values in keys.items():
         for value in values:
-            load_trading_config(overrides=[f"{key.removeprefix('trading.')}={json.dumps(value)}"])
+            load_trading_config(overrides=apply_search(base, {key: value}).trading_overrides())
+
+
+def trial_trading(arm: str) -> TrialTrading:
+    """The trading side every trial scores with: the policy trading.yaml (with the trial's
+    `trading.*` values) gives, and the after-fee replay `train research` uses. The edge hands
+    it down: train/ may not import trading/."""
+    from trading.research_trades import acting_policy, trade
+
+    return TrialTrading(arm=arm, policy=acting_policy, trade=trade)
 
 
 def base_config(args: argparse.Namespace, train_cfg: TrainConfig) -> ModelConfig:
-    family = args.family or next((f for f in train_cfg.families if f != "ensemble"), "gbm")
-    if family not in ("hybrid", "gbm"):
-        raise ConfigError(f"--family {family!r}: Tune fits hybrid and gbm")
+    family = args.family or train_cfg.families[0]
+    if family not in FAMILIES:
+        raise ConfigError(f"--family {family!r}: choose from {', '.join(FAMILIES)}")
     profile = train_cfg.profile(args.profile)
     if args.until is not None:
         profile = profile.model_copy(
@@ -128,7 +137,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     runs = inner_runs(args, train_cfg)
     init_ray(args)
     storage = args.storage_path and resolve_path(args.storage_path)
-    outcomes = tune_markets_on_ray(runs, base, tune_cfg, storage, use_gpu=args.use_gpu)
+    trading = trial_trading(train_cfg.research.arm)
+    outcomes = tune_markets_on_ray(runs, base, tune_cfg, trading, storage, use_gpu=args.use_gpu)
     tune_end = str(runs[0].tune_end)
     winners = {m: o.winner_config(base, tune_end) for m, o in outcomes.items() if o.winner}
     for outcome in outcomes.values():

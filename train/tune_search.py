@@ -25,7 +25,7 @@ from ray.tune.search import BasicVariantGenerator
 from train.config import TuneConfig
 from train.model_config import ModelConfig, TuneRecord, apply_search
 from train.ray_fit import run_name
-from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, run_trial
+from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, TrialTrading, run_trial
 
 LOWER_IS_BETTER = {"balanced_accuracy": False, "log_loss": True}
 
@@ -36,15 +36,23 @@ def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
 
 
 def _max_epochs(base: ModelConfig, tune_cfg: TuneConfig, inner_folds: int) -> int:
-    epochs = [base.profile.optim.epochs, *tune_cfg.search_space.get("profile.optim.epochs", [])]
-    return int(max(epochs)) * inner_folds + 1  # never reached: ASHA must not stop a last epoch
+    """More hybrid epochs than any trial reports (an ensemble trial's hybrid also trains the
+    lookback folds its weights are fitted on): ASHA must never stop a trial's last epoch."""
+    space = tune_cfg.search_space
+    epochs = [base.profile.optim.epochs, *space.get("profile.optim.epochs", [])]
+    folds = inner_folds
+    if "ensemble" in [base.family, *space.get("family", [])]:
+        lookback = [base.profile.ensemble.lookback_folds]
+        folds += int(max([*lookback, *space.get("profile.ensemble.lookback_folds", [])]))
+    return int(max(epochs)) * folds + 1
 
 
 def trial_resources(tune_cfg: TuneConfig, base_family: str, use_gpu: bool) -> Any:
-    """CPU for every trial; a GPU share for hybrid trials when GPUs are used."""
+    """CPU for every trial; a GPU share for trials that train a hybrid (hybrid, ensemble) when
+    GPUs are used."""
 
     def resources(values: dict[str, Any]) -> dict[str, float]:
-        hybrid = values.get("family", base_family) == "hybrid"
+        hybrid = values.get("family", base_family) in ("hybrid", "ensemble")
         gpu = {"GPU": tune_cfg.gpu_fraction} if use_gpu and hybrid else {}
         return {"CPU": tune_cfg.cpus_per_trial, **gpu}
 
@@ -55,13 +63,14 @@ def tune_market(
     run: InnerRun,
     base: ModelConfig,
     tune_cfg: TuneConfig,
+    trading: TrialTrading,
     storage_path: str | None,
     *,
     use_gpu: bool = False,
 ) -> tune.ResultGrid:
     """One Tune experiment for one market over `tune_cfg.search_space`."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, run=run, base=base),
+        tune.with_parameters(run_trial, run=run, base=base, trading=trading),
         trial_resources(tune_cfg, base.family, use_gpu),
     )
     scheduler = ASHAScheduler(
@@ -142,7 +151,7 @@ def _row(result: Any, metric: str) -> TrialRow:
     return TrialRow(name, dict(result.config), "done", float(metrics[key]), scores)
 
 
-_SCORE_FACTS = ("scored_hours", "first_scored", "last_scored", "folds")
+_SCORE_FACTS = ("scored_hours", "first_scored", "last_scored", "folds", "buy_calls")
 
 
 def summarize(market: str, grid: tune.ResultGrid, metric: str, started: float) -> TuneOutcome:
@@ -166,12 +175,19 @@ def tune_markets_on_ray(
     runs: list[InnerRun],
     base: ModelConfig,
     tune_cfg: TuneConfig,
+    trading: TrialTrading,
     storage_path: str | None,
     *,
     use_gpu: bool = False,
 ) -> dict[str, TuneOutcome]:
-    """Every market's experiment at once, each from its own Ray task; they share the cluster."""
-    kwargs = {"tune_cfg": tune_cfg, "storage_path": storage_path, "use_gpu": use_gpu}
+    """Every market's experiment at once, each from its own Ray task; they share the cluster.
+    `trading` (`train.tune_cli.trial_trading`) makes the calls scored and replayed after fees."""
+    kwargs = {
+        "tune_cfg": tune_cfg,
+        "trading": trading,
+        "storage_path": storage_path,
+        "use_gpu": use_gpu,
+    }
     refs = [_drive.remote(run, base, kwargs) for run in runs]
     return {outcome.market: outcome for outcome in ray.get(refs)}
 
@@ -180,12 +196,16 @@ def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _figure(value: Any, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
 def format_outcome(outcome: TuneOutcome) -> str:
     """The trials of one market, best first, and the winner."""
     keys = sorted({k for r in outcome.rows for k in r.values})
     sign = 1.0 if LOWER_IS_BETTER[outcome.metric] else -1.0
     order = sorted(outcome.rows, key=lambda r: (not math.isfinite(r.score), sign * r.score))
-    head = ["trial", *keys, "bal_acc", "log_loss", "hours", "status"]
+    head = ["trial", *keys, "bal_acc", "log_loss", "hours", "buys", "return", "sharpe", "status"]
     body = []
     for r in order:
         s = r.scores
@@ -195,6 +215,9 @@ def format_outcome(outcome: TuneOutcome) -> str:
             f"{s['score_balanced_accuracy']:.4f}" if s else "-",
             f"{s['score_log_loss']:.4f}" if s else "-",
             str(s.get("scored_hours", "-")),
+            str(s.get("buy_calls", "-")),
+            _figure(s.get("score_return"), "+.2%"),
+            _figure(s.get("score_sharpe"), ".2f"),
             r.status[:60],
         ])  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
@@ -202,7 +225,8 @@ def format_outcome(outcome: TuneOutcome) -> str:
              for row in [head, *body]]  # fmt: skip
     took = outcome.ended - outcome.started
     lines.insert(0, f"{outcome.market}: {len(outcome.rows)} trials in {took:.0f} s, "
-                    f"scored on the reference label, metric {outcome.metric}")  # fmt: skip
+                    f"calls scored on the reference label, metric {outcome.metric}; "
+                    "return and sharpe: after fees, per fold replayed")  # fmt: skip
     w = outcome.winner
     if w is None:
         lines.append(f"{outcome.market} winner: none (no trial finished)")

@@ -7,7 +7,13 @@ writing the research cache, so a configuration already computed costs a cache re
 `train research` with the winner reuses nothing it should not (its reported folds are later).
 Predictions are scored against the reference label, whatever label the trial trained on, on the
 hours whose reference label is known before the last inner fold ends: no scored hour, and no price
-a score reads, lies in a fold a report calls out-of-sample.
+a score reads, lies in a fold a report calls out-of-sample. The calls scored are the ones the
+trading policy would act on with the trial's `trading.*` values (`features.barriers.
+acted_signals`: a margin turns a weak BUY into HOLD), so searching the margin moves the score;
+the trial also reports the after-fee result of trading its folds (`score_return`, `score_sharpe`,
+...) through the same replay as `train research`. Both come from a `TrialTrading` the CLI hands
+down (train/ may not import trading/). Unlike the research report's replay, the trial's opens
+positions on novel hours too: the novelty gate is not applied here.
 
 The hybrid reports every epoch's early-stop loss (`hybrid_epoch`, counted across its folds) for
 ASHA; the gbm reports once, at the end, without `hybrid_epoch`, so ASHA leaves it alone.
@@ -16,12 +22,14 @@ ASHA; the gbm reports once, at the end, without `hybrid_epoch`, so ASHA leaves i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.barriers import MARGIN_NEEDS_MOVES, LabelMoves, acted_signals
 from features.folds import AnchoredFold
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig
@@ -31,7 +39,14 @@ from train.model_config import ModelConfig, apply_search
 from train.research_cache import PROBA, PredictionCache
 from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
 from train.research_keys import eligible_folds, fold_key
-from train.research_run import ResearchRequest, run_and_store
+from train.research_report import TradeRequest, trade_requests, trading_figures
+from train.research_run import (
+    COMPONENTS,
+    MarketResearch,
+    ResearchRequest,
+    ensemble_predictions,
+    run_and_store,
+)
 
 EPOCH = "hybrid_epoch"  # ASHA's time attribute: only the hybrid's per-epoch reports carry it
 EPOCH_LOSS = "val_loss"  # ASHA's metric: the encoder's class-weighted early-stop log loss
@@ -47,6 +62,41 @@ class InnerRun:
     cache_root: str
     tune_end: pd.Timestamp  # the first reported hour: nothing scored reaches it
     inner_folds: int
+
+
+@dataclass(frozen=True)
+class TrialTrading:
+    """The trading side of every trial, from the edge (`train.tune_cli.trial_trading`).
+
+    `policy(overrides)`: (margin, min_confidence) of trading.yaml with a trial's `trading.*`
+    overrides; `trade(requests, arm, overrides)`: the after-fee replay `train research` uses.
+    """
+
+    arm: str
+    policy: Callable[[list[str]], tuple[float | None, float]]
+    trade: Callable[[list[TradeRequest], str, list[str]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class TrialPolicy:
+    """How one trial's probabilities become calls: its margin, min_confidence and label moves."""
+
+    margin: float | None
+    min_confidence: float
+    moves: LabelMoves | None
+
+    def calls(self, predictions: pd.DataFrame) -> np.ndarray:
+        probabilities = predictions[PROBA].to_numpy()
+        return acted_signals(probabilities, self.margin, self.moves, self.min_confidence)
+
+
+def trial_policy(config: ModelConfig, trading: TrialTrading) -> TrialPolicy:
+    """The trial's policy, refused before any fit when a margin cannot be priced."""
+    margin, min_confidence = trading.policy(config.trading_overrides())
+    moves = config.features.labels.moves()
+    if margin is not None and moves is None:
+        raise ValueError(f"{MARGIN_NEEDS_MOVES} (label mode {config.features.labels.mode})")
+    return TrialPolicy(margin, min_confidence, moves)
 
 
 def trial_request(run: InnerRun, config: ModelConfig) -> ResearchRequest:
@@ -91,8 +141,33 @@ def fold_predictions(
     report: Any = None,
 ) -> pd.DataFrame:
     """Every inner fold's out-of-sample probabilities, from the cache or computed (and cached).
-    The gbm's tree inputs are built at the first fold the cache lacks: a cached trial skips them."""
+
+    The ensemble blends its components' folds as `train research` does
+    (`research_run.ensemble_predictions`): they are computed for the inner folds and the
+    `ensemble.lookback_folds` folds before them, whose hours fit each inner fold's weight.
+    """
     family = req.families[0]
+    if family != "ensemble":
+        return _family_folds(family, req, material, index, folds, report)
+    first = folds[0].number - req.profile.ensemble.lookback_folds
+    span = [f for f in eligible_folds(index, req) if first <= f.number <= folds[-1].number]
+    parts = {
+        c: _family_folds(c, req, material, index, span, report) for c in COMPONENTS["ensemble"]
+    }
+    blended = ensemble_predictions(req, MarketResearch(index, folds, parts))
+    return blended[blended["fold"].isin([f.number for f in folds])].sort_index()
+
+
+def _family_folds(
+    family: str,
+    req: ResearchRequest,
+    material: MarketMaterial,
+    index: MarketIndex,
+    folds: list[AnchoredFold],
+    report: Any,
+) -> pd.DataFrame:
+    """One family's folds. The gbm's tree inputs are built at the first fold the cache lacks:
+    a cached trial skips them."""
     frames = []
     for fold in folds:
         key = fold_key(family, fold, index, req)
@@ -117,10 +192,15 @@ def fold_predictions(
 
 
 def reference_score(
-    predictions: pd.DataFrame, index: MarketIndex, research: ResearchConfig, tune_end: pd.Timestamp
+    predictions: pd.DataFrame,
+    index: MarketIndex,
+    research: ResearchConfig,
+    tune_end: pd.Timestamp,
+    calls: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Balanced accuracy and log loss against the reference label, on the hours whose label is
-    known before `tune_end` (t + horizon < tune_end): the end of the last inner fold."""
+    """Balanced accuracy of `calls` (aligned with `predictions`; default the argmax) and log loss
+    of the probabilities against the reference label, on the hours whose label is known before
+    `tune_end` (t + horizon < tune_end): the end of the last inner fold."""
     ref = research.reference_label
     close = pd.Series(index.close, index=index.times)
     labels = pd.Series(
@@ -132,7 +212,10 @@ def reference_score(
     keep = np.isfinite(y) & (hours + pd.Timedelta(hours=ref.horizon_hours) < tune_end)
     if not keep.any():
         raise ValueError(f"{index.market}: no labelled pre-test hour to score the trial on")
-    scores = classification_metrics(y[keep].astype(np.int64), predictions[PROBA].to_numpy()[keep])
+    proba = predictions[PROBA].to_numpy()[keep]
+    scores = classification_metrics(
+        y[keep].astype(np.int64), proba, None if calls is None else np.asarray(calls)[keep]
+    )
     scored = hours[keep]
     return {
         "score_balanced_accuracy": scores["balanced_accuracy"],
@@ -140,14 +223,42 @@ def reference_score(
         "scored_hours": int(scores["n"]),
         "first_scored": str(scored.min()),
         "last_scored": str(scored.max()),
+        "buy_calls": int(np.sum(scores["confusion"], axis=0)[2]),
     }
 
 
-def run_trial(values: dict[str, Any], run: InnerRun, base: ModelConfig) -> None:
-    """The Tune function trainable (`tune.with_parameters` binds `run` and `base`)."""
+def trading_score(
+    predictions: pd.DataFrame,
+    index: MarketIndex,
+    folds: list[AnchoredFold],
+    policy: TrialPolicy,
+    trading: TrialTrading,
+    overrides: list[str],
+) -> dict[str, Any]:
+    """The after-fee result of trading the inner folds' predictions (each fold a fresh paper
+    account, chained, as the research report does); every price it reads is before the last
+    inner fold's end."""
+    research = MarketResearch(index, folds)
+    requests = trade_requests(research, predictions.index, {"trial": predictions}, policy.moves)
+    figures, _ = trading_figures(trading.trade(requests, trading.arm, overrides))
+    sharpe = figures["sharpe"]
+    return {
+        "score_return": figures["total_return"],
+        "score_sharpe": float("nan") if sharpe is None else sharpe,
+        "score_max_drawdown": figures["max_drawdown"],
+        "score_trades": figures["trades"],
+        "score_exposure": figures["exposure"],
+    }
+
+
+def run_trial(
+    values: dict[str, Any], run: InnerRun, base: ModelConfig, trading: TrialTrading
+) -> None:
+    """The Tune function trainable (`tune.with_parameters` binds `run`, `base` and `trading`)."""
     from ray import tune
 
     config = apply_search(base, values)
+    policy = trial_policy(config, trading)
     req = trial_request(run, config)
     material, index = prepare_market(run.data_dir, run.market, config.features, req.grid, set())
     folds = inner_folds(index, req, run)
@@ -158,6 +269,9 @@ def run_trial(values: dict[str, Any], run: InnerRun, base: ModelConfig) -> None:
 
     predictions = fold_predictions(req, material, index, folds, report_epoch)
     # The last inner fold's end, not tune_end: a label must not read the next (reported) fold.
-    scores = reference_score(predictions, index, run.research, folds[-1].test_end)
+    end = folds[-1].test_end
+    scores = reference_score(predictions, index, run.research, end, policy.calls(predictions))
+    overrides = config.trading_overrides()
+    scores |= trading_score(predictions, index, folds, policy, trading, overrides)
     folds_text = ",".join(str(f.number) for f in folds)
     tune.report({EPOCH_LOSS: float("nan"), "family": config.family, "folds": folds_text, **scores})

@@ -17,10 +17,11 @@ import pytest
 import pyupbit
 import pyupbit.request_api as request_api
 
+from features.candle_cache import CachedSource
 from features.candles import CANDLE_COLUMNS, CandleError, validate_candles
 from features.config import load_features_config
 from features.exchange import HOUR, KST, UnknownMarketError
-from features.sources import CachedSource, ParquetDirSource, UpbitSource
+from features.sources import ParquetDirSource, UpbitSource
 from features.upbit_http import (
     RetryPolicy,
     UpbitBadReply,
@@ -378,7 +379,7 @@ def test_corrupt_cache_file_is_rebuilt(
 ) -> None:
     cache = CachedSource(source, tmp_path)
     Path(cache.path("KRW-BTC")).write_bytes(b"not parquet at all")
-    with caplog.at_level(logging.WARNING, logger="features.sources"):
+    with caplog.at_level(logging.WARNING, logger="features.candle_cache"):
         got = cache.latest("KRW-BTC", 24, now=standin.now)
     assert "corrupt candle cache" in caplog.text and "KRW-BTC_minute60.parquet" in caplog.text
     pd.testing.assert_frame_equal(got, closed(standin).iloc[-24:], check_freq=False)
@@ -410,7 +411,7 @@ def test_cache_on_an_object_store_is_shared_by_every_reader(
 
     with bucket.open_output_stream(key) as out:
         out.write(b"PAR1 torn")
-    with caplog.at_level(logging.WARNING, logger="features.sources"):
+    with caplog.at_level(logging.WARNING, logger="features.candle_cache"):
         rebuilt = CachedSource(source, uri).latest("KRW-BTC", 24, now=standin.now)
     assert "corrupt candle cache" in caplog.text
     pd.testing.assert_frame_equal(rebuilt, closed(standin).iloc[-24:], check_freq=False)

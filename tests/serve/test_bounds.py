@@ -158,6 +158,10 @@ def test_every_prediction_says_the_models_age_and_models_shows_it(
     assert body["novel"] is expected.novel
     parsed = ServeClient(url).predict(MARKET, candles, AccountState.flat(1_000_000.0))
     assert (parsed.dissimilarity, parsed.novel) == (body["dissimilarity"], body["novel"])
+    # The label the served bundle was trained on, which the loop trades with
+    threshold = load_bundle(smoke_bundle).metadata["label_threshold"]
+    assert body["label"] == {"up": threshold, "down": threshold, "barriers": None}
+    assert parsed.label == expected.label
     model = requests.get(f"{url}/v1/models", timeout=30).json()["models"][MARKET]
     assert model["trained_through"] and model["max_model_age_hours"] == 2160
     assert model["stale"] is False

@@ -40,7 +40,7 @@ def group_bundle(ohlcv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     booster, temperature = fit_gbm(GbmConfig(num_rounds=20, min_data_in_leaf=20), slices)
     window = [str(data.sample_times[0]), str(data.sample_times[-1])]
     meta = {**feature_metadata(GROUPS), "max_gap_hours": 6, "market": MARKET, "horizon": 6,
-            "train_window": window}  # fmt: skip
+            "label_threshold": 0.005, "train_window": window}  # fmt: skip
     return GbmModel(booster, temperature, meta).save(tmp_path_factory.mktemp("bundle") / "v0001")
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.barriers import Barriers, LabelMoves
 from features.candles import normalize_candles
 from features.exchange import KST
 from features.indicators import CANDLES_FOR_SERVING, SERVING_WINDOW
 from features.serving import serving_features, serving_matrix
 from serve.predict import candles_from_rows, predict_candles
-from serve.schema import BadRequest
+from serve.schema import BadRequest, Unavailable
 from serve.sizing import sizing_volatility
 from trading.serve_client import candle_rows
 from train.bundle import load_bundle
@@ -117,3 +119,22 @@ def test_predict_candles_matches_the_bundle_on_the_same_window(
     assert view.volatility == sizing_volatility(btc["close"].to_numpy())
     with pytest.raises(BadRequest, match=f"need at least {SERVING_WINDOW}"):
         predict_candles(model, "KRW-BTC", candles_from_rows(candle_rows(btc.iloc[-100:]), 5000))
+
+
+def test_every_view_carries_the_label_its_bundle_was_trained_on(
+    btc: pd.DataFrame, smoke_bundle, barrier_fit
+) -> None:
+    """What the loop prices and closes a trade with: the bundle's threshold label (the smoke
+    bundle) or its barriers (one trained on triple-barrier labels), never the config's."""
+    fixed = load_bundle(smoke_bundle)
+    threshold = fixed.metadata["label_threshold"]
+    view = predict_candles(fixed, "KRW-BTC", btc)
+    assert view.label.moves() == LabelMoves.of_threshold(threshold)
+    _, fit = barrier_fit
+    view = predict_candles(fit.model, "KRW-BTC", btc)
+    assert view.label.moves() == LabelMoves.of_barriers(Barriers(0.01, 0.01, 12))
+    assert view.label.barriers is not None and view.label.barriers.horizon == 12
+    unlabelled = {k: v for k, v in fixed.metadata.items() if k != "label_threshold"}
+    broken = replace(fixed, metadata=unlabelled)
+    with pytest.raises(Unavailable, match="names no usable label"):
+        predict_candles(broken, "KRW-BTC", btc)

@@ -23,6 +23,7 @@ from serve.sizing import (
     SizingResult,
     load_sizing_config,
     rule_sizing,
+    rule_sizing_ratio,
 )
 
 from standins.groq_server import CHAT_PATH, GroqStandIn, Turn
@@ -277,6 +278,8 @@ def test_rule_ratio_always_within_bounds(probs, volatility, drawdown, signal):
     result = rule_sizing(buy_request(probs, volatility, drawdown, signal), CONFIG)
     assert CONFIG.min_ratio <= result.ratio <= CONFIG.max_ratio
     assert math.isfinite(result.ratio) and result.source == "rule"
+    # the backtester's form, without the request's checks and the reason text, is the same number
+    assert rule_sizing_ratio(signal, probs, volatility, drawdown, CONFIG) == result.ratio
 
 
 @settings(max_examples=300, deadline=None)

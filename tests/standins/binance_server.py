@@ -11,15 +11,15 @@ unknown symbol or a bad limit. Tests point `features.binance.BinanceHttpSource` 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
-from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
 from features.exchange import HOUR
+
+from standins.http_server import LocalHttpServer, QuietHandler
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
@@ -35,33 +35,20 @@ def _kline(opened: pd.Timestamp, row: pd.Series) -> list:
     return [_ms(opened), *money, closes, f"{row['value']:.8f}", 1000, "0", "0", "0"]
 
 
-class BinanceStandIn:
+class BinanceStandIn(LocalHttpServer):
     """Serves `candles` (symbol -> frame, naive UTC) as Binance would at `now` (naive UTC)."""
 
+    thread_name = "binance-standin"
+
     def __init__(self, candles: Mapping[str, pd.DataFrame], now: pd.Timestamp) -> None:
+        super().__init__()
         self.candles = dict(candles)
         self.now = now
         self.requests: list[dict[str, str]] = []
         self.fail_next: int | None = None  # HTTP status of the next reply, once
-        self._server: ThreadingHTTPServer | None = None
 
-    def __enter__(self) -> BinanceStandIn:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server = server
-        serve = partial(server.serve_forever, poll_interval=0.02)
-        threading.Thread(target=serve, name="binance-standin", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     def klines(self, query: dict[str, str]) -> tuple[int, object]:
         self.requests.append(query)
@@ -86,7 +73,7 @@ class BinanceStandIn:
 
 
 def _make_handler(standin: BinanceStandIn) -> type[BaseHTTPRequestHandler]:
-    class _BinanceHandler(BaseHTTPRequestHandler):
+    class _BinanceHandler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -94,15 +81,9 @@ def _make_handler(standin: BinanceStandIn) -> type[BaseHTTPRequestHandler]:
                 status, payload = standin.klines(query)
             else:
                 status, payload = 404, {"code": -1000, "msg": f"no route {url.path}"}
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json;charset=UTF-8")
-            self.send_header("X-MBX-USED-WEIGHT-1M", str(2 * len(standin.requests)))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
+            weight = {"X-MBX-USED-WEIGHT-1M": str(2 * len(standin.requests))}
+            self.reply(
+                status, json.dumps(payload).encode(), "application/json;charset=UTF-8", weight
+            )
 
     return _BinanceHandler

@@ -6,7 +6,7 @@ Groq's error shape otherwise), enforces JSON mode the way Groq does (a reply tha
 object becomes Groq's 400 `json_validate_failed`), and answers with a `chat.completion` object.
 
 What "the model" says is scripted per request with `Turn`s (a ratio, free text, an HTTP error, a
-delay); every request is recorded. The scripting, lifecycle and request log live in
+delay); every request is recorded. The scripting and request log live in
 `ScriptedChatServer`, which the Ollama stand-in shares.
 """
 
@@ -18,9 +18,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from standins.http_server import LocalHttpServer, QuietHandler
 
 CHAT_PATH = "/openai/v1/chat/completions"
 
@@ -85,8 +86,8 @@ DEFAULT_TURN = Turn.ratio(0.3)
 Route = Callable[[RecordedRequest, Turn | None], Reply]
 
 
-class ScriptedChatServer:
-    """A threaded HTTP server whose model replies come from a script, then from `default`.
+class ScriptedChatServer(LocalHttpServer):
+    """A local HTTP server whose model replies come from a script, then from `default`.
 
     Subclasses register routes with `add_route(method, path, handler, scripted=...)`; a scripted
     route takes the next `Turn` (and sleeps its delay) before its handler builds the reply.
@@ -95,42 +96,15 @@ class ScriptedChatServer:
     thread_name = "chat-standin"
 
     def __init__(self, default: Turn | Responder = DEFAULT_TURN) -> None:
+        super().__init__()
         self.default = default
         self._script: list[Turn] = []
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._routes: dict[tuple[str, str], tuple[Route, bool]] = {}
-        self._server: ThreadingHTTPServer | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> ScriptedChatServer:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True
-        serve = partial(server.serve_forever, poll_interval=0.02)
-        threading.Thread(target=serve, name=self.thread_name, daemon=True).start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping through a slow turn
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> ScriptedChatServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the stand-in is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     # -- test controls ---------------------------------------------------------------------------
     def add_route(self, method: str, path: str, handler: Route, *, scripted: bool) -> None:
@@ -160,7 +134,7 @@ class ScriptedChatServer:
         return handler(request, self._next_turn(request) if scripted else None)
 
     def sleep_through(self, turn: Turn) -> bool:
-        """Sleep through the turn's delay; False when the server is stopping meanwhile."""
+        """Sleep through the turn's delay; False when `stop()` is called meanwhile."""
         return not self._stopping.wait(turn.delay_s) if turn.delay_s > 0 else True
 
     def _next_turn(self, request: RecordedRequest) -> Turn:
@@ -175,7 +149,7 @@ class ScriptedChatServer:
 
 
 def _make_handler(standin: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
-    class _ChatHandler(BaseHTTPRequestHandler):
+    class _ChatHandler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._serve("GET")
 
@@ -192,19 +166,7 @@ def _make_handler(standin: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
                 at=time.time(),
             )
             reply = standin.dispatch(request)
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (a deadline test); nothing left to tell it
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Silence per-request logging; tests read the request log instead."""
+            self.reply(reply.status, reply.body, reply.content_type, reply.headers)
 
     return _ChatHandler
 
@@ -256,10 +218,6 @@ class GroqStandIn(ScriptedChatServer):
         self.api_key = api_key
         self.echo_key_in_errors = echo_key_in_errors
         self.add_route("POST", CHAT_PATH, self._chat, scripted=True)
-
-    def __enter__(self) -> GroqStandIn:
-        self.start()
-        return self
 
     def _unauthorized(self, request: RecordedRequest) -> Reply | None:
         offered = request.header("Authorization").removeprefix("Bearer ").strip()

@@ -48,10 +48,6 @@ class OllamaStandIn(ScriptedChatServer):
         self.add_route("GET", "/", lambda _r, _t: running, scripted=False)
         self.add_route("POST", CHAT_PATH, self._chat, scripted=True)
 
-    def __enter__(self) -> OllamaStandIn:
-        self.start()
-        return self
-
     def _chat(self, request: RecordedRequest, turn: Turn | None) -> Reply:
         assert turn is not None
         try:

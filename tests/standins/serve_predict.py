@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from serve.schema import (
     ErrorDetail,
+    LabelView,
     PredictAllBody,
     PredictAllReply,
     PredictBody,
@@ -22,41 +22,32 @@ from serve.schema import (
     Sizing,
 )
 
+from standins.http_server import LocalHttpServer, QuietHandler
+
 BUY = (0.1, 0.2, 0.7)
+LABEL = LabelView(up=0.005, down=0.005)  # a fixed 0.5 % label: no barriers
 
 
 def reply_for(market: str, candles: list[dict[str, Any]]) -> PredictionReply:
     return PredictionReply(
         market=market, time=candles[-1]["time"], probabilities=Probabilities.of(BUY),
         model_version="v0001", volatility=0.01, served_by="standin", model_age_hours=10.0,
-        sizing=Sizing(ratio=0.6, source="llm-agree", reason="stand-in"),
+        sizing=Sizing(ratio=0.6, source="llm-agree", reason="stand-in"), label=LABEL,
     )  # fmt: skip
 
 
-class ServePredictStandIn:
+class ServePredictStandIn(LocalHttpServer):
+    thread_name = "serve-predict-standin"
+
     def __init__(self, refused: set[str] | None = None) -> None:
+        super().__init__()
         self.refused = refused or set()
         self.posts: Counter[str] = Counter()
         self.batch_sizes: list[int] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    def __enter__(self) -> ServePredictStandIn:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        server.daemon_threads = True
-        threading.Thread(target=partial(server.serve_forever, 0.02), daemon=True).start()
-        self._server = server
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self)
 
     def answer(self, path: str, raw: bytes) -> tuple[int, str]:
         with self._lock:
@@ -81,18 +72,10 @@ class ServePredictStandIn:
 
 
 def _handler(standin: ServePredictStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             status, text = standin.answer(self.path, raw)
-            data = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
+            self.reply(status, text.encode())
 
     return Handler

@@ -9,19 +9,22 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from features.barriers import LabelMoves
 from features.domain import AccountState
-from serve.schema import PredictionReply, Probabilities, Sizing
+from serve.schema import LabelView, PredictionReply, Probabilities, Sizing
 from trading.serve_client import ServeUnavailable
 
 BUY = (0.1, 0.2, 0.7)
 HOLD = (0.2, 0.6, 0.2)
 SELL = (0.7, 0.2, 0.1)
+FIXED_LABEL = LabelMoves.of_threshold(0.005)
 
 
 class FixedSignal:
     """A Predictor that always answers with the same probabilities (per market when a mapping
     is given) and LLM ratio; `down` makes it refuse as a silent Serve would, `novel` answers as
-    the novelty gate does for an hour unlike the model's training rows."""
+    the novelty gate does for an hour unlike the model's training rows. `label`: the label of the
+    model it stands for (a fixed 0.5 % one unless given, as Serve reads it from the bundle)."""
 
     def __init__(
         self,
@@ -31,12 +34,14 @@ class FixedSignal:
         stale: bool = False,
         down: bool = False,
         novel: bool = False,
+        label: LabelMoves = FIXED_LABEL,
     ) -> None:
         self.probabilities = probabilities
         self.ratio = ratio
         self.stale = stale
         self.down = down
         self.novel = novel
+        self.label = LabelView.of(label)
         self.calls = 0
 
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
@@ -58,4 +63,5 @@ class FixedSignal:
             dissimilarity=4.2 if self.novel else 0.9,
             novel=self.novel,
             sizing=Sizing(ratio=self.ratio, source="llm-agree", reason="test"),
+            label=self.label,
         )

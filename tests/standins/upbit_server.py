@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +27,7 @@ import pandas as pd
 from features.candles import current_hour_kst
 from features.exchange import HOUR, KST
 
+from standins.http_server import LocalHttpServer, QuietHandler
 from standins.upbit_ticker import market_event, ticker_json
 
 MAX_CANDLES_PER_PAGE = 200
@@ -148,13 +148,15 @@ def _epoch_ms(kst: datetime) -> int:
     return int(pd.Timestamp(kst).tz_localize(KST).timestamp() * 1000)
 
 
-class UpbitStandIn:
+class UpbitStandIn(LocalHttpServer):
     """Serve `candles` ({market: candle frame}) as Upbit would at the KST time `now`.
 
     Rows after the current hour are the future and are not served; the current hour is served as
     the newest, still-forming row (the frame's row for that hour if it has one, else a flat candle
     at the last close).
     """
+
+    thread_name = "upbit-standin"
 
     def __init__(
         self,
@@ -166,6 +168,7 @@ class UpbitStandIn:
         other_markets: Sequence[str] = ("BTC-ETH", "USDT-BTC"),
         warned: Sequence[str] = (),
     ) -> None:
+        super().__init__()
         self.candles = dict(candles)
         self.warned = set(warned)  # markets under Upbit's investment warning (market_event)
         last = max(frame.index[-1] for frame in self.candles.values())
@@ -176,41 +179,13 @@ class UpbitStandIn:
         self._faults: list[tuple[Fault, str | None]] = []
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._routes: dict[tuple[str, str], _Route] = {}
-        self._server: ThreadingHTTPServer | None = None
         self.add_route("GET", "/v1/market/all", self._market_all, group="market")
         self.add_route("GET", "/v1/candles/minutes/60", self._candles, group="candles")
         self.add_route("GET", "/v1/ticker", self._ticker, group="ticker")
 
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> UpbitStandIn:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True
-        serve = partial(server.serve_forever, poll_interval=0.02)  # quick shutdown between tests
-        threading.Thread(target=serve, name="upbit-standin", daemon=True).start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> UpbitStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the stand-in is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     # -- test controls ---------------------------------------------------------------------------
     def add_route(
@@ -320,7 +295,7 @@ class UpbitStandIn:
 
 
 def _make_handler(standin: UpbitStandIn) -> type[BaseHTTPRequestHandler]:
-    class _UpbitHandler(BaseHTTPRequestHandler):
+    class _UpbitHandler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._serve("GET")
 
@@ -344,17 +319,6 @@ def _make_handler(standin: UpbitStandIn) -> type[BaseHTTPRequestHandler]:
                 at=time.time(),
             )
             reply, remaining = standin.dispatch(request)
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.send_header("Remaining-Req", remaining)
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (a timeout test); nothing left to tell it
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Silence per-request logging; tests read the request log instead."""
+            self.reply(reply.status, reply.body, reply.content_type, {"Remaining-Req": remaining})
 
     return _UpbitHandler

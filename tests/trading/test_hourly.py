@@ -10,11 +10,8 @@ import pandas as pd
 import pytest
 
 from features import indicators
-from features.domain import AccountState, Signal
+from features.domain import AccountState
 from features.sources import ParquetDirSource
-from serve.predict import predict_candles
-from serve.schema import PredictionReply, ServeError, Sizing, refusal
-from serve.sizing import SizingConfig, SizingRequest, rule_sizing
 from trading.account import ArmAccount, arm_source
 from trading.config import load_trading_config
 from trading.hourly import HourlyTrader, Labels
@@ -23,37 +20,13 @@ from trading.paper import PaperBroker
 from trading.risk import RiskGuard
 from trading.serve_client import ServeClient, ServeUnavailable
 from trading.upbit_broker import UpbitBroker
-from train.bundle import HybridModel, load_bundle
+from train.bundle import load_bundle
 
+from standins.in_process_serve import InProcessServe
 from standins.signals import FixedSignal
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 
 MARKET = "KRW-BTC"
-
-
-class InProcessServe:
-    """A Predictor that runs Serve's own path in this process: `serve.predict` on a real bundle,
-    sized by the sizing node's rule; a refusal becomes ServeUnavailable with the HTTP status the
-    ingress would answer, as ServeClient reports it."""
-
-    def __init__(self, model: HybridModel) -> None:
-        self.model = model
-        self.sizing = SizingConfig()
-
-    def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
-        try:
-            view = predict_candles(self.model, market, candles)
-        except ServeError as exc:
-            status, message = refusal(exc)
-            raise ServeUnavailable(f"Serve answered {status} for {market}: {message}") from exc
-        probabilities = view.probabilities.as_tuple()
-        request = SizingRequest(
-            market, Signal[view.signal], probabilities, view.volatility, account
-        )
-        rule = rule_sizing(request, self.sizing)
-        return PredictionReply.of(
-            view, Sizing(ratio=rule.ratio, source=rule.source, reason=rule.reason)
-        )
 
 
 def config(ledger: Path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from features.domain import Order, Side
+from trading import ledger_schema
 from trading.broker import Fill, OrderState, order_identifier
 from trading.ledger import Ledger, LedgerError
 from trading.ledger_books import LeaseHeld, LeaseLost
@@ -89,3 +90,50 @@ def test_the_high_since_entry_survives_a_reopen(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.db") as ledger:
         assert EntryHigh.from_dict(ledger.highs.get("live", BTC)) == EntryHigh(123.0, HOUR)
         assert ledger.highs.get("live", ETH) is None
+
+
+def test_the_entry_hour_survives_a_reopen_and_a_schema_3_row_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "l.db"
+    with monkeypatch.context() as old_code:  # a ledger written before the entry hour was kept
+        old_code.delitem(ledger_schema.MIGRATIONS, 4)
+        with Ledger(path) as ledger:
+            conn = ledger._file.connection()
+            conn.execute(
+                "INSERT INTO entry_highs (arm, market, high, seen, updated_at) "
+                "VALUES ('live', ?, 123.0, ?, ?)",
+                (BTC, HOUR.isoformat(), NOW.isoformat()),
+            )
+    with Ledger(path) as ledger:  # migrated to 4: the row is kept, its entry hour unknown
+        assert ledger_schema.stored_version(ledger._file.connection(), path) == 4
+        assert EntryHigh.from_dict(ledger.highs.get("live", BTC)) == EntryHigh(123.0, HOUR)
+        entered = HOUR - timedelta(hours=5)
+        ledger.highs.set("live", BTC, EntryHigh(125.0, HOUR, entered).to_dict())
+    with Ledger(path) as ledger:
+        assert EntryHigh.from_dict(ledger.highs.get("live", BTC)) == EntryHigh(125.0, HOUR, entered)
+
+
+def _filled(ledger: Ledger, hour: datetime, side: Side, volume: float) -> None:
+    identifier = order_identifier(BTC, hour, side)
+    amount = volume * 100_000_000.0 if side is Side.BID else 0.0
+    order = Order(BTC, side, amount, volume if side is Side.ASK else 0.0, identifier)
+    ledger.record_order_intent(order, hour, "fixed")
+    fill = Fill(identifier, BTC, side, OrderState.DONE, volume, 100_000_000.0, 50.0)
+    ledger.record_fill(fill, "fixed")
+
+
+def test_the_entry_hour_is_recovered_from_the_fills(tmp_path: Path) -> None:
+    """The first buy since the arm's fills were last flat; adding does not move it."""
+    at = [HOUR + timedelta(hours=k) for k in range(6)]
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.highs.opened("fixed", BTC) is None  # never traded
+        _filled(ledger, at[0], Side.BID, 0.002)
+        _filled(ledger, at[1], Side.BID, 0.001)  # adds to the position
+        assert ledger.highs.opened("fixed", BTC) == at[0]
+        _filled(ledger, at[2], Side.ASK, 0.003)  # sold everything: flat
+        assert ledger.highs.opened("fixed", BTC) is None
+        _filled(ledger, at[3], Side.BID, 0.002)  # a new position
+        _filled(ledger, at[4], Side.ASK, 0.001)  # partly sold: still open
+        assert ledger.highs.opened("fixed", BTC) == at[3]
+        assert ledger.highs.opened("llm", BTC) is None  # another arm's fills are its own

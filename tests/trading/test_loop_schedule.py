@@ -17,29 +17,28 @@ import pytest
 from trading.ledger import Ledger
 from trading.loop import ClockSettings, LoopCore, LoopSettings
 
+from standins.http_server import LocalHttpServer, QuietHandler
+
 SPEED = 14_400.0  # an hour every 0.25 s
 SLOW_S = 0.4  # each Serve call: longer than the clock gives an hour
 
 
-class SlowServe(http.server.BaseHTTPRequestHandler):
+class SlowServeHandler(QuietHandler):
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
         self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(SLOW_S)
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"detail": "busy"}')
+        self.reply(503, b'{"detail": "busy"}')
 
-    def log_message(self, *args: object) -> None:
-        pass
+
+class SlowServe(LocalHttpServer):
+    def handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
+        return SlowServeHandler
 
 
 @pytest.fixture
 def slow_serve() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowServe)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with SlowServe() as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -88,3 +88,29 @@ def test_the_labels_barriers_close_a_held_position() -> None:
     # a threshold label has no barriers: no such exit
     fixed = _plan((0.1, 0.2, 0.7), None, _held(PRICE / 1.0152), LabelMoves.of_threshold(0.005))
     assert fixed.signal is Signal.BUY
+
+
+@pytest.mark.parametrize(("margin", "min_confidence"), [(None, 0.0), (None, 0.5), (0.001, 0.0)])
+def test_the_vectorised_rule_is_the_policy(margin, min_confidence) -> None:
+    """`features.barriers.acted_signals` (what Tune scores) calls every hour as `decide` does."""
+    from features.barriers import acted_signals
+    from trading.policy import decide
+
+    rows = np.random.default_rng(1).dirichlet([1.0, 1.0, 1.0], 300)
+    config = PolicyConfig(margin=margin, min_confidence=min_confidence)
+    account = AccountState.flat(1_000_000.0)
+    acted = [
+        decide(
+            Prediction("KRW-BTC", HOUR, tuple(p), "v1"),
+            0.3,
+            "fixed",
+            account,
+            PRICE,
+            HOUR,
+            config,
+            MOVES,
+        ).signal  # fmt: skip
+        for p in rows
+    ]
+    assert list(acted_signals(rows, margin, MOVES, min_confidence)) == [int(s) for s in acted]
+    assert len(set(acted)) == 3

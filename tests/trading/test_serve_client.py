@@ -4,21 +4,25 @@ reply is parsed with Serve's own model and must be about the market and hour tha
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from features.barriers import Barriers, LabelMoves
 from features.domain import AccountState, Signal
 from serve.schema import PredictionReply
 from trading.serve_client import ServeClient, ServeMismatch, ServeUnavailable
 
+from standins.http_server import LocalHttpServer, QuietHandler
+
 MARKET = "KRW-BTC"
 HOUR = pd.Timestamp("2025-09-30 08:00")
 FLAT = AccountState.flat(1_000_000.0)
+BARRIERS = {"take_profit": 0.004, "stop_loss": 0.006, "horizon": 3}
+LABEL = {"up": 0.005, "down": 0.006, "barriers": BARRIERS}  # the served model's own label
 
 
 def reply_body(**changes: Any) -> dict[str, Any]:
@@ -32,42 +36,34 @@ def reply_body(**changes: Any) -> dict[str, Any]:
         "volatility": 0.004,
         "sizing": {"ratio": 0.25, "source": "llm-agree", "reason": "both agree"},
         "served_by": "replica-1",
+        "label": LABEL,
     }
     return {k: v for k, v in {**body, **changes}.items() if v is not None}
 
 
-class FakeServe:
+class FakeServe(LocalHttpServer):
     """POST /v1/predict/<market> answers `status` and `body`; each request's JSON is kept."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.status, self.body, self.received = 200, reply_body(), []
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 outer.received.append((self.path, json.loads(self.rfile.read(length))))
-                payload = json.dumps(outer.body).encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(outer.status, json.dumps(outer.body).encode())
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet: the test reads `received`."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return Handler
 
 
 @pytest.fixture
 def serve() -> Iterator[FakeServe]:
-    server = FakeServe()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with FakeServe() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +76,7 @@ def test_a_reply_is_parsed_with_serves_own_model(serve: FakeServe, candles) -> N
     assert isinstance(reply, PredictionReply) and reply.sizing.ratio == 0.25
     prediction = reply.prediction()
     assert (prediction.market, prediction.time, prediction.signal) == (MARKET, HOUR, Signal.BUY)
+    assert reply.label.moves() == LabelMoves(0.005, 0.006, Barriers(0.004, 0.006, 3))
     path, sent = serve.received[0]
     assert path == f"/v1/predict/{MARKET}" and len(sent["candles"]) == 30
     assert sent["candles"][-1]["time"] == "2025-09-30T08:00:00" and sent["account"]["cash"] == 1e6
@@ -105,6 +102,13 @@ def test_a_reply_about_another_market_or_hour_is_refused(
     ("status", "body", "named"),
     [
         (200, reply_body(sizing=None), "malformed: sizing: Field required"),
+        (200, reply_body(label=None), "malformed: label: Field required"),
+        (200, reply_body(label={**LABEL, "up": 0.0}), "malformed: label: .*up must be"),
+        (
+            200,
+            reply_body(label={**LABEL, "barriers": {**BARRIERS, "stop_loss": 1.5}}),
+            "malformed: label: .*stop_loss must be in",
+        ),  # fmt: skip
         (200, reply_body(probabilities={"sell": 0.5, "hold": 0.5, "buy": 0.5}), "sum to 1"),
         (503, {"detail": "no model promoted for KRW-BTC yet"}, "503 for KRW-BTC: .*no model"),
     ],

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from features.domain import AccountState, Prediction, Side, Signal
 from trading.config import TradingConfig
 from trading.policy import decide
-from trading.risk import RiskGuard, apply_emergency, emergency_score, volatility_ratio
+from trading.risk import (
+    RiskGuard,
+    apply_emergency,
+    emergency_score,
+    rolling_volatility_ratio,
+    volatility_ratio,
+)
 from trading.step import (
     hour_emergency_score,
     plan_hour,
@@ -158,3 +164,18 @@ def test_rolling_sizing_volatility_matches_the_single_hour_form() -> None:
     np.testing.assert_array_equal(batch, single)
     assert batch[0] == batch[1] == 0.0
     assert batch[-1] == pytest.approx(np.std(np.diff(closes[-25:]) / closes[-25:-1]))
+
+
+def test_rolling_volatility_ratio_matches_the_single_hour_form() -> None:
+    """Exactly, hour by hour: the backtester hands plan_hour these numbers in place of the
+    window the loop computes them from, so a backtest must decide as the loop would."""
+    closes = np.concatenate([np.full(200, 100.0), _crash_closes(), np.full(30, 50.0)])
+    closes[250] = 0.0  # a refused price: every window holding it says "no evidence"
+    em = TradingConfig().risk.emergency
+    batch = rolling_volatility_ratio(closes, em.recent_hours, em.baseline_hours)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        single = [volatility_ratio(closes[: i + 1], em.recent_hours, em.baseline_hours)
+                  for i in range(len(closes))]  # fmt: skip
+    np.testing.assert_array_equal(batch, single)
+    assert batch[150] == 1.0 and batch[250 + em.baseline_hours] == 1.0  # flat; holds the 0
+    assert batch.max() > em.spike_ratio  # the crash is a spike

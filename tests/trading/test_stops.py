@@ -122,10 +122,10 @@ def test_the_kill_switch_still_switches_off_in_an_hour_without_a_model() -> None
 def test_the_high_since_entry_follows_the_closes_and_resets_when_flat() -> None:
     held = _holding(100.0, 105.0, units=1000.0)
     high = follow_high(EntryHigh(), held, 105.0, HOUR)
-    assert high == EntryHigh(105.0, HOUR)
+    assert high == EntryHigh(105.0, HOUR, HOUR)  # an opening nobody saw: counts from now
     later = HOUR + timedelta(hours=4)  # three hours missed (a restart): their closes count
     high = follow_high(high, held, 101.0, later, [104.0, 112.0, 103.0])
-    assert high.high == 112.0 and high.seen == later
+    assert high.high == 112.0 and high.seen == later and high.entered == HOUR
     assert EntryHigh.from_dict(high.to_dict()) == high
     assert follow_high(high, AccountState.flat(1e6), 101.0, later) == EntryHigh()
     assert stop_reason(held, 95.0, high.high, TradingConfig().risk.stops) is not None  # 15 % off

@@ -8,35 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from features.barriers import Barriers, bundle_barriers
-from features.config import load_features_config
-from features.dataset import build_dataset
-from features.indicators import SERVING_WINDOW
 from features.sources import ParquetDirSource
 from trading.account import fixed_ratio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
-from train.config import load_train_config
-from train.pipeline import fit_market
 from train.registry import ModelRegistry
 from train.score_window import score_window
 
 MARKET = "KRW-BTC"
-END = "2025-06-30 23:00"
-TB = ["labels.mode=triple_barrier", "labels.take_profit=0.01", "labels.stop_loss=0.01",
-      "labels.horizon_hours=12"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def barrier_fit(real_candles):
-    features = load_features_config(overrides=TB)
-    profile = load_train_config().profile("smoke")
-    candles = real_candles[MARKET].loc[:END].iloc[-(profile.data.last_hours + SERVING_WINDOW) :]
-    lab = features.labels
-    data = build_dataset(candles, MARKET, lab.horizon_hours, 6, barriers=lab.barriers())
-    return data, fit_market(data, features, profile, None, lambda _: None, "smoke", "gbm")
 
 
 def test_bundle_and_report_carry_barriers_and_the_reference_block(barrier_fit) -> None:

@@ -12,6 +12,7 @@ from features.config import load_features_config
 from features.folds import FoldGrid
 from train.config import TuneConfig, load_train_config
 from train.model_config import ModelConfig
+from train.tune_cli import trial_trading
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,8 @@ def test_tune_picks_the_best_pre_test_trial_of_two_families(
                        profile=train_cfg.profile("smoke"))  # fmt: skip
     tune_cfg = TuneConfig(search_space={"family": ["gbm", "hybrid"]}, sampler="grid",
                           num_samples=1, max_concurrent=2, cpus_per_trial=0.5)  # fmt: skip
-    outcome = tune_markets_on_ray([run], base, tune_cfg, str(tmp_path / "t"))["KRW-BTC"]
+    trading = trial_trading(research.arm)
+    outcome = tune_markets_on_ray([run], base, tune_cfg, trading, str(tmp_path / "t"))["KRW-BTC"]
     print(format_outcome(outcome))
 
     assert sorted(r.values["family"] for r in outcome.rows) == ["gbm", "hybrid"]
@@ -49,6 +51,7 @@ def test_tune_picks_the_best_pre_test_trial_of_two_families(
         assert last + horizon < tune_end, "a scored hour's label reads the reported fold"
         assert last >= tune_end - horizon - pd.Timedelta(hours=2), "scoring stopped too early"
         assert row.scores["scored_hours"] > 500
+        assert math.isfinite(row.scores["score_return"]) and row.scores["score_trades"] >= 0
     cache = PredictionCache(run.cache_root)
     spans = [s for f, c in cache.configs("KRW-BTC") for s in cache.spans("KRW-BTC", f, c)]
     assert spans and all(end <= tune_end for _, end in spans), "a trial predicted a reported hour"
@@ -77,7 +80,8 @@ def test_asha_stops_the_hopeless_hybrid_early(ray_local, ohlcv_dir: Path, tmp_pa
         num_samples=1,
         max_concurrent=1,
     )
-    outcome = tune_markets_on_ray([run], base, tune_cfg, str(tmp_path / "t"))["KRW-BTC"]
+    trading = trial_trading(train_cfg.research.arm)
+    outcome = tune_markets_on_ray([run], base, tune_cfg, trading, str(tmp_path / "t"))["KRW-BTC"]
     status = {r.values["profile.optim.lr"]: r.status for r in outcome.rows}
     assert status[1.0] == "stopped by ASHA", status
     assert "done" in status.values(), status  # ASHA may stop the slow 1e-3 too: it is allowed
