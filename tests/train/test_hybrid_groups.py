@@ -59,7 +59,8 @@ def groups_fit(
     fitter = make_fitter("hybrid", profile, data)
     purge = split_spec(features, profile).purge
     model, _ = refit_market(fitter, data, features, purge, lambda _: None)
-    model.metadata.update(feature_metadata(data.feature_set), max_gap_hours=features.max_gap_hours)
+    model.metadata.update(feature_metadata(data.feature_set), max_gap_hours=features.max_gap_hours,
+                          label_threshold=features.labels.threshold)  # fmt: skip
     return data, model, context, served
 
 
