@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.barriers import LabelMoves
 from features.dataset import build_dataset
 from features.domain import Side
 from features.exchange import FEE_RATE
@@ -165,8 +166,9 @@ def test_the_kill_switch_stops_buys_after_a_drawdown() -> None:
     times, close = _series(np.full(48, -0.03))
     price_rules_off = ["risk.stops.stop_loss=null", "risk.stops.trailing_stop=null"]
     config = load_trading_config(overrides=["risk.emergency.enabled=false", *price_rules_off])
+    rows = np.tile([0.1, 0.2, 0.7], (49, 1))
     hours = market_hours(
-        MARKET, times, close, _predictions(times, np.tile([0.1, 0.2, 0.7], (49, 1)))
+        MARKET, times, close, _predictions(times, rows), LabelMoves.of_threshold(0.005)
     )
     run = replay(hours, "fixed", fixed_ratio(0.5), config)
     records = run.records

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.barriers import LabelMoves
 from features.domain import AccountState, Prediction, Side, Signal
 from trading.account import fixed_ratio
 from trading.backtest import replay
@@ -24,6 +25,7 @@ MARKET = "KRW-BTC"
 HOUR = datetime(2025, 3, 1, 14)
 CALM_HOLD = (0.20, 0.60, 0.20)  # the model says HOLD, not worried
 BUY = (0.10, 0.20, 0.70)
+LABEL_MOVES = LabelMoves.of_threshold(0.005)  # as a bundle of the 6 h / 0.5 % label carries them
 PROBA = ["p_sell", "p_hold", "p_buy"]
 STOPS_OFF = ["risk.stops.stop_loss=null", "risk.stops.trailing_stop=null"]
 
@@ -40,7 +42,7 @@ def _run(returns: np.ndarray, config: TradingConfig, calm_hours: int = 200):
     rows[calm_hours] = BUY
     frame = pd.DataFrame(rows[calm_hours:], index=times[calm_hours:], columns=PROBA)
     predictions = frame.assign(source="oos", model_version="synthetic")
-    hours = market_hours(MARKET, times, close, predictions)
+    hours = market_hours(MARKET, times, close, predictions, LABEL_MOVES)
     return replay(hours, "fixed", fixed_ratio(0.5), config), close
 
 
