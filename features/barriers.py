@@ -145,6 +145,13 @@ def expected_edge(probabilities: np.ndarray, moves: LabelMoves) -> np.ndarray:
     return p[..., 2] * moves.up - p[..., 0] * moves.down - ROUND_TRIP_FEE
 
 
+def row_edge(probabilities: tuple[float, float, float], moves: LabelMoves) -> float:
+    """`expected_edge` of one (sell, hold, buy) row in plain floats: the same operations in the
+    same order, so the same number, without numpy's cost on the loop's per-hour path."""
+    sell, _, buy = probabilities
+    return buy * moves.up - sell * moves.down - ROUND_TRIP_FEE
+
+
 MARGIN_NEEDS_MOVES = (
     "policy.margin is set but the model's label moves are unknown (a quantile label "
     "without its bundle's threshold?): set policy.margin to null or give the moves"
@@ -173,6 +180,24 @@ def acted_signals(
         raise ValueError(MARGIN_NEEDS_MOVES)
     held = np.where(top == int(Signal.SELL), int(Signal.SELL), int(Signal.HOLD))
     return np.where(expected_edge(p, moves) > margin, int(Signal.BUY), held)
+
+
+def acted_signal(
+    probabilities: tuple[float, float, float],
+    margin: float | None,
+    moves: LabelMoves | None,
+    min_confidence: float = 0.0,
+) -> Signal:
+    """`acted_signals` for one row (the live loop's and the backtester's hour), in plain floats;
+    the vectorised form is checked against it row for row."""
+    top = Signal(max(range(3), key=probabilities.__getitem__))  # numpy's argmax: first max wins
+    if margin is None:
+        return Signal.HOLD if max(probabilities) < min_confidence else top
+    if moves is None:
+        raise ValueError(MARGIN_NEEDS_MOVES)
+    if row_edge(probabilities, moves) > margin:
+        return Signal.BUY
+    return Signal.SELL if top is Signal.SELL else Signal.HOLD
 
 
 def bundle_barriers(metadata: dict[str, object]) -> Barriers | None:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-import numpy as np
-
-from features.barriers import LabelMoves, acted_signals, expected_edge
+from features.barriers import LabelMoves, acted_signal, row_edge
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
 from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
@@ -81,15 +79,15 @@ def margin_signal(
     prediction: Prediction, margin: float, moves: LabelMoves | None
 ) -> tuple[Signal, str]:
     """BUY when the expected after-fee move clears `margin`, SELL on an argmax SELL, else HOLD
-    (`features.barriers.acted_signals`, the rule Tune scores with); the note says why."""
+    (`features.barriers.acted_signal`, the rule Tune scores with); the note says why."""
     return _acted_signal(prediction, margin, 0.0, moves)
 
 
 def _acted_signal(
     prediction: Prediction, margin: float | None, min_confidence: float, moves: LabelMoves | None
 ) -> tuple[Signal, str]:
-    probabilities = np.asarray(prediction.probabilities)
-    signal = Signal(int(acted_signals(probabilities, margin, moves, min_confidence)))
+    probabilities = prediction.probabilities
+    signal = acted_signal(probabilities, margin, moves, min_confidence)
     if margin is None:
         if prediction.confidence >= min_confidence:
             return signal, ""
@@ -98,7 +96,7 @@ def _acted_signal(
             f"min_confidence {min_confidence:.2f}; "
         )
         return signal, note
-    edge = float(expected_edge(probabilities, moves))  # type: ignore[arg-type]  # checked above
+    edge = row_edge(probabilities, moves)  # type: ignore[arg-type]  # checked above
     if signal is Signal.BUY:
         return signal, f"edge {edge:+.4%} > margin {margin:+.4%}; "
     if prediction.signal is Signal.BUY:

@@ -96,7 +96,8 @@ def test_the_vectorised_rule_is_the_policy(margin, min_confidence) -> None:
     from features.barriers import acted_signals
     from trading.policy import decide
 
-    rows = np.random.default_rng(1).dirichlet([1.0, 1.0, 1.0], 300)
+    ties = [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.4, 0.2, 0.4], [1 / 3, 1 / 3, 1 / 3]]
+    rows = np.vstack([np.random.default_rng(1).dirichlet([1.0, 1.0, 1.0], 300), ties])
     config = PolicyConfig(margin=margin, min_confidence=min_confidence)
     account = AccountState.flat(1_000_000.0)
     acted = [
