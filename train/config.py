@@ -156,7 +156,7 @@ class TuneConfig(Strict):
     """
 
     search_space: dict[str, list[SearchValue]] = {}
-    metric: Literal["balanced_accuracy", "log_loss"] = "balanced_accuracy"
+    metric: Literal["balanced_accuracy", "log_loss", "sharpe", "return"] = "balanced_accuracy"
     inner_folds: int = Field(3, ge=1, le=60)
     sampler: Literal["grid", "random"] = "random"
     num_samples: int = Field(8, ge=1, le=10000)  # random: trials; grid: repeats of the grid

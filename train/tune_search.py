@@ -27,7 +27,14 @@ from train.model_config import ModelConfig, TuneRecord, apply_search
 from train.ray_fit import run_name
 from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, TrialTrading, run_trial
 
-LOWER_IS_BETTER = {"balanced_accuracy": False, "log_loss": True}
+LOWER_IS_BETTER = {
+    "balanced_accuracy": False,
+    "log_loss": True,
+    "sharpe": False,  # of trading the trial's calls after fees on the inner folds
+    "return": False,
+}
+"""Each `tune.metric` and its direction. A trading metric of a trial that never traded is NaN
+(no Sharpe without returns): such a trial is listed but cannot win."""
 
 
 def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
@@ -229,7 +236,7 @@ def format_outcome(outcome: TuneOutcome) -> str:
                     "return and sharpe: after fees, per fold replayed")  # fmt: skip
     w = outcome.winner
     if w is None:
-        lines.append(f"{outcome.market} winner: none (no trial finished)")
+        lines.append(f"{outcome.market} winner: none (no finished trial has a {outcome.metric})")
     else:
         chosen = ", ".join(f"{k}={_value(v)}" for k, v in sorted(w.values.items()))
         lines.append(f"{outcome.market} winner: {chosen}: {outcome.metric} {w.score:.4f} on "
