@@ -6,6 +6,7 @@ on every command line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -179,6 +180,15 @@ def resolve_path(path: str) -> str:
     if "://" in path or Path(path).is_absolute():
         return path
     return str((PROJECT_ROOT / path).resolve())
+
+
+def command_line_path(path: str) -> str:
+    """A path typed on a command line, made absolute against the directory the command runs in
+    (URIs kept): it must mean the same folder in a Ray worker, whose working directory differs
+    (Tune runs every trial in a folder of its own)."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.config import CONFIG_DIR, ConfigError
+from features.config import CONFIG_DIR, ConfigError, command_line_path
 from features.sources import ParquetDirSource
 from train.ablate import add_ablate_parser, cmd_ablate
 from train.bundle import BundleError, load_bundle
@@ -44,7 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit markets walk-forward, register, gate, promote")
     fit.add_argument("--markets", help="comma-separated, e.g. KRW-BTC,KRW-ETH")
-    fit.add_argument("--data-dir", required=True, help="folder or URI of <MARKET>_minute60.parquet")
+    fit.add_argument(
+        "--data-dir",
+        required=True,
+        type=command_line_path,
+        help="folder or URI of <MARKET>_minute60.parquet",
+    )
     fit.add_argument("--profile", default="quick", help="smoke | quick | full (configs/train.yaml)")
     fit.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
     fit.add_argument("--train-config", default=str(CONFIG_DIR / "train.yaml"))
@@ -109,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev = sub.add_parser("evaluate", help="print a bundle's table, or score it on a later window")
     _common(ev)
     ev.add_argument("--version")
-    ev.add_argument("--data-dir")
+    ev.add_argument("--data-dir", type=command_line_path)
     ev.add_argument("--start")
     ev.add_argument("--end")
     ev.add_argument("--json", action="store_true")

@@ -17,7 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
+from features.config import (
+    CONFIG_DIR,
+    ConfigError,
+    command_line_path,
+    load_features_config,
+    resolve_path,
+)
 from train.config import FAMILIES, load_train_config
 from train.model_config import read_bundle_config
 from train.research_cache import PredictionCache
@@ -29,14 +35,20 @@ from train.research_table import format_report, plot_report
 def add_research_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("research", help="many-fold walk-forward of families and baselines")
     p.add_argument("--markets", help="comma-separated (default: configs/features.yaml markets)")
-    p.add_argument("--data-dir", help="folder or URI of <MARKET>_minute60.parquet")
+    p.add_argument(
+        "--data-dir", type=command_line_path, help="folder or URI of <MARKET>_minute60.parquet"
+    )
     p.add_argument("--family", help=f"comma-separated of {', '.join(FAMILIES)} (default: config)")
     p.add_argument("--profile", default="quick", help="model hyperparameters and training window")
     p.add_argument("--start", help="first reported hour, KST (default: research.start)")
     p.add_argument("--end", help="last reported hour, KST (default: the newest labelled hour)")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     p.add_argument("--out", help="folder for report.json, report.txt and research.png")
-    p.add_argument("--cache", help="prediction cache: path or URI (default: research.cache_dir)")
+    p.add_argument(
+        "--cache",
+        type=command_line_path,
+        help="prediction cache: path or URI (default: research.cache_dir)",
+    )
     p.add_argument("--local", action="store_true", help="every fold in this process, in turn")
     p.add_argument("--no-leaky", action="store_true", help="skip the seed's leaky protocol")
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")

@@ -16,7 +16,13 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
+from features.config import (
+    CONFIG_DIR,
+    ConfigError,
+    command_line_path,
+    load_features_config,
+    resolve_path,
+)
 from train.config import FAMILIES, TrainConfig, load_train_config
 from train.model_config import ModelConfig, apply_search, check_candidates
 from train.research_cli import parse_time
@@ -26,7 +32,12 @@ from train.tune_trial import InnerRun, TrialTrading
 def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="Ray Tune per market on pre-test hours; fit the winners")
     p.add_argument("--markets", required=True, help="comma-separated, e.g. KRW-BTC,KRW-ETH")
-    p.add_argument("--data-dir", required=True, help="folder or URI of <MARKET>_minute60.parquet")
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        type=command_line_path,
+        help="folder or URI of <MARKET>_minute60.parquet",
+    )
     p.add_argument("--profile", default="quick", help="the base profile the search varies")
     p.add_argument(
         "--family",
@@ -39,7 +50,11 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
                    help="the newest candle the winners' fits train on (KST open time)")  # fmt: skip
     p.add_argument("--samples", type=int, help="trials per market (default: tune.num_samples)")
     p.add_argument("--registry", help="fit and register each market's winner here")
-    p.add_argument("--cache", help="research prediction cache (default: research.cache_dir)")
+    p.add_argument(
+        "--cache",
+        type=command_line_path,
+        help="research prediction cache (default: research.cache_dir)",
+    )
     p.add_argument("--storage-path", help="Tune's experiment storage: absolute path or URI")
     p.add_argument("--out", help="write tune.json (every trial) and <market>/config.json here")
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")
