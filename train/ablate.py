@@ -1,16 +1,19 @@
 """`python -m train ablate`: what each feature group adds, walk-forward, with intervals.
 
     python -m train ablate --markets KRW-BTC,KRW-XRP --data-dir DIR --start T --end T
-        [--groups multi_horizon,calendar] [--profile quick] [--local | --ray-address local]
-        [--json] [--out DIR] [--cache DIR]
+        [--family gbm|hybrid|ensemble] [--groups multi_horizon,calendar] [--profile quick]
+        [--local | --ray-address local] [--json] [--out DIR] [--cache DIR] [--cached-only]
 
-For the base 46 alone and the base plus each group in turn, it runs
-the research walk-forward of the gbm family (train.research_run: the same folds, the same cache,
-so a variant computed once is read back next time) and scores every variant against the base on
-the hours both predicted, with the configured training label. The effect of a group is the
-difference in balanced accuracy (variant minus base) per market, with a 95 % moving-block
-bootstrap interval whose resamples are shared by the two models (paired), and its mean over the
-markets (each market's resamples drawn independently).
+For the base 46 alone and the base plus each group in turn, it runs the research walk-forward of
+one family (`--family`, gbm by default; train.research_run: the same folds, the same cache, so a
+variant computed once is read back next time) and scores every variant against the base on the
+hours both predicted, with the configured training label. The family matters: the hybrid reads
+the groups through its own input transform (features/transform.py: median fill, missing flags),
+so a group can help one family and not another; the ensemble blends the two, both with the
+variant's groups. One family per run (a comparison across families is research's job). The
+effect of a group is the difference in balanced accuracy (variant minus base) per market, with a
+95 % moving-block bootstrap interval whose resamples are shared by the two models (paired), and
+its mean over the markets (each market's resamples drawn independently).
 
 A group *helps* when the mean difference's interval lies above zero, *hurts* when it lies below,
 otherwise its effect is unclear. Choose the default groups (configs/features.yaml `groups:`) on
@@ -33,6 +36,7 @@ from features.candles import repair_segments
 from features.config import ConfigError
 from features.groups import GROUP_ORDER
 from features.sources import ParquetDirSource
+from train.config import FAMILIES
 from train.research_cache import config_hash
 from train.research_cli import add_research_parser, build_request
 from train.research_jobs import MarketIndex, prepare_market
@@ -45,7 +49,7 @@ from train.research_run import (
 )
 from train.research_stats import block_starts, bootstrap_metrics, interval, point_metrics
 
-FAMILY = "gbm"
+DEFAULT_FAMILY = "gbm"
 METRIC = "balanced_accuracy"
 
 
@@ -60,6 +64,12 @@ def add_ablate_parser(sub: argparse._SubParsersAction) -> None:
         if action.dest in {"help", "family", "no_leaky"}:
             continue
         p._add_action(action)
+    p.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        help=f"the one family whose groups to measure: {', '.join(FAMILIES)} "
+        f"(default {DEFAULT_FAMILY})",
+    )
     p.add_argument("--groups", help=f"comma-separated of {', '.join(GROUP_ORDER)} (default all)")
     p.add_argument(
         "--cached-only",
@@ -75,12 +85,12 @@ def variants(groups: list[str]) -> dict[str, tuple[str, ...]]:
     return {"base": ()} | {f"+{g}": (g,) for g in groups}
 
 
-def with_groups(req: ResearchRequest, enabled: tuple[str, ...]) -> ResearchRequest:
-    """The request for one variant: gbm only, no leaky twin, no baselines, these groups."""
+def with_groups(req: ResearchRequest, enabled: tuple[str, ...], family: str) -> ResearchRequest:
+    """The request for one variant: `family` only, no leaky twin, no baselines, these groups."""
     switches = {g: g in enabled for g in GROUP_ORDER}
     groups = req.features.groups.model_copy(update=switches)
     features = req.features.model_copy(update={"groups": groups})
-    return dataclasses.replace(req, features=features, families=[FAMILY], leaky=False,
+    return dataclasses.replace(req, features=features, families=[family], leaky=False,
                                baselines=False)  # fmt: skip
 
 
@@ -94,12 +104,12 @@ def _in_range(frame: pd.DataFrame, req: ResearchRequest) -> pd.DatetimeIndex:
 
 
 def compare(
-    base: MarketResearch, other: MarketResearch, req: ResearchRequest
+    base: MarketResearch, other: MarketResearch, req: ResearchRequest, family: str
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Balanced accuracy of both on their common labelled hours, and the paired difference's
-    bootstrap resamples (returned too, for the mean over markets)."""
+    """Balanced accuracy of `family`'s predictions in both on their common labelled hours, and
+    the paired difference's bootstrap resamples (returned too, for the mean over markets)."""
     labels = training_labels(base.index, req.features)
-    a, b = base.predictions[FAMILY], other.predictions[FAMILY]
+    a, b = base.predictions[family], other.predictions[family]
     hours = _in_range(a, req).intersection(b.index)
     hours = hours[np.isfinite(labels.reindex(hours).to_numpy())]
     y = labels.reindex(hours).to_numpy().astype(np.int64)
@@ -127,12 +137,12 @@ def verdict(low: float, high: float) -> str:
     return "helps" if low > 0 else "hurts" if high < 0 else "unclear"
 
 
-def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
-    """A variant's gbm predictions read straight from the research cache (every fold in range,
+def cached_research(req: ResearchRequest, family: str) -> dict[str, MarketResearch]:
+    """A variant's `family` predictions read straight from the research cache (every fold in range,
     whichever run computed it from the data now in the folder), with the market's repaired
     timeline for the labels: the table of several partial `ablate` runs, without fitting
     anything (the market's dataset is built only for its fold fingerprints)."""
-    digest = config_hash(describe(FAMILY, req))
+    digest = config_hash(describe(family, req))
     out = {}
     for market in req.markets:
         candles = ParquetDirSource(req.data_dir).history(market)
@@ -142,7 +152,7 @@ def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
         index = MarketIndex(market, times, close, np.arange(len(times)), {})
         frames = []
         _, prepared = prepare_market(req.data_dir, market, req.features, req.grid, set())
-        stored = req.cache.keys(market, FAMILY, digest)
+        stored = req.cache.keys(market, family, digest)
         for key in current_keys(stored, prepared, req.features.labels.horizon_hours):
             if (req.end is None or key.start <= req.end) and (
                 req.start is None or key.end > req.start
@@ -150,32 +160,37 @@ def cached_research(req: ResearchRequest) -> dict[str, MarketResearch]:
                 frames.append(req.cache.read(key)[0])
         if not frames:
             raise ValueError(
-                f"{market}: no cached {FAMILY} folds for groups "
+                f"{market}: no cached {family} folds for groups "
                 f"{list(req.features.feature_set().groups)} (config {digest})"
             )
         frame = pd.concat(frames).sort_index()
-        out[market] = MarketResearch(index, [], {FAMILY: frame})
+        out[market] = MarketResearch(index, [], {family: frame})
     return out
 
 
 def ablate(
-    req: ResearchRequest, groups: list[str], say: Any, local: bool, cached: bool = False
+    req: ResearchRequest,
+    groups: list[str],
+    family: str,
+    say: Any,
+    local: bool,
+    cached: bool = False,
 ) -> dict[str, Any]:
-    """Run every variant (or, `cached`, read it back) and compare each with the base, per market
-    and on average."""
+    """Run every variant of `family` (or, `cached`, read it back) and compare each with the base,
+    per market and on average."""
     runs = {
-        name: cached_research(with_groups(req, enabled))
+        name: cached_research(with_groups(req, enabled, family), family)
         if cached
-        else run_research(with_groups(req, enabled), say, local=local)[0]
+        else run_research(with_groups(req, enabled, family), say, local=local)[0]
         for name, enabled in variants(groups).items()
     }
-    report: dict[str, Any] = {"metric": METRIC, "family": FAMILY, "variants": {}}
+    report: dict[str, Any] = {"metric": METRIC, "family": family, "variants": {}}
     for name, enabled in variants(groups).items():
         if name == "base":
             continue
         rows, resamples = {}, []
         for market in req.markets:
-            rows[market], diff = compare(runs["base"][market], runs[name][market], req)
+            rows[market], diff = compare(runs["base"][market], runs[name][market], req, family)
             resamples.append(diff)
         mean = np.mean(resamples, axis=0)
         point = float(np.mean([r["diff"] for r in rows.values()]))
@@ -194,7 +209,8 @@ def ablate(
 def format_ablation(report: dict[str, Any], markets: list[str]) -> str:
     """One line per variant: each market's difference [interval], and the mean with a verdict."""
     head = f"{'variant':<16}" + "".join(f"{m:>26}" for m in markets) + f"{'mean':>26}  verdict"
-    lines = ["balanced accuracy, variant minus base (gbm), 95 % block-bootstrap interval", head]
+    title = f"balanced accuracy, variant minus base ({report['family']}), 95 % block-bootstrap"
+    lines = [f"{title} interval", head]
     for name, v in report["variants"].items():
         cells = [v["markets"][m] for m in markets] + [v["mean"]]
         text = "".join(
@@ -220,16 +236,28 @@ def _groups(text: str | None) -> list[str]:
     return groups
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from train.research_cli import _init_ray
+def _family(text: str) -> str:
+    """The one family to ablate: each variant is that family's research run."""
+    family = text.strip()
+    if "," in family:
+        raise ConfigError(
+            f"--family {text!r}: ablate measures one family per run; run it once for each"
+        )
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    return family
 
-    args.family, args.no_leaky = FAMILY, True
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from train.research_cli import init_ray
+
+    family, groups = _family(args.family), _groups(args.groups)
+    args.family, args.no_leaky = family, True
     req = build_request(args)
-    groups = _groups(args.groups)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if not (args.local or args.cached_only):
-        _init_ray(args)
-    report = ablate(req, groups, say, args.local, cached=args.cached_only)
+        init_ray(args)
+    report = ablate(req, groups, family, say, args.local, cached=args.cached_only)
     report["command"] = "python -m train " + " ".join(sys.argv[1:])
     text = format_ablation(report, req.markets)
     if args.out:

@@ -164,7 +164,7 @@ def test_ablate_cached_reads_only_folds_of_the_data_now_in_the_folder(
     train_cfg = load_train_config()
     req = ResearchRequest([MARKET], ["gbm"], str(folder), train_cfg.profile("smoke"), "smoke",
                           features, train_cfg.research, cache)  # fmt: skip
-    back = cached_research(req)[MARKET].predictions["gbm"]
+    back = cached_research(req, "gbm")[MARKET].predictions["gbm"]
     assert set(back["fold"]) == set(base) - read_it
-    assert set(cached_research(dataclasses_replace(req, data_dir=str(ohlcv_dir)))[MARKET]
+    assert set(cached_research(dataclasses_replace(req, data_dir=str(ohlcv_dir)), "gbm")[MARKET]
                .predictions["gbm"]["fold"]) == set(base)  # fmt: skip
