@@ -25,7 +25,7 @@ from ray.tune.search import BasicVariantGenerator
 from train.config import TuneConfig
 from train.model_config import ModelConfig, TuneRecord, apply_search
 from train.ray_fit import run_name
-from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, TrialTrading, run_trial
+from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, TrialTrading, market_trainable
 
 LOWER_IS_BETTER = {
     "balanced_accuracy": False,
@@ -77,7 +77,7 @@ def tune_market(
 ) -> tune.ResultGrid:
     """One Tune experiment for one market over `tune_cfg.search_space`."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, run=run, base=base, trading=trading),
+        tune.with_parameters(market_trainable(run.market), run=run, base=base, trading=trading),
         trial_resources(tune_cfg, base.family, use_gpu),
     )
     scheduler = ASHAScheduler(
@@ -146,10 +146,12 @@ class TuneOutcome:
         return chosen.model_copy(update={"tuned": record})
 
 
-def _row(result: Any, metric: str) -> TrialRow:
+def _row(result: Any, metric: str, market: str) -> TrialRow:
     metrics = result.metrics or {}
     name = str(metrics.get("trial_id") or (result.path or "?").rstrip("/").rsplit("/", 1)[-1])
     key = f"score_{metric}"
+    if metrics.get("market", market) != market:
+        raise RuntimeError(f"trial {name} of the {market} experiment scored {metrics['market']}")
     if result.error:
         return TrialRow(name, dict(result.config), f"error: {result.error}", math.nan)
     if key not in metrics:
@@ -163,7 +165,7 @@ _SCORE_FACTS = ("scored_hours", "first_scored", "last_scored", "folds", "buy_cal
 
 def summarize(market: str, grid: tune.ResultGrid, metric: str, started: float) -> TuneOutcome:
     """Every trial, and the finished one with the best pre-test score (ties: the first)."""
-    rows = [_row(r, metric) for r in grid]
+    rows = [_row(r, metric, market) for r in grid]
     sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
     done = [r for r in rows if r.status == "done" and math.isfinite(r.score)]
     winner = min(done, key=lambda r: sign * r.score, default=None)

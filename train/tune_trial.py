@@ -22,6 +22,7 @@ ASHA; the gbm reports once, at the end, without `hybrid_epoch`, so ASHA leaves i
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -274,4 +275,19 @@ def run_trial(
     overrides = config.trading_overrides()
     scores |= trading_score(predictions, index, folds, policy, trading, overrides)
     folds_text = ",".join(str(f.number) for f in folds)
-    tune.report({EPOCH_LOSS: float("nan"), "family": config.family, "folds": folds_text, **scores})
+    tune.report({EPOCH_LOSS: float("nan"), "market": run.market, "family": config.family,
+                 "folds": folds_text, **scores})  # fmt: skip
+
+
+def market_trainable(market: str) -> Callable[..., None]:
+    """`run_trial` under a name of its own experiment: Tune registers a trainable by name for the
+    whole cluster, so two markets tuned at once under one name ran each other's trials (the
+    second registration replaced the first: KRW-ETH's table showed KRW-BTC's scores)."""
+
+    def trial(values: dict[str, Any], run: InnerRun, base: ModelConfig,
+              trading: TrialTrading) -> None:  # fmt: skip
+        run_trial(values, run, base, trading)
+
+    name = f"run_trial_{market.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    trial.__name__ = trial.__qualname__ = name
+    return trial

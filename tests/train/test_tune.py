@@ -86,3 +86,33 @@ def test_asha_stops_the_hopeless_hybrid_early(ray_local, ohlcv_dir: Path, tmp_pa
     assert status[1.0] == "stopped by ASHA", status
     assert "done" in status.values(), status  # ASHA may stop the slow 1e-3 too: it is allowed
     assert outcome.winner is not None and outcome.winner.values["profile.optim.lr"] != 1.0
+
+
+def test_markets_tuned_at_once_each_run_their_own_trials(
+    ray_local, ohlcv_dir: Path, tmp_path
+) -> None:
+    """Tune registers a trainable by name for the whole cluster: under one name, the second
+    market's experiment replaced the first's trainable and KRW-ETH's table showed KRW-BTC's
+    scores. Each trial now reports its market and each experiment checks it."""
+    from train.tune_search import tune_markets_on_ray
+    from train.tune_trial import InnerRun
+
+    train_cfg = load_train_config()
+    research, tune_end = train_cfg.research, pd.Timestamp("2025-06-01")
+    runs = [InnerRun(m, str(ohlcv_dir), research, str(tmp_path / "cache"), tune_end, 1)
+            for m in ("KRW-BTC", "KRW-ETH")]  # fmt: skip
+    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
+                       profile=train_cfg.profile("smoke"))  # fmt: skip
+    # One trial at a time: the later trials start after both experiments have registered.
+    tune_cfg = TuneConfig(search_space={"profile.gbm.num_leaves": [7, 15, 31]}, sampler="grid",
+                          num_samples=1, max_concurrent=1, cpus_per_trial=0.25)  # fmt: skip
+    trading = trial_trading(research.arm)
+    outcomes = tune_markets_on_ray(runs, base, tune_cfg, trading, str(tmp_path / "t"))
+
+    losses = {}
+    for market, outcome in outcomes.items():
+        assert [r.status for r in outcome.rows] == ["done"] * 3, market
+        losses[market] = {r.values["profile.gbm.num_leaves"]: r.scores["score_log_loss"]
+                          for r in outcome.rows}  # fmt: skip
+    for leaves in (7, 15, 31):
+        assert losses["KRW-BTC"][leaves] != losses["KRW-ETH"][leaves], "one market's trial twice"
