@@ -54,8 +54,9 @@ def add_research_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray address; 'local' starts a private one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a private local Ray")
     p.add_argument("--smoke-test", action="store_true", help="smoke profile, the newest fold")
-    p.add_argument("--config-from", metavar="SOURCE", help="the family, features and profile "
-                   "stored in a bundle or a `train tune --out` winner folder")  # fmt: skip
+    p.add_argument("--config-from", metavar="SOURCE", help="the family, features, profile and "
+                   "trading values stored in a bundle or a `train tune --out` winner folder "
+                   "(--trading-set still wins)")  # fmt: skip
     p.add_argument("--features-config", default=str(CONFIG_DIR / "features.yaml"))
     p.add_argument("--train-config", default=str(CONFIG_DIR / "train.yaml"))
     p.add_argument(
@@ -171,17 +172,27 @@ def _write(
         plot_report(plots, out / "research.png")
 
 
+def replay_overrides(args: argparse.Namespace) -> list[str]:
+    """The trading values the replay uses over configs/trading.yaml: a `--config-from` source's
+    (a Tune winner's margin, say), then `--trading-set`, which wins."""
+    stored: list[str] = []
+    if args.config_from:
+        stored = read_bundle_config(args.config_from, None)[1].trading_overrides()
+    return [*stored, *args.trading_set]
+
+
 def cmd_research(args: argparse.Namespace) -> int:
     req = build_request(args)
+    trading_set = replay_overrides(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if not args.local:
         init_ray(args)
     markets, run = run_research(req, say, local=args.local)
-    run["trading_set"] = args.trading_set
+    run["trading_set"] = trading_set
     run["command"] = "python -m train " + " ".join(
         sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
     )
-    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold, args.trading_set)
+    trader = _trader(args.local, req.research.arm, req.research.cpus_per_fold, trading_set)
     report, plots = build_report(req, markets, trader, run)
     text = format_report(report)
     _write(report, plots, text, Path(args.out) if args.out else None, plot=True)

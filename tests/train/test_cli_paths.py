@@ -3,6 +3,7 @@ a folder of its own, where a relative `--data-dir` named nothing (every trial fa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,22 @@ def test_uris_and_absolute_paths_are_kept() -> None:
     uri = "s3://bucket/ohlcv?endpoint_override=127.0.0.1:9000"
     assert parse_args(["research", "--data-dir", uri]).data_dir == uri
     assert parse_args(["research", "--data-dir", "/data/ohlcv"]).data_dir == "/data/ohlcv"
+
+
+def test_research_config_from_replays_with_the_stored_trading_values(tmp_path: Path) -> None:
+    """A Tune winner's margin is part of what won: `research --config-from` replays with it, and
+    an explicit --trading-set still has the last word."""
+    from features.config import load_features_config
+    from train.config import load_train_config
+    from train.model_config import ModelConfig, apply_search
+    from train.research_cli import replay_overrides
+
+    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
+                       profile=load_train_config().profile("smoke"))  # fmt: skip
+    winner = apply_search(base, {"trading.policy.margin": 0.001})
+    config = {"market": "KRW-BTC", "config": winner.model_dump(mode="json")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = parse_args(["research", "--config-from", str(tmp_path),
+                       "--trading-set", "policy.min_confidence=0.4"])  # fmt: skip
+    assert replay_overrides(args) == ["policy.margin=0.001", "policy.min_confidence=0.4"]
+    assert replay_overrides(parse_args(["research"])) == []
