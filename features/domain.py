@@ -60,8 +60,12 @@ def drawdown(equity: float, peak_equity: float | None) -> float:
 
 
 def top_signal(probabilities: tuple[float, float, float]) -> Signal:
-    """The most likely class of (sell, hold, buy); the first maximum wins, as numpy's argmax."""
-    return Signal(max(range(3), key=probabilities.__getitem__))
+    """The most likely class of (sell, hold, buy); the first maximum wins, as numpy's argmax.
+    Plain comparisons: the backtester asks this of every hour it replays one by one."""
+    sell, hold, buy = probabilities
+    if sell >= hold and sell >= buy:
+        return Signal.SELL
+    return Signal.HOLD if hold >= buy else Signal.BUY
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 from features.barriers import LabelMoves
 from features.domain import AccountState, Decision, Prediction, Side, Signal, drawdown
 from serve.schema import Sizing
-from serve.sizing import SizingConfig, rule_sizing_ratio
+from serve.sizing import SizingConfig, rule_sizing_ratio, rule_sizing_ratios
 from trading.broker import Balance, Broker
 from trading.config import TradingConfig
 from trading.execution import NO_JOURNAL, NOTHING_SENT, Desk, Execution, OrderJournal
@@ -80,13 +80,10 @@ class RuleRatio:
         self, probabilities: np.ndarray, volatility: list[float], account: AccountState
     ) -> tuple[list[float], list[str]]:
         """(ratio, source) of many hours of one account state at once (`ManyRatios`)."""
-        drawdown, sizing = account.drawdown, self.sizing
         tops = [SIGNALS[t] for t in probabilities.argmax(axis=1).tolist()]  # `top_signal`
-        rows = [tuple(p) for p in probabilities.tolist()]
-        ratios = [
-            rule_sizing_ratio(t, p, v, drawdown, sizing)
-            for t, p, v in zip(tops, rows, volatility, strict=True)
-        ]
+        ratios = rule_sizing_ratios(
+            tops, probabilities.tolist(), volatility, account.drawdown, self.sizing
+        )
         return ratios, ["rule"] * len(ratios)
 
 

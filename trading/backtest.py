@@ -98,14 +98,15 @@ def replay(
     volatility, spikes = inputs.volatility, inputs.spikes
     book = RecordBook(hours, inputs)
     next_loud = inputs.quiet.next_loud  # position i is quiet when flat: next_loud[i] > i
+    switch = account.kill_switch
     state, peak = None, None
     i = first
     while i < len(prices):
         price, hour = prices[i], wall[i]
         # Flat, the account's state does not depend on the price: it is the last one until a
         # fill or a new equity peak (its drawdown) changes it.
-        if state is None or state.position != 0 or peak != account.guard.peak_equity:
-            state, peak = account.state(price), account.guard.peak_equity
+        if state is None or state.position != 0 or peak != switch.guard.peak_equity:
+            state, peak = account.state(price), switch.guard.peak_equity
         if not every_hour and next_loud[i] > i and state.position == 0:
             after = flat_stretch(account, state, i, inputs, book)
             if after > i:
@@ -132,8 +133,8 @@ def replay(
         if decision is not None:
             done = account.execute(decision, price, NO_JOURNAL)
         if done.fill is not None:
-            state, peak = account.state(price), account.guard.peak_equity
-        book.add(i, hour_row(decision, done, state), account.guard.halted)
+            state, peak = account.state(price), switch.guard.peak_equity
+        book.add(i, hour_row(decision, done, state), switch.guard.halted)
         i += 1
     records = book.frame(arm)
     filled = tuple(f for f in broker.fills if f.state is OrderState.DONE)

@@ -134,29 +134,23 @@ class RecordBook:
         """Every row, plus the columns known before the loop, as one frame (RECORD_COLUMNS)."""
         hours, first = self.hours, self.hours.start
         size = len(hours.times) - first
-        columns = {
-            name: np.empty(size, dtype=object if name in TEXT_COLUMNS else "float64")
-            for name in STEP_COLUMNS
-        }
-        halted = np.zeros(size, dtype=bool)
         stretches = np.array(self._stretches, dtype="float64").reshape(-1, 6)
         starts, ends = stretches[:, 0].astype(int) - first, stretches[:, 1].astype(int) - first
         lengths = ends - starts
         quiet = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         at = np.asarray(self._at, dtype=int) - first
-        if len(at) + len(quiet) != size or len(np.union1d(at, quiet)) != size:
+        cover = np.bincount(np.concatenate([at, quiet]), minlength=size)
+        if len(cover) != size or (cover != 1).any():
             raise AssertionError(
                 f"{hours.market} {arm}: {len(at)} hours replayed and {len(quiet)} recorded in "
-                f"bulk, for {size} hours"
+                f"bulk, not once each of {size} hours"
             )
-        if self._rows:
-            for name, values in zip(STEP_COLUMNS, zip(*self._rows, strict=True), strict=True):
-                columns[name][at] = values
-            halted[at] = self._halted
         row = hour_row(None, NOTHING_SENT, AccountState.flat(0.0))  # cash and the rest: below
-        silent = dict(zip(STEP_COLUMNS, row, strict=True))
-        for name in STEP_COLUMNS:
-            columns[name][quiet] = silent[name]
+        columns = {  # every row a quiet one to start with; the others are written over it
+            name: np.full(size, value, dtype=object if name in TEXT_COLUMNS else "float64")
+            for name, value in zip(STEP_COLUMNS, row, strict=True)
+        }
+        halted = np.zeros(size, dtype=bool)
         for k, name in enumerate(("cash", "position", "equity"), start=2):
             columns[name][quiet] = np.repeat(stretches[:, k], lengths)
         halted[quiet] = np.repeat(stretches[:, 5].astype(bool), lengths)
@@ -165,15 +159,18 @@ class RecordBook:
             columns["reason"][quiet] = self.inputs.quiet.reasons[quiet + first]
             columns["ratio"][quiet] = np.concatenate(self._ratios)
             columns["sizing_source"][quiet] = np.concatenate(self._sources)
-        frame = pd.DataFrame(columns)
+        if self._rows:
+            for name, values in zip(STEP_COLUMNS, zip(*self._rows, strict=True), strict=True):
+                columns[name][at] = values
+            halted[at] = self._halted
         span = slice(first, None)
-        frame["halted"] = halted
         known = {
             "time": hours.times[span],
-            "market": hours.market,
-            "arm": arm,
+            "market": np.full(size, hours.market, dtype=object),
+            "arm": np.full(size, arm, dtype=object),
             "source": hours.source[span],
             "model_version": hours.model_version[span],
             "price": hours.close[span],
         } | dict(zip(PROBA_COLUMNS, hours.proba[span].T, strict=True))
-        return frame.assign(**known)[RECORD_COLUMNS]
+        every = known | columns | {"halted": halted}
+        return pd.DataFrame({name: every[name] for name in RECORD_COLUMNS})
