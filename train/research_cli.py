@@ -108,11 +108,11 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
     profile, families = train_cfg.profile(profile_name), _families(args.family, research.families)
-    default_markets = features.markets
+    default_markets, tuned = features.markets, None
     if args.config_from:
         market, config = read_bundle_config(args.config_from, None)
         features, profile, profile_name = config.features, config.profile, config.profile_name
-        families, default_markets = [config.family], [market]
+        families, default_markets, tuned = [config.family], [market], config.tuned
     markets = [m.strip() for m in args.markets.split(",")] if args.markets else default_markets
     start = parse_time(args.start, "--start") or parse_time(research.start, "research.start")
     if args.smoke_test and args.start is None:
@@ -129,6 +129,7 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
         start=start,
         end=parse_time(args.end, "--end"),
         leaky=not args.no_leaky,
+        tuned=tuned,
     )
 
 

@@ -239,6 +239,17 @@ def configs_tried(req: ResearchRequest, market: str, hours: pd.DatetimeIndex) ->
     return max(len(tried), 1)
 
 
+def trials_counted(req: ResearchRequest, market: str, hours: pd.DatetimeIndex) -> dict[str, int]:
+    """Where the deflated Sharpe's trial count comes from: `research`, the configurations this
+    cache predicted these hours with, and `tune`, the trials of the Tune experiment that chose a
+    `--config-from` source (0 without one). Tune trials predict only hours before the report's
+    (its inner folds end by `tune_end`), so the cache never holds them for these hours; the
+    report's own configuration is the Tune winner, in both counts, and `total` counts it once."""
+    research = configs_tried(req, market, hours)
+    tune = req.tuned.trials if req.tuned is not None else 0
+    return {"research": research, "tune": tune, "total": research + max(tune - 1, 0)}
+
+
 def chain_folds(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's per-fold replays as one curve: each fold starts where the previous ended."""
     results = sorted(results, key=lambda r: r["fold"])
@@ -269,7 +280,10 @@ def trading_figures(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
 
 
 def _attach_trading(
-    models: dict[str, dict[str, Any]], results: list[dict[str, Any]], trials: int
+    models: dict[str, dict[str, Any]],
+    results: list[dict[str, Any]],
+    trials: int,
+    trials_variance: float | None = None,
 ) -> dict[str, Any]:
     by_model: dict[str, list[dict[str, Any]]] = {}
     for result in results:
@@ -279,7 +293,7 @@ def _attach_trading(
         figures, chained = trading_figures(parts)
         returns = figures.pop("hourly_returns")
         models[name]["trading"] = figures
-        models[name]["dsr"] = deflated_sharpe(returns, trials)
+        models[name]["dsr"] = deflated_sharpe(returns, trials, trials_variance)
         curves[name] = (chained["times"], chained["equity"] / chained["initial"])
     return curves
 
@@ -327,12 +341,13 @@ def market_report(
     frames = {n: research.predictions[n] for n in names}
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
-    trials = configs_tried(req, research.index.market, hours)
+    trials = trials_counted(req, research.index.market, hours)
     novelty = _novelty(research, hours, labels, frames)
     if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
         frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
     results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
-    curves = _attach_trading(models, results, trials)
+    variance = req.tuned.sharpe_variance if req.tuned is not None else None
+    curves = _attach_trading(models, results, trials["total"], variance)
     close = research.index.close[research.index.times.get_indexer(hours)]
     initial = results[0]["initial"] if results else 1.0
     hold = buy_and_hold(close, initial)
@@ -344,7 +359,8 @@ def market_report(
             {"fold": f.number, "start": str(f.test_start), "end": str(f.test_end)}
             for f in research.folds
         ],
-        "configs_tried": trials,
+        "configs_tried": trials["total"],
+        "configs_tried_from": trials,
         "models": models,
         "buy_and_hold": hold,
         "margins": margin_block(research, hours, frames, req),
