@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from features.barriers import LabelMoves
+from features.config import LabelConfig
 from features.exchange import FEE_RATE, HOUR
-from train.margin import fit_margin, label_trade_returns, margin_curve
+from train.margin import fold_moves, margin_table
 from train.reference import reference_labels as reference_label_series
 from train.research_novelty import gated, novelty_block
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
@@ -209,20 +210,23 @@ def trade_requests(
     research: MarketResearch,
     hours: pd.DatetimeIndex,
     frames: dict[str, pd.DataFrame],
-    moves: LabelMoves | None = None,
+    labels: LabelConfig,
+    chance: LabelMoves | None = None,
 ) -> list[TradeRequest]:
-    """One replay per model and fold, on that fold's reported hours."""
+    """One replay per model and fold, on that fold's reported hours, priced with that fold's
+    moves (`train.margin.fold_moves`); `chance`: the moves of predictions that carry none under
+    a quantile label (the chance baselines, which predict the reference label)."""
     index, requests = research.index, []
     for name, frame in frames.items():
-        own = frame.loc[hours.intersection(frame.index), [c for c in TRADED if c in frame]]
+        own = frame.loc[hours.intersection(frame.index)]
         for fold in research.folds:
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
-                requests.append(
-                    TradeRequest(
-                        index.market, name, fold.number, index.times, index.close, part, moves
-                    )
-                )
+                moves = fold_moves(labels, part)
+                requests.append(TradeRequest(
+                    index.market, name, fold.number, index.times, index.close,
+                    part[[c for c in TRADED if c in part]], chance if moves is None else moves,
+                ))  # fmt: skip
     return requests
 
 
@@ -307,18 +311,9 @@ def margin_block(
     """Coverage against precision and after-fee return per margin (`train.margin`) for every
     model family and the plain baseline, on the report's hours, with the margin these hours would
     fit: honest to configure only from a run whose hours precede the ones reported elsewhere."""
-    moves = req.features.labels.moves()
-    if moves is None:
-        return {}
     close = pd.Series(research.index.close, index=research.index.times)
-    returns = label_trade_returns(close, req.features.labels).reindex(hours).to_numpy()
-    out = {}
-    for name in [*req.families, REFERENCE_BASELINE]:
-        if name in frames:
-            proba = frames[name].reindex(hours)[PROBA].to_numpy()
-            curve = margin_curve(proba, returns, moves)
-            out[name] = {"curve": curve, "fitted_here": fit_margin(curve)}
-    return out
+    names = [n for n in [*req.families, REFERENCE_BASELINE] if n in frames]
+    return margin_table(close, hours, {n: frames[n] for n in names}, req.features.labels)
 
 
 def _novelty(research: MarketResearch, hours, labels, frames) -> dict[str, Any] | None:
@@ -345,7 +340,8 @@ def market_report(
     novelty = _novelty(research, hours, labels, frames)
     if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
         frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
-    results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
+    reference = LabelMoves.of_threshold(req.research.reference_label.threshold)
+    results = trader(trade_requests(research, hours, frames, req.features.labels, reference))
     variance = req.tuned.sharpe_variance if req.tuned is not None else None
     curves = _attach_trading(models, results, trials["total"], variance)
     close = research.index.close[research.index.times.get_indexer(hours)]

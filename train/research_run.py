@@ -319,11 +319,7 @@ def ensemble_predictions(req: ResearchRequest, market: MarketResearch) -> pd.Dat
         key = fold_key("ensemble", fold, market.index, req)
         if not req.cache.has(key):
             part = blended[blended["fold"] == fold.number]
-            req.cache.write(
-                key,
-                part[["fold", "p_sell", "p_hold", "p_buy"]],
-                {"weight": weights.get(fold.number)},
-            )
+            req.cache.write(key, part, {"weight": weights.get(fold.number)})
     return blended
 
 
