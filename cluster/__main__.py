@@ -41,7 +41,7 @@ from serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from cluster.replay import Replay
-    from trading.loop import ClockSettings, LoopSettings
+    from trading.loop_settings import ClockSettings, LoopSettings
 
 TRAIN_HOURS = 8760 + 2000  # what the quick profile reads, plus warm-up
 Head = tuple[str, str, bool, int | None]  # GCS address, dashboard URL, started by up, its pid
@@ -145,7 +145,7 @@ def _train_missing(
 def _clock(
     args: argparse.Namespace, speed: float, replay: Replay | None, delay: float
 ) -> ClockSettings:
-    from trading.loop import ClockSettings
+    from trading.loop_settings import ClockSettings
 
     if args.clock_start:
         return ClockSettings(kind="accelerated", start=args.clock_start, speed=speed)
@@ -156,7 +156,7 @@ def _settings(
     args: argparse.Namespace, cfg: ClusterConfig, state: State, replay: Replay | None
 ) -> tuple[dict[str, Any], ServeConfig, LoopSettings]:
     """The deploy config's template and its two apps' settings, filled for this machine."""
-    from trading.loop import LoopSettings
+    from trading.loop_settings import LoopSettings
 
     path = Path(resolve_path(cfg.serve.deploy_config))
     template = yaml.safe_load(path.read_text())
