@@ -153,8 +153,9 @@ def row_edge(probabilities: tuple[float, float, float], moves: LabelMoves) -> fl
 
 
 MARGIN_NEEDS_MOVES = (
-    "policy.margin is set but the model's label moves are unknown (a quantile label "
-    "without its bundle's threshold?): set policy.margin to null or give the moves"
+    "policy.margin is set but the model's label moves are unknown (a quantile label whose "
+    "bundle or fold predictions carry no fitted threshold?): set policy.margin to null or give "
+    "the moves"
 )
 
 
