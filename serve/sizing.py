@@ -210,13 +210,13 @@ def rule_sizing_ratio(
 
 def rule_sizing_ratios(
     signals: Sequence[Signal], probabilities: Sequence[tuple[float, float, float]],
-    volatility: Sequence[float], drawdown: float, config: SizingConfig,
+    volatility: Sequence[float], drawdowns: Sequence[float], config: SizingConfig,
 ) -> list[float]:  # fmt: skip
-    """`rule_sizing_ratio` of many hours at one drawdown (the backtester's quiet hours): the
-    same numbers, a HOLD's without a call."""
+    """`rule_sizing_ratio` of many hours, each at its own drawdown (the backtester's quiet
+    hours): the same numbers, a HOLD's without a call."""
     return [
-        config.min_ratio if s is Signal.HOLD else rule_sizing_ratio(s, p, v, drawdown, config)
-        for s, p, v in zip(signals, probabilities, volatility, strict=True)
+        config.min_ratio if s is Signal.HOLD else rule_sizing_ratio(s, p, v, d, config)
+        for s, p, v, d in zip(signals, probabilities, volatility, drawdowns, strict=True)
     ]
 
 

@@ -59,9 +59,9 @@ class FixedRatio:
         return self.ratio, "fixed"
 
     def many(
-        self, probabilities: np.ndarray, volatility: list[float], account: AccountState
+        self, probabilities: np.ndarray, volatility: list[float], drawdowns: list[float]
     ) -> tuple[list[float], list[str]]:
-        """(ratio, source) of many hours of one account state at once (`ManyRatios`)."""
+        """(ratio, source) of many hours at once (`ManyRatios`)."""
         return [self.ratio] * len(probabilities), ["fixed"] * len(probabilities)
 
 
@@ -77,20 +77,21 @@ class RuleRatio:
         return rule_sizing_ratio(p.signal, p.probabilities, v, a.drawdown, self.sizing), "rule"
 
     def many(
-        self, probabilities: np.ndarray, volatility: list[float], account: AccountState
+        self, probabilities: np.ndarray, volatility: list[float], drawdowns: list[float]
     ) -> tuple[list[float], list[str]]:
-        """(ratio, source) of many hours of one account state at once (`ManyRatios`)."""
+        """(ratio, source) of many hours at once (`ManyRatios`)."""
         tops = [SIGNALS[t] for t in probabilities.argmax(axis=1).tolist()]  # `top_signal`
         ratios = rule_sizing_ratios(
-            tops, probabilities.tolist(), volatility, account.drawdown, self.sizing
+            tops, probabilities.tolist(), volatility, drawdowns, self.sizing
         )
         return ratios, ["rule"] * len(ratios)
 
 
-ManyRatios = Callable[[np.ndarray, list[float], AccountState], tuple[list[float], list[str]]]
-"""A RatioSource's form for many hours of one account state (the backtester's quiet hours):
-((n, 3) probabilities, volatility per hour, account) -> (ratios, sizing sources), hour for hour
-what the source answers one hour at a time without Serve's sizing."""
+ManyRatios = Callable[[np.ndarray, list[float], list[float]], tuple[list[float], list[str]]]
+"""A RatioSource's form for many hours (the backtester's quiet hours): ((n, 3) probabilities,
+volatility per hour, the account's drawdown per hour) -> (ratios, sizing sources), hour for hour
+what the source answers one hour at a time without Serve's sizing. Only a source that reads no
+more of the account than its drawdown has one."""
 SIGNALS = tuple(Signal)  # by value: numpy's argmax is `top_signal` (the first maximum wins)
 
 

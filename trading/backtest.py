@@ -38,6 +38,7 @@ from trading.backtest_hours import (
 )
 from trading.broker import Fill, OrderState
 from trading.config import TradingConfig
+from trading.held_hours import MIN_STRETCH, held_stretch
 from trading.paper import PaperBroker
 from trading.predictions import MarketHours, load_market_hours
 from trading.quiet_hours import flat_stretch
@@ -86,9 +87,10 @@ def replay(
     Python lists instead of numpy scalars in the loop: it runs once per market-hour and arm.
     `inputs`: the market's `HourInputs`, when the caller replays several arms over them.
     The hours in which a flat account provably does nothing are recorded in stretches
-    (`trading.quiet_hours.flat_stretch`); `every_hour` walks each of them through the account
-    instead: the same records, fills and guard, kept as the reference the shortcut is tested
-    against (and a fallback should it ever be doubted).
+    (`trading.quiet_hours.flat_stretch`), and so are those in which a held position provably
+    stays as it is (`trading.held_hours.held_stretch`); `every_hour` walks each of them through
+    the account instead: the same records, fills and guard, kept as the reference the shortcuts
+    are tested against (and a fallback should they ever be doubted).
     """
     market, close, first = hours.market, hours.close, hours.start
     broker = PaperBroker(config.paper.initial_krw, config.paper.slippage_bps)
@@ -98,6 +100,7 @@ def replay(
     volatility, spikes = inputs.volatility, inputs.spikes
     book = RecordBook(hours, inputs)
     next_loud = inputs.quiet.next_loud  # position i is quiet when flat: next_loud[i] > i
+    next_held = inputs.held.next_loud  # ... and may be when held: next_held[i] > i
     switch = account.kill_switch
     state, peak = None, None
     i = first
@@ -109,6 +112,11 @@ def replay(
             state, peak = account.state(price), switch.guard.peak_equity
         if not every_hour and next_loud[i] > i and state.position == 0:
             after = flat_stretch(account, state, i, inputs, book)
+            if after > i:
+                i = after
+                continue
+        if not every_hour and state.position != 0 and next_held[i] - i >= MIN_STRETCH:
+            after = held_stretch(account, state, i, inputs, book, config)
             if after > i:
                 i = after
                 continue

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from features.barriers import LabelMoves
-from features.domain import AccountState, Decision, Prediction
+from features.domain import AccountState, Decision, Prediction, Signal
 from trading.config import TradingConfig
 from trading.execution import NOTHING_SENT, Execution
+from trading.held_hours import HeldHours
 from trading.predictions import PROBA_COLUMNS, MarketHours
 from trading.quiet_hours import NO_PREDICTION, QuietHours
 from trading.risk import rolling_volatility_ratio
@@ -37,8 +38,8 @@ class HourInputs:
     """What every arm of one market reads per hour, built once for all of them: the hour, its
     close, its probabilities and model version, the sizing volatility and the emergency rule's
     volatility ratio (`rolling_volatility_ratio`, the loop's numbers computed in one pass), and
-    the hours a flat account can skip (`QuietHours`). Predictions are built for the hours that
-    need one (`prediction`)."""
+    the hours a flat account can skip (`QuietHours`) and those a held one can (`HeldHours`).
+    Predictions are built for the hours that need one (`prediction`)."""
 
     market: str
     wall: list[datetime]
@@ -47,6 +48,7 @@ class HourInputs:
     volatility: list[float]
     spikes: list[float]
     quiet: QuietHours
+    held: HeldHours
     moves: LabelMoves | None
     proba: np.ndarray  # (n, 3) (sell, hold, buy) per hour
     predicted: list[bool]
@@ -61,8 +63,8 @@ class HourInputs:
         quiet = QuietHours.of(hours, config)
         return cls(
             hours.market, hours.times.to_pydatetime().tolist(), hours.close.tolist(),
-            hours.model_version.tolist(),
-            hours.volatility.tolist(), spikes.tolist(), quiet, hours.moves,
+            hours.model_version.tolist(), hours.volatility.tolist(), spikes.tolist(), quiet,
+            HeldHours.of(hours, quiet, spikes, config), hours.moves,
             hours.proba, quiet.predicted.tolist(),
         )  # fmt: skip
 
@@ -111,6 +113,8 @@ class RecordBook:
         self._at: list[int] = []
         self._halted: list[bool] = []
         self._stretches: list[tuple[int, int, float, float, float, bool]] = []
+        self._marks: list[tuple[int, np.ndarray]] = []
+        self._buys: list[tuple[int, str]] = []
         self._ratios: list[np.ndarray] = []
         self._sources: list[np.ndarray] = []
 
@@ -124,6 +128,22 @@ class RecordBook:
         """Positions start..end-1: quiet hours of a flat `account` that sent nothing."""
         self._stretches.append((start, end, account.cash, account.position, account.equity,
                                 halted))  # fmt: skip
+
+    def held(
+        self,
+        start: int,
+        end: int,
+        account: AccountState,
+        equity: np.ndarray,
+        halted: bool,
+        buys: list[tuple[int, str]],
+    ) -> None:
+        """Positions start..end-1: quiet hours of `account` holding a position that sent
+        nothing, its equity marked at each hour's close (`equity`); `buys`: the positions of
+        BUYs among them that placed no order, and `decide`'s reason why."""
+        self.quiet(start, end, account, halted)
+        self._marks.append((start, equity))
+        self._buys += buys
 
     def quiet_sizing(self, ratios: np.ndarray, sources: np.ndarray) -> None:
         """The ratios and sizing sources of the quiet positions recorded since the last call."""
@@ -154,11 +174,17 @@ class RecordBook:
         for k, name in enumerate(("cash", "position", "equity"), start=2):
             columns[name][quiet] = np.repeat(stretches[:, k], lengths)
         halted[quiet] = np.repeat(stretches[:, 5].astype(bool), lengths)
+        for start, equity in self._marks:
+            columns["equity"][start - first : start - first + len(equity)] = equity
         if len(quiet):
             columns["signal"][quiet] = self.inputs.quiet.signals[quiet + first]
             columns["reason"][quiet] = self.inputs.quiet.reasons[quiet + first]
             columns["ratio"][quiet] = np.concatenate(self._ratios)
             columns["sizing_source"][quiet] = np.concatenate(self._sources)
+        if self._buys:
+            at_buy = np.array([k for k, _ in self._buys]) - first
+            columns["signal"][at_buy] = Signal.BUY.name
+            columns["reason"][at_buy] = [reason for _, reason in self._buys]
         if self._rows:
             for name, values in zip(STEP_COLUMNS, zip(*self._rows, strict=True), strict=True):
                 columns[name][at] = values

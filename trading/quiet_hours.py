@@ -23,6 +23,7 @@ ratio outside [0, 1], an equity peak moved by the stretch's first observation.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,8 @@ class QuietHours:
     positions that start a new calendar day (the kill switch's days)."""
 
     predicted: np.ndarray
+    priced: np.ndarray  # a close `decide` takes
+    acted: np.ndarray  # the acted Signal's value; -1 where no usable prediction
     next_loud: list[int]
     signals: np.ndarray
     reasons: np.ndarray
@@ -84,7 +87,7 @@ class QuietHours:
         day_starts = np.flatnonzero(days[1:] != days[:-1]) + 1
         unpredicted = np.concatenate([[0], np.cumsum(~predicted)])
         return cls(
-            predicted, next_loud.tolist(), signals, reasons, day_starts.tolist(),
+            predicted, priced, acted, next_loud.tolist(), signals, reasons, day_starts.tolist(),
             unpredicted.tolist(),
         )  # fmt: skip
 
@@ -99,7 +102,8 @@ def flat_stretch(
     end = quiet.next_loud[start]
     if end == start or state.position != 0:
         return start
-    ratios, sources, end = _ratios(account, state, inputs, start, end)
+    flat = [state.drawdown] * (end - start)
+    ratios, sources, end = arm_ratios(account, inputs, start, end, flat, lambda k: state)
     if end == start:
         return start
     wall = inputs.wall
@@ -120,24 +124,31 @@ def flat_stretch(
     return end
 
 
-def _ratios(
-    account: ArmAccount, state: AccountState, inputs: HourInputs, start: int, end: int
+def arm_ratios(
+    account: ArmAccount,
+    inputs: HourInputs,
+    start: int,
+    end: int,
+    drawdowns: list[float],
+    state_at: Callable[[int], AccountState],
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The arm's (ratio, sizing source) at positions start..end-1 (NaN and "" without a
     prediction) and where the stretch ends: before the first ratio `decide` would refuse, so
-    that the hour-by-hour path raises there. The source's `many` form, else hour by hour
-    through a Prediction as the hour-by-hour path asks (a replay's recorded ratios)."""
+    that the hour-by-hour path raises there. The source's `many` form on each hour's drawdown
+    (`drawdowns`, by position from `start`), else hour by hour through a Prediction and the
+    hour's account (`state_at`) as the hour-by-hour path asks (a replay's recorded ratios)."""
     quiet = inputs.quiet
     whole = quiet.unpredicted_before[start] == quiet.unpredicted_before[end]
     rows = np.arange(start, end) if whole else np.flatnonzero(quiet.predicted[start:end]) + start
     many = getattr(account.sizing, "many", None)
     if many is not None:
-        volatility = inputs.volatility[start:end]
+        volatility, falls = inputs.volatility[start:end], drawdowns
         if not whole:
             volatility = [inputs.volatility[k] for k in rows.tolist()]
-        got, named = many(inputs.proba[rows], volatility, state)
+            falls = [drawdowns[k - start] for k in rows.tolist()]
+        got, named = many(inputs.proba[rows], volatility, falls)
     else:
-        pairs = [account.sizing(inputs.prediction(k), state, inputs.volatility[k], None)
+        pairs = [account.sizing(inputs.prediction(k), state_at(k), inputs.volatility[k], None)
                  for k in rows.tolist()]  # fmt: skip
         got, named = [r for r, _ in pairs], [s for _, s in pairs]
     got = np.asarray(got, dtype="float64")
@@ -145,7 +156,7 @@ def _ratios(
     if refused.any():
         end = int(rows[np.argmax(refused)])
     if whole:
-        return got, np.asarray(named, dtype=object), end
+        return got[: end - start], np.asarray(named, dtype=object)[: end - start], end
     ratios, sources = np.full(end - start, np.nan), np.full(end - start, "", dtype=object)
     keep = rows < end
     ratios[rows[keep] - start] = got[keep]

@@ -3,7 +3,8 @@ replay that records them in stretches and the one that walks every hour through 
 (`replay(..., every_hour=True)`) give the same records frame (every column, every row), fills,
 equity and kill switch. On real candles (with the smoke bundle's predictions, and with seeded
 probabilities under configs that make every exit fire) and on hand-made hours: a crash, a pump,
-slow slides, gaps without a prediction, novel inputs, a kill switch that goes off."""
+slow slides, gaps without a prediction, novel inputs, a kill switch that goes off. The same for
+the shortcut through held hours (`trading.held_hours`): each test also counts the hours it took."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from features.barriers import Barriers, LabelMoves, acted_signals
 from features.domain import AccountState, Prediction, Signal
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
+from trading import backtest
 from trading.account import RatioSource, fixed_ratio, rule_ratio
 from trading.backtest import NO_PREDICTION, NOVEL, ArmRun, replay
 from trading.config import load_trading_config
+from trading.held_hours import held_stretch
 from trading.policy import decide, unplaced_reasons
 from trading.predictions import MarketHours, load_market_hours, market_hours
 from train.registry import ModelRegistry
@@ -67,6 +70,21 @@ def _arms() -> dict[str, RatioSource]:
     return {"fixed": fixed_ratio(0.5), "rule": rule_ratio(sizing), "recorded": recorded_ratio}
 
 
+@pytest.fixture(autouse=True)
+def held_hours(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The hours each replay recorded through `held_stretch` (the real one, counted), so a test
+    can show the held shortcut was taken, not only that nothing changed."""
+    counted: list[int] = []
+
+    def counting(account, state, start, inputs, book, config) -> int:  # type: ignore[no-untyped-def]
+        after = held_stretch(account, state, start, inputs, book, config)
+        counted.append(after - start)
+        return after
+
+    monkeypatch.setattr(backtest, "held_stretch", counting)
+    return counted
+
+
 def assert_same_replay(hours: MarketHours, config, arms: dict[str, RatioSource]) -> list[ArmRun]:
     runs = []
     for arm, source in arms.items():
@@ -107,7 +125,9 @@ def real_close(real_candles) -> pd.Series:
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_real_candles_every_config_same_records(name: str, real_close: pd.Series) -> None:
+def test_real_candles_every_config_same_records(
+    name: str, real_close: pd.Series, held_hours: list[int]
+) -> None:
     config = load_trading_config(overrides=CONFIGS[name])
     times = pd.DatetimeIndex(real_close.index)
     predictions = seeded_predictions(times[168:], seed=len(name))
@@ -115,6 +135,8 @@ def test_real_candles_every_config_same_records(name: str, real_close: pd.Series
     runs = assert_same_replay(hours, config, _arms())
     fills = sum(len(r.fills) for r in runs)
     assert fills > 20  # the account trades, so flat stretches end and start again
+    held = sum(r.position[:-1].astype(bool).sum() for r in runs)  # hours that start held
+    assert sum(held_hours) > held // 4  # the held shortcut recorded a good part of them
 
 
 def test_real_candles_exercise_every_exit(real_close: pd.Series) -> None:
@@ -131,7 +153,7 @@ def test_real_candles_exercise_every_exit(real_close: pd.Series) -> None:
 
 
 def test_smoke_bundle_on_the_full_history_same_records(
-    smoke_bundle: Path, ohlcv_dir: Path, tmp_path: Path
+    smoke_bundle: Path, ohlcv_dir: Path, tmp_path: Path, held_hours: list[int]
 ) -> None:
     """Real candles, a real model's out-of-sample predictions, the shipped configs: the
     backtest `python -m trading backtest` runs."""
@@ -144,6 +166,7 @@ def test_smoke_bundle_on_the_full_history_same_records(
         hours, config, {"fixed": fixed_ratio(0.3), "rule": rule_ratio(sizing)}
     )
     assert all(len(r.fills) > 0 for r in runs)
+    assert sum(held_hours) > 100
 
 
 # -- hand-made hours ------------------------------------------------------------------------------
@@ -177,9 +200,9 @@ def _hand_made() -> tuple[pd.DatetimeIndex, np.ndarray, pd.DataFrame]:
     return times, close, predictions.drop(times[gaps])
 
 
-def test_hand_made_hours_same_records_and_every_exit() -> None:
+def test_hand_made_hours_same_records_and_every_exit(held_hours: list[int]) -> None:
     """Every config, a barrier label and a threshold label: the same records; and among the
-    hours compared, every exit acted."""
+    hours compared, every exit acted, and held positions were recorded in stretches too."""
     times, close, predictions = _hand_made()
     seen: set[str] = set()
     for overrides in CONFIGS.values():
@@ -188,6 +211,7 @@ def test_hand_made_hours_same_records_and_every_exit() -> None:
             hours = market_hours(MARKET, times, close, predictions.iloc[150:], moves)
             seen |= _reasons(assert_same_replay(hours, config, _arms()))
     assert seen == set(EXITS)
+    assert sum(held_hours) > 200
 
 
 # -- the pieces the shortcut records with ---------------------------------------------------------
@@ -212,16 +236,21 @@ def test_unplaced_reasons_are_decides(overrides: list[str]) -> None:
 
 
 def test_rule_ratio_many_is_the_rule_hour_by_hour() -> None:
+    """Each hour at its own drawdown (a held position's equity moves every hour)."""
     source = rule_ratio(load_sizing_config())
     rng = np.random.default_rng(8)
     rows = rng.dirichlet([1.0, 1.0, 1.0], 2000)
     rows[:50] = [0.4, 0.2, 0.4]  # ties: the first maximum wins, as in Prediction.signal
     volatility = rng.uniform(0, 0.05, len(rows)).tolist()
-    account = AccountState(900_000.0, 0.0, 0.0, 900_000.0, 0.1)
+    falls = rng.uniform(0, 0.3, len(rows)).tolist()
     hour = pd.Timestamp("2025-01-01 09:00").to_pydatetime()
     one_by_one = [
-        source(Prediction(MARKET, hour, tuple(p), "v"), account, v, None)
-        for p, v in zip(rows.tolist(), volatility, strict=True)
+        source(
+            Prediction(MARKET, hour, tuple(p), "v"), AccountState(9e5, 0.0, 0.0, 9e5, d), v, None
+        )
+        for p, v, d in zip(rows.tolist(), volatility, falls, strict=True)
     ]
-    ratios, sources = source.many(rows, volatility, account)
+    ratios, sources = source.many(rows, volatility, falls)
     assert list(zip(ratios, sources, strict=True)) == one_by_one
+    level, _ = source.many(rows, volatility, [0.0] * len(rows))
+    assert sum(a != b for a, b in zip(ratios, level, strict=True)) > 100  # the drawdowns count
