@@ -209,15 +209,24 @@ def rule_sizing_ratio(
 
 
 def rule_sizing_ratios(
-    signals: Sequence[Signal], probabilities: Sequence[tuple[float, float, float]],
-    volatility: Sequence[float], drawdowns: Sequence[float], config: SizingConfig,
+    tops: np.ndarray, probabilities: np.ndarray, volatility: Sequence[float],
+    drawdowns: Sequence[float], config: SizingConfig,
 ) -> list[float]:  # fmt: skip
-    """`rule_sizing_ratio` of many hours, each at its own drawdown (the backtester's quiet
-    hours): the same numbers, a HOLD's without a call."""
-    return [
-        config.min_ratio if s is Signal.HOLD else rule_sizing_ratio(s, p, v, d, config)
-        for s, p, v, d in zip(signals, probabilities, volatility, drawdowns, strict=True)
-    ]
+    """`rule_sizing_ratio` of many hours at once, each at its own drawdown (the backtester's
+    quiet hours): `tops` the top signal's value per row of (sell, hold, buy) `probabilities`.
+    The same numbers: `_rule_terms`' float operations, in its order, per row in numpy."""
+    rule = config.rule
+    p = np.asarray(probabilities, dtype="float64").reshape(-1, 3)
+    sell, buy = p[:, 0], p[:, 2]
+    vol = np.asarray(volatility, dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):  # the other branch is taken there
+        vol_scale = np.where(vol <= rule.vol_reference, 1.0, rule.vol_reference / vol)
+    dd_scale = np.maximum(0.0, 1.0 - rule.drawdown_penalty * np.asarray(drawdowns, dtype="float64"))
+    bought = rule.kelly_fraction * np.maximum(0.0, buy - sell) * vol_scale * dd_scale
+    sold = rule.kelly_fraction * np.maximum(0.0, sell - buy)
+    raw = np.where(tops == int(Signal.BUY), bought, sold)
+    ratios = np.minimum(np.maximum(raw, config.min_ratio), config.max_ratio)  # `clip`
+    return np.where(tops == int(Signal.HOLD), config.min_ratio, ratios).tolist()
 
 
 def rule_sizing(request: SizingRequest, config: SizingConfig) -> SizingResult:

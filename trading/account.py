@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from features.barriers import LabelMoves
-from features.domain import AccountState, Decision, Prediction, Side, Signal, drawdown
+from features.domain import AccountState, Decision, Prediction, Side, drawdown
 from serve.schema import Sizing
 from serve.sizing import SizingConfig, rule_sizing_ratio, rule_sizing_ratios
 from trading.broker import Balance, Broker
@@ -80,10 +80,8 @@ class RuleRatio:
         self, probabilities: np.ndarray, volatility: list[float], drawdowns: list[float]
     ) -> tuple[list[float], list[str]]:
         """(ratio, source) of many hours at once (`ManyRatios`)."""
-        tops = [SIGNALS[t] for t in probabilities.argmax(axis=1).tolist()]  # `top_signal`
-        ratios = rule_sizing_ratios(
-            tops, probabilities.tolist(), volatility, drawdowns, self.sizing
-        )
+        tops = probabilities.argmax(axis=1)  # `top_signal`: the first maximum wins
+        ratios = rule_sizing_ratios(tops, probabilities, volatility, drawdowns, self.sizing)
         return ratios, ["rule"] * len(ratios)
 
 
@@ -92,7 +90,6 @@ ManyRatios = Callable[[np.ndarray, list[float], list[float]], tuple[list[float],
 volatility per hour, the account's drawdown per hour) -> (ratios, sizing sources), hour for hour
 what the source answers one hour at a time without Serve's sizing. Only a source that reads no
 more of the account than its drawdown has one."""
-SIGNALS = tuple(Signal)  # by value: numpy's argmax is `top_signal` (the first maximum wins)
 
 
 def fixed_ratio(ratio: float) -> RatioSource:
