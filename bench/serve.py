@@ -104,6 +104,10 @@ class FloorIngress:
         self.predictors = predictors
         self.sizing = sizing
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The deploy config gives the Ingress a `user_config` (its limits), and Serve refuses a
+        replica with one but no `reconfigure`; the floor takes it and enforces nothing."""
+
     @floor_api.post("/v1/predict/{market}")
     async def predict_market(self, market: str, body: PredictBody | None = None) -> PredictionReply:
         body = body or PredictBody()
