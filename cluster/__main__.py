@@ -7,7 +7,6 @@ imports Ray loads before `prepare_secrets` has set them: those imports sit insid
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cluster import add_market
+from cluster import add_market, running
 from cluster import markets as market_list
 from cluster.config import ClusterConfig, load_cluster_config
 from cluster.local import (
@@ -27,13 +26,11 @@ from cluster.local import (
     app_args,
     candles_dir,
     deploy_config,
-    model_line,
     prepare_secrets,
     serve_deploy,
-    served_models,
     wait_http,
 )
-from cluster.local_ray import HeadError, start_head, stop_head_group
+from cluster.local_ray import HeadError, start_head
 from cluster.one_loop import loop_keys, refuse_held_ledger, refuse_other_loop
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
 from serve.admin import ADMIN_TOKEN_ENV
@@ -41,7 +38,7 @@ from serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from cluster.replay import Replay
-    from trading.loop import ClockSettings, LoopSettings
+    from trading.loop_settings import ClockSettings, LoopSettings
 
 TRAIN_HOURS = 8760 + 2000  # what the quick profile reads, plus warm-up
 Head = tuple[str, str, bool, int | None]  # GCS address, dashboard URL, started by up, its pid
@@ -145,7 +142,7 @@ def _train_missing(
 def _clock(
     args: argparse.Namespace, speed: float, replay: Replay | None, delay: float
 ) -> ClockSettings:
-    from trading.loop import ClockSettings
+    from trading.loop_settings import ClockSettings
 
     if args.clock_start:
         return ClockSettings(kind="accelerated", start=args.clock_start, speed=speed)
@@ -156,7 +153,7 @@ def _settings(
     args: argparse.Namespace, cfg: ClusterConfig, state: State, replay: Replay | None
 ) -> tuple[dict[str, Any], ServeConfig, LoopSettings]:
     """The deploy config's template and its two apps' settings, filled for this machine."""
-    from trading.loop import LoopSettings
+    from trading.loop_settings import LoopSettings
 
     path = Path(resolve_path(cfg.serve.deploy_config))
     template = yaml.safe_load(path.read_text())
@@ -304,97 +301,11 @@ def _summary(
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    state = State.load(Path(resolve_path(cfg.paths.state)))
-    prepare_secrets(Path(resolve_path(cfg.paths.state)).parent)
-    import ray
-    import requests
-
-    ray.init(address=state.gcs_address, ignore_reinit_error=True, log_to_driver=False)
-    from ray import serve
-
-    from cluster.retrain import get_retrainer
-    from trading.loop import get_loop
-
-    apps = {
-        name: getattr(app.status, "value", str(app.status))
-        for name, app in serve.status().applications.items()
-    }
-    health = requests.get(f"{state.serve_url}/healthz", timeout=10).json()
-    loop = ray.get(get_loop().status.remote(), timeout=60)
-    try:
-        retrain = ray.get(get_retrainer().status.remote(), timeout=30)
-    except ValueError:
-        retrain = None
-    models = served_models(state.serve_url)
-    keys = ("mode", "running", "phase", "hours_run", "first_hour", "last_hour", "stored_until",
-            "alarm", "halted_markets", "arms", "accuracy")  # fmt: skip
-    report = {"ray": ray.cluster_resources(), "serve": apps, "health": health, "models": models,
-              "loop": {k: loop.get(k) for k in keys}, "retrain": retrain}  # fmt: skip
-    print(json.dumps(report, indent=1, default=str))
-    for market, model in sorted(models.items()):
-        print(f"model {market}: {model_line(model)}")
-    print(f"loop: {loop['activity']}")
-    problems = [f"Serve app {n} is {s}" for n, s in apps.items() if s != "RUNNING"]
-    problems += [f"loop alarm: {loop['alarm']}"] if loop["alarm"] else []
-    problems += [f"{m} halted: {why}" for m, why in (loop.get("halted_markets") or {}).items()]
-    stale = [f"{m}'s model {v['version']} is stale" for m, v in models.items() if v.get("stale")]
-    problems += stale
-    problems += [] if loop["running"] else ["the trading loop is not running"]
-    print("healthy" if not problems else "NOT healthy: " + "; ".join(problems))
-    return 0 if not problems else 1
-
-
-def _stop_head(state: State) -> str:
-    """Stop the head `up` started, by its process group: never `ray stop` (every Ray here)."""
-    if not state.started_head:
-        return f"the Ray head at {state.gcs_address} was joined, so it keeps running"
-    if state.head_pid is None:
-        return (
-            f"the Ray head at {state.gcs_address} was started by an older `up` that kept no "
-            "process id: stop it with `ray stop` if no other Ray runs on this machine"
-        )
-    stopped = stop_head_group(state.head_pid, state.head_port)
-    return f"the Ray head (process group {state.head_pid}) " + (
-        "stopped" if stopped else "had already stopped"
-    )
-
-
-def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    state_path = Path(resolve_path(cfg.paths.state))
-    state = State.load(state_path)
-    prepare_secrets(state_path.parent)
-    import ray
-
-    ray.init(address=state.gcs_address, ignore_reinit_error=True, log_to_driver=False)
-    from ray import serve
-
-    from cluster.retrain import get_retrainer
-    from trading.keeper import stop_loop
-
-    serve.delete(APPS[1])  # the keeper first, so it cannot start the loop again
-    final = stop_loop()
-    try:
-        retrainer = get_retrainer()
-        ray.get(retrainer.stop.remote())
-        ray.kill(retrainer, no_restart=True)
-    except ValueError:
-        pass
-    serve.delete(APPS[0])
-    ray.shutdown()
-    head = _stop_head(state)
-    state_path.unlink()
-    hours = final["hours_run"] if final else 0
-    print(f"stopped: the loop ({hours} hours this run), Serve, the retrainer; {head}; "
-          f"ledger intact at {state.ledger}")  # fmt: skip
-    return 0
-
-
 def cmd_add_market(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return add_market.cmd_add_market(args, cfg, TRAIN_HOURS)
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down,
+COMMANDS = {"up": cmd_up, "status": running.cmd_status, "down": running.cmd_down,
             "markets": market_list.cmd_markets, "add-market": cmd_add_market}  # fmt: skip
 
 

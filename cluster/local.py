@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 import yaml
@@ -28,9 +28,7 @@ from features.config import ConfigError, resolve_path
 from features.exchange import KST
 from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import ServeConfig
-
-if TYPE_CHECKING:  # trading.loop imports Ray, which must not load before prepare_secrets
-    from trading.loop import LoopSettings
+from trading.loop_settings import LoopSettings  # plain data, no Ray: it loads after the secrets
 
 APPS = ("hybrid", "trading")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from features.exchange import HOUR
 from features.sources import ParquetDirSource
-from trading.loop import ClockSettings
+from trading.loop_settings import ClockSettings
 from train.registry import ModelRegistry
 
 

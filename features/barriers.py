@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.domain import Signal
+from features.domain import Signal, top_signal
 from features.exchange import ROUND_TRIP_FEE
 
 TOUCH = 1e-12
@@ -153,8 +153,9 @@ def row_edge(probabilities: tuple[float, float, float], moves: LabelMoves) -> fl
 
 
 MARGIN_NEEDS_MOVES = (
-    "policy.margin is set but the model's label moves are unknown (a quantile label "
-    "without its bundle's threshold?): set policy.margin to null or give the moves"
+    "policy.margin is set but the model's label moves are unknown (a quantile label whose "
+    "bundle or fold predictions carry no fitted threshold?): set policy.margin to null or give "
+    "the moves"
 )
 
 
@@ -190,7 +191,7 @@ def acted_signal(
 ) -> Signal:
     """`acted_signals` for one row (the live loop's and the backtester's hour), in plain floats;
     the vectorised form is checked against it row for row."""
-    top = Signal(max(range(3), key=probabilities.__getitem__))  # numpy's argmax: first max wins
+    top = top_signal(probabilities)  # numpy's argmax: the first maximum wins
     if margin is None:
         return Signal.HOLD if max(probabilities) < min_confidence else top
     if moves is None:

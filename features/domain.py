@@ -59,6 +59,15 @@ def drawdown(equity: float, peak_equity: float | None) -> float:
     return min(1.0, max(0.0, 1.0 - equity / peak_equity))
 
 
+def top_signal(probabilities: tuple[float, float, float]) -> Signal:
+    """The most likely class of (sell, hold, buy); the first maximum wins, as numpy's argmax.
+    Plain comparisons: the backtester asks this of every hour it replays one by one."""
+    sell, hold, buy = probabilities
+    if sell >= hold and sell >= buy:
+        return Signal.SELL
+    return Signal.HOLD if hold >= buy else Signal.BUY
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One model's view of one market at the close of one hour."""
@@ -74,7 +83,7 @@ class Prediction:
 
     @cached_property  # frozen: worked out once (the backtester asks several times an hour)
     def signal(self) -> Signal:
-        return Signal(max(range(3), key=self.probabilities.__getitem__))
+        return top_signal(self.probabilities)
 
     @property
     def confidence(self) -> float:

@@ -208,6 +208,18 @@ def rule_sizing_ratio(
     return config.clip(_rule_terms(signal, probabilities, volatility, drawdown, config)[3])
 
 
+def rule_sizing_ratios(
+    signals: Sequence[Signal], probabilities: Sequence[tuple[float, float, float]],
+    volatility: Sequence[float], drawdown: float, config: SizingConfig,
+) -> list[float]:  # fmt: skip
+    """`rule_sizing_ratio` of many hours at one drawdown (the backtester's quiet hours): the
+    same numbers, a HOLD's without a call."""
+    return [
+        config.min_ratio if s is Signal.HOLD else rule_sizing_ratio(s, p, v, drawdown, config)
+        for s, p, v in zip(signals, probabilities, volatility, strict=True)
+    ]
+
+
 def rule_sizing(request: SizingRequest, config: SizingConfig) -> SizingResult:
     """Fractional Kelly on the model's edge, shrunk for volatility and drawdown (see module)."""
     if request.signal is Signal.HOLD:

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from features.barriers import LabelMoves
-from features.domain import AccountState, Decision, Prediction, Side, drawdown
+from features.domain import AccountState, Decision, Prediction, Side, Signal, drawdown
 from serve.schema import Sizing
-from serve.sizing import SizingConfig, rule_sizing_ratio
+from serve.sizing import SizingConfig, rule_sizing_ratio, rule_sizing_ratios
 from trading.broker import Balance, Broker
 from trading.config import TradingConfig
 from trading.execution import NO_JOURNAL, NOTHING_SENT, Desk, Execution, OrderJournal
@@ -47,22 +47,61 @@ SERVED_ARMS = frozenset({"llm", "live"})  # the arms that act on Serve's sizing 
 
 
 # -- where an arm's ratio comes from --------------------------------------------------------------
-def fixed_ratio(ratio: float) -> RatioSource:
+@dataclass(frozen=True)
+class FixedRatio:
     """The A/B control arm: the same share of the account on every BUY."""
 
-    def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
-        return ratio, "fixed"
+    ratio: float
 
-    return source
+    def __call__(
+        self, p: Prediction, a: AccountState, v: float, s: Sizing | None
+    ) -> tuple[float, str]:
+        return self.ratio, "fixed"
+
+    def many(
+        self, probabilities: np.ndarray, volatility: list[float], account: AccountState
+    ) -> tuple[list[float], list[str]]:
+        """(ratio, source) of many hours of one account state at once (`ManyRatios`)."""
+        return [self.ratio] * len(probabilities), ["fixed"] * len(probabilities)
+
+
+@dataclass(frozen=True)
+class RuleRatio:
+    """The fractional-Kelly rule the sizing node falls back to, on this hour's inputs."""
+
+    sizing: SizingConfig
+
+    def __call__(
+        self, p: Prediction, a: AccountState, v: float, s: Sizing | None
+    ) -> tuple[float, str]:
+        return rule_sizing_ratio(p.signal, p.probabilities, v, a.drawdown, self.sizing), "rule"
+
+    def many(
+        self, probabilities: np.ndarray, volatility: list[float], account: AccountState
+    ) -> tuple[list[float], list[str]]:
+        """(ratio, source) of many hours of one account state at once (`ManyRatios`)."""
+        tops = [SIGNALS[t] for t in probabilities.argmax(axis=1).tolist()]  # `top_signal`
+        ratios = rule_sizing_ratios(
+            tops, probabilities.tolist(), volatility, account.drawdown, self.sizing
+        )
+        return ratios, ["rule"] * len(ratios)
+
+
+ManyRatios = Callable[[np.ndarray, list[float], AccountState], tuple[list[float], list[str]]]
+"""A RatioSource's form for many hours of one account state (the backtester's quiet hours):
+((n, 3) probabilities, volatility per hour, account) -> (ratios, sizing sources), hour for hour
+what the source answers one hour at a time without Serve's sizing."""
+SIGNALS = tuple(Signal)  # by value: numpy's argmax is `top_signal` (the first maximum wins)
+
+
+def fixed_ratio(ratio: float) -> RatioSource:
+    """The A/B control arm: the same share of the account on every BUY."""
+    return FixedRatio(ratio)
 
 
 def rule_ratio(sizing: SizingConfig) -> RatioSource:
     """The fractional-Kelly rule the sizing node falls back to, on this hour's inputs."""
-
-    def source(p: Prediction, a: AccountState, v: float, s: Sizing | None) -> tuple[float, str]:
-        return rule_sizing_ratio(p.signal, p.probabilities, v, a.drawdown, sizing), "rule"
-
-    return source
+    return RuleRatio(sizing)
 
 
 def served_ratio(

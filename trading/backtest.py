@@ -20,35 +20,36 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from features.domain import AccountState, Decision, Prediction
 from features.sources import CandleSource
 from serve.sizing import SizingConfig
-from trading.account import NO_JOURNAL, NOTHING_SENT, ArmAccount, Execution, RatioSource, arm_source
+from trading.account import NO_JOURNAL, NOTHING_SENT, ArmAccount, RatioSource, arm_source
+from trading.backtest_hours import (
+    NO_PREDICTION,
+    RECORD_COLUMNS,
+    STEP_COLUMNS,
+    HourInputs,
+    RecordBook,
+    hour_row,
+)
 from trading.broker import Fill, OrderState
 from trading.config import TradingConfig
 from trading.paper import PaperBroker
-from trading.predictions import PROBA_COLUMNS, MarketHours, load_market_hours
-from trading.risk import RiskGuard, rolling_volatility_ratio
+from trading.predictions import MarketHours, load_market_hours
+from trading.quiet_hours import flat_stretch
+from trading.risk import RiskGuard
 from train.registry import ModelRegistry
 
 ARMS = ("fixed", "rule")
-STEP_COLUMNS = [
-    "signal", "ratio", "sizing_source", "side", "order_krw", "order_volume", "identifier",
-    "reason", "fill_state", "fill_volume", "fill_price", "fee", "cash", "position", "equity",
-]  # fmt: skip
-# One row per replayed market-hour and arm: what a replay compares with the live ledger.
-RECORD_COLUMNS = [
-    "time", "market", "arm", "source", "model_version", *PROBA_COLUMNS, "price", *STEP_COLUMNS,
-    "halted",
-]  # fmt: skip
-NO_PREDICTION = "no prediction for this hour: nothing sent"
 NOVEL = "novel input (dissimilarity past the model's threshold)"
+__all__ = [
+    "ARMS", "NO_PREDICTION", "NOVEL", "RECORD_COLUMNS", "STEP_COLUMNS", "ArmRun", "BacktestResult",
+    "HourInputs", "arm_sources", "replay", "replay_markets", "run_backtest",
+]  # fmt: skip
 
 
 def arm_sources(config: TradingConfig, sizing: SizingConfig) -> dict[str, RatioSource]:
@@ -72,104 +73,49 @@ class ArmRun:
     guard: RiskGuard
 
 
-def _record(decision: Decision | None, done: Execution, account: AccountState) -> tuple:
-    """The hour's decision, fill and account after it (see STEP_COLUMNS)."""
-    order = decision.order if decision else None
-    fill = done.fill
-    return (
-        decision.signal.name if decision else "",
-        decision.ratio if decision else np.nan,
-        decision.sizing_source if decision else "",
-        order.side.value if order else "",
-        order.krw_amount if order else 0.0,
-        order.volume if order else 0.0,
-        order.identifier if order else "",
-        decision.reason + done.note if decision else NO_PREDICTION,
-        fill.state.value if fill else "",
-        fill.volume if fill else 0.0,
-        fill.price if fill else 0.0,
-        fill.fee if fill else 0.0,
-        account.cash,
-        account.position,
-        account.equity,
-    )
-
-
-def _records_frame(hours: MarketHours, arm: str, rows: list[tuple], halted: list[bool]):
-    """Per-hour rows plus the columns known before the loop, filled in as whole arrays."""
-    frame = pd.DataFrame(rows, columns=STEP_COLUMNS)
-    span = slice(hours.start, None)
-    frame["halted"] = halted
-    known = {
-        "time": hours.times[span],
-        "market": hours.market,
-        "arm": arm,
-        "source": hours.source[span],
-        "model_version": hours.model_version[span],
-        "price": hours.close[span],
-    } | dict(zip(PROBA_COLUMNS, hours.proba[span].T, strict=True))
-    return frame.assign(**known)[RECORD_COLUMNS]
-
-
-@dataclass(frozen=True)
-class HourInputs:
-    """What every arm of one market reads per hour, built once for all of them: the hour, its
-    close, its Prediction (None: no prediction), the sizing volatility and the emergency rule's
-    volatility ratio (`rolling_volatility_ratio`, the loop's numbers computed in one pass)."""
-
-    wall: list[datetime]
-    prices: list[float]
-    predictions: list[Prediction | None]
-    volatility: list[float]
-    spikes: list[float]
-
-    @classmethod
-    def of(cls, hours: MarketHours, config: TradingConfig) -> HourInputs:
-        emergency = config.risk.emergency
-        wall, probas = hours.times.to_pydatetime().tolist(), hours.proba.tolist()
-        versions, source = hours.model_version, hours.source
-        predictions = [
-            Prediction(hours.market, wall[i], tuple(probas[i]), versions[i]) if source[i] else None
-            for i in range(len(wall))
-        ]
-        spikes = rolling_volatility_ratio(
-            hours.close, emergency.recent_hours, emergency.baseline_hours
-        )
-        return cls(wall, hours.close.tolist(), predictions, hours.volatility.tolist(),
-                   spikes.tolist())  # fmt: skip
-
-
 def replay(
     hours: MarketHours,
     arm: str,
     sizing: RatioSource,
     config: TradingConfig,
     inputs: HourInputs | None = None,
+    every_hour: bool = False,
 ) -> ArmRun:
     """Walk `hours` from its first prediction to its end with one ArmAccount on a PaperBroker.
 
     Python lists instead of numpy scalars in the loop: it runs once per market-hour and arm.
     `inputs`: the market's `HourInputs`, when the caller replays several arms over them.
+    The hours in which a flat account provably does nothing are recorded in stretches
+    (`trading.quiet_hours.flat_stretch`); `every_hour` walks each of them through the account
+    instead: the same records, fills and guard, kept as the reference the shortcut is tested
+    against (and a fallback should it ever be doubted).
     """
-    market, close = hours.market, hours.close
+    market, close, first = hours.market, hours.close, hours.start
     broker = PaperBroker(config.paper.initial_krw, config.paper.slippage_bps)
     account = ArmAccount(arm, market, broker, RiskGuard.from_config(config.risk), sizing)
     inputs = inputs or HourInputs.of(hours, config)
-    wall, prices, predictions = inputs.wall, inputs.prices, inputs.predictions
+    wall, prices, novel = inputs.wall, inputs.prices, hours.novel
     volatility, spikes = inputs.volatility, inputs.spikes
-    rows, halted = [], []
+    book = RecordBook(hours, inputs)
+    next_loud = inputs.quiet.next_loud  # position i is quiet when flat: next_loud[i] > i
+    switch = account.kill_switch
     state, peak = None, None
-    for i in range(hours.start, len(prices)):
+    i = first
+    while i < len(prices):
         price, hour = prices[i], wall[i]
         # Flat, the account's state does not depend on the price: it is the last one until a
         # fill or a new equity peak (its drawdown) changes it.
-        if state is None or state.position != 0 or peak != account.guard.peak_equity:
-            state, peak = account.state(price), account.guard.peak_equity
+        if state is None or state.position != 0 or peak != switch.guard.peak_equity:
+            state, peak = account.state(price), switch.guard.peak_equity
+        if not every_hour and next_loud[i] > i and state.position == 0:
+            after = flat_stretch(account, state, i, inputs, book)
+            if after > i:
+                i = after
+                continue
         account.watch(state, price, hour)  # every hour is seen: nothing missed to fold in
         decision, done = None, NOTHING_SENT
-        prediction = predictions[i]
+        prediction = inputs.prediction(i)
         if prediction is not None:
-            novel = NOVEL if hours.novel[i] else ""
             decision = account.plan(
                 prediction,
                 state,
@@ -179,7 +125,7 @@ def replay(
                 None,
                 config,
                 moves=hours.moves,
-                novel=novel,
+                novel=NOVEL if novel[i] else "",
                 spike=spikes[i],
             )
         else:  # the price-only rules still protect a held position, as in the loop
@@ -187,13 +133,13 @@ def replay(
         if decision is not None:
             done = account.execute(decision, price, NO_JOURNAL)
         if done.fill is not None:
-            state, peak = account.state(price), account.guard.peak_equity
-        rows.append(_record(decision, done, state))
-        halted.append(account.guard.halted)
-    records = _records_frame(hours, arm, rows, halted)
+            state, peak = account.state(price), switch.guard.peak_equity
+        book.add(i, hour_row(decision, done, state), switch.guard.halted)
+        i += 1
+    records = book.frame(arm)
     filled = tuple(f for f in broker.fills if f.state is OrderState.DONE)
     return ArmRun(
-        market, arm, hours.replayed, close[hours.start :], records["equity"].to_numpy(),
+        market, arm, hours.replayed, close[first:], records["equity"].to_numpy(),
         records["position"].to_numpy(), filled, records, config.paper.initial_krw, account.guard,
     )  # fmt: skip
 

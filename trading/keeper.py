@@ -6,7 +6,7 @@ The keeper never trades: it creates the named detached loop once (a second keepe
 added makes the running loop trade it from its next hour), pins it to the head node where the
 SQLite ledger lives, and serves
 the loop's status and the kill switch behind the admin bearer token. Its `args` are
-`trading.loop.LoopSettings`, validated by Serve before the keeper is built.
+`trading.loop_settings.LoopSettings`, validated by Serve before the keeper is built.
 """
 
 # No `from __future__ import annotations` here: Serve checks that the builder's annotation is a
@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from serve.admin import check_admin
-from trading.loop import LoopSettings, get_loop, start_loop
+from trading.loop import get_loop, start_loop
+from trading.loop_settings import LoopSettings
 
 api = FastAPI(title="hybrid-trader trading", version="1.0")
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+import numpy as np
+
 from features.barriers import LabelMoves, acted_signal, row_edge
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
 from features.exchange import FEE_RATE, MIN_ORDER_KRW
@@ -36,6 +38,8 @@ from trading.config import PolicyConfig
 from trading.upbit_rules import bid_spend, is_dust
 
 OrderChoice = tuple[Order | None, str]
+HOLD_REASON = "HOLD: no order"
+NOTHING_TO_SELL = "SELL: no position to sell"
 
 
 def decide(
@@ -61,7 +65,7 @@ def decide(
     elif signal is Signal.SELL:
         order, reason = _sell(prediction.market, account, price, hour, config)
     else:
-        order, reason = None, "HOLD: no order"
+        order, reason = None, HOLD_REASON
     return Decision(
         market=prediction.market,
         time=hour,
@@ -88,20 +92,64 @@ def _acted_signal(
 ) -> tuple[Signal, str]:
     probabilities = prediction.probabilities
     signal = acted_signal(probabilities, margin, moves, min_confidence)
+    return signal, signal_note(
+        probabilities, signal, prediction.signal, margin, min_confidence, moves
+    )
+
+
+def signal_note(
+    probabilities: tuple[float, float, float],
+    signal: Signal,
+    top: Signal,
+    margin: float | None,
+    min_confidence: float,
+    moves: LabelMoves | None,
+) -> str:
+    """What `decide`'s reason starts with: why the acted `signal` is not the model's `top` class
+    (a low confidence, a BUY whose edge is not above the margin) or what cleared the margin;
+    "" when there is nothing to say. Non-empty, without a margin, only when the top probability
+    is below `min_confidence`; with one, only for an acted BUY or a `top` BUY
+    (`unplaced_reasons` relies on it)."""
     if margin is None:
-        if prediction.confidence >= min_confidence:
-            return signal, ""
-        note = (
-            f"{prediction.signal.name} at confidence {prediction.confidence:.2f} is below "
+        confidence = max(probabilities)
+        if confidence >= min_confidence:
+            return ""
+        return (
+            f"{top.name} at confidence {confidence:.2f} is below "
             f"min_confidence {min_confidence:.2f}; "
         )
-        return signal, note
-    edge = row_edge(probabilities, moves)  # type: ignore[arg-type]  # checked above
+    edge = row_edge(probabilities, moves)  # type: ignore[arg-type]  # checked by acted_signal
     if signal is Signal.BUY:
-        return signal, f"edge {edge:+.4%} > margin {margin:+.4%}; "
-    if prediction.signal is Signal.BUY:
-        return signal, f"BUY with edge {edge:+.4%} not above margin {margin:+.4%}; "
-    return signal, ""
+        return f"edge {edge:+.4%} > margin {margin:+.4%}; "
+    if top is Signal.BUY:
+        return f"BUY with edge {edge:+.4%} not above margin {margin:+.4%}; "
+    return ""
+
+
+def unplaced_reasons(
+    probabilities: np.ndarray,
+    acted: np.ndarray,
+    config: PolicyConfig,
+    moves: LabelMoves | None,
+) -> np.ndarray:
+    """`decide`'s `Decision.reason` for many hours of a flat account at once, each hour's acted
+    signal (`acted`, `features.barriers.acted_signals`) a HOLD or a SELL: no order, nothing to
+    sell. The backtester records its quiet hours with it; `signal_note` writes every note, called
+    only on the hours where it can say something."""
+    rows = np.asarray(probabilities, dtype="float64").reshape(-1, 3)  # (sell, hold, buy) rows
+    top = rows.argmax(axis=1)  # Prediction.signal: the first maximum wins, as numpy's argmax
+    if config.margin is None:
+        noted = rows.max(axis=1) < config.min_confidence
+    else:
+        noted = top == int(Signal.BUY)
+    reasons = np.where(acted == int(Signal.SELL), NOTHING_TO_SELL, HOLD_REASON).astype(object)
+    for k in np.flatnonzero(noted):
+        note = signal_note(
+            tuple(rows[k].tolist()), Signal(int(acted[k])), Signal(int(top[k])), config.margin,
+            config.min_confidence, moves,
+        )  # fmt: skip
+        reasons[k] = note + reasons[k]
+    return reasons
 
 
 def _whole_krw_bid(outlay: float) -> float:
@@ -153,7 +201,7 @@ def _sell(
 ) -> OrderChoice:
     position_value = account.position * price
     if account.position <= 0:
-        return None, "SELL: no position to sell"
+        return None, NOTHING_TO_SELL
     if is_dust(position_value):
         return None, (
             f"SELL: position worth {position_value:,.0f} KRW is dust (below Upbit's minimum "

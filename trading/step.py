@@ -16,6 +16,11 @@ label's exits need the label, which comes with the model's answer: a time limit 
 an hour sells at the next answered one).
 Everything is pure: same inputs, same (Decision, RiskGuard), so a replay of recorded live hours
 reproduces the live decisions, identifiers included.
+The backtester does not call these for the hours of a flat account whose acted signal is not a
+BUY (`trading.quiet_hours`): it relies on nothing here acting on an account that holds nothing
+without an order (the early return in `plan_hour`, the stops in `protect_hour`). A rule that
+would must be taught to `trading.quiet_hours.QuietHours` too (tests/trading/test_quiet_hours.py
+compares both paths).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.exchange import HOUR
 from train.bundle_io import BundleError, bundle_family, bundle_feature_set, feature_metadata
+from train.research_cache import THRESHOLD
 
 COMPONENTS = ("hybrid", "gbm")
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
@@ -68,11 +69,15 @@ def fold_weights(
 
 
 def blend_folds(hybrid: pd.DataFrame, gbm: pd.DataFrame, weights: dict[int, float]) -> pd.DataFrame:
-    """The ensemble's walk-forward predictions on the hours both components predicted."""
+    """The ensemble's walk-forward predictions on the hours both components predicted, with the
+    gbm's fold label threshold where it has one (both components label the same training rows)."""
     both = hybrid[["fold", *PROBA]].join(gbm[PROBA], rsuffix="_g", how="inner")
     w = both["fold"].map(weights).to_numpy()[:, None]
     proba = blend(both[PROBA].to_numpy(), both[[f"{c}_g" for c in PROBA]].to_numpy(), w)
-    return pd.DataFrame(proba, index=both.index, columns=PROBA).assign(fold=both["fold"])
+    out = pd.DataFrame(proba, index=both.index, columns=PROBA).assign(fold=both["fold"])
+    if THRESHOLD in gbm:
+        out[THRESHOLD] = gbm[THRESHOLD].reindex(both.index)
+    return out
 
 
 @dataclass

@@ -20,14 +20,21 @@ from train.config import SEARCH_ROOTS, Family, TrainProfile
 
 
 class TuneRecord(Strict):
-    """How a Tune winner was chosen: on which hours, by what, among how many trials."""
+    """How a Tune winner was chosen: on which hours, by what, among how many trials.
+
+    `trials` (every trial of the market's experiment, finished or not) and `sharpe_variance` (the
+    variance of the finished trials' hourly after-fee Sharpe ratios, None with fewer than two)
+    are what `train research` adds to its deflated Sharpe ratio (`train.research_stats`) when it
+    reports this configuration: it was chosen among them.
+    """
 
     tune_end: str  # KST: every scored hour and its reference label ended before this
     metric: str
     score: float
-    trials: int
+    trials: int = Field(ge=1)
     scored_hours: int
     experiment: str
+    sharpe_variance: float | None = Field(None, ge=0.0)  # hourly units; absent before it existed
 
 
 class ModelConfig(Strict):

@@ -5,11 +5,13 @@ Layout under the root (a local path or any pyarrow.fs URI)::
     <root>/<market>/<family>/<config hash>/f<fold>_<test start>_<test end>_<fingerprint>.parquet
 
 A file holds the fold's predicted hours (index `time`) with `fold`, `p_sell`, `p_hold`, `p_buy`,
-and in its schema metadata when and where it was computed. Labels are not stored: a report labels
-the hours itself, so the same predictions can be scored against any label. A key changes when
-anything that changes the predictions changes (the family's configuration, the candles the fold
-read, its market's and the other series its feature groups read, the fold's span), so a hit can
-be trusted and a second run recomputes nothing.
+`label_threshold` (the threshold the fold's model labelled its training rows with: a quantile
+label's is fitted per fold, and the margin prices that fold's calls with it; files written before
+it existed lack it and are read as they are), and in its schema metadata when and where it was
+computed. Labels are not stored: a report labels the hours itself, so the same predictions can be
+scored against any label. A key changes when anything that changes the predictions changes (the
+family's configuration, the candles the fold read, its market's and the other series its feature
+groups read, the fold's span), so a hit can be trusted and a second run recomputes nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from features.exchange import check_market
 from features.groups import KST_OFFSET_NS, MarketContext
 
 PROBA = ["p_sell", "p_hold", "p_buy"]
+THRESHOLD = "label_threshold"
 _INFO_KEY = b"hybrid_trader.research"
 
 
@@ -148,7 +151,8 @@ class PredictionCache:
         missing = {"fold", *PROBA} - set(frame.columns)
         if missing or frame.index.name != "time":
             raise ValueError(f"{key.relative_path()}: a fold frame needs index 'time' and {PROBA}")
-        table = pa.Table.from_pandas(frame[["fold", *PROBA]], preserve_index=True)
+        columns = ["fold", *PROBA, *([THRESHOLD] if THRESHOLD in frame else [])]
+        table = pa.Table.from_pandas(frame[columns], preserve_index=True)
         meta = dict(table.schema.metadata or {})
         meta[_INFO_KEY] = json.dumps(info, default=str).encode()
         table = table.replace_schema_metadata(meta)

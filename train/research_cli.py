@@ -25,7 +25,7 @@ from features.config import (
     resolve_path,
 )
 from train.config import FAMILIES, load_train_config
-from train.model_config import read_bundle_config
+from train.model_config import ModelConfig, read_bundle_config
 from train.research_cache import PredictionCache
 from train.research_report import TradeRequest, build_report
 from train.research_run import ResearchRequest, run_research
@@ -102,17 +102,27 @@ def parse_time(text: str | None, what: str) -> pd.Timestamp | None:
     return stamp
 
 
-def build_request(args: argparse.Namespace) -> ResearchRequest:
+def config_source(args: argparse.Namespace) -> tuple[str, ModelConfig] | None:
+    """The `--config-from` source's market and configuration, read once for the request and the
+    replay's trading values."""
+    return read_bundle_config(args.config_from, None) if args.config_from else None
+
+
+def build_request(
+    args: argparse.Namespace, source: tuple[str, ModelConfig] | None = None
+) -> ResearchRequest:
+    """`source`: `config_source(args)` when the caller has read it already."""
     features = load_features_config(args.features_config, args.features_set)
     train_cfg = load_train_config(args.train_config, args.set)
     research = train_cfg.research
     profile_name = "smoke" if args.smoke_test else args.profile
     profile, families = train_cfg.profile(profile_name), _families(args.family, research.families)
-    default_markets = features.markets
-    if args.config_from:
-        market, config = read_bundle_config(args.config_from, None)
+    default_markets, tuned = features.markets, None
+    source = source or config_source(args)
+    if source is not None:
+        market, config = source
         features, profile, profile_name = config.features, config.profile, config.profile_name
-        families, default_markets = [config.family], [market]
+        families, default_markets, tuned = [config.family], [market], config.tuned
     markets = [m.strip() for m in args.markets.split(",")] if args.markets else default_markets
     start = parse_time(args.start, "--start") or parse_time(research.start, "research.start")
     if args.smoke_test and args.start is None:
@@ -129,6 +139,7 @@ def build_request(args: argparse.Namespace) -> ResearchRequest:
         start=start,
         end=parse_time(args.end, "--end"),
         leaky=not args.no_leaky,
+        tuned=tuned,
     )
 
 
@@ -172,18 +183,20 @@ def _write(
         plot_report(plots, out / "research.png")
 
 
-def replay_overrides(args: argparse.Namespace) -> list[str]:
+def replay_overrides(
+    args: argparse.Namespace, source: tuple[str, ModelConfig] | None = None
+) -> list[str]:
     """The trading values the replay uses over configs/trading.yaml: a `--config-from` source's
     (a Tune winner's margin, say), then `--trading-set`, which wins."""
-    stored: list[str] = []
-    if args.config_from:
-        stored = read_bundle_config(args.config_from, None)[1].trading_overrides()
+    source = source or config_source(args)
+    stored = source[1].trading_overrides() if source is not None else []
     return [*stored, *args.trading_set]
 
 
 def cmd_research(args: argparse.Namespace) -> int:
-    req = build_request(args)
-    trading_set = replay_overrides(args)
+    source = config_source(args)
+    req = build_request(args, source)
+    trading_set = replay_overrides(args, source)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if not args.local:
         init_ray(args)

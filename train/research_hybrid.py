@@ -24,7 +24,7 @@ from features.sources import ParquetDirSource
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
 from train.fit import SLICE_NAMES, FoldPlan, fit_plan, purged_slices
-from train.research_cache import PROBA, FoldKey, PredictionCache
+from train.research_cache import PROBA, THRESHOLD, FoldKey, PredictionCache
 from train.research_jobs import FoldJob, JobSettings, leaky_rows, walk_forward_rows
 
 
@@ -54,6 +54,7 @@ def hybrid_job(
     frame = pd.DataFrame(outcome.test_proba, index=data.times[plan.test], columns=PROBA)
     frame.index.name = "time"
     frame.insert(0, "fold", job.key.fold)
+    frame[THRESHOLD] = threshold
     ended = time.time()
     info = {
         "started": started,

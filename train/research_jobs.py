@@ -35,7 +35,7 @@ from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import GbmSlices, design_rows, fit_gbm, raw_scores
 from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
-from train.research_cache import PROBA, FoldKey, input_fingerprints
+from train.research_cache import PROBA, THRESHOLD, FoldKey, input_fingerprints
 
 JobKind = Literal["gbm", "plain", "gbm~leaky", "hybrid", "hybrid~leaky"]
 
@@ -154,7 +154,11 @@ def _gbm_inputs(material: MarketMaterial, rows: np.ndarray) -> np.ndarray:
     return material.gbm_rows[np.searchsorted(material.data.samples, rows)]
 
 
-def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> np.ndarray:
+FoldFit = tuple[np.ndarray, np.ndarray, float]
+"""A fold's test rows, their probabilities, and the label threshold its training rows had."""
+
+
+def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
     data = material.data
     cfg = s.profile.gbm
     shares = cfg.slices.model_dump()
@@ -172,27 +176,29 @@ def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> np.ndarr
 
     slices = GbmSlices(xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]))
     booster, temperature = fit_gbm(cfg, slices, s.seed)
-    return test, calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
+    proba = calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
+    return test, proba, threshold
 
 
-def _plain_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> np.ndarray:
+def _plain_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
     assert material.plain_rows is not None, "prepare_market built no plain inputs"
     data = material.data
     train, test = walk_forward_rows(data, job, s.purge_hours)
     threshold = _threshold(s, data, train)
     booster = fit_plain(material.plain_rows[train], data.labels(threshold, train), s.seed)
-    return test, plain_proba(booster, material.plain_rows[test])
+    return test, plain_proba(booster, material.plain_rows[test]), threshold
 
 
 def run_job(material: MarketMaterial, job: FoldJob, settings: JobSettings) -> FoldResult:
     """Fit one fold's model on its training rows and predict its test rows."""
     started = time.time()
     run = _plain_job if job.kind == "plain" else _gbm_job
-    test, proba = run(material, job, settings)
+    test, proba, threshold = run(material, job, settings)
     ended = time.time()
     frame = pd.DataFrame(proba, index=material.data.times[test], columns=PROBA)
     frame.index.name = "time"
     frame.insert(0, "fold", job.key.fold)
+    frame[THRESHOLD] = threshold
     info = {
         "started": started,
         "ended": ended,

@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # research_run imports this module; the request is only read 
 
 # 2: slices encoder, head, early_stop, calibrate (early stop and calibration last)
 HYBRID_REVISION = 2
+# A quantile label's folds store their fitted threshold (research_cache.THRESHOLD), which prices
+# their calls; older quantile entries lack it, so quantile keys moved (fixed and barrier labels
+# price with their configured moves and keep their keys).
+QUANTILE_THRESHOLD_STORED = 1
 
 
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
@@ -35,6 +39,8 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
         "purge_hours": req.purge_hours,
         "seed": req.profile.optim.seed,
     }
+    if req.features.labels.mode == "quantile":
+        base["threshold_stored"] = QUANTILE_THRESHOLD_STORED
     if family.startswith("plain"):
         return base | {"recipe": RECIPE_REVISION, "train_hours": PLAIN_VARIANTS[family]}
     base["train_hours"] = req.profile.data.last_hours

@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from features.barriers import LabelMoves
+from features.config import LabelConfig
 from features.exchange import FEE_RATE, HOUR
-from train.margin import fit_margin, label_trade_returns, margin_curve
+from train.margin import fold_moves, margin_table
 from train.reference import reference_labels as reference_label_series
 from train.research_novelty import gated, novelty_block
 from train.research_run import BASELINE_FAMILIES, MarketResearch, ResearchRequest
@@ -209,20 +210,23 @@ def trade_requests(
     research: MarketResearch,
     hours: pd.DatetimeIndex,
     frames: dict[str, pd.DataFrame],
-    moves: LabelMoves | None = None,
+    labels: LabelConfig,
+    chance: LabelMoves | None = None,
 ) -> list[TradeRequest]:
-    """One replay per model and fold, on that fold's reported hours."""
+    """One replay per model and fold, on that fold's reported hours, priced with that fold's
+    moves (`train.margin.fold_moves`); `chance`: the moves of predictions that carry none under
+    a quantile label (the chance baselines, which predict the reference label)."""
     index, requests = research.index, []
     for name, frame in frames.items():
-        own = frame.loc[hours.intersection(frame.index), [c for c in TRADED if c in frame]]
+        own = frame.loc[hours.intersection(frame.index)]
         for fold in research.folds:
             part = own[(own.index >= fold.test_start) & (own.index < fold.test_end)]
             if len(part):
-                requests.append(
-                    TradeRequest(
-                        index.market, name, fold.number, index.times, index.close, part, moves
-                    )
-                )
+                moves = fold_moves(labels, part)
+                requests.append(TradeRequest(
+                    index.market, name, fold.number, index.times, index.close,
+                    part[[c for c in TRADED if c in part]], chance if moves is None else moves,
+                ))  # fmt: skip
     return requests
 
 
@@ -237,6 +241,17 @@ def configs_tried(req: ResearchRequest, market: str, hours: pd.DatetimeIndex) ->
         and any(s <= last and e > first for s, e in req.cache.spans(market, family, config))
     }
     return max(len(tried), 1)
+
+
+def trials_counted(req: ResearchRequest, market: str, hours: pd.DatetimeIndex) -> dict[str, int]:
+    """Where the deflated Sharpe's trial count comes from: `research`, the configurations this
+    cache predicted these hours with, and `tune`, the trials of the Tune experiment that chose a
+    `--config-from` source (0 without one). Tune trials predict only hours before the report's
+    (its inner folds end by `tune_end`), so the cache never holds them for these hours; the
+    report's own configuration is the Tune winner, in both counts, and `total` counts it once."""
+    research = configs_tried(req, market, hours)
+    tune = req.tuned.trials if req.tuned is not None else 0
+    return {"research": research, "tune": tune, "total": research + max(tune - 1, 0)}
 
 
 def chain_folds(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -269,7 +284,10 @@ def trading_figures(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
 
 
 def _attach_trading(
-    models: dict[str, dict[str, Any]], results: list[dict[str, Any]], trials: int
+    models: dict[str, dict[str, Any]],
+    results: list[dict[str, Any]],
+    trials: int,
+    trials_variance: float | None = None,
 ) -> dict[str, Any]:
     by_model: dict[str, list[dict[str, Any]]] = {}
     for result in results:
@@ -279,7 +297,7 @@ def _attach_trading(
         figures, chained = trading_figures(parts)
         returns = figures.pop("hourly_returns")
         models[name]["trading"] = figures
-        models[name]["dsr"] = deflated_sharpe(returns, trials)
+        models[name]["dsr"] = deflated_sharpe(returns, trials, trials_variance)
         curves[name] = (chained["times"], chained["equity"] / chained["initial"])
     return curves
 
@@ -293,18 +311,9 @@ def margin_block(
     """Coverage against precision and after-fee return per margin (`train.margin`) for every
     model family and the plain baseline, on the report's hours, with the margin these hours would
     fit: honest to configure only from a run whose hours precede the ones reported elsewhere."""
-    moves = req.features.labels.moves()
-    if moves is None:
-        return {}
     close = pd.Series(research.index.close, index=research.index.times)
-    returns = label_trade_returns(close, req.features.labels).reindex(hours).to_numpy()
-    out = {}
-    for name in [*req.families, REFERENCE_BASELINE]:
-        if name in frames:
-            proba = frames[name].reindex(hours)[PROBA].to_numpy()
-            curve = margin_curve(proba, returns, moves)
-            out[name] = {"curve": curve, "fitted_here": fit_margin(curve)}
-    return out
+    names = [n for n in [*req.families, REFERENCE_BASELINE] if n in frames]
+    return margin_table(close, hours, {n: frames[n] for n in names}, req.features.labels)
 
 
 def _novelty(research: MarketResearch, hours, labels, frames) -> dict[str, Any] | None:
@@ -327,12 +336,14 @@ def market_report(
     frames = {n: research.predictions[n] for n in names}
     frames |= chance_baselines(research, labels, hours, req)
     models = score_models(research, hours, labels, frames, req)
-    trials = configs_tried(req, research.index.market, hours)
+    trials = trials_counted(req, research.index.market, hours)
     novelty = _novelty(research, hours, labels, frames)
     if research.novelty is not None and req.research.novelty_gate:  # as the loop would trade
         frames |= {n: gated(f, research.novelty) for n, f in frames.items() if n in MODEL_FAMILIES}
-    results = trader(trade_requests(research, hours, frames, req.features.labels.moves()))
-    curves = _attach_trading(models, results, trials)
+    reference = LabelMoves.of_threshold(req.research.reference_label.threshold)
+    results = trader(trade_requests(research, hours, frames, req.features.labels, reference))
+    variance = req.tuned.sharpe_variance if req.tuned is not None else None
+    curves = _attach_trading(models, results, trials["total"], variance)
     close = research.index.close[research.index.times.get_indexer(hours)]
     initial = results[0]["initial"] if results else 1.0
     hold = buy_and_hold(close, initial)
@@ -344,7 +355,8 @@ def market_report(
             {"fold": f.number, "start": str(f.test_start), "end": str(f.test_end)}
             for f in research.folds
         ],
-        "configs_tried": trials,
+        "configs_tried": trials["total"],
+        "configs_tried_from": trials,
         "models": models,
         "buy_and_hold": hold,
         "margins": margin_block(research, hours, frames, req),

@@ -26,6 +26,7 @@ from features.indicators import SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
+from train.model_config import TuneRecord
 from train.plain_gbm import PLAIN_VARIANTS
 from train.research_cache import FoldKey, PredictionCache, config_hash
 from train.research_jobs import (
@@ -59,6 +60,7 @@ class ResearchRequest:
     end: pd.Timestamp | None = None
     leaky: bool = True
     baselines: bool = True  # the plain LightGBM folds (`train ablate` compares families only)
+    tuned: TuneRecord | None = None  # the Tune search a `--config-from` source was chosen by
 
     @property
     def grid(self) -> FoldGrid:
@@ -317,11 +319,7 @@ def ensemble_predictions(req: ResearchRequest, market: MarketResearch) -> pd.Dat
         key = fold_key("ensemble", fold, market.index, req)
         if not req.cache.has(key):
             part = blended[blended["fold"] == fold.number]
-            req.cache.write(
-                key,
-                part[["fold", "p_sell", "p_hold", "p_buy"]],
-                {"weight": weights.get(fold.number)},
-            )
+            req.cache.write(key, part, {"weight": weights.get(fold.number)})
     return blended
 
 

@@ -12,8 +12,13 @@ exceeds SR0, the best Sharpe one would expect from N configurations with no skil
 sample's length, skewness and kurtosis:
     SR0 = sqrt(V) * ((1 - g) * Phi^-1(1 - 1/N) + g * Phi^-1(1 - 1/(N e))),  g = 0.5772...
     DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurt - 1) / 4 * SR^2))
-with V = 1 / (T - 1), the variance of a Sharpe estimate under the null of no skill (the trials'
-own Sharpe ratios are not all at hand, their number is: it is counted from the cache).
+with V the variance of the trials' Sharpe estimates, V[{SR_n}] (Bailey & Lopez de Prado 2014,
+eq. 2; hourly units). By default V = 1 / (T - 1), the variance of a Sharpe estimate under the null
+of no skill: the trials' own Sharpe ratios are not all at hand, their number is (the research
+cache's configurations, plus a Tune winner's trials). When a Tune experiment measured its trials'
+Sharpe ratios (`TuneRecord.sharpe_variance`), V is the larger of the two: the trials were scored on
+fewer, earlier hours than the report's and the research configurations' Sharpe ratios are unknown,
+so the measured dispersion may replace the null only where it deflates more, never less.
 """
 
 from __future__ import annotations
@@ -121,27 +126,44 @@ def curve_figures(
     }
 
 
-def expected_max_sharpe(trials: int, observations: int) -> float:
+def sharpe_variance(observations: int, trials_variance: float | None = None) -> float:
+    """V of the formula above: the null's 1 / (T - 1), or the trials' measured variance where it
+    is larger."""
+    null = 1.0 / (observations - 1)
+    if trials_variance is None or not math.isfinite(trials_variance):
+        return null
+    return max(null, float(trials_variance))
+
+
+def expected_max_sharpe(
+    trials: int, observations: int, trials_variance: float | None = None
+) -> float:
     """SR0: the best hourly Sharpe expected from `trials` skill-less configurations."""
     if trials < 2 or observations < 2:
         return 0.0
-    scale = math.sqrt(1.0 / (observations - 1))
+    scale = math.sqrt(sharpe_variance(observations, trials_variance))
     return scale * (
         (1 - EULER_GAMMA) * norm.ppf(1 - 1 / trials)
         + EULER_GAMMA * norm.ppf(1 - 1 / (trials * math.e))
     )
 
 
-def deflated_sharpe(returns: np.ndarray, trials: int) -> dict[str, float | int | None]:
-    """The deflated Sharpe ratio of hourly `returns` after `trials` configurations (see above)."""
+def deflated_sharpe(
+    returns: np.ndarray, trials: int, trials_variance: float | None = None
+) -> dict[str, float | int | str | None]:
+    """The deflated Sharpe ratio of hourly `returns` after `trials` configurations (see above);
+    `trials_variance`: the trials' measured hourly-Sharpe variance, if any. `variance` says which
+    V the figure used: "null" or "trials"."""
     r = np.asarray(returns, dtype=float)
     t = len(r)
     std = float(np.std(r, ddof=1)) if t > 1 else 0.0
     if t < 3 or std == 0:
-        return {"dsr": None, "sr0": None, "trials": trials, "hours": t}
+        return {"dsr": None, "sr0": None, "trials": trials, "hours": t, "variance": None}
     sr = float(np.mean(r) / std)
     g3, g4 = float(skew(r)), float(kurtosis(r, fisher=False))
-    sr0 = expected_max_sharpe(trials, t)
+    sr0 = expected_max_sharpe(trials, t, trials_variance)
     denominator = math.sqrt(max(1 - g3 * sr + (g4 - 1) / 4 * sr * sr, 1e-12))
     dsr = float(norm.cdf((sr - sr0) * math.sqrt(t - 1) / denominator))
-    return {"dsr": dsr, "sr0": sr0 * math.sqrt(HOURS_PER_YEAR), "trials": trials, "hours": t}
+    source = "trials" if sharpe_variance(t, trials_variance) > 1.0 / (t - 1) else "null"
+    return {"dsr": dsr, "sr0": sr0 * math.sqrt(HOURS_PER_YEAR), "trials": trials, "hours": t,
+            "variance": source}  # fmt: skip

@@ -105,6 +105,18 @@ def novelty_line(novelty: dict[str, Any]) -> str:
     )
 
 
+def tried_text(block: dict[str, Any]) -> str:
+    """The DSR's trial count and where it comes from (a report before `configs_tried_from`
+    existed has the total only)."""
+    source = block.get("configs_tried_from") or {}
+    if not source.get("tune"):
+        return str(block["configs_tried"])
+    return (
+        f"{block['configs_tried']} (research {source['research']}, Tune {source['tune']}; "
+        "the winner once)"
+    )
+
+
 def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
     ref = report["reference_label"]
     parts = []
@@ -113,7 +125,7 @@ def format_report(report: dict[str, Any], per_fold: bool = True) -> str:
             f"{market}  {block['span'][0]} .. {block['span'][1]}  ({block['hours']} hours, "
             f"{len(block['folds'])} folds of {report['fold_grid']['fold_hours']} h)  "
             f"label {ref['horizon_hours']} h / {ref['threshold']:.2%}  profile "
-            f"{report['profile']}  configurations tried: {block['configs_tried']}"
+            f"{report['profile']}  configurations tried: {tried_text(block)}"
         )
         lines = [head, HEADER, "-" * len(HEADER)]
         lines += [model_line(name, entry) for name, entry in block["models"].items()]

@@ -13,6 +13,7 @@ pre-test score against the reference label (`tune.metric`), and its whole config
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from ray.tune.search import BasicVariantGenerator
 from train.config import TuneConfig
 from train.model_config import ModelConfig, TuneRecord, apply_search
 from train.ray_fit import run_name
+from train.research_stats import HOURS_PER_YEAR
 from train.tune_trial import EPOCH, EPOCH_LOSS, InnerRun, TrialTrading, market_trainable
 
 LOWER_IS_BETTER = {
@@ -141,9 +143,22 @@ class TuneOutcome:
             trials=len(self.rows),
             scored_hours=int(self.winner.scores["scored_hours"]),
             experiment=self.experiment,
+            sharpe_variance=trials_sharpe_variance(self.rows),
         )
         chosen = apply_search(base, self.winner.values)
         return chosen.model_copy(update={"tuned": record})
+
+
+def trials_sharpe_variance(rows: list[TrialRow]) -> float | None:
+    """The variance (ddof 1) of the finished trials' after-fee Sharpe ratios in hourly units
+    (`score_sharpe` is annualised), which the deflated Sharpe's V reads; None with fewer than two
+    (a trial that never traded has none)."""
+    sharpes = [
+        float(r.scores["score_sharpe"]) / math.sqrt(HOURS_PER_YEAR)
+        for r in rows
+        if r.status == "done" and math.isfinite(float(r.scores.get("score_sharpe", math.nan)))
+    ]
+    return statistics.variance(sharpes) if len(sharpes) >= 2 else None
 
 
 def _row(result: Any, metric: str, market: str) -> TrialRow:

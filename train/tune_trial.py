@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.barriers import MARGIN_NEEDS_MOVES, LabelMoves, acted_signals
+from features.config import LabelConfig
 from features.folds import AnchoredFold
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig
 from train.evaluate import classification_metrics
 from train.gbm import design_rows
+from train.margin import acted_calls
 from train.model_config import ModelConfig, apply_search
 from train.research_cache import PROBA, PredictionCache
 from train.research_jobs import FoldJob, MarketIndex, MarketMaterial, prepare_market
@@ -80,24 +81,22 @@ class TrialTrading:
 
 @dataclass(frozen=True)
 class TrialPolicy:
-    """How one trial's probabilities become calls: its margin, min_confidence and label moves."""
+    """How one trial's probabilities become calls: its margin, min_confidence and the label whose
+    moves price a margin (a quantile label's: each fold's fitted threshold, which its predictions
+    carry; `train.margin.fold_moves`)."""
 
     margin: float | None
     min_confidence: float
-    moves: LabelMoves | None
+    labels: LabelConfig
 
     def calls(self, predictions: pd.DataFrame) -> np.ndarray:
-        probabilities = predictions[PROBA].to_numpy()
-        return acted_signals(probabilities, self.margin, self.moves, self.min_confidence)
+        return acted_calls(predictions, self.margin, self.labels, self.min_confidence)
 
 
 def trial_policy(config: ModelConfig, trading: TrialTrading) -> TrialPolicy:
-    """The trial's policy, refused before any fit when a margin cannot be priced."""
+    """The trial's policy (trading.yaml with the trial's `trading.*` values)."""
     margin, min_confidence = trading.policy(config.trading_overrides())
-    moves = config.features.labels.moves()
-    if margin is not None and moves is None:
-        raise ValueError(f"{MARGIN_NEEDS_MOVES} (label mode {config.features.labels.mode})")
-    return TrialPolicy(margin, min_confidence, moves)
+    return TrialPolicy(margin, min_confidence, config.features.labels)
 
 
 def trial_request(run: InnerRun, config: ModelConfig) -> ResearchRequest:
@@ -240,7 +239,7 @@ def trading_score(
     account, chained, as the research report does); every price it reads is before the last
     inner fold's end."""
     research = MarketResearch(index, folds)
-    requests = trade_requests(research, predictions.index, {"trial": predictions}, policy.moves)
+    requests = trade_requests(research, predictions.index, {"trial": predictions}, policy.labels)
     figures, _ = trading_figures(trading.trade(requests, trading.arm, overrides))
     sharpe = figures["sharpe"]
     return {

@@ -61,7 +61,7 @@ def test_serve_beyond_loopback_requires_the_token_on_the_prediction_routes() -> 
 
     from cluster.local import deploy_config
     from serve.config import ServeConfig
-    from trading.loop import LoopSettings
+    from trading.loop_settings import LoopSettings
 
     template = yaml.safe_load((PROJECT_ROOT / "configs" / "serve_deploy.yaml").read_text())
     for host, required in (("127.0.0.1", False), ("0.0.0.0", True)):

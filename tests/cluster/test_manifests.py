@@ -311,7 +311,7 @@ def test_multiplexed_mode_builds_one_pool_and_the_deploy_config_keeps_only_its_o
 
     from cluster.local import deploy_config
     from serve.config import ServeConfig
-    from trading.loop import LoopSettings
+    from trading.loop_settings import LoopSettings
 
     found = local_apps()
     args = {**found["hybrid"]["args"], "serving": {"mode": "multiplexed", "replicas": 3}}
@@ -348,7 +348,7 @@ def test_a_wrong_arg_fails_the_build_naming_the_field(import_path, args, field):
 
 
 def test_loop_keeper_runs_once_on_the_head_beside_the_ledger():
-    from trading.loop import LoopSettings
+    from trading.loop_settings import LoopSettings
 
     trading = apps()["trading"]
     assert trading["route_prefix"] == "/trading"

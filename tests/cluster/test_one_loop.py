@@ -17,7 +17,8 @@ import pytest
 import ray
 
 from cluster.local_ray import free_port
-from trading.loop import ClockSettings, LoopSettings, start_loop
+from trading.loop import start_loop
+from trading.loop_settings import ClockSettings, LoopSettings
 from trading.upbit_broker import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
@@ -83,7 +84,8 @@ def test_up_paper_is_refused_against_the_running_live_loop(live_loop, ray_head, 
 
 def test_a_second_loop_on_the_same_ledger_is_refused_naming_the_holder(live_loop, ohlcv_dir):
     code = (
-        "from trading.loop import LoopCore, LoopSettings, LoopRefused\n"
+        "from trading.loop import LoopCore, LoopRefused\n"
+        "from trading.loop_settings import LoopSettings\n"
         f"settings = LoopSettings(data_dir={str(ohlcv_dir)!r}, overrides="
         f"['loop.markets=[{MARKET}]', 'ledger.path={live_loop['ledger']}'])\n"
         "try:\n    LoopCore(settings)\n"

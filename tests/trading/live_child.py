@@ -15,7 +15,8 @@ import sys
 
 import pandas as pd
 
-from trading.loop import ClockSettings, LoopCore, LoopSettings
+from trading.loop import LoopCore
+from trading.loop_settings import ClockSettings, LoopSettings
 
 from standins.signals import BUY, FixedSignal
 

@@ -22,7 +22,8 @@ from trading.backtest import replay
 from trading.broker import Fill, OrderState, order_identifier
 from trading.config import TradingConfig
 from trading.ledger import Ledger
-from trading.loop import ClockSettings, LoopCore, LoopSettings
+from trading.loop import LoopCore
+from trading.loop_settings import ClockSettings, LoopSettings
 from trading.predictions import market_hours
 from trading.risk import RiskGuard
 from trading.step import plan_hour

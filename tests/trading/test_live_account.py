@@ -22,7 +22,8 @@ from trading.broker import order_identifier
 from trading.config import load_trading_config
 from trading.hourly import HourlyTrader, Labels
 from trading.ledger import Ledger
-from trading.loop import ClockSettings, LoopCore, LoopSettings
+from trading.loop import LoopCore
+from trading.loop_settings import ClockSettings, LoopSettings
 from trading.upbit_broker import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 from standins.signals import BUY, HOLD, SELL, FixedSignal

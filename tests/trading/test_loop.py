@@ -17,7 +17,8 @@ import ray
 from serve.predict import predict_candles
 from trading.ab_report import ab_report, format_report, write_ab_report
 from trading.ledger import Ledger
-from trading.loop import ClockSettings, LoopSettings, get_loop, start_loop
+from trading.loop import get_loop, start_loop
+from trading.loop_settings import ClockSettings, LoopSettings
 from trading.upbit_broker import ACCESS_KEY_ENV, SECRET_KEY_ENV
 from train.bundle import load_bundle
 

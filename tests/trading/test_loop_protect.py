@@ -18,7 +18,8 @@ import yaml
 from features.domain import Order, Side
 from trading.broker import Fill, OrderState, order_identifier
 from trading.ledger import Ledger
-from trading.loop import ClockSettings, LoopSettings, get_loop, start_loop
+from trading.loop import get_loop, start_loop
+from trading.loop_settings import ClockSettings, LoopSettings
 
 from standins.serve_app import serve_deploy
 

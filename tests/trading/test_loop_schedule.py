@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from trading.ledger import Ledger
-from trading.loop import ClockSettings, LoopCore, LoopSettings
+from trading.loop import LoopCore
+from trading.loop_settings import ClockSettings, LoopSettings
 
 from standins.http_server import LocalHttpServer, QuietHandler
 

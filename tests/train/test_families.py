@@ -200,3 +200,34 @@ def test_every_familys_report_scores_against_the_reference_label(smoke_fit, gbm_
     # the default label is the reference label: the same calls score the same on both
     own, ref = gbm_fit.report["walk_forward"], gbm_fit.report["reference"]["scores"]
     assert ref["walk_forward"]["confusion"] == own["confusion"]
+
+
+def test_a_quantile_bundle_serves_the_threshold_its_refit_fitted(
+    smoke_fit, real_candles, tmp_path
+) -> None:
+    """A quantile label's moves are fitted on the refit's own training rows: the bundle keeps that
+    threshold and every reply carries it as the label the loop prices and exits with, not the
+    configured fixed threshold."""
+    from features.config import load_features_config
+    from features.labels import fit_quantile_threshold
+
+    data, _ = smoke_fit
+    features = load_features_config()
+    labels = features.labels.model_copy(update={"mode": "quantile"})
+    quantile = features.model_copy(update={"labels": labels})
+    profile = load_train_config().profile("smoke")
+    quiet = lambda line: None  # noqa: E731
+    fit = fit_market(data, quantile, profile, None, quiet, "smoke", "gbm")
+    meta = fit.model.metadata
+    threshold = float(meta["label_threshold"])
+    assert meta["label_mode"] == "quantile"
+    assert threshold != labels.threshold
+    start, end = (pd.Timestamp(t) for t in meta["train_window"])
+    trained = data.samples[(data.sample_times >= start) & (data.sample_times <= end)]
+    expected = fit_quantile_threshold(data.forward_returns[trained], labels.hold_share)
+    assert threshold == pytest.approx(expected, rel=0.05)  # the fit rows are a purged part of these
+    model = load_bundle(fit.model.save(tmp_path / "quantile"))
+    window = real_candles[MARKET].loc[: data.times.max()].iloc[-CANDLES_FOR_SERVING:]
+    view = predict_candles(model, MARKET, window)
+    assert (view.label.up, view.label.down) == (threshold, threshold)
+    assert view.label.barriers is None

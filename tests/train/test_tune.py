@@ -116,3 +116,27 @@ def test_markets_tuned_at_once_each_run_their_own_trials(
                           for r in outcome.rows}  # fmt: skip
     for leaves in (7, 15, 31):
         assert losses["KRW-BTC"][leaves] != losses["KRW-ETH"][leaves], "one market's trial twice"
+
+
+def test_a_quantile_trial_with_a_margin_is_scored(ray_local, ohlcv_dir: Path, tmp_path) -> None:
+    """A quantile label's threshold is fitted per fold; its trial prices a margin with each inner
+    fold's own (it was refused before any fit), and the winner's record holds the trials."""
+    from train.tune_search import tune_markets_on_ray
+    from train.tune_trial import InnerRun
+
+    train_cfg = load_train_config()
+    research, tune_end = train_cfg.research, pd.Timestamp("2025-06-01")
+    run = InnerRun("KRW-BTC", str(ohlcv_dir), research, str(tmp_path / "cache"), tune_end, 2)
+    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
+                       profile=train_cfg.profile("smoke"))  # fmt: skip
+    tune_cfg = TuneConfig(search_space={"features.labels.mode": ["quantile"],
+                                        "trading.policy.margin": [None, 0.0]},
+                          sampler="grid", num_samples=1, max_concurrent=2,
+                          cpus_per_trial=0.25)  # fmt: skip
+    trading = trial_trading(research.arm)
+    outcome = tune_markets_on_ray([run], base, tune_cfg, trading, str(tmp_path / "t"))["KRW-BTC"]
+    assert [r.status for r in outcome.rows] == ["done", "done"], [r.status for r in outcome.rows]
+    calls = {r.values["trading.policy.margin"]: r.scores["buy_calls"] for r in outcome.rows}
+    assert calls[0.0] != calls[None], "the margin priced nothing"
+    record = outcome.winner_config(base, str(tune_end)).tuned
+    assert record is not None and record.trials == 2

@@ -76,10 +76,31 @@ def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> 
         assert np.isfinite(s["score_return"]) and 0 <= s["score_max_drawdown"] < 1
 
 
-def test_a_margin_on_a_label_without_moves_is_refused_before_fitting() -> None:
+def test_a_quantile_trial_prices_each_fold_with_its_own_threshold(real_candles) -> None:
+    """A quantile label's threshold is fitted per fold: its predictions carry it, and a margin
+    prices each fold's calls with that fold's threshold; predictions that carry none are refused
+    (their moves are truly unknown)."""
+    candles = real_candles[MARKET]
+    index = MarketIndex(MARKET, candles.index, candles["close"].to_numpy(),
+                        np.arange(len(candles)), {})  # fmt: skip
+    hours = candles.index[(candles.index >= FOLDS[0][0]) & (candles.index < FOLDS[-1][1])]
+    predictions = _predictions(index, hours)
+    second = predictions.index >= FOLDS[1][0]
+    predictions["fold"] = np.where(second, 1, 0)
     train_cfg = load_train_config()
     base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
                        profile=train_cfg.profile("smoke"))  # fmt: skip
     values = {"features.labels.mode": "quantile", "trading.policy.margin": 0.001}
+    policy = trial_policy(apply_search(base, values), trial_trading(train_cfg.research.arm))
     with pytest.raises(ValueError, match="label moves are unknown.*quantile"):
-        trial_policy(apply_search(base, values), trial_trading(train_cfg.research.arm))
+        policy.calls(predictions)  # no fold threshold: nothing prices the margin
+
+    def buys(first: float, later: float) -> tuple[int, int]:
+        thresholds = np.where(second, later, first)
+        calls = policy.calls(predictions.assign(label_threshold=thresholds))
+        return int((calls[~second] == 2).sum()), int((calls[second] == 2).sum())
+
+    same = buys(0.006, 0.006)
+    wider = buys(0.006, 0.02)  # the second fold's model learned a BUY means a 2 % rise
+    assert wider[0] == same[0], "the first fold's calls read the second fold's threshold"
+    assert wider[1] > same[1], "the second fold's calls ignored its own threshold"
