@@ -21,7 +21,8 @@ call of each per step (in-process, graph, floor) so the machine's load falls on 
 within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
 `--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
-from the driver, and each replica's own per-call times read from Serve's replica logs. The
+from the driver, the CPU each Ray process (proxy, each replica, raylet, ...) spends per request,
+and each replica's own per-call times read from Serve's replica logs. The
 machine is shared: run it twice, read both.
 """
 
@@ -47,6 +48,7 @@ from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray
     in_process,
     interleaved,
     load_model,
+    post,
     rule_sizer_config,
     summary,
     wait_answering,
@@ -56,6 +58,7 @@ from bench.serve_http import (  # first: it sets up a bench-local Ray before Ray
 # isort: on
 import pandas as pd
 import ray
+import requests
 import torch
 from fastapi import FastAPI
 from ray import serve
@@ -63,7 +66,14 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from bench import DATA_DIR, ROOT, fit_smoke_registry
-from bench.serve_profile import handle_hops, log_marks, profile_report, replica_times, stage_times
+from bench.serve_profile import (
+    handle_hops,
+    log_marks,
+    process_cpu,
+    profile_report,
+    replica_times,
+    stage_times,
+)
 from cluster.local_ray import free_port
 from serve.app import build_app
 from serve.config import ServeConfig
@@ -103,6 +113,10 @@ class FloorIngress:
     def __init__(self, predictors: dict[str, DeploymentHandle], sizing: DeploymentHandle) -> None:
         self.predictors = predictors
         self.sizing = sizing
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The deploy config gives the Ingress a `user_config` (its limits), and Serve refuses a
+        replica with one but no `reconfigure`; the floor takes it and enforces nothing."""
 
     @floor_api.post("/v1/predict/{market}")
     async def predict_market(self, market: str, body: PredictBody | None = None) -> PredictionReply:
@@ -154,6 +168,9 @@ def measure(apps: dict[str, dict], work, args: argparse.Namespace, body: bytes, 
         if args.profile:
             app["replicas"] = replica_times(label, marks[label])
             app["hops"] = handle_hops(label, args.market, rows, args.requests // 3)
+            with requests.Session() as session:
+                send = lambda s=session, u=app["url"]: post(s, u, body)  # noqa: E731
+                app["cpu"] = process_cpu(send, args.requests // 3)
         if args.threads > 1:
             lat, rps = concurrent(app["url"], body, args.requests, args.threads)
             app["conc"] = {**summary(lat), "rps": rps}

@@ -1,14 +1,19 @@
 """`bench.serve --profile`: where the time of one prediction goes.
 
 The stages of the work in this process, the predictor and sizing node called through handles from
-the driver, and each replica's own per-call times read from Serve's replica logs.
+the driver, each replica's own per-call times read from Serve's replica logs, and the CPU each
+process of the local Ray (proxy, replicas, raylet, GCS, controller) spends per request: on two busy
+cores the processes a request wakes compete for the same CPU, so their CPU per request, not the
+work's, is what the path costs. Linux only (it reads /proc).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from bench.serve_http import PAYLOAD_ROWS, time_calls
 from features.domain import Signal
 from features.indicators import CANDLES_FOR_SERVING, SEQUENCE_LENGTH
 from features.serving import serving_matrix
-from serve.predict import CandleColumns, candles_from_rows, predict_candles
+from serve.predict import CandleColumns, candles_from_rows, model_feature_set, predict_candles
 from serve.schema import FLAT_ACCOUNT, PredictBody
 from serve.sizing import SizingRequest, rule_sizing, sizing_volatility
 
@@ -49,6 +54,52 @@ def log_marks(app: str) -> dict[Path, int]:
     for p in logs.glob(f"replica_{app}_*.log"):
         marks[p] = len(p.read_text(errors="replace").splitlines())
     return marks
+
+
+# -- CPU per request of each Ray process (/proc) --------------------------------------------------
+def _ray_processes() -> dict[int, str]:
+    """pid -> name of this machine's Ray processes: a worker's title without its method
+    (`ray::ServeReplica:graph:Ingress`, `ray::ProxyActor`), else the executable (`raylet`)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::"):
+            found[int(entry.name)] = title.split(".")[0]
+        elif Path(title).name in ("raylet", "gcs_server"):
+            found[int(entry.name)] = Path(title).name
+    return found
+
+
+def _cpu_seconds(pids: dict[int, str]) -> dict[int, float]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return out
+
+
+def process_cpu(send: Callable[[], object], n: int) -> dict[str, float]:
+    """CPU ms per request of each Ray process while `send` is called n times one after another
+    (background work, such as the controller's loop, included)."""
+    pids = _ray_processes()
+    before = _cpu_seconds(pids)
+    for _ in range(n):
+        send()
+    after = _cpu_seconds(pids)
+    spent: dict[str, float] = {}
+    for pid, seconds in after.items():
+        name = pids[pid]
+        spent[name] = spent.get(name, 0.0) + (seconds - before.get(pid, seconds)) * 1000 / n
+    return spent
 
 
 def handle_hops(label: str, market: str, rows: list[dict[str, Any]], n: int) -> dict[str, float]:
@@ -81,6 +132,14 @@ def profile_report(
         print(f"# profile: {label}, handle calls from the driver (median ms)")
         for name, ms in result["hops"].items():
             print(f"  {name:<52} {ms:8.3f}")
+        cpu = result["cpu"]
+        print(
+            f"# profile: {label}, CPU per request of each process (/proc, ms; total "
+            f"{sum(cpu.values()):.2f})"
+        )
+        for name, ms in sorted(cpu.items(), key=lambda item: -item[1]):
+            if ms >= 0.05:
+                print(f"  {name:<52} {ms:8.2f}")
         print(f"# profile: {label}, time inside each replica per call (Serve replica logs, ms)")
         for key, values in sorted(result["replicas"].items()):
             v = np.array(values)
@@ -97,7 +156,8 @@ def stage_times(
     candles = candles_from_rows(rows, max_rows)
     window = candles.iloc[-CANDLES_FOR_SERVING:]
     max_gap = int(model.metadata.get("max_gap_hours", 6))
-    features = serving_matrix(window, SEQUENCE_LENGTH, max_gap)[None, :, :]
+    columns_of = {"feature_set": model_feature_set(model), "market": market}  # as the predictor
+    features = serving_matrix(window, SEQUENCE_LENGTH, max_gap, **columns_of)[None, :, :]
     parsed = json.loads(body)
     pickled = pickle.dumps(rows, protocol=5)
     columns = CandleColumns.parse(rows, max_rows)
@@ -120,8 +180,8 @@ def stage_times(
             pickle.loads(pickle.dumps(columns, protocol=5))
         ),
         "CandleColumns.frame (predictor)": columns.frame,
-        "serving_matrix (46 features, window)": lambda: serving_matrix(
-            window, SEQUENCE_LENGTH, max_gap
+        f"serving_matrix ({features.shape[2]} features, window)": lambda: serving_matrix(
+            window, SEQUENCE_LENGTH, max_gap, **columns_of
         ),
         "model.predict_proba (LSTM + head)": lambda: model.predict_proba(features),
         "volatility": lambda: sizing_volatility(candles["close"].to_numpy()),
