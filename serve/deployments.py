@@ -17,12 +17,13 @@ from ray import serve
 from features.domain import AccountState, Signal
 from serve.candle_feed import CandleFeed
 from serve.config import ServeConfig
+from serve.llm_sizer import LLMSizer
 from serve.metrics import prediction_metrics, sizing_metrics
 from serve.model_age import prediction_age, status_age
 from serve.model_slot import ModelSlot
 from serve.predict import RequestCandles, model_feature_set, predict_candles, warm_up
 from serve.schema import BadRequest, ModelView, Sizing, Unavailable
-from serve.sizing import LLMSizer, SizingRequest, load_sizing_config
+from serve.sizing import SizingRequest, load_sizing_config
 from train.registry import ModelRegistry
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from serve.sizing import LLMSizer, SizingConfig
+from serve.llm_sizer import LLMSizer
+from serve.sizing import SizingConfig
 
 from standins.groq_server import GroqStandIn
 from standins.ollama_server import OllamaStandIn

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from features.config import ConfigError
 from features.domain import AccountState, Signal
+from serve.llm_sizer import LLMSizer
 from serve.sizing import (
-    LLMSizer,
     SizingConfig,
     SizingRequest,
     SizingResult,
