@@ -107,21 +107,12 @@ def label_trade_returns(close: pd.Series, labels: LabelConfig) -> pd.Series:
     return pd.Series(barrier_trade_returns(close, barriers), index=close.index)
 
 
-def margin_curve(
-    proba: np.ndarray,
-    trade_returns: np.ndarray,
-    moves: LabelMoves,
-    margins: tuple[float, ...] = MARGIN_GRID,
-) -> list[dict[str, Any]]:
-    """Per margin: coverage (share of hours whose edge clears it), trades, precision (share of
-    those trades won after fees) and the mean and summed after-fee return per trade."""
-    return edge_curve(expected_edge(np.asarray(proba), moves), trade_returns, margins)
-
-
 def edge_curve(
     edge: np.ndarray, trade_returns: np.ndarray, margins: tuple[float, ...] = MARGIN_GRID
 ) -> list[dict[str, Any]]:
-    """`margin_curve` of hours whose edges are already priced (`hour_edges`)."""
+    """Per margin, over hours whose edges are priced (`hour_edges`, `expected_edge`): coverage
+    (share of hours whose edge clears it), trades, precision (share of those trades won after
+    fees) and the mean and summed after-fee return per trade."""
     r = np.asarray(trade_returns, dtype="float64")
     known = np.isfinite(r)
     edge, r = edge[known], r[known]

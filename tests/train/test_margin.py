@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.barriers import Barriers, LabelMoves, barrier_trade_returns
+from features.barriers import Barriers, LabelMoves, barrier_trade_returns, expected_edge
 from features.config import LabelConfig
 from features.exchange import ROUND_TRIP_FEE
-from train.margin import PROBA, fit_margin, fit_margin_before, margin_curve
+from train.margin import PROBA, edge_curve, fit_margin, fit_margin_before
 
 TB = LabelConfig(mode="triple_barrier", take_profit=0.01, stop_loss=0.01, horizon_hours=3)
 
@@ -34,7 +34,7 @@ def test_curve_trades_less_and_better_as_the_margin_rises() -> None:
     p_buy = rng.uniform(0.1, 0.7, n)
     proba = np.column_stack([(1 - p_buy) / 2, (1 - p_buy) / 2, p_buy])
     returns = np.where(rng.uniform(size=n) < p_buy, 0.01, -0.01)  # calibrated by construction
-    curve = margin_curve(proba, returns, LabelMoves(0.01, 0.01), (0.0, 0.001, 0.002))
+    curve = edge_curve(expected_edge(proba, LabelMoves(0.01, 0.01)), returns, (0.0, 0.001, 0.002))
     coverage = [row["coverage"] for row in curve]
     assert coverage == sorted(coverage, reverse=True) and coverage[0] < 1.0
     precision = [row["precision"] for row in curve]
