@@ -7,7 +7,6 @@ import json
 import math
 import statistics
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,25 +19,16 @@ from train.research_stats import HOURS_PER_YEAR, deflated_sharpe
 from train.tune_cli import _write
 from train.tune_search import summarize
 
+from standins.tune_results import tune_result
+
 MARKET = "KRW-SOL"
 SMALL = ["research.fold_hours=240", "research.leaky_parts=2"]
+SCORED = ("2025-05-01 00:00:00", "2025-07-31 17:00:00")
 
 
 def _trial(name: str, leaves: int, balanced_accuracy: float, sharpe: float):
-    metrics = {
-        "trial_id": name,
-        "score_balanced_accuracy": balanced_accuracy,
-        "score_log_loss": 1.05,
-        "score_sharpe": sharpe,
-        "score_return": 0.01,
-        "scored_hours": 2000,
-        "first_scored": "2025-05-01 00:00:00",
-        "last_scored": "2025-07-31 17:00:00",
-        "folds": "-3,-2,-1",
-        "buy_calls": 300,
-    }
     values = {"profile.gbm.num_leaves": leaves, "trading.policy.margin": None}
-    return SimpleNamespace(metrics=metrics, config=values, path=name, error=None)
+    return tune_result(name, values, balanced_accuracy, sharpe, 0.01, SCORED)
 
 
 TRIALS = [

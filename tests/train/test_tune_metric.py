@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -11,22 +10,14 @@ from pydantic import ValidationError
 from train.config import TuneConfig
 from train.tune_search import format_outcome, summarize
 
+from standins.tune_results import tune_result
+
+SCORED = ("2022-10-01 00:00:00", "2022-12-31 17:00:00")
+
 
 def _trial(name: str, balanced_accuracy: float, sharpe: float, total_return: float):
-    metrics = {
-        "trial_id": name,
-        "score_balanced_accuracy": balanced_accuracy,
-        "score_log_loss": 1.05,
-        "score_sharpe": sharpe,
-        "score_return": total_return,
-        "scored_hours": 2000,
-        "first_scored": "2022-10-01 00:00:00",
-        "last_scored": "2022-12-31 17:00:00",
-        "folds": "-3,-2,-1",
-        "buy_calls": 300,
-    }
-    return SimpleNamespace(metrics=metrics, config={"trading.policy.margin": name}, path=name,
-                           error=None)  # fmt: skip
+    values = {"trading.policy.margin": name}
+    return tune_result(name, values, balanced_accuracy, sharpe, total_return, SCORED)
 
 
 TRIALS = [
