@@ -5,7 +5,7 @@ The live loop (`trading.hourly`), the backtester (`trading.backtest`) and the re
 live hours (`trading.replay`, through the backtester) all trade through `ArmAccount`, so an order
 is planned, sent and settled the same way everywhere; `trading.step.plan_hour` stays the one
 decision. What differs between them is passed in:
-- the arm's `RatioSource`: `fixed_ratio` (the A/B control arm), `rule_ratio` (the sizing node's
+- the arm's `RatioSource`: `FixedRatio` (the A/B control arm), `RuleRatio` (the sizing node's
   fractional-Kelly fallback), `served_ratio` (what Serve's sizing node answered: the `llm` arm and
   live trading), or a replay's recorded ratios;
 - the `OrderJournal` an order is written to before it is sent (`trading.execution`): the ledger
@@ -92,16 +92,6 @@ what the source answers one hour at a time without Serve's sizing. Only a source
 more of the account than its drawdown has one."""
 
 
-def fixed_ratio(ratio: float) -> RatioSource:
-    """The A/B control arm: the same share of the account on every BUY."""
-    return FixedRatio(ratio)
-
-
-def rule_ratio(sizing: SizingConfig) -> RatioSource:
-    """The fractional-Kelly rule the sizing node falls back to, on this hour's inputs."""
-    return RuleRatio(sizing)
-
-
 def served_ratio(
     p: Prediction, a: AccountState, v: float, served: Sizing | None
 ) -> tuple[float, str]:
@@ -114,9 +104,9 @@ def served_ratio(
 def arm_source(arm: str, config: TradingConfig, sizing: SizingConfig | None = None) -> RatioSource:
     """The sizing of a named arm: fixed, rule (needs `sizing`), or llm/live (Serve's)."""
     if arm == "fixed":
-        return fixed_ratio(config.ab.fixed_ratio)
+        return FixedRatio(config.ab.fixed_ratio)
     if arm == "rule" and sizing is not None:
-        return rule_ratio(sizing)
+        return RuleRatio(sizing)
     if arm in SERVED_ARMS:
         return served_ratio
     raise ValueError(f"no sizing for arm {arm!r} (fixed, rule with a sizing config, llm, live)")

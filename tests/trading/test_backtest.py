@@ -16,7 +16,7 @@ from features.exchange import FEE_RATE
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
 from trading.__main__ import main
-from trading.account import fixed_ratio
+from trading.account import FixedRatio
 from trading.backtest import arm_sources, replay, run_backtest
 from trading.backtest_report import round_trips, summarize
 from trading.config import TradingConfig, load_trading_config
@@ -151,7 +151,7 @@ def test_a_crash_triggers_the_emergency_stop_loss() -> None:
     rows[crash_start - 1 :] = [0.35, 0.60, 0.05]  # ...then HOLD, a little worried
     config = TradingConfig()
     hours = market_hours(MARKET, times, close, _predictions(times[200:], rows[200:]))
-    run = replay(hours, "fixed", fixed_ratio(0.5), config)
+    run = replay(hours, "fixed", FixedRatio(0.5), config)
     sells = run.records[run.records["side"] == "ask"]
     assert len(sells) == 1
     sell = sells.iloc[0]
@@ -170,7 +170,7 @@ def test_the_kill_switch_stops_buys_after_a_drawdown() -> None:
     hours = market_hours(
         MARKET, times, close, _predictions(times, rows), LabelMoves.of_threshold(0.005)
     )
-    run = replay(hours, "fixed", fixed_ratio(0.5), config)
+    run = replay(hours, "fixed", FixedRatio(0.5), config)
     records = run.records
     halted = records.index[records["halted"]]
     assert len(halted) and run.guard.halted and "daily loss" in run.guard.reason

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.domain import AccountState, Prediction, Side
-from trading.account import fixed_ratio
+from trading.account import FixedRatio
 from trading.backtest import NOVEL, replay
 from trading.config import TradingConfig
 from trading.predictions import market_hours
@@ -56,7 +56,7 @@ def test_the_backtester_opens_nothing_on_novel_hours() -> None:
 
     def bids(novel: np.ndarray | None) -> pd.DataFrame:
         marked = predictions if novel is None else predictions.assign(novel=novel)
-        run = replay(market_hours(MARKET, times, close, marked), "fixed", fixed_ratio(0.5),
+        run = replay(market_hours(MARKET, times, close, marked), "fixed", FixedRatio(0.5),
                      TradingConfig())  # fmt: skip
         return run.records
 

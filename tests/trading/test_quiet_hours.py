@@ -19,7 +19,7 @@ from features.domain import AccountState, Prediction, Signal
 from features.sources import ParquetDirSource
 from serve.sizing import load_sizing_config
 from trading import backtest
-from trading.account import RatioSource, fixed_ratio, rule_ratio
+from trading.account import FixedRatio, RatioSource, RuleRatio
 from trading.backtest import NO_PREDICTION, NOVEL, ArmRun, replay
 from trading.config import load_trading_config
 from trading.held_hours import held_stretch
@@ -67,7 +67,7 @@ def recorded_ratio(p: Prediction, a: AccountState, v: float, s: object) -> tuple
 
 def _arms() -> dict[str, RatioSource]:
     sizing = load_sizing_config()
-    return {"fixed": fixed_ratio(0.5), "rule": rule_ratio(sizing), "recorded": recorded_ratio}
+    return {"fixed": FixedRatio(0.5), "rule": RuleRatio(sizing), "recorded": recorded_ratio}
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +148,7 @@ def test_real_candles_exercise_every_exit(real_close: pd.Series) -> None:
         config = load_trading_config(overrides=overrides)
         predictions = seeded_predictions(times[168:], seed=len(name))
         hours = market_hours(MARKET, times, real_close.to_numpy(), predictions, _moves(name))
-        seen |= _reasons([replay(hours, "fixed", fixed_ratio(0.5), config)])
+        seen |= _reasons([replay(hours, "fixed", FixedRatio(0.5), config)])
     assert seen == set(EXITS)
 
 
@@ -162,9 +162,7 @@ def test_smoke_bundle_on_the_full_history_same_records(
     hours = load_market_hours(MARKET, ParquetDirSource(ohlcv_dir), registry, tmp_path / "fetched")
     config = load_trading_config()
     sizing = load_sizing_config()
-    runs = assert_same_replay(
-        hours, config, {"fixed": fixed_ratio(0.3), "rule": rule_ratio(sizing)}
-    )
+    runs = assert_same_replay(hours, config, {"fixed": FixedRatio(0.3), "rule": RuleRatio(sizing)})
     assert all(len(r.fills) > 0 for r in runs)
     assert sum(held_hours) > 100
 
@@ -237,7 +235,7 @@ def test_unplaced_reasons_are_decides(overrides: list[str]) -> None:
 
 def test_rule_ratio_many_is_the_rule_hour_by_hour() -> None:
     """Each hour at its own drawdown (a held position's equity moves every hour)."""
-    source = rule_ratio(load_sizing_config())
+    source = RuleRatio(load_sizing_config())
     rng = np.random.default_rng(8)
     rows = rng.dirichlet([1.0, 1.0, 1.0], 2000)
     rows[:50] = [0.4, 0.2, 0.4]  # ties: the first maximum wins, as in Prediction.signal

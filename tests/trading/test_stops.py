@@ -13,7 +13,7 @@ import pytest
 
 from features.barriers import LabelMoves
 from features.domain import AccountState, Prediction, Side, Signal
-from trading.account import fixed_ratio
+from trading.account import FixedRatio
 from trading.backtest import replay
 from trading.config import TradingConfig, load_trading_config
 from trading.predictions import market_hours
@@ -43,7 +43,7 @@ def _run(returns: np.ndarray, config: TradingConfig, calm_hours: int = 200):
     frame = pd.DataFrame(rows[calm_hours:], index=times[calm_hours:], columns=PROBA)
     predictions = frame.assign(source="oos", model_version="synthetic")
     hours = market_hours(MARKET, times, close, predictions, LABEL_MOVES)
-    return replay(hours, "fixed", fixed_ratio(0.5), config), close
+    return replay(hours, "fixed", FixedRatio(0.5), config), close
 
 
 def _slide() -> np.ndarray:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from features.barriers import Barriers, bundle_barriers
 from features.sources import ParquetDirSource
-from trading.account import fixed_ratio
+from trading.account import FixedRatio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
 from train.registry import ModelRegistry
@@ -58,7 +58,7 @@ def test_backtest_prices_the_margin_with_the_bundles_barriers(
     buys = {}
     for margin in ("null", "0.0", "0.05"):
         config = load_trading_config(overrides=[f"policy.margin={margin}"])
-        arms = {"fixed": fixed_ratio(config.ab.fixed_ratio)}
+        arms = {"fixed": FixedRatio(config.ab.fixed_ratio)}
         run = run_backtest([MARKET], ParquetDirSource(ohlcv_dir), registry, config, arms,
                            tmp_path / margin).runs[0]  # fmt: skip
         buys[margin] = int(np.sum(run.records["signal"] == "BUY"))

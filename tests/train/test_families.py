@@ -14,7 +14,7 @@ from features.dataset import build_dataset
 from features.indicators import CANDLES_FOR_SERVING
 from features.sources import ParquetDirSource
 from serve.predict import predict_candles
-from trading.account import fixed_ratio
+from trading.account import FixedRatio
 from trading.backtest import run_backtest
 from trading.config import load_trading_config
 from trading.predictions import bundle_proba, prediction_positions
@@ -112,7 +112,7 @@ def test_every_family_trades_through_the_backtesters_bundle_path(
     registry.promote(MARKET, registry.register(MARKET, bundles[family]))
     config = load_trading_config()
     result = run_backtest([MARKET], ParquetDirSource(ohlcv_dir), registry, config,
-                          {"fixed": fixed_ratio(0.3)}, tmp_path / "work")  # fmt: skip
+                          {"fixed": FixedRatio(0.3)}, tmp_path / "work")  # fmt: skip
     decisions = result.decisions
     cutoff = trained_until(registry.read_metadata(MARKET))
     from_bundle = decisions[decisions["source"] == "bundle"]
