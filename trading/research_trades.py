@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from serve.sizing import SIZING_VOLATILITY_HOURS, load_sizing_config
-from trading.account import FixedRatio, RuleRatio
+from trading.account import arm_source
 from trading.backtest import replay
 from trading.config import TradingConfig, load_trading_config
 from trading.predictions import market_hours
@@ -24,7 +24,7 @@ from train.research_report import TradeRequest
 def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[str, Any]:
     """A fresh paper account from the request's first prediction to its last: the equity after
     each hour. The timeline is cut to the history the risk inputs read (identical results)."""
-    source = RuleRatio(load_sizing_config()) if arm == "rule" else FixedRatio(config.ab.fixed_ratio)
+    source = arm_source(arm, config, load_sizing_config() if arm == "rule" else None)
     predictions = request.predictions.assign(source="oos", model_version=request.model)
     history = config.risk.emergency.baseline_hours + SIZING_VOLATILITY_HOURS + 1
     first, last = request.times.get_indexer(predictions.index[[0, -1]])
