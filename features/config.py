@@ -7,6 +7,7 @@ on every command line.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -191,12 +192,31 @@ def command_line_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+_KEY_PART = re.compile(r"\[([^\[\]]+)\]|([^.\[\]]+)")
+
+
+def _key_parts(key: str, override: str) -> list[str]:
+    """`a.b.c` -> [a, b, c]; a part in brackets keeps its dots, for mappings whose keys are
+    themselves dotted (`tune.search_space[profile.data.last_hours]`)."""
+    parts, rebuilt = [], ""
+    for match in _KEY_PART.finditer(key):
+        bracketed, plain = match.groups()
+        parts.append(bracketed if bracketed is not None else plain)
+        rebuilt += ("" if not rebuilt or bracketed is not None else ".") + match.group(0)
+    if not parts or rebuilt != key:
+        raise ConfigError(
+            f"override {override!r}: key {key!r} must be dotted names, a dotted key in brackets "
+            "where a mapping's keys hold dots (tune.search_space[profile.data.last_hours])"
+        )
+    return parts
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `dotted.key=value` override; the value is parsed as YAML (numbers, lists, null)."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} must look like section.key=value")
-    *parents, leaf = key.strip().split(".")
+    *parents, leaf = _key_parts(key.strip(), override)
     node = data
     for part in parents:
         child = node.setdefault(part, {})

@@ -1,12 +1,13 @@
 """`python -m train tune`: one Ray Tune experiment per market, scored on pre-test hours only.
 
     python -m train tune --markets KRW-BTC,KRW-ETH --data-dir DIR [--tune-end T] [--samples N]
-        [--profile quick] [--family gbm] [--set tune.search_space.KEY=[...]] [--registry R]
+        [--profile quick] [--family gbm] [--set 'tune.search_space[KEY]=[...]'] [--registry R]
 
 Prints every market's trials (best first) and its winner. With --registry it then fits each
 winner's configuration (`train fit`'s own path, through the gate) and stores that configuration in
 the bundle, so `train fit --config-from <bundle>` refits it. The search (tune.search_space), the
-metric and the inner folds are in configs/train.yaml `tune:`.
+metric and the inner folds are in configs/train.yaml `tune:`; a search key holds dots, so an
+override names it in brackets: `--set 'tune.search_space[profile.data.last_hours]=[8760, null]'`.
 """
 
 from __future__ import annotations

@@ -35,6 +35,12 @@ def test_cli_overrides_are_typed_and_validated() -> None:
         load_features_config(overrides=["nonsense"])
 
 
+def test_override_keys_are_dotted_names_or_a_bracketed_dotted_key() -> None:
+    for bad in ("a..b=1", "a.[b]x=1", "[a]b=1", "a[b=1", "a.b.=1"):
+        with pytest.raises(ConfigError, match="must be dotted names"):
+            load_features_config(overrides=[bad])
+
+
 def test_unknown_keys_and_bad_files_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "features.yaml"
     bad.write_text("labels:\n  horizon: 6\n")
