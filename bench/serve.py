@@ -20,6 +20,10 @@ call of each per step (in-process, graph, floor) so the machine's load falls on 
 `--threads` client threads per app (throughput); warm-up steps are not timed. Goals: graph p50
 within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
 `--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
+`--direct-ingress` measures Ray Serve 2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which
+the deployed system does not set: each ingress replica answers HTTP on a port of its own
+(30000-31000, found through the controller's target groups) instead of behind the proxy, so the
+proxy's hop is gone and only that switch differs from a default run.
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
 from the driver, the CPU each Ray process (proxy, each replica, raylet, ...) spends per request,
 and each replica's own per-call times read from Serve's replica logs. The
@@ -147,9 +151,30 @@ def floor_app(markets: list[str]) -> Application:
 
 
 # -- both apps, interleaved -----------------------------------------------------------------------
-def deploy(label: str, app: Application, port: int, market: str, body: bytes) -> dict[str, Any]:
+def ingress_port(label: str, proxy_port: int, timeout_s: float = 60) -> int:
+    """The HTTP port of the app's ingress replica under direct ingress (the controller's target
+    groups: an alpha API, used by the bench only); the proxy's port until the replica has one."""
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        groups = ray.get(controller.get_target_groups.remote(label))
+        ports = [t.port for g in groups if g.protocol == RequestProtocol.HTTP for t in g.targets]
+        if ports and ports[0] != proxy_port:
+            return ports[0]
+        time.sleep(0.5)
+    raise RuntimeError(f"no direct-ingress port for {label!r} after {timeout_s:.0f} s")
+
+
+def deploy(
+    label: str, app: Application, port: int, market: str, body: bytes, direct: bool = False
+) -> dict[str, Any]:
     started = time.perf_counter()
     serve.run(app, name=label, route_prefix=f"/{label}")
+    if direct:
+        port = ingress_port(label, port)
     url = f"http://127.0.0.1:{port}/{label}/v1/predict/{market}"
     sample = wait_answering(url, body)
     return {"url": url, "ready_s": time.perf_counter() - started, "sample": sample}
@@ -194,6 +219,8 @@ def header(args: argparse.Namespace) -> None:
         f"# POST /v1/predict/{asked}, {PAYLOAD_ROWS} candles, {args.requests} timed "
         f"requests after {args.warmup} warm-up; options from {DEPLOY_CONFIG.name}"
     )
+    if args.direct_ingress:
+        print("# RAY_SERVE_ENABLE_DIRECT_INGRESS=1: ingress replicas on their own ports, no proxy")
     if args.markets > 1:
         print(
             f"# {args.markets} markets multiplexed: {args.replicas} replicas x "
@@ -251,12 +278,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry", type=Path, help="a registry with the market promoted")
     parser.add_argument("--deploy-config", type=Path, default=DEPLOY_CONFIG)
     parser.add_argument("--profile", action="store_true", help="also show where the time goes")
+    parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="Ray Serve's experimental direct ingress (no proxy hop); not what the system runs",
+    )
     many = parser.add_argument_group("many markets (bench/serve_markets.py)")
     many.add_argument("--markets", type=int, default=1, help="N > 1: the multiplexed pool over N")
     many.add_argument("--replicas", type=int, default=2, help="the pool's replicas")
     many.add_argument("--models-per-replica", type=int, default=24)
     many.add_argument("--seed", type=int, default=7, help="the random mix of markets")
     args = parser.parse_args(argv)
+    if args.direct_ingress and args.markets > 1:
+        parser.error("--direct-ingress measures the four-market graph only (without --markets)")
     os.chdir(ROOT)  # Ray gives replicas the driver's working directory on their path
     header(args)
     wall = time.perf_counter()
@@ -296,13 +330,17 @@ def main(argv: list[str] | None = None) -> None:
 
         options = deploy_options(args.deploy_config)
         port = free_port()
+        if args.direct_ingress:  # read by the controller and the replicas this local Ray starts
+            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             built = {"graph": build_app(config), "floor": floor_app([args.market])}
             apps = {
-                label: deploy(label, with_options(app, options), port, args.market, body)
+                label: deploy(
+                    label, with_options(app, options), port, args.market, body, args.direct_ingress
+                )
                 for label, app in built.items()
             }
             inproc = measure(apps, work, args, body, rows)
