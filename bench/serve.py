@@ -23,7 +23,9 @@ within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process 
 `--direct-ingress` measures Ray Serve 2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which
 the deployed system does not set: each ingress replica answers HTTP on a port of its own
 (30000-31000, found through the controller's target groups) instead of behind the proxy, so the
-proxy's hop is gone and only that switch differs from a default run.
+proxy's hop is gone and only that switch differs from a default run. Ray Serve's other switches
+(RAY_SERVE_* variables such as RAY_SERVE_THROUGHPUT_OPTIMIZED=1) reach the local Ray from the
+bench's environment; README "Without the proxy, measured" has the figures.
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
 from the driver, the CPU each Ray process (proxy, each replica, raylet, ...) spends per request,
 and each replica's own per-call times read from Serve's replica logs. The
