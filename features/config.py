@@ -205,8 +205,8 @@ def _key_parts(key: str, override: str) -> list[str]:
         rebuilt += ("" if not rebuilt or bracketed is not None else ".") + match.group(0)
     if not parts or rebuilt != key:
         raise ConfigError(
-            f"override {override!r}: key {key!r} must be dotted names, a dotted key in brackets "
-            "where a mapping's keys hold dots (tune.search_space[profile.data.last_hours])"
+            f"override {override!r}: key {key!r} must be dotted names (or a dotted key in brackets "
+            "where a mapping's keys hold dots: tune.search_space[profile.data.last_hours])"
         )
     return parts
 
