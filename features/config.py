@@ -192,23 +192,21 @@ def command_line_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-_KEY_PART = re.compile(r"\[([^\[\]]+)\]|([^.\[\]]+)")
+_PART = r"[^.\[\]]+"  # a name without dots or brackets
+_BRACKETED = r"\[([^\[\]]+)\]"  # a key in brackets, dots and all
+_KEY = re.compile(rf"(?:{_PART}|{_BRACKETED})(?:\.{_PART}|{_BRACKETED})*")
+_KEY_PART = re.compile(rf"{_BRACKETED}|({_PART})")
 
 
 def _key_parts(key: str, override: str) -> list[str]:
     """`a.b.c` -> [a, b, c]; a part in brackets keeps its dots, for mappings whose keys are
     themselves dotted (`tune.search_space[profile.data.last_hours]`)."""
-    parts, rebuilt = [], ""
-    for match in _KEY_PART.finditer(key):
-        bracketed, plain = match.groups()
-        parts.append(bracketed if bracketed is not None else plain)
-        rebuilt += ("" if not rebuilt or bracketed is not None else ".") + match.group(0)
-    if not parts or rebuilt != key:
+    if not _KEY.fullmatch(key):
         raise ConfigError(
             f"override {override!r}: key {key!r} must be dotted names (or a dotted key in brackets "
             "where a mapping's keys hold dots: tune.search_space[profile.data.last_hours])"
         )
-    return parts
+    return [bracketed or plain for bracketed, plain in _KEY_PART.findall(key)]
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
