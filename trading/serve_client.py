@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -91,10 +91,21 @@ def checked_reply(reply: PredictionReply, market: str, hour: pd.Timestamp) -> Pr
     return reply
 
 
+Locate = Callable[[], str | None]  # the graph's own address now, or None: use the given URL
+
+
 class ServeClient:
     """`token`: the admin bearer token. Serve asks for it on the prediction routes when it
     listens beyond loopback, and a request that carries it is not counted against the share of
-    predictions anonymous clients may hold in flight, so a flood does not starve the loop."""
+    predictions anonymous clients may hold in flight, so a flood does not starve the loop.
+
+    `locate` (direct ingress, `serve.address.direct_url`): where the graph's ingress replica
+    answers itself, asked before the first call and again after any call that failed, since
+    the replica's port moves when it restarts; while it says nothing (or fails) the client uses
+    `url`, Serve's proxy, which still routes the graph. A call whose connection failed is sent
+    once more when the graph is then found elsewhere: a prediction changes nothing, so asking
+    twice is safe.
+    """
 
     def __init__(
         self,
@@ -102,21 +113,49 @@ class ServeClient:
         timeout_s: float = 30.0,
         token: str | None = None,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        locate: Locate | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.fallback = self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.batch_bytes = batch_bytes
+        self.locate = locate
+        self._stale = locate is not None
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
+    def _where(self) -> str:
+        if self.locate is not None and self._stale:
+            try:
+                found = self.locate()
+            except Exception:  # noqa: BLE001 - no answer on where: the proxy still routes
+                found = None
+            self.url = found.rstrip("/") if found else self.fallback
+            self._stale = not found
+        return self.url
+
+    def _post(self, path: str, **kwargs: Any) -> requests.Response:
+        url = self._where()
+        try:
+            reply = self.session.post(f"{url}{path}", timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError:
+            if self.locate is None:
+                raise
+            self._stale = True
+            moved = self._where()
+            if moved == url:
+                raise
+            reply = self.session.post(f"{moved}{path}", timeout=self.timeout_s, **kwargs)
+        if reply.status_code != 200:
+            self._stale = self.locate is not None  # a replica going away answers 5xx first
+        return reply
+
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
         body = {"candles": candle_rows(candles), "account": asdict(account)}
         try:
-            reply = self.session.post(
-                f"{self.url}/v1/predict/{market}", json=body, timeout=self.timeout_s
-            )
+            reply = self._post(f"/v1/predict/{market}", json=body)
         except requests.RequestException as exc:
+            self._stale = self.locate is not None
             raise ServeUnavailable(f"Serve at {self.url} did not answer: {exc}") from exc
         if reply.status_code != 200:
             detail = reply.text[:300]
@@ -149,11 +188,11 @@ class ServeClient:
         markets = list(parts)
         body = _batch_body(parts)
         try:
-            reply = self.session.post(
-                f"{self.url}/v1/predict", data=body, timeout=self.timeout_s,
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
+            reply = self._post(
+                "/v1/predict", data=body, headers={"Content-Type": "application/json"}
+            )
         except requests.RequestException as exc:
+            self._stale = self.locate is not None
             failed = ServeUnavailable(f"Serve at {self.url} did not answer: {exc}")
             return dict.fromkeys(markets, failed)
         if reply.status_code == 404:  # a market Serve does not serve (yet): ask one by one

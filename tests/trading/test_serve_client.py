@@ -119,3 +119,84 @@ def test_a_refusal_or_a_malformed_reply_is_serve_unavailable(
     serve.status, serve.body = status, body
     with pytest.raises(ServeUnavailable, match=named):
         ServeClient(serve.url).predict(MARKET, candles, FLAT)
+
+
+class Where:
+    """A `locate` that answers what the test sets, counting the questions."""
+
+    def __init__(self, answer: str | None) -> None:
+        self.answer: str | None = answer
+        self.asked = 0
+
+    def __call__(self) -> str | None:
+        self.asked += 1
+        if self.answer == "fail":
+            raise RuntimeError("the dashboard is down")
+        return self.answer
+
+
+def test_direct_ingress_the_client_asks_where_once_then_stays_while_answers_come(
+    serve: FakeServe, candles
+) -> None:
+    with FakeServe() as proxy:
+        where = Where(serve.url)
+        client = ServeClient(proxy.url, locate=where)
+        for _ in range(3):
+            client.predict(MARKET, candles, FLAT)
+        assert (where.asked, len(serve.received), proxy.received) == (1, 3, [])
+        assert client.url == serve.url
+
+
+def test_a_replica_gone_is_found_on_its_new_port_and_asked_once_more_there(
+    serve: FakeServe, candles
+) -> None:
+    with FakeServe() as proxy, FakeServe() as moved:
+        where = Where(serve.url)
+        client = ServeClient(proxy.url, locate=where)
+        client.predict(MARKET, candles, FLAT)
+        serve.stop()  # the replica restarts: its old port refuses connections
+        where.answer = moved.url
+        reply = client.predict(MARKET, candles, FLAT)
+        assert reply.market == MARKET and len(moved.received) == 1 and proxy.received == []
+        assert (where.asked, client.url) == (2, moved.url)
+
+
+def test_without_an_address_of_its_own_the_graph_is_reached_through_the_proxy(
+    serve: FakeServe, candles
+) -> None:
+    with FakeServe() as proxy:
+        where = Where(None)  # the replica has no port yet (or the head is not in this mode)
+        client = ServeClient(proxy.url, locate=where)
+        client.predict(MARKET, candles, FLAT)
+        where.answer = "fail"  # the dashboard does not answer: still the proxy
+        client.predict(MARKET, candles, FLAT)
+        assert (len(proxy.received), where.asked) == (2, 2)
+        where.answer = serve.url  # asked again before every call until it has an answer
+        client.predict(MARKET, candles, FLAT)
+        assert (len(proxy.received), len(serve.received), where.asked) == (2, 1, 3)
+
+
+def test_a_failed_answer_makes_the_next_call_ask_where_again(serve: FakeServe, candles) -> None:
+    with FakeServe() as dead:
+        where = Where(dead.url)
+        client = ServeClient(serve.url, locate=where)
+        dead.status, dead.body = 503, {"detail": "draining"}
+        with pytest.raises(ServeUnavailable, match="503"):
+            client.predict(MARKET, candles, FLAT)
+        url = dead.url
+        dead.stop()
+        with pytest.raises(ServeUnavailable, match="did not answer"):  # still there, still dead
+            client.predict(MARKET, candles, FLAT)
+        assert where.asked == 3  # after the 503, after the refusal; sent once more never
+        where.answer = serve.url
+        assert client.predict(MARKET, candles, FLAT).market == MARKET
+        assert where.asked == 4 and url != serve.url
+
+
+def test_without_locate_a_refused_connection_is_not_sent_again(serve: FakeServe, candles) -> None:
+    url = serve.url
+    serve.stop()
+    client = ServeClient(url)
+    with pytest.raises(ServeUnavailable, match=f"Serve at {url} did not answer"):
+        client.predict(MARKET, candles, FLAT)
+    assert client.url == url
