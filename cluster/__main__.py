@@ -28,11 +28,13 @@ from cluster.local import (
     deploy_config,
     prepare_secrets,
     serve_deploy,
+    wait_direct,
     wait_http,
 )
 from cluster.local_ray import HeadError, start_head
 from cluster.one_loop import loop_keys, refuse_held_ledger, refuse_other_loop
 from features.config import CONFIG_DIR, ConfigError, load_features_config, resolve_path
+from serve.address import DIRECT_INGRESS_ENV
 from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import ServeConfig
 
@@ -61,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--address", help="join this running Ray head (GCS address)")
     up.add_argument("--dashboard-url", help="its dashboard, e.g. http://127.0.0.1:8265")
     up.add_argument("--serve-port", type=int)
+    up.add_argument(
+        "--direct-ingress", action="store_true",
+        help="start the head in Ray Serve's throughput-optimized mode: the graph's ingress "
+        "answers on a port of its own, no proxy hop (experimental; serve.direct_ingress)",
+    )  # fmt: skip
     up.add_argument("--no-retrain", action="store_true", help="do not schedule retraining")
     up.add_argument(
         "--holdout-hours", type=int,
@@ -88,6 +95,10 @@ def _running_head(args: argparse.Namespace, state_path: Path) -> bool:
     return state_path.is_file() and _dashboard_up(State.load(state_path).dashboard_url)
 
 
+def _direct(args: argparse.Namespace, cfg: ClusterConfig) -> bool:
+    return bool(args.direct_ingress or cfg.serve.direct_ingress)
+
+
 def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Head:
     if args.address:
         if not args.dashboard_url:
@@ -101,6 +112,7 @@ def _head(args: argparse.Namespace, cfg: ClusterConfig, state_path: Path) -> Hea
         head = start_head(
             cfg.ray.num_cpus, token=os.environ["RAY_AUTH_TOKEN"], log_dir=state_path.parent,
             port=cfg.ray.port, dashboard_port=cfg.ray.dashboard_port, num_gpus=None,
+            extra_env=DIRECT_INGRESS_ENV if _direct(args, cfg) else None,
         )  # fmt: skip
     except HeadError as exc:
         raise UpError(f"{exc}\n(another Ray on these ports? --set ray.port=... "
@@ -173,6 +185,7 @@ def _settings(
         "cache_dir": None if state.offline else resolve_path(cfg.paths.cache),
         "serve_url": state.serve_url, "ledger": state.ledger, "markets": state.markets,
         "clock": clock, "max_hours": args.max_hours,
+        "ingress_lookup": state.dashboard_url if _direct(args, cfg) else None,
     })  # fmt: skip
     return template, serve, loop
 
@@ -232,6 +245,9 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     graph_only = {**config, "applications": config["applications"][:1]}
     serve_deploy(graph_only, runs / "serve_deploy.graph.yaml", dashboard)
     wait_http(f"{state.serve_url}/healthz", lambda body: body["ready"] == sorted(markets))
+    if _direct(args, cfg):
+        state.direct_url = wait_direct(state)
+        state.save(state_path)
     if mode == "live":  # the keys reach the loop's process only, never the keeper or the head
         from trading.loop import start_loop
 
@@ -275,8 +291,11 @@ def _summary(
     )
     lines = [
         f"Ray dashboard:  {state.dashboard_url}  (token: ~/.ray/auth_token or $RAY_AUTH_TOKEN)",
-        f"Serve API:      {state.serve_url}/v1/predict/{{market}}",
+        f"Serve API:      {state.direct_url or state.serve_url}/v1/predict/{{market}}",
         f"Health:         {state.serve_url}/healthz",
+        *([f"Direct ingress: the graph's own port, which moves when its replica restarts "
+           f"(python -m serve.address {state.dashboard_url}); the proxy at {state.serve_url} "
+           "routes it too"] if state.direct_url else []),
         f"Trading loop:   {state.mode} mode on {', '.join(state.markets)}; ledger {state.ledger}",
         models,
         retrain,

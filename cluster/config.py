@@ -20,6 +20,10 @@ class ServePorts(Strict):
     port: int = Field(8000, ge=1024, le=65535)
     host: str = "127.0.0.1"  # 0.0.0.0 where a port is published (docker-compose.yml)
     deploy_config: str = "configs/serve_deploy.yaml"
+    # Ray Serve's experimental throughput-optimized mode (`serve.address`): the graph's ingress
+    # replica answers on a port of its own, the proxy on `port` stays as the fallback. A property
+    # of the head: set when `up` starts one.
+    direct_ingress: bool = False
 
 
 class Paths(Strict):

@@ -26,12 +26,12 @@ from pydantic import BaseModel, ValidationError
 
 from features.config import ConfigError, resolve_path
 from features.exchange import KST
+from serve.address import GRAPH_APP, LOOPBACK, AddressError, direct_url
 from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import ServeConfig
 from trading.loop_settings import LoopSettings  # plain data, no Ray: it loads after the secrets
 
-APPS = ("hybrid", "trading")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+APPS = (GRAPH_APP, "trading")
 
 
 class UpError(RuntimeError):
@@ -55,6 +55,7 @@ class State:
     offline: bool = True  # online, Serve and the loop read Upbit itself
     head_pid: int | None = None  # the head's process group, when `up` started it
     until: str | None = None  # offline replay: the newest hour training sees (KST), for add-market
+    direct_url: str | None = None  # direct ingress: where the graph's replica answered at `up`
 
     @property
     def head_port(self) -> int:
@@ -194,6 +195,26 @@ def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
             last = str(exc)
         time.sleep(1)
     raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
+
+
+def wait_direct(state: State, timeout_s: float = 120) -> str:
+    """The graph's own address under direct ingress, once its replica has a port; refused when
+    the head answers through its proxy only (a head `up` joined keeps the mode it started in)."""
+    deadline = time.monotonic() + timeout_s
+    last: str = "no port listed"
+    while time.monotonic() < deadline:
+        try:
+            found = direct_url(state.dashboard_url, GRAPH_APP)
+        except AddressError as exc:
+            found, last = None, str(exc)
+        if found:
+            return found
+        time.sleep(1)
+    raise UpError(
+        f"Serve routes the graph through its proxy only ({last}): the head at "
+        f"{state.gcs_address} is not in direct-ingress mode, which `up` sets only on a head it "
+        "starts. Run `python -m cluster down`, then `up --direct-ingress`, or drop the flag."
+    )
 
 
 def served_models(serve_url: str) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,7 @@ def cmd_status(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         retrain = None
     models = served_models(state.serve_url)
     keys = ("mode", "running", "phase", "hours_run", "first_hour", "last_hour", "stored_until",
-            "alarm", "halted_markets", "arms", "accuracy")  # fmt: skip
+            "alarm", "halted_markets", "arms", "accuracy", "serve_at")  # fmt: skip
     report = {"ray": ray.cluster_resources(), "serve": apps, "health": health, "models": models,
               "loop": {k: loop.get(k) for k in keys}, "retrain": retrain}  # fmt: skip
     print(json.dumps(report, indent=1, default=str))
@@ -90,7 +90,8 @@ def cmd_down(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         ray.kill(retrainer, no_restart=True)
     except ValueError:
         pass
-    serve.delete(APPS[0])
+    if not state.started_head:  # a head `up` started goes with everything on it, below
+        serve.delete(APPS[0])
     ray.shutdown()
     head = _stop_head(state)
     state_path.unlink()

@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,7 @@ import ray
 
 from features.config import load_features_config, resolve_path
 from features.exchange import HOUR
+from serve.address import GRAPH_APP, direct_url
 from trading.account import loop_accounts
 from trading.broker import BrokerBanned
 from trading.clock import AcceleratedClock, closed_hour
@@ -102,10 +104,12 @@ class LoopCore:
         )
         # the configured label scores realised outcomes; the served model's prices its trades
         labels = Labels(features.labels.horizon_hours, features.labels.threshold)
+        lookup = settings.ingress_lookup
         predictor = predictor or ServeClient(
             settings.serve_url,
             token=admin_token(),
             batch_bytes=self.config.loop.predict_batch_bytes,
+            locate=partial(direct_url, lookup, GRAPH_APP) if lookup else None,
         )
         return HourlyTrader(
             self.config, self.markets, self.ledger, source, predictor, accounts, labels
@@ -316,6 +320,7 @@ class LoopCore:
             "ledger": str(self.config.ledger.resolve_path()),
             "markets": list(self.markets),
             "markets_pending": list(self.added),
+            "serve_at": getattr(self.trader.predictor, "url", None),  # direct ingress: which
         }
 
     def set_trading(self, enabled: bool, by: str, reason: str) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class LoopSettings(Strict):
     markets: MarketList | None = None  # None: the trading config's loop.markets, else features'
     features_config: str = "configs/features.yaml"
     serve_url: str = "http://127.0.0.1:8000"
+    # Direct ingress (`serve.address`): the Ray dashboard that says on which port the graph's
+    # ingress replica answers itself; None: always `serve_url`.
+    ingress_lookup: str | None = None
     data_dir: str | None = None  # a folder of stored Parquet candles (offline); None: Upbit
     upbit_base_url: str = "https://api.upbit.com"
     # Online: a Parquet cache (folder or URI) in front of Upbit, so each hour fetches only the new
