@@ -20,11 +20,12 @@ call of each per step (in-process, graph, floor) so the machine's load falls on 
 `--threads` client threads per app (throughput); warm-up steps are not timed. Goals: graph p50
 within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
 `--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
-`--direct-ingress` measures Ray Serve 2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which
-the deployed system does not set: each ingress replica answers HTTP on a port of its own
-(30000-31000, found through the controller's target groups) instead of behind the proxy, so the
-proxy's hop is gone and only that switch differs from a default run. Ray Serve's other switches
-(RAY_SERVE_* variables such as RAY_SERVE_THROUGHPUT_OPTIMIZED=1) reach the local Ray from the
+`--direct-ingress` measures the system's opt-in mode (`cluster up --direct-ingress`): the local
+Ray starts with serve.address.DIRECT_INGRESS_ENV, Ray Serve 2.60's experimental throughput-optimized
+mode, in which each ingress replica answers HTTP on a port of its own (30000-31000, found here
+through the controller's target groups, as the bench starts no dashboard) instead of behind the
+proxy, handle calls between replicas go over gRPC and user code runs on each replica's loop. Other
+RAY_SERVE_* variables (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone, say) reach the local Ray from the
 bench's environment; README "Without the proxy, measured" has the figures.
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
 from the driver, the CPU each Ray process (proxy, each replica, raylet, ...) spends per request,
@@ -81,6 +82,7 @@ from bench.serve_profile import (
     stage_times,
 )
 from cluster.local_ray import free_port
+from serve.address import DIRECT_INGRESS_ENV
 from serve.app import build_app
 from serve.config import ServeConfig
 from serve.predict import CandleColumns
@@ -222,7 +224,8 @@ def header(args: argparse.Namespace) -> None:
         f"requests after {args.warmup} warm-up; options from {DEPLOY_CONFIG.name}"
     )
     if args.direct_ingress:
-        print("# RAY_SERVE_ENABLE_DIRECT_INGRESS=1: ingress replicas on their own ports, no proxy")
+        switches = " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items())
+        print(f"# {switches} (direct ingress): ingress replicas on their own ports, no proxy")
     if args.markets > 1:
         print(
             f"# {args.markets} markets multiplexed: {args.replicas} replicas x "
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--direct-ingress",
         action="store_true",
-        help="Ray Serve's experimental direct ingress (no proxy hop); not what the system runs",
+        help="the opt-in mode `cluster up --direct-ingress` (no proxy hop); not the default",
     )
     many = parser.add_argument_group("many markets (bench/serve_markets.py)")
     many.add_argument("--markets", type=int, default=1, help="N > 1: the multiplexed pool over N")
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         options = deploy_options(args.deploy_config)
         port = free_port()
         if args.direct_ingress:  # read by the controller and the replicas this local Ray starts
-            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+            os.environ.update(DIRECT_INGRESS_ENV)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
