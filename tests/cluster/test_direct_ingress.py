@@ -2,18 +2,22 @@
 head's environment when it starts, so it cannot share the session's): the graph's ingress replica
 answers on its own port, the token checks hold there as on the proxy, the loop trades the held-out
 hours through that port, a killed ingress replica comes back on a new port that the dashboard
-lists and the client finds, and `down` stops the head `up` started."""
+lists and the client finds, a flood on that port is refused fast while the loop's requests answer,
+and `down` stops the head `up` started."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -131,6 +135,41 @@ def test_the_graphs_port_predicts_and_refuses_what_needs_the_token(direct) -> No
     assert requests.get(f"{trading}/v1/status", timeout=30).status_code == 401
     bare = requests.get(f"{direct['dashboard']}{SERVE_DETAILS_PATH}", timeout=10)
     assert bare.status_code in (401, 403)  # where the ports are is behind Ray's token too
+
+
+def test_a_flood_on_the_graphs_port_gets_fast_503s_while_the_loops_requests_answer(
+    direct,
+) -> None:
+    graph = direct_url(direct["dashboard"], GRAPH_APP)
+    payload = json.dumps(body(direct)).encode()
+    results: list[tuple[int, float]] = []
+    stop = time.monotonic() + 6.0
+
+    def flood() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                reply = session.post(f"{graph}/v1/predict/{MARKET}", data=payload, timeout=60,
+                                     headers={"content-type": "application/json"})  # fmt: skip
+                results.append((reply.status_code, time.perf_counter() - started))
+
+    threads = [threading.Thread(target=flood) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    loop = ServeClient(direct["proxy"], token=os.environ["HYBRID_ADMIN_TOKEN"],
+                       locate=partial(direct_url, direct["dashboard"], GRAPH_APP))  # fmt: skip
+    hour, account = direct["candles"].iloc[-(SERVING_WINDOW + 2) :], AccountState.flat(1e6)
+    answered = []
+    while time.monotonic() < stop - 1.0:
+        answered.append(loop.predict(MARKET, hour, account).market)
+    for thread in threads:
+        thread.join(90)
+    refused = [took for status, took in results if status == 503]
+    assert {status for status, _ in results} <= {200, 503}
+    assert len(refused) > len(results) - len(refused), "the flood was not refused"
+    assert np.percentile(refused, 90) < 1.0, "the refusals were not fast"
+    assert answered and set(answered) == {MARKET} and loop.url == graph
 
 
 def ingress_pid(info: dict) -> int:
