@@ -27,6 +27,7 @@ from cluster.local import (
     candles_dir,
     deploy_config,
     prepare_secrets,
+    refuse_not_direct,
     serve_deploy,
     wait_direct,
     wait_http,
@@ -229,6 +230,8 @@ def cmd_up(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     ray.init(address=gcs, ignore_reinit_error=True)  # training progress shows here
     if joined:
         refuse_other_loop(mode, ledger)
+    if _direct(args, cfg):
+        refuse_not_direct(dashboard)
     port = args.serve_port or cfg.serve.port
     state = State(
         gcs, dashboard, f"http://127.0.0.1:{port}", started, markets,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from features.config import ConfigError, resolve_path
 from features.exchange import KST
-from serve.address import GRAPH_APP, LOOPBACK, AddressError, direct_url
+from serve.address import GRAPH_APP, LOOPBACK, AddressError, NotDirect, direct_url
 from serve.admin import ADMIN_TOKEN_ENV
 from serve.config import ServeConfig
 from trading.loop_settings import LoopSettings  # plain data, no Ray: it loads after the secrets
@@ -197,6 +197,12 @@ def wait_http(url: str, check, timeout_s: float = 300) -> dict[str, Any]:
     raise UpError(f"{url} did not become ready in {timeout_s:.0f} s (last answer: {last})")
 
 
+NOT_DIRECT_HINT = (
+    "`up` sets direct ingress only on a head it starts: run `python -m cluster down`, then "
+    "`up --direct-ingress`, or drop the flag"
+)
+
+
 def wait_direct(state: State, timeout_s: float = 120) -> str:
     """The graph's own address under direct ingress, once its replica has a port; refused when
     the head answers through its proxy only (a head `up` joined keeps the mode it started in)."""
@@ -205,16 +211,27 @@ def wait_direct(state: State, timeout_s: float = 120) -> str:
     while time.monotonic() < deadline:
         try:
             found = direct_url(state.dashboard_url, GRAPH_APP)
+        except NotDirect as exc:
+            raise UpError(f"{exc}; {NOT_DIRECT_HINT}") from exc
         except AddressError as exc:
             found, last = None, str(exc)
         if found:
             return found
         time.sleep(1)
     raise UpError(
-        f"Serve routes the graph through its proxy only ({last}): the head at "
-        f"{state.gcs_address} is not in direct-ingress mode, which `up` sets only on a head it "
-        "starts. Run `python -m cluster down`, then `up --direct-ingress`, or drop the flag."
+        f"the graph got no port of its own in {timeout_s:.0f} s ({last}); {NOT_DIRECT_HINT}"
     )
+
+
+def refuse_not_direct(dashboard_url: str) -> None:
+    """Before deploying anything: a head already running apps through its proxy only is not in
+    direct-ingress mode (a head with no app yet can only tell once the graph is deployed)."""
+    try:
+        direct_url(dashboard_url, GRAPH_APP)
+    except NotDirect as exc:
+        raise UpError(f"{exc}; {NOT_DIRECT_HINT}") from exc
+    except AddressError:
+        pass  # the dashboard's hiccup: `wait_direct` asks again after the deploy
 
 
 def served_models(serve_url: str) -> dict[str, dict[str, Any]]:

@@ -32,6 +32,11 @@ class AddressError(RuntimeError):
     """The dashboard could not say where an app answers; the message says why (no secret)."""
 
 
+class NotDirect(AddressError):
+    """Serve runs apps on this head and routes every one through its proxy: the head was not
+    started in direct-ingress mode, and no app will get a port of its own."""
+
+
 def _details(dashboard_url: str, timeout_s: float) -> dict[str, Any]:
     token = os.environ.get("RAY_AUTH_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -51,7 +56,8 @@ def _details(dashboard_url: str, timeout_s: float) -> dict[str, Any]:
 def direct_url(dashboard_url: str, app: str, timeout_s: float = 10.0) -> str | None:
     """The base URL at which `app`'s ingress replica answers HTTP itself (its route prefix
     included), or None where only the proxy routes it: the head not in direct-ingress mode, or the
-    replica not running yet. With several ingress replicas, the first listed.
+    replica not running yet. With several ingress replicas, the first listed. NotDirect when the
+    head runs apps and lists none of them by name (it lists only its proxies): not in this mode.
 
     Serve binds the replica to its HTTP host: a loopback host is reached on 127.0.0.1 whatever
     node address the target names; any other host on the target's node address.
@@ -59,7 +65,13 @@ def direct_url(dashboard_url: str, app: str, timeout_s: float = 10.0) -> str | N
     details = _details(dashboard_url, timeout_s)
     options = details.get("http_options") or {}
     proxy_port, host = options.get("port"), options.get("host") or ""
-    for group in details.get("target_groups") or []:
+    groups = details.get("target_groups") or []
+    if details.get("applications") and not any(g.get("app_name") for g in groups):
+        raise NotDirect(
+            f"the head behind {dashboard_url} routes its apps through Serve's proxy only: it was "
+            "not started in direct-ingress mode"
+        )
+    for group in groups:
         if group.get("app_name") != app or group.get("protocol") != "HTTP":
             continue
         for target in group.get("targets") or []:
@@ -82,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         found = direct_url(args.dashboard_url, args.app)
-    except AddressError as exc:
+    except AddressError as exc:  # NotDirect included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if found is None:

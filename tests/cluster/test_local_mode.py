@@ -175,6 +175,19 @@ def test_second_up_starts_nothing_twice(local) -> None:
     assert len(ledger_rows(local["root"])[0]) == len(rows[0])
 
 
+def test_up_direct_ingress_refuses_a_joined_head_that_routes_through_its_proxy(local) -> None:
+    from trading.loop import get_loop
+
+    actor, hours = get_loop()._actor_id.hex(), loop_status()["hours_run"]
+    refused = cluster(*local["up_args"], "--direct-ingress", timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:]
+    assert "not started in direct-ingress mode" in refused.stderr
+    assert "cluster down" in refused.stderr and "training" not in refused.stdout
+    assert get_loop()._actor_id.hex() == actor and loop_status()["hours_run"] >= hours
+    health = requests.get(f"{local['url']}/trading/healthz", timeout=10).json()
+    assert health["running"] is True
+
+
 def test_status_page_over_http_and_in_a_browser(local, tmp_path) -> None:
     page = requests.get(f"{local['url']}/status", timeout=10)
     assert page.status_code == 200 and "hybrid-trader" in page.text

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from serve.address import SERVE_DETAILS_PATH, AddressError, direct_url, main
+from serve.address import SERVE_DETAILS_PATH, AddressError, NotDirect, direct_url, main
 
 from standins.http_server import LocalHttpServer, QuietHandler
 
@@ -85,6 +85,15 @@ def test_an_app_only_the_proxy_routes_has_no_address_of_its_own(dashboard) -> No
     dashboard.body = details(groups=[{**group("", 48000, "/", ""), "app_name": ""}])  # no mode
     assert direct_url(dashboard.url, "hybrid") is None
     assert direct_url(dashboard.url, "no-such-app") is None
+
+
+def test_a_head_running_apps_behind_its_proxy_only_is_not_in_the_mode(dashboard, capsys) -> None:
+    proxies = [{**group("", 48000, "/", ""), "app_name": ""}]
+    dashboard.body = {**details(groups=proxies), "applications": {"hybrid": {}, "trading": {}}}
+    with pytest.raises(NotDirect, match="not started in direct-ingress mode"):
+        direct_url(dashboard.url, "hybrid")
+    assert main([dashboard.url]) == 2
+    assert "not started in direct-ingress mode" in capsys.readouterr().err
 
 
 def test_a_refusing_or_absent_dashboard_is_an_error_that_names_it_without_the_token(
