@@ -20,9 +20,10 @@ call of each per step (in-process, graph, floor) so the machine's load falls on 
 `--threads` client threads per app (throughput); warm-up steps are not timed. Goals: graph p50
 within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process work. Without
 `--registry` a smoke model is fitted first (`python -m train fit --local --profile smoke`, ~30 s).
-`--direct-ingress` measures the system's opt-in mode (`cluster up --direct-ingress`): the local
-Ray starts with serve.address.DIRECT_INGRESS_ENV, Ray Serve 2.60's experimental throughput-optimized
-mode, in which each ingress replica answers HTTP on a port of its own (30000-31000, found here
+`--direct-ingress` measures the system's opt-in mode (`cluster up --direct-ingress`): the bench
+and the local Ray it starts carry serve.address.DIRECT_INGRESS_ENV (Ray Serve 2.60's experimental
+throughput-optimized mode; the bench starts itself again with it set, since the handles it builds
+into the apps keep the switches of the process that built them), in which each ingress replica answers HTTP on a port of its own (30000-31000, found here
 through the controller's target groups, as the bench starts no dashboard) instead of behind the
 proxy, handle calls between replicas go over gRPC and user code runs on each replica's loop. Other
 RAY_SERVE_* variables (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone, say) reach the local Ray from the
@@ -296,6 +297,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.direct_ingress and args.markets > 1:
         parser.error("--direct-ingress measures the four-market graph only (without --markets)")
+    if args.direct_ingress and args.profile:
+        parser.error("--profile calls handles from synchronous code, which --direct-ingress's "
+                     "mode refuses")  # fmt: skip
+    if args.direct_ingress and any(os.environ.get(k) != v for k, v in DIRECT_INGRESS_ENV.items()):
+        # Serve reads its switches when it is imported, and the handles this process builds into
+        # the apps keep them (gRPC between replicas or not): start again with them set, as the
+        # head's processes have them under `cluster up --direct-ingress`.
+        command = [sys.executable, "-m", "bench.serve", *(sys.argv[1:] if argv is None else argv)]
+        os.execve(sys.executable, command, {**os.environ, **DIRECT_INGRESS_ENV})
     os.chdir(ROOT)  # Ray gives replicas the driver's working directory on their path
     header(args)
     wall = time.perf_counter()
@@ -335,8 +345,6 @@ def main(argv: list[str] | None = None) -> None:
 
         options = deploy_options(args.deploy_config)
         port = free_port()
-        if args.direct_ingress:  # read by the controller and the replicas this local Ray starts
-            os.environ.update(DIRECT_INGRESS_ENV)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
