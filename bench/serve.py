@@ -23,11 +23,12 @@ within 1.3x and p99 within 2x of the floor, and p50 within 5x of the in-process 
 `--direct-ingress` measures the system's opt-in mode (`cluster up --direct-ingress`): the bench
 and the local Ray it starts carry serve.address.DIRECT_INGRESS_ENV (Ray Serve 2.60's experimental
 throughput-optimized mode; the bench starts itself again with it set, since the handles it builds
-into the apps keep the switches of the process that built them), in which each ingress replica answers HTTP on a port of its own (30000-31000, found here
-through the controller's target groups, as the bench starts no dashboard) instead of behind the
-proxy, handle calls between replicas go over gRPC and user code runs on each replica's loop. Other
-RAY_SERVE_* variables (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone, say) reach the local Ray from the
-bench's environment; README "Without the proxy, measured" has the figures.
+into the apps keep the switches of the process that built them), in which each ingress replica
+answers HTTP on a port of its own (30000-31000, found here through the controller's target
+groups, as the bench starts no dashboard) instead of behind the proxy, handle calls between
+replicas go over gRPC and user code runs on each replica's loop. Other RAY_SERVE_* variables
+(RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone, say) reach the local Ray from the bench's environment;
+README "Without the proxy, measured" has the figures.
 `--profile` adds where the time goes: the stages of the work in process, the handle hops timed
 from the driver, the CPU each Ray process (proxy, each replica, raylet, ...) spends per request,
 and each replica's own per-call times read from Serve's replica logs. The

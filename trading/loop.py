@@ -320,7 +320,7 @@ class LoopCore:
             "ledger": str(self.config.ledger.resolve_path()),
             "markets": list(self.markets),
             "markets_pending": list(self.added),
-            "serve_at": getattr(self.trader.predictor, "url", None),  # direct ingress: which
+            "serve_at": getattr(self.trader.predictor, "url", None),  # where it reaches the graph
         }
 
     def set_trading(self, enabled: bool, by: str, reason: str) -> dict[str, Any]:
