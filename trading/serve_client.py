@@ -135,19 +135,22 @@ class ServeClient:
         return self.url
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
+        """The graph's reply where it answers now. Any failure (no reply, or not a 200) makes the
+        next call ask where again: a replica going away answers 5xx first, then refuses."""
         url = self._where()
         try:
-            reply = self.session.post(f"{url}{path}", timeout=self.timeout_s, **kwargs)
-        except requests.ConnectionError:
-            if self.locate is None:
-                raise
-            self._stale = True
-            moved = self._where()
-            if moved == url:
-                raise
-            reply = self.session.post(f"{moved}{path}", timeout=self.timeout_s, **kwargs)
+            try:
+                reply = self.session.post(f"{url}{path}", timeout=self.timeout_s, **kwargs)
+            except requests.ConnectionError:
+                self._stale = self.locate is not None
+                if self._where() == url:  # without `locate`, always
+                    raise
+                reply = self.session.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+        except requests.RequestException:
+            self._stale = self.locate is not None
+            raise
         if reply.status_code != 200:
-            self._stale = self.locate is not None  # a replica going away answers 5xx first
+            self._stale = self.locate is not None
         return reply
 
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
@@ -155,7 +158,6 @@ class ServeClient:
         try:
             reply = self._post(f"/v1/predict/{market}", json=body)
         except requests.RequestException as exc:
-            self._stale = self.locate is not None
             raise ServeUnavailable(f"Serve at {self.url} did not answer: {exc}") from exc
         if reply.status_code != 200:
             detail = reply.text[:300]
@@ -192,7 +194,6 @@ class ServeClient:
                 "/v1/predict", data=body, headers={"Content-Type": "application/json"}
             )
         except requests.RequestException as exc:
-            self._stale = self.locate is not None
             failed = ServeUnavailable(f"Serve at {self.url} did not answer: {exc}")
             return dict.fromkeys(markets, failed)
         if reply.status_code == 404:  # a market Serve does not serve (yet): ask one by one
