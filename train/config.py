@@ -89,6 +89,10 @@ class GbmConfig(Strict):
     max_bin: int = Field(63, ge=4, le=1023)
     early_stopping_rounds: int | None = Field(30, ge=1)
     balanced: bool = True  # class weights inverse to frequency, as the hybrid's encoder
+    # Recency: a fit row's weight halves every `halflife_hours` of its age before the newest fit
+    # row, so a long window keeps the rare old regimes without letting them outvote the recent
+    # ones; null weighs every hour alike (the two plain baselines' choices: 12 months or all).
+    halflife_hours: int | None = Field(None, ge=24)
     slices: GbmSliceConfig = GbmSliceConfig()
 
 

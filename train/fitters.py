@@ -86,7 +86,8 @@ class GbmFitter:
             return self._x(rows), self.data.labels(threshold, rows)
 
         s = plan.slices
-        slices = GbmSlices(xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]))
+        fit_times = self.data.times.asi8[s["fit"]]
+        slices = GbmSlices(xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]), fit_times)
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
         model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
         proba = (

@@ -22,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 
 from features.dataset import MarketDataset
+from features.exchange import HOUR_NS
 from features.groups import FeatureSet
 from features.indicators import FEATURE_NAMES
 from features.transform import relative_windows
@@ -115,17 +116,43 @@ def raw_scores(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GbmSlices:
-    """Rows (already tree inputs) and labels of the three slices of one training window."""
+    """Rows (already tree inputs) and labels of the three slices of one training window, and the
+    hours of the fit rows (epoch nanoseconds, `DatetimeIndex.asi8`), which a recency half-life
+    needs."""
 
     fit: tuple[np.ndarray, np.ndarray]
     early_stop: tuple[np.ndarray, np.ndarray]
     calibrate: tuple[np.ndarray, np.ndarray]
+    fit_times: np.ndarray | None = None
+
+
+def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:
+    """2^(-age / half-life), age in hours before the newest of `times_ns` (epoch nanoseconds):
+    the newest row weighs 1."""
+    t = np.asarray(times_ns, dtype="int64")
+    if len(t) == 0:
+        return np.ones(0)
+    age_hours = (t.max() - t) / HOUR_NS
+    return np.exp2(-age_hours / float(halflife_hours))
+
+
+def fit_weights(config: GbmConfig, slices: GbmSlices) -> np.ndarray | None:
+    """The fit rows' weights: recency (with a half-life), then class balance (if on), or none."""
+    _, y = slices.fit
+    base = None
+    if config.halflife_hours is not None:
+        if slices.fit_times is None or len(slices.fit_times) != len(y):
+            raise ValueError("a recency half-life needs the hour of every fit row (fit_times)")
+        base = recency_weights(slices.fit_times, config.halflife_hours)
+    if config.balanced:
+        return balanced_weights(y, base)
+    return base
 
 
 def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:
     """Trees on `fit` (stopped early on `early_stop`), temperature on `calibrate`."""
     x, y = slices.fit
-    weight = balanced_weights(y) if config.balanced else None
+    weight = fit_weights(config, slices)
     train = lgb.Dataset(x, label=y, weight=weight, free_raw_data=True)
     callbacks, valid = [], []
     if config.early_stopping_rounds is not None:

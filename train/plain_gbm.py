@@ -73,11 +73,16 @@ def plain_features(data: MarketDataset) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def balanced_weights(y: np.ndarray) -> np.ndarray:
-    """Per-row weights n / (3 * count(class)), LightGBM's and sklearn's 'balanced'."""
-    counts = np.bincount(y, minlength=3).astype("float64")
-    per_class = len(y) / (3 * np.maximum(counts, 1.0))
-    return per_class[y]
+def balanced_weights(y: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Per-row weights n / (3 * count(class)), LightGBM's and sklearn's 'balanced'; with `base`
+    (per-row weights, e.g. recency) the counts are its sums, so each class still carries a third
+    of the total weight, and each row's weight is its base times its class's factor."""
+    base = np.ones(len(y)) if base is None else np.asarray(base, dtype="float64")
+    if base.shape != (len(y),):
+        raise ValueError(f"base weights {base.shape} do not match {len(y)} labels")
+    counts = np.bincount(y, weights=base, minlength=3)
+    per_class = base.sum() / (3 * np.where(counts > 0, counts, 1.0))
+    return base * per_class[y]
 
 
 def fit_plain(x: np.ndarray, y: np.ndarray, seed: int = 0) -> lgb.Booster:

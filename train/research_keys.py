@@ -47,7 +47,10 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     if family.endswith("~leaky"):
         base["leaky_parts"] = req.research.leaky_parts  # its span is in the key
     if family.startswith("gbm"):
-        return base | {"gbm": req.profile.gbm.model_dump(), "inputs": INPUT_REVISION}
+        gbm = req.profile.gbm.model_dump()
+        if gbm["halflife_hours"] is None:  # unweighted folds keep the keys they had before it
+            del gbm["halflife_hours"]
+        return base | {"gbm": gbm, "inputs": INPUT_REVISION}
     if family.startswith("hybrid"):
         keep = ("encoder", "optim", "head", "slices")
         return (

@@ -1,0 +1,123 @@
+"""The gbm family's recency half-life: a fit row's weight halves with every half-life of its age,
+class balance is kept under those weights, the weights reach LightGBM, and the research cache
+keys weighted folds apart while unweighted folds keep the keys they had before the option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from features.config import load_features_config
+from features.exchange import HOUR_NS
+from train.config import GbmConfig, load_train_config
+from train.gbm import GbmSlices, fit_gbm, fit_weights, raw_scores, recency_weights
+from train.plain_gbm import balanced_weights
+from train.research_cache import PredictionCache, config_hash
+from train.research_keys import describe
+from train.research_run import ResearchRequest
+
+START_NS = pd.Timestamp("2024-01-01").value
+
+
+def _hours(n: int) -> np.ndarray:
+    return START_NS + np.arange(n, dtype="int64") * HOUR_NS
+
+
+def test_a_row_weighs_half_per_half_life_of_age_whatever_the_order() -> None:
+    times = _hours(201)[::-1]  # newest first: the weights follow the hours, not the positions
+    w = recency_weights(times, 100)
+    assert w[0] == pytest.approx(1.0)
+    assert w[100] == pytest.approx(0.5)
+    assert w[200] == pytest.approx(0.25)
+    assert recency_weights(np.zeros(0, dtype="int64"), 100).shape == (0,)
+
+
+def test_class_balance_holds_under_base_weights() -> None:
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    plain = balanced_weights(y)
+    assert plain == pytest.approx(len(y) / (3 * np.bincount(y)[y]))
+    base = np.linspace(0.1, 1.0, len(y))
+    w = balanced_weights(y, base)
+    per_class = np.bincount(y, weights=w, minlength=3)
+    assert per_class == pytest.approx(np.full(3, base.sum() / 3))
+    factor = w / base
+    for cls in range(3):  # one factor per class: within a class the recency order is untouched
+        assert factor[y == cls] == pytest.approx(np.full((y == cls).sum(), factor[y == cls][0]))
+    with pytest.raises(ValueError, match="do not match"):
+        balanced_weights(y, base[:-1])
+
+
+def test_fit_weights_combine_recency_and_balance_and_need_the_hours() -> None:
+    y = np.array([0, 1, 2, 2])
+    x = np.zeros((4, 1))
+    times = _hours(4)
+    slices = GbmSlices((x, y), (x, y), (x, y), times)
+    assert fit_weights(GbmConfig(balanced=False), slices) is None
+    assert fit_weights(GbmConfig(), slices) == pytest.approx(balanced_weights(y))
+    recency = fit_weights(GbmConfig(balanced=False, halflife_hours=24), slices)
+    assert recency == pytest.approx(recency_weights(times, 24))
+    both = fit_weights(GbmConfig(halflife_hours=24), slices)
+    assert both == pytest.approx(balanced_weights(y, recency_weights(times, 24)))
+    with pytest.raises(ValueError, match="fit_times"):
+        fit_weights(GbmConfig(halflife_hours=24), GbmSlices((x, y), (x, y), (x, y)))
+    with pytest.raises(ValidationError, match="halflife_hours"):
+        GbmConfig(halflife_hours=0)
+
+
+def test_a_short_half_life_follows_the_newest_hours_where_equal_weights_follow_the_majority() -> (
+    None
+):
+    """The old 80 % of the hours map x > 0.5 to BUY, the newest 20 % to SELL: equal weights learn
+    the old rule, a 100-hour half-life the new one."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    x = rng.uniform(size=(n, 1))
+    high = x[:, 0] > 0.5
+    y = np.where(high, 2, 0)
+    newest = np.arange(n) >= int(0.8 * n)
+    y[newest] = np.where(high[newest], 0, 2)
+    probe = (x[-500:], y[-500:])
+    slices = GbmSlices((x, y), probe, probe, _hours(n))
+    config = GbmConfig(num_rounds=50, min_data_in_leaf=20, early_stopping_rounds=None)
+    test = np.array([[0.9], [0.1]])
+
+    def calls(cfg: GbmConfig) -> np.ndarray:
+        booster, _ = fit_gbm(cfg, slices)
+        return raw_scores(booster, test).argmax(axis=1)
+
+    assert calls(config).tolist() == [2, 0]  # the majority's rule
+    assert calls(config.model_copy(update={"halflife_hours": 100})).tolist() == [0, 2]
+
+
+def _request(tmp_path: Path, halflife: int | None) -> ResearchRequest:
+    train_cfg = load_train_config()
+    profile = train_cfg.profile("smoke")
+    gbm = profile.gbm.model_copy(update={"halflife_hours": halflife})
+    return ResearchRequest(
+        markets=["KRW-BTC"],
+        families=["gbm"],
+        data_dir="unused",
+        profile=profile.model_copy(update={"gbm": gbm}),
+        profile_name="smoke",
+        features=load_features_config(),
+        research=train_cfg.research,
+        cache=PredictionCache(tmp_path),
+    )
+
+
+# The smoke profile's gbm fold key at 038e7ee, before the half-life existed: the cache's
+# unweighted gbm folds must not be recomputed for an option they do not use.
+SMOKE_GBM_KEY_BEFORE = "db22710fded4"
+
+
+def test_the_half_life_keys_research_folds_and_unweighted_keys_stay_put(tmp_path: Path) -> None:
+    unweighted = describe("gbm", _request(tmp_path, None))
+    assert "halflife_hours" not in unweighted["gbm"]
+    assert config_hash(unweighted) == SMOKE_GBM_KEY_BEFORE
+    keys = {config_hash(describe("gbm", _request(tmp_path, h))) for h in (None, 100, 8760)}
+    assert len(keys) == 3
+    assert describe("gbm", _request(tmp_path, 100))["gbm"]["halflife_hours"] == 100
