@@ -49,6 +49,9 @@ from train.research_stats import (
 PROBA = ["p_sell", "p_hold", "p_buy"]
 TRADED = [*PROBA, "novel"]  # what a replay reads of a model's predictions (novel: optional)
 REFERENCE_BASELINE = "plain-12m"
+# Every model's balanced accuracy is paired against these: both plain variants (a model must beat
+# the better one, and neither window is the obvious choice) and persistence.
+VERSUS = (REFERENCE_BASELINE, "plain-all", "persistence")
 CHANCE_BASELINES = ("majority", "persistence")
 MODEL_FAMILIES = ("hybrid", "gbm", "ensemble")
 
@@ -174,7 +177,7 @@ def score_models(
     req: ResearchRequest,
 ) -> dict[str, dict[str, Any]]:
     """Point metrics, intervals and per-fold figures of every model, and each model's balanced
-    accuracy minus the plain baseline's and persistence's with a paired interval (same blocks:
+    accuracy minus each of `VERSUS`'s with a paired interval (same blocks:
     the bootstrap draws depend only on the number of hours and the seed)."""
     samples, out = {}, {}
     for name, frame in frames.items():
@@ -194,7 +197,7 @@ def score_models(
                     samples[name]["balanced_accuracy"] - samples[other]["balanced_accuracy"]
                 ),
             }
-            for other in (REFERENCE_BASELINE, "persistence")
+            for other in VERSUS
             if other != name and out[name]["paired"] and other in out
         }
     return out

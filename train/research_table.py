@@ -11,6 +11,7 @@ import pandas as pd
 HEADER = (
     f"{'model':<14} {'n':>6} {'acc':>6} {'bal_acc [95% CI]':>22} {'logloss [95% CI]':>22} "
     f"{'brier':>6} {'macroF1':>7} {'rec S/H/B':>14} {'dBA vs plain-12m':>22} "
+    f"{'dBA vs plain-all':>22} "
     f"{'return':>8} {'Sharpe':>6} {'maxDD':>6} {'trades':>6} {'halt':>4} {'expo':>5} {'DSR':>5}"
 )
 
@@ -25,21 +26,25 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _versus(entry: dict[str, Any], other: str) -> str:
+    vs = entry["versus"].get(other)
+    if vs is None:
+        return ""
+    low, high = vs["interval"]
+    return f"{vs['balanced_accuracy']:+.3f} [{low:+.3f},{high:+.3f}]"
+
+
 def model_line(name: str, entry: dict[str, Any]) -> str:
     m, ci = entry["metrics"], entry["intervals"]
     rec = "/".join(f"{m['recall'][c]:.2f}" for c in ("sell", "hold", "buy"))
-    vs = entry["versus"].get("plain-12m")
-    delta = ""
-    if vs is not None:
-        low, high = vs["interval"]
-        delta = f"{vs['balanced_accuracy']:+.3f} [{low:+.3f},{high:+.3f}]"
+    delta, delta_all = (_versus(entry, other) for other in ("plain-12m", "plain-all"))
     t = entry.get("trading", {})
     dsr = entry.get("dsr", {}).get("dsr")
     return (
         f"{name:<14} {m['n']:>6} {m['accuracy']:>6.1%} "
         f"{_ci(m['balanced_accuracy'], ci['balanced_accuracy'], True):>22} "
         f"{_ci(m['log_loss'], ci['log_loss'], False):>22} {m['brier']:>6.3f} "
-        f"{m['macro_f1']:>7.3f} {rec:>14} {delta:>22} "
+        f"{m['macro_f1']:>7.3f} {rec:>14} {delta:>22} {delta_all:>22} "
         f"{_num(t.get('total_return'), '+.1%'):>8} {_num(t.get('sharpe'), '.2f'):>6} "
         f"{_num(t.get('max_drawdown'), '.1%'):>6} {t.get('trades', '-'):>6} "
         f"{t.get('folds_halted', '-'):>4} {_num(t.get('exposure'), '.0%'):>5} {_num(dsr, '.2f'):>5}"
@@ -49,7 +54,7 @@ def model_line(name: str, entry: dict[str, Any]) -> str:
 def hold_line(hold: dict[str, Any]) -> str:
     return (
         f"{'buy & hold':<14} {'':>6} {'':>6} {'':>22} {'':>22} {'':>6} {'':>7} {'':>14} "
-        f"{'':>22} {hold['total_return']:>+8.1%} {_num(hold['sharpe'], '.2f'):>6} "
+        f"{'':>22} {'':>22} {hold['total_return']:>+8.1%} {_num(hold['sharpe'], '.2f'):>6} "
         f"{hold['max_drawdown']:>6.1%} {hold['trades']:>6} {'':>4} {1:>5.0%} {'':>5}"
     )
 

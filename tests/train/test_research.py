@@ -170,10 +170,18 @@ def test_folds_run_concurrently_on_ray_and_the_report_says_it_all(
         )
         assert 0.0 <= gbm["dsr"]["dsr"] <= 1.0 and block["configs_tried"] >= 1
         assert len(gbm["per_fold"]) == len(block["folds"]) >= 6
+        # Paired against both plain variants and persistence, each on the same hours.
+        assert set(gbm["versus"]) == {"plain-12m", "plain-all", "persistence"}
+        for other, vs in gbm["versus"].items():
+            own = gbm["metrics"]["balanced_accuracy"]
+            theirs = block["models"][other]["metrics"]["balanced_accuracy"]
+            assert vs["balanced_accuracy"] == pytest.approx(own - theirs)
+            assert vs["interval"][0] <= vs["interval"][1]
         assert block["models"]["majority"]["metrics"]["balanced_accuracy"] == pytest.approx(1 / 3)
         novelty = block["novelty"]
         assert 0.0 <= novelty["share_novel"] <= 1.0 and novelty["hours"] == block["hours"]
         assert {"gbm", "plain-12m"} == set(novelty["models"])
     assert (out / "research.png").stat().st_size > 10_000
     assert "per-fold balanced accuracy" in (out / "report.txt").read_text()
+    assert "dBA vs plain-all" in (out / "report.txt").read_text()
     assert "novel hours:" in (out / "report.txt").read_text()
