@@ -93,6 +93,9 @@ class GbmConfig(Strict):
     # row, so a long window keeps the rare old regimes without letting them outvote the recent
     # ones; null weighs every hour alike (the two plain baselines' choices: 12 months or all).
     halflife_hours: int | None = Field(None, ge=24)
+    # Grow the trees again on the fit and early-stop hours together, as many as early stopping
+    # chose: the newest hours before calibration then shape the trees, not only count them.
+    refit_early_stop: bool = False
     slices: GbmSliceConfig = GbmSliceConfig()
 
 

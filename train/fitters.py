@@ -86,8 +86,11 @@ class GbmFitter:
             return self._x(rows), self.data.labels(threshold, rows)
 
         s = plan.slices
-        fit_times = self.data.times.asi8[s["fit"]]
-        slices = GbmSlices(xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]), fit_times)
+        times = self.data.times.asi8
+        slices = GbmSlices(
+            xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]),
+            times[s["fit"]], times[s["early_stop"]],
+        )  # fmt: skip
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
         model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
         proba = (

@@ -117,13 +117,14 @@ def raw_scores(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class GbmSlices:
     """Rows (already tree inputs) and labels of the three slices of one training window, and the
-    hours of the fit rows (epoch nanoseconds, `DatetimeIndex.asi8`), which a recency half-life
-    needs."""
+    hours (epoch nanoseconds, `DatetimeIndex.asi8`) of the rows trees may fit, which a recency
+    half-life needs."""
 
     fit: tuple[np.ndarray, np.ndarray]
     early_stop: tuple[np.ndarray, np.ndarray]
     calibrate: tuple[np.ndarray, np.ndarray]
     fit_times: np.ndarray | None = None
+    early_stop_times: np.ndarray | None = None
 
 
 def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:
@@ -136,33 +137,51 @@ def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:
     return np.exp2(-age_hours / float(halflife_hours))
 
 
-def fit_weights(config: GbmConfig, slices: GbmSlices) -> np.ndarray | None:
-    """The fit rows' weights: recency (with a half-life), then class balance (if on), or none."""
-    _, y = slices.fit
+def fit_weights(config: GbmConfig, y: np.ndarray, times: np.ndarray | None) -> np.ndarray | None:
+    """Weights of rows the trees fit: recency (with a half-life), then class balance (if on)."""
     base = None
     if config.halflife_hours is not None:
-        if slices.fit_times is None or len(slices.fit_times) != len(y):
-            raise ValueError("a recency half-life needs the hour of every fit row (fit_times)")
-        base = recency_weights(slices.fit_times, config.halflife_hours)
+        if times is None or len(times) != len(y):
+            raise ValueError("a recency half-life needs the hour of every row the trees fit")
+        base = recency_weights(times, config.halflife_hours)
     if config.balanced:
         return balanced_weights(y, base)
     return base
 
 
-def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:
-    """Trees on `fit` (stopped early on `early_stop`), temperature on `calibrate`."""
-    x, y = slices.fit
-    weight = fit_weights(config, slices)
-    train = lgb.Dataset(x, label=y, weight=weight, free_raw_data=True)
+def _train(
+    config: GbmConfig,
+    seed: int,
+    rows: tuple[np.ndarray, np.ndarray],
+    times: np.ndarray | None,
+    rounds: int,
+    early_stop: tuple[np.ndarray, np.ndarray] | None = None,
+) -> lgb.Booster:
+    x, y = rows
+    train = lgb.Dataset(x, label=y, weight=fit_weights(config, y, times), free_raw_data=True)
     callbacks, valid = [], []
-    if config.early_stopping_rounds is not None:
-        xs, ys = slices.early_stop
-        valid = [lgb.Dataset(xs, label=ys, reference=train)]
+    if early_stop is not None and config.early_stopping_rounds is not None:
+        valid = [lgb.Dataset(early_stop[0], label=early_stop[1], reference=train)]
         callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
-    booster = lgb.train(
-        _params(config, seed), train, config.num_rounds, valid_sets=valid, callbacks=callbacks
+    return lgb.train(_params(config, seed), train, rounds, valid_sets=valid, callbacks=callbacks)
+
+
+def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:
+    """Trees on `fit` (stopped early on `early_stop`), temperature on `calibrate`. With
+    `refit_early_stop`, the trees are grown again, as many as early stopping chose, on `fit` and
+    `early_stop` together: the newest hours before calibration, which a half-life weighs most,
+    then shape the trees too instead of only counting them."""
+    booster = _train(
+        config, seed, slices.fit, slices.fit_times, config.num_rounds, slices.early_stop
     )
     # With early stopping, predict() and save_model() both use the best iteration only.
+    if config.refit_early_stop:
+        rounds = booster.best_iteration or booster.current_iteration()
+        x, y = (np.concatenate(p) for p in zip(slices.fit, slices.early_stop, strict=True))
+        times = None
+        if slices.fit_times is not None and slices.early_stop_times is not None:
+            times = np.concatenate([slices.fit_times, slices.early_stop_times])
+        booster = _train(config, seed, (x, y), times, max(rounds, 1))
     x_cal, y_cal = slices.calibrate
     return booster, fit_temperature(raw_scores(booster, x_cal), y_cal)
 

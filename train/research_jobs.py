@@ -174,8 +174,11 @@ def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
     def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _gbm_inputs(material, rows), data.labels(threshold, rows)
 
-    fit_times = data.times.asi8[parts["fit"]]
-    slices = GbmSlices(xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]), fit_times)
+    times = data.times.asi8
+    slices = GbmSlices(
+        xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]),
+        times[parts["fit"]], times[parts["early_stop"]],
+    )  # fmt: skip
     booster, temperature = fit_gbm(cfg, slices, s.seed)
     proba = calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
     return test, proba, threshold

@@ -48,8 +48,10 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
         base["leaky_parts"] = req.research.leaky_parts  # its span is in the key
     if family.startswith("gbm"):
         gbm = req.profile.gbm.model_dump()
-        if gbm["halflife_hours"] is None:  # unweighted folds keep the keys they had before it
-            del gbm["halflife_hours"]
+        # Options at their "off" value leave the key as it was before they existed.
+        for option, off in (("halflife_hours", None), ("refit_early_stop", False)):
+            if gbm[option] is off:
+                del gbm[option]
         return base | {"gbm": gbm, "inputs": INPUT_REVISION}
     if family.startswith("hybrid"):
         keep = ("encoder", "optim", "head", "slices")

@@ -1,6 +1,7 @@
-"""The gbm family's recency half-life: a fit row's weight halves with every half-life of its age,
-class balance is kept under those weights, the weights reach LightGBM, and the research cache
-keys weighted folds apart while unweighted folds keep the keys they had before the option."""
+"""The gbm family's recency half-life (a fit row's weight halves with every half-life of its
+age, class balance kept under those weights, the weights reaching LightGBM) and its refit on the
+early-stop hours; the research cache keys either option apart while folds without them keep the
+keys they had before the options existed."""
 
 from __future__ import annotations
 
@@ -53,17 +54,21 @@ def test_class_balance_holds_under_base_weights() -> None:
 
 def test_fit_weights_combine_recency_and_balance_and_need_the_hours() -> None:
     y = np.array([0, 1, 2, 2])
-    x = np.zeros((4, 1))
+    x = np.arange(4.0)[:, None]
     times = _hours(4)
-    slices = GbmSlices((x, y), (x, y), (x, y), times)
-    assert fit_weights(GbmConfig(balanced=False), slices) is None
-    assert fit_weights(GbmConfig(), slices) == pytest.approx(balanced_weights(y))
-    recency = fit_weights(GbmConfig(balanced=False, halflife_hours=24), slices)
+    assert fit_weights(GbmConfig(balanced=False), y, times) is None
+    assert fit_weights(GbmConfig(), y, times) == pytest.approx(balanced_weights(y))
+    recency = fit_weights(GbmConfig(balanced=False, halflife_hours=24), y, times)
     assert recency == pytest.approx(recency_weights(times, 24))
-    both = fit_weights(GbmConfig(halflife_hours=24), slices)
+    both = fit_weights(GbmConfig(halflife_hours=24), y, times)
     assert both == pytest.approx(balanced_weights(y, recency_weights(times, 24)))
-    with pytest.raises(ValueError, match="fit_times"):
-        fit_weights(GbmConfig(halflife_hours=24), GbmSlices((x, y), (x, y), (x, y)))
+    with pytest.raises(ValueError, match="the hour of every row"):
+        fit_weights(GbmConfig(halflife_hours=24), y, None)
+    with pytest.raises(ValueError, match="the hour of every row"):  # a refit needs both slices'
+        fit_gbm(
+            GbmConfig(halflife_hours=24, refit_early_stop=True, num_rounds=2),
+            GbmSlices((x, y), (x, y), (x, y), times),
+        )
     with pytest.raises(ValidationError, match="halflife_hours"):
         GbmConfig(halflife_hours=0)
 
@@ -93,10 +98,32 @@ def test_a_short_half_life_follows_the_newest_hours_where_equal_weights_follow_t
     assert calls(config.model_copy(update={"halflife_hours": 100})).tolist() == [0, 2]
 
 
-def _request(tmp_path: Path, halflife: int | None) -> ResearchRequest:
+def test_a_refit_grows_the_trees_on_the_early_stop_hours_too() -> None:
+    """The fit hours map x > 0.5 to BUY, the (four times as many) early-stop hours to SELL: the
+    trees grown on the fit hours alone keep the first rule, the refit on both takes the second."""
+    rng = np.random.default_rng(1)
+    fit_x, stop_x = rng.uniform(size=(1000, 1)), rng.uniform(size=(4000, 1))
+    fit_y = np.where(fit_x[:, 0] > 0.5, 2, 0)
+    stop_y = np.where(stop_x[:, 0] > 0.5, 0, 2)
+    times = _hours(5000)
+    slices = GbmSlices(
+        (fit_x, fit_y), (stop_x, stop_y), (stop_x, stop_y), times[:1000], times[1000:]
+    )
+    config = GbmConfig(num_rounds=50, min_data_in_leaf=20, early_stopping_rounds=None)
+    test = np.array([[0.9], [0.1]])
+
+    def calls(cfg: GbmConfig) -> list[int]:
+        booster, _ = fit_gbm(cfg, slices)
+        return raw_scores(booster, test).argmax(axis=1).tolist()
+
+    assert calls(config) == [2, 0]
+    assert calls(config.model_copy(update={"refit_early_stop": True})) == [0, 2]
+
+
+def _request(tmp_path: Path, halflife: int | None, refit: bool = False) -> ResearchRequest:
     train_cfg = load_train_config()
     profile = train_cfg.profile("smoke")
-    gbm = profile.gbm.model_copy(update={"halflife_hours": halflife})
+    gbm = profile.gbm.model_copy(update={"halflife_hours": halflife, "refit_early_stop": refit})
     return ResearchRequest(
         markets=["KRW-BTC"],
         families=["gbm"],
@@ -116,8 +143,12 @@ SMOKE_GBM_KEY_BEFORE = "db22710fded4"
 
 def test_the_half_life_keys_research_folds_and_unweighted_keys_stay_put(tmp_path: Path) -> None:
     unweighted = describe("gbm", _request(tmp_path, None))
-    assert "halflife_hours" not in unweighted["gbm"]
+    assert not {"halflife_hours", "refit_early_stop"} & set(unweighted["gbm"])
     assert config_hash(unweighted) == SMOKE_GBM_KEY_BEFORE
-    keys = {config_hash(describe("gbm", _request(tmp_path, h))) for h in (None, 100, 8760)}
-    assert len(keys) == 3
+    keys = {
+        config_hash(describe("gbm", _request(tmp_path, h, refit)))
+        for h in (None, 100, 8760)
+        for refit in (False, True)
+    }
+    assert len(keys) == 6
     assert describe("gbm", _request(tmp_path, 100))["gbm"]["halflife_hours"] == 100
