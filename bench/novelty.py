@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.novelty [--data-dir DIR] [--market KRW-BTC] [--runs 2000]
 
-Fits the gate as `train fit` does for the quick profile (the newest 8,760 training hours, a
-reference sample of `novelty.sample_rows`), then times `train.novelty.novelty_fields` on one
-serving window (what `serve.predict.predict_candles` adds per prediction) and, beside it, the
+Fits the gate as `train fit` does for the quick profile (on its training window, all history
+now, and a reference sample of `novelty.sample_rows`), then times `train.novelty.novelty_fields` on
+one serving window (what `serve.predict.predict_candles` adds per prediction) and, beside it, the
 model-free rest of that call (`serving_matrix` on the request's candles) for scale. Medians and
 99th percentiles of many calls, measured in this run.
 """
@@ -25,8 +25,6 @@ from features.serving import serving_matrix
 from train.config import load_train_config
 from train.novelty import fit_novelty, novelty_fields
 
-TRAIN_HOURS = 8760  # the quick profile's window (configs/train.yaml)
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=2000)
     args = p.parse_args(argv)
     features = load_features_config()
-    config = load_train_config().profile("quick").novelty
+    profile = load_train_config().profile("quick")
+    config = profile.novelty
     candles = pd.read_parquet(f"{args.data_dir}/{args.market}_minute60.parquet")
-    history = candles.iloc[-(TRAIN_HOURS + SERVING_WINDOW + 200) :]
+    window_hours = profile.data.last_hours
+    history = (
+        candles if window_hours is None else candles.iloc[-(window_hours + SERVING_WINDOW + 200) :]
+    )
     data = build_dataset(history, args.market, features.labels.horizon_hours, 6)
     train = data.samples[:-200]
     novelty = fit_novelty(data, train, config, features.labels.horizon_hours + SEQUENCE_LENGTH)
