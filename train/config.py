@@ -96,6 +96,8 @@ class GbmConfig(Strict):
     # Grow the trees again on the fit and early-stop hours together, as many as early stopping
     # chose: the newest hours before calibration then shape the trees, not only count them.
     refit_early_stop: bool = False
+    # Row subsampling: each tree fits this share of the fit hours, redrawn every tree (1.0: all).
+    bagging_fraction: float = Field(1.0, gt=0, le=1.0)
     slices: GbmSliceConfig = GbmSliceConfig()
 
 

@@ -92,8 +92,10 @@ def design_rows(data: MarketDataset, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def _params(config: GbmConfig, seed: int) -> dict[str, Any]:
+def booster_params(config: GbmConfig, seed: int) -> dict[str, Any]:
+    bagging = {"bagging_fraction": config.bagging_fraction, "bagging_freq": 1}
     return {
+        **(bagging if config.bagging_fraction < 1.0 else {}),
         "objective": "multiclass",
         "num_class": 3,
         "num_leaves": config.num_leaves,
@@ -163,7 +165,9 @@ def _train(
     if early_stop is not None and config.early_stopping_rounds is not None:
         valid = [lgb.Dataset(early_stop[0], label=early_stop[1], reference=train)]
         callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
-    return lgb.train(_params(config, seed), train, rounds, valid_sets=valid, callbacks=callbacks)
+    return lgb.train(
+        booster_params(config, seed), train, rounds, valid_sets=valid, callbacks=callbacks
+    )
 
 
 def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:

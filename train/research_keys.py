@@ -27,6 +27,13 @@ HYBRID_REVISION = 2
 # their calls; older quantile entries lack it, so quantile keys moved (fixed and barrier labels
 # price with their configured moves and keep their keys).
 QUANTILE_THRESHOLD_STORED = 1
+# gbm options added after the cache existed, at their "off" values: a fold that does not use them
+# keeps the key it had before they existed.
+GBM_OPTIONS_OFF: dict[str, object] = {
+    "halflife_hours": None,
+    "refit_early_stop": False,
+    "bagging_fraction": 1.0,
+}
 
 
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
@@ -49,8 +56,8 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     if family.startswith("gbm"):
         gbm = req.profile.gbm.model_dump()
         # Options at their "off" value leave the key as it was before they existed.
-        for option, off in (("halflife_hours", None), ("refit_early_stop", False)):
-            if gbm[option] is off:
+        for option, off in GBM_OPTIONS_OFF.items():
+            if gbm[option] == off:
                 del gbm[option]
         return base | {"gbm": gbm, "inputs": INPUT_REVISION}
     if family.startswith("hybrid"):

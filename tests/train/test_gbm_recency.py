@@ -1,7 +1,7 @@
-"""The gbm family's recency half-life (a fit row's weight halves with every half-life of its
-age, class balance kept under those weights, the weights reaching LightGBM) and its refit on the
-early-stop hours; the research cache keys either option apart while folds without them keep the
-keys they had before the options existed."""
+"""The gbm family's later options: the recency half-life (a fit row's weight halves with every
+half-life of its age, class balance kept under those weights, the weights reaching LightGBM), the
+refit on the early-stop hours and row bagging; the research cache keys each option apart while
+folds without them keep the keys they had before the options existed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from features.config import load_features_config
 from features.exchange import HOUR_NS
 from train.config import GbmConfig, load_train_config
-from train.gbm import GbmSlices, fit_gbm, fit_weights, raw_scores, recency_weights
+from train.gbm import GbmSlices, booster_params, fit_gbm, fit_weights, raw_scores, recency_weights
 from train.plain_gbm import balanced_weights
 from train.research_cache import PredictionCache, config_hash
 from train.research_keys import describe
@@ -120,10 +120,34 @@ def test_a_refit_grows_the_trees_on_the_early_stop_hours_too() -> None:
     assert calls(config.model_copy(update={"refit_early_stop": True})) == [0, 2]
 
 
-def _request(tmp_path: Path, halflife: int | None, refit: bool = False) -> ResearchRequest:
+def test_bagging_draws_a_share_of_the_fit_hours_per_tree_and_is_off_at_one() -> None:
+    assert "bagging_fraction" not in booster_params(GbmConfig(), 0)
+    params = booster_params(GbmConfig(bagging_fraction=0.5), 0)
+    assert params["bagging_fraction"] == 0.5 and params["bagging_freq"] == 1
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 3))
+    y = np.digitize(x[:, 0] + rng.normal(scale=1.0, size=3000), [-0.5, 0.5])
+    slices = GbmSlices((x, y), (x[:500], y[:500]), (x[:500], y[:500]))
+    config = GbmConfig(num_rounds=30, min_data_in_leaf=20, early_stopping_rounds=None)
+
+    def scores(cfg: GbmConfig) -> np.ndarray:
+        return raw_scores(fit_gbm(cfg, slices)[0], x[:50])
+
+    np.testing.assert_array_equal(scores(config), scores(config))  # deterministic either way
+    bagged = config.model_copy(update={"bagging_fraction": 0.5})
+    np.testing.assert_array_equal(scores(bagged), scores(bagged))
+    assert not np.allclose(scores(config), scores(bagged))
+    with pytest.raises(ValidationError, match="bagging_fraction"):
+        GbmConfig(bagging_fraction=0.0)
+
+
+def _request(
+    tmp_path: Path, halflife: int | None, refit: bool = False, bagging: float = 1.0
+) -> ResearchRequest:
     train_cfg = load_train_config()
     profile = train_cfg.profile("smoke")
-    gbm = profile.gbm.model_copy(update={"halflife_hours": halflife, "refit_early_stop": refit})
+    options = {"halflife_hours": halflife, "refit_early_stop": refit, "bagging_fraction": bagging}
+    gbm = profile.gbm.model_copy(update=options)
     return ResearchRequest(
         markets=["KRW-BTC"],
         families=["gbm"],
@@ -143,12 +167,13 @@ SMOKE_GBM_KEY_BEFORE = "db22710fded4"
 
 def test_the_half_life_keys_research_folds_and_unweighted_keys_stay_put(tmp_path: Path) -> None:
     unweighted = describe("gbm", _request(tmp_path, None))
-    assert not {"halflife_hours", "refit_early_stop"} & set(unweighted["gbm"])
+    assert not {"halflife_hours", "refit_early_stop", "bagging_fraction"} & set(unweighted["gbm"])
     assert config_hash(unweighted) == SMOKE_GBM_KEY_BEFORE
     keys = {
-        config_hash(describe("gbm", _request(tmp_path, h, refit)))
+        config_hash(describe("gbm", _request(tmp_path, h, refit, bagging)))
         for h in (None, 100, 8760)
         for refit in (False, True)
+        for bagging in (1.0, 0.5)
     }
-    assert len(keys) == 6
+    assert len(keys) == 12
     assert describe("gbm", _request(tmp_path, 100))["gbm"]["halflife_hours"] == 100
