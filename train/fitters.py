@@ -20,7 +20,7 @@ from features.splits import seed_leaky_split
 from train.bundle_io import feature_metadata
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
-from train.gbm import GbmModel, GbmSlices, design_rows, fit_gbm, raw_scores
+from train.gbm import GbmModel, design_rows, fit_gbm, gbm_slices, raw_scores
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,7 @@ class GbmFitter:
         def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return self._x(rows), self.data.labels(threshold, rows)
 
-        s = plan.slices
-        times = self.data.times.asi8
-        slices = GbmSlices(
-            xy(s["fit"]), xy(s["early_stop"]), xy(s["calibrate"]),
-            times[s["fit"]], times[s["early_stop"]],
-        )  # fmt: skip
+        slices = gbm_slices(plan.slices, xy, self.data.times.asi8)
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
         model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
         proba = (

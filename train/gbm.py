@@ -14,6 +14,7 @@ picks how many, `calibrate` fits the softmax temperature on hours the trees neve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,18 @@ class GbmSlices:
     calibrate: tuple[np.ndarray, np.ndarray]
     fit_times: np.ndarray | None = None
     early_stop_times: np.ndarray | None = None
+
+
+RowsOf = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # positions -> (inputs, labels)
+
+
+def gbm_slices(parts: Mapping[str, np.ndarray], xy: RowsOf, times_ns: np.ndarray) -> GbmSlices:
+    """The slices of a window cut into `parts` (sample positions: fit, early_stop, calibrate),
+    with the hours of the rows the trees may fit, one construction for `train fit` and research."""
+    return GbmSlices(
+        xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]),
+        times_ns[parts["fit"]], times_ns[parts["early_stop"]],
+    )  # fmt: skip
 
 
 def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from features.labels import fold_threshold
 from features.sources import ParquetDirSource
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
-from train.gbm import GbmSlices, design_rows, fit_gbm, raw_scores
+from train.gbm import design_rows, fit_gbm, gbm_slices, raw_scores
 from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
 from train.research_cache import PROBA, THRESHOLD, FoldKey, input_fingerprints
 
@@ -174,12 +174,7 @@ def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
     def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _gbm_inputs(material, rows), data.labels(threshold, rows)
 
-    times = data.times.asi8
-    slices = GbmSlices(
-        xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]),
-        times[parts["fit"]], times[parts["early_stop"]],
-    )  # fmt: skip
-    booster, temperature = fit_gbm(cfg, slices, s.seed)
+    booster, temperature = fit_gbm(cfg, gbm_slices(parts, xy, data.times.asi8), s.seed)
     proba = calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
     return test, proba, threshold
 
