@@ -152,10 +152,24 @@ def row_edge(probabilities: tuple[float, float, float], moves: LabelMoves) -> fl
     return buy * moves.up - sell * moves.down - ROUND_TRIP_FEE
 
 
+def expected_fall(probabilities: np.ndarray, moves: LabelMoves) -> np.ndarray:
+    """F = p_sell * down - p_buy * up: the expected gross move a sale now avoids, if the
+    probabilities are calibrated (no fee: a held position pays its sale's fee sooner or later,
+    selling now or later). What `sell_margin` asks of a SELL. Rows as `expected_edge`."""
+    p = np.asarray(probabilities, dtype="float64")
+    return p[..., 0] * moves.down - p[..., 2] * moves.up
+
+
+def row_fall(probabilities: tuple[float, float, float], moves: LabelMoves) -> float:
+    """`expected_fall` of one row in plain floats (the same operations in the same order)."""
+    sell, _, buy = probabilities
+    return sell * moves.down - buy * moves.up
+
+
 MARGIN_NEEDS_MOVES = (
-    "policy.margin is set but the model's label moves are unknown (a quantile label whose "
-    "bundle or fold predictions carry no fitted threshold?): set policy.margin to null or give "
-    "the moves"
+    "policy.margin or policy.sell_margin is set but the model's label moves are unknown (a "
+    "quantile label whose bundle or fold predictions carry no fitted threshold?): set them to "
+    "null or give the moves"
 )
 
 
@@ -164,23 +178,32 @@ def acted_signals(
     margin: float | None,
     moves: LabelMoves | None,
     min_confidence: float = 0.0,
+    sell_margin: float | None = None,
 ) -> np.ndarray:
     """The calls the trading policy acts on (`trading.policy.decide`), for (N, 3) probabilities.
 
     Without a margin: the argmax, HOLD where the top probability is below `min_confidence`.
     With one: BUY where `expected_edge` exceeds it, SELL where the argmax is SELL, HOLD otherwise
-    (the margin replaces min_confidence). One rule for the loop, the backtester and whatever
-    scores a configuration's calls (Tune), so a margin is scored as it trades. Needs `moves`
-    whenever a margin is set: the edge of an unknown label cannot be priced.
+    (the margin replaces min_confidence). With a `sell_margin`, whatever is not a BUY is a SELL
+    only where `expected_fall` exceeds it (the argmax no longer says SELL): a held position is
+    kept through a weak SELL. One rule for the loop, the backtester and whatever scores a
+    configuration's calls (Tune), so a margin is scored as it trades. Needs `moves` whenever a
+    margin is set: the edge of an unknown label cannot be priced.
     """
     p = np.asarray(probabilities, dtype="float64")
     top = p.argmax(axis=-1)
-    if margin is None:
-        return np.where(p.max(axis=-1) < min_confidence, int(Signal.HOLD), top)
-    if moves is None:
+    if (margin is not None or sell_margin is not None) and moves is None:
         raise ValueError(MARGIN_NEEDS_MOVES)
-    held = np.where(top == int(Signal.SELL), int(Signal.SELL), int(Signal.HOLD))
-    return np.where(expected_edge(p, moves) > margin, int(Signal.BUY), held)
+    if margin is None:
+        calls = np.where(p.max(axis=-1) < min_confidence, int(Signal.HOLD), top)
+    else:
+        held = np.where(top == int(Signal.SELL), int(Signal.SELL), int(Signal.HOLD))
+        calls = np.where(expected_edge(p, moves) > margin, int(Signal.BUY), held)  # type: ignore[arg-type]
+    if sell_margin is None:
+        return calls
+    sells = expected_fall(p, moves) > sell_margin  # type: ignore[arg-type]
+    not_buy = np.where(sells, int(Signal.SELL), int(Signal.HOLD))
+    return np.where(calls == int(Signal.BUY), calls, not_buy)
 
 
 def acted_signal(
@@ -188,17 +211,22 @@ def acted_signal(
     margin: float | None,
     moves: LabelMoves | None,
     min_confidence: float = 0.0,
+    sell_margin: float | None = None,
 ) -> Signal:
     """`acted_signals` for one row (the live loop's and the backtester's hour), in plain floats;
     the vectorised form is checked against it row for row."""
     top = top_signal(probabilities)  # numpy's argmax: the first maximum wins
-    if margin is None:
-        return Signal.HOLD if max(probabilities) < min_confidence else top
-    if moves is None:
+    if (margin is not None or sell_margin is not None) and moves is None:
         raise ValueError(MARGIN_NEEDS_MOVES)
-    if row_edge(probabilities, moves) > margin:
-        return Signal.BUY
-    return Signal.SELL if top is Signal.SELL else Signal.HOLD
+    if margin is None:
+        call = Signal.HOLD if max(probabilities) < min_confidence else top
+    elif row_edge(probabilities, moves) > margin:  # type: ignore[arg-type]
+        call = Signal.BUY
+    else:
+        call = Signal.SELL if top is Signal.SELL else Signal.HOLD
+    if sell_margin is None or call is Signal.BUY:
+        return call
+    return Signal.SELL if row_fall(probabilities, moves) > sell_margin else Signal.HOLD  # type: ignore[arg-type]
 
 
 def bundle_barriers(metadata: dict[str, object]) -> Barriers | None:

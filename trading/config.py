@@ -30,6 +30,11 @@ class PolicyConfig(Strict):
     # null: act on the argmax (and min_confidence). Fit it on pre-test hours
     # (`train.margin.fit_margin`, `python -m train margin`).
     margin: float | None = Field(None, ge=-0.05, le=0.05)
+    # Sell margin: SELL only when the expected fall F = p_sell * down - p_buy * up (the move a
+    # sale now avoids, `features.barriers.expected_fall`) exceeds it, HOLD otherwise, so a held
+    # position is kept through a weak SELL; the label's barriers, the stops and the emergency
+    # sale still close it. null: SELL on the argmax. Needs the label's moves, as the margin.
+    sell_margin: float | None = Field(None, ge=-0.05, le=0.05)
 
 
 class EmergencyConfig(Strict):

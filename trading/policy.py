@@ -21,6 +21,9 @@ Rules the caller may rely on:
   after-fee move `features.barriers.expected_edge` (from the label's `moves`) exceeds the margin,
   SELL when the argmax is SELL, HOLD otherwise. Without `moves` a set margin is an error: the
   edge of an unknown label cannot be priced, and guessing would trade on a wrong scale.
+- With `policy.sell_margin` set, a call that is not a BUY is a SELL only when the expected fall
+  `features.barriers.expected_fall` exceeds it, HOLD otherwise: a held position is kept through
+  a weak SELL (the exits of `trading.step` still close it). It needs `moves` too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from datetime import datetime
 
 import numpy as np
 
-from features.barriers import LabelMoves, acted_signal, row_edge
+from features.barriers import LabelMoves, acted_signal, row_edge, row_fall
 from features.domain import AccountState, Decision, Order, Prediction, Side, Signal
 from features.exchange import FEE_RATE, MIN_ORDER_KRW
 from trading.broker import order_identifier
@@ -58,8 +61,11 @@ def decide(
         raise ValueError(f"price must be finite and > 0, got {price}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    # The margin, when set, replaces the argmax rule and min_confidence.
-    signal, note = _acted_signal(prediction, config.margin, config.min_confidence, moves)
+    # The margin, when set, replaces the argmax rule and min_confidence; the sell margin, when
+    # set, the argmax SELL.
+    signal, note = _acted_signal(
+        prediction, config.margin, config.min_confidence, moves, config.sell_margin
+    )
     if signal is Signal.BUY:
         order, reason = _buy(prediction.market, ratio, account, price, hour, config)
     elif signal is Signal.SELL:
@@ -79,21 +85,17 @@ def decide(
     )
 
 
-def margin_signal(
-    prediction: Prediction, margin: float, moves: LabelMoves | None
-) -> tuple[Signal, str]:
-    """BUY when the expected after-fee move clears `margin`, SELL on an argmax SELL, else HOLD
-    (`features.barriers.acted_signal`, the rule Tune scores with); the note says why."""
-    return _acted_signal(prediction, margin, 0.0, moves)
-
-
 def _acted_signal(
-    prediction: Prediction, margin: float | None, min_confidence: float, moves: LabelMoves | None
+    prediction: Prediction,
+    margin: float | None,
+    min_confidence: float,
+    moves: LabelMoves | None,
+    sell_margin: float | None = None,
 ) -> tuple[Signal, str]:
     probabilities = prediction.probabilities
-    signal = acted_signal(probabilities, margin, moves, min_confidence)
+    signal = acted_signal(probabilities, margin, moves, min_confidence, sell_margin)
     return signal, signal_note(
-        probabilities, signal, prediction.signal, margin, min_confidence, moves
+        probabilities, signal, prediction.signal, margin, min_confidence, moves, sell_margin
     )
 
 
@@ -104,12 +106,33 @@ def signal_note(
     margin: float | None,
     min_confidence: float,
     moves: LabelMoves | None,
+    sell_margin: float | None = None,
 ) -> str:
     """What `decide`'s reason starts with: why the acted `signal` is not the model's `top` class
-    (a low confidence, a BUY whose edge is not above the margin) or what cleared the margin;
-    "" when there is nothing to say. Non-empty, without a margin, only when the top probability
-    is below `min_confidence`; with one, only for an acted BUY or a `top` BUY
+    (a low confidence, a BUY whose edge is not above the margin, a SELL whose fall is not above
+    the sell margin) or what cleared a margin; "" when there is nothing to say. Non-empty,
+    without a margin, only when the top probability is below `min_confidence`; with one, only
+    for an acted BUY or a `top` BUY; with a sell margin, also for an acted SELL or a `top` SELL
     (`unplaced_reasons` relies on it)."""
+    note = _buy_note(probabilities, signal, top, margin, min_confidence, moves)
+    if sell_margin is None or signal is Signal.BUY:
+        return note
+    fall = row_fall(probabilities, moves)  # type: ignore[arg-type]  # checked by acted_signal
+    if signal is Signal.SELL:
+        return f"{note}fall {fall:+.4%} > sell margin {sell_margin:+.4%}; "
+    if top is Signal.SELL:
+        return f"{note}SELL with fall {fall:+.4%} not above sell margin {sell_margin:+.4%}; "
+    return note
+
+
+def _buy_note(
+    probabilities: tuple[float, float, float],
+    signal: Signal,
+    top: Signal,
+    margin: float | None,
+    min_confidence: float,
+    moves: LabelMoves | None,
+) -> str:
     if margin is None:
         confidence = max(probabilities)
         if confidence >= min_confidence:
@@ -142,11 +165,13 @@ def unplaced_reasons(
         noted = rows.max(axis=1) < config.min_confidence
     else:
         noted = top == int(Signal.BUY)
+    if config.sell_margin is not None:
+        noted |= (top == int(Signal.SELL)) | (acted == int(Signal.SELL))
     reasons = np.where(acted == int(Signal.SELL), NOTHING_TO_SELL, HOLD_REASON).astype(object)
     for k in np.flatnonzero(noted):
         note = signal_note(
             tuple(rows[k].tolist()), Signal(int(acted[k])), Signal(int(top[k])), config.margin,
-            config.min_confidence, moves,
+            config.min_confidence, moves, config.sell_margin,
         )  # fmt: skip
         reasons[k] = note + reasons[k]
     return reasons

@@ -68,12 +68,12 @@ class QuietHours:
             usable = predicted & ((p >= 0.0) & (p <= 1.0)).all(axis=1)  # checked_probabilities
             usable &= np.abs(p[:, 0] + p[:, 1] + p[:, 2] - 1.0) <= PROBABILITY_SUM_TOLERANCE
             priced = np.isfinite(hours.close) & (hours.close > 0)
-        if policy.margin is not None and hours.moves is None:
+        if (policy.margin is not None or policy.sell_margin is not None) and hours.moves is None:
             usable[:] = False  # `decide` refuses every hour: let it say why
         acted = np.full(n, -1)
         if usable.any():
             acted[usable] = acted_signals(
-                p[usable], policy.margin, hours.moves, policy.min_confidence
+                p[usable], policy.margin, hours.moves, policy.min_confidence, policy.sell_margin
             )
         calm = usable & (acted != int(Signal.BUY))
         quiet = priced & (~predicted | calm)

@@ -46,12 +46,12 @@ def trade_one(request: TradeRequest, arm: str, config: TradingConfig) -> dict[st
     }
 
 
-def acting_policy(overrides: list[str] | None = None) -> tuple[float | None, float]:
-    """(margin, min_confidence) of configs/trading.yaml with `overrides`: what turns a model's
-    probabilities into the calls the loop acts on (`features.barriers.acted_signals`), so a Tune
-    trial scores the calls its trading values make."""
+def acting_policy(overrides: list[str] | None = None) -> tuple[float | None, float, float | None]:
+    """(margin, min_confidence, sell_margin) of configs/trading.yaml with `overrides`: what turns
+    a model's probabilities into the calls the loop acts on (`features.barriers.acted_signals`),
+    so a Tune trial scores the calls its trading values make."""
     policy = load_trading_config(overrides=overrides).policy
-    return policy.margin, policy.min_confidence
+    return policy.margin, policy.min_confidence, policy.sell_margin
 
 
 def trade(

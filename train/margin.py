@@ -82,19 +82,23 @@ def hour_edges(predictions: pd.DataFrame, labels: LabelConfig) -> np.ndarray | N
 
 
 def acted_calls(
-    predictions: pd.DataFrame, margin: float | None, labels: LabelConfig, min_confidence: float
+    predictions: pd.DataFrame,
+    margin: float | None,
+    labels: LabelConfig,
+    min_confidence: float,
+    sell_margin: float | None = None,
 ) -> np.ndarray:
-    """`features.barriers.acted_signals` of every hour, a margin priced with its fold's moves;
+    """`features.barriers.acted_signals` of every hour, margins priced with its fold's moves;
     a margin where a fold's moves are unknown is refused (MARGIN_NEEDS_MOVES)."""
     proba = predictions[PROBA].to_numpy(dtype="float64")
-    if margin is None:
+    if margin is None and sell_margin is None:
         return acted_signals(proba, None, None, min_confidence)
     calls = np.empty(len(predictions), dtype=np.int64)
     for rows in _by_fold(predictions):
         moves = fold_moves(labels, predictions[rows])
         if moves is None:
             raise ValueError(f"{MARGIN_NEEDS_MOVES} (label mode {labels.mode})")
-        calls[rows] = acted_signals(proba[rows], margin, moves, min_confidence)
+        calls[rows] = acted_signals(proba[rows], margin, moves, min_confidence, sell_margin)
     return calls
 
 

@@ -70,33 +70,37 @@ class InnerRun:
 class TrialTrading:
     """The trading side of every trial, from the edge (`train.tune_cli.trial_trading`).
 
-    `policy(overrides)`: (margin, min_confidence) of trading.yaml with a trial's `trading.*`
-    overrides; `trade(requests, arm, overrides)`: the after-fee replay `train research` uses.
+    `policy(overrides)`: (margin, min_confidence, sell_margin) of trading.yaml with a trial's
+    `trading.*` overrides; `trade(requests, arm, overrides)`: the after-fee replay `train
+    research` uses.
     """
 
     arm: str
-    policy: Callable[[list[str]], tuple[float | None, float]]
+    policy: Callable[[list[str]], tuple[float | None, float, float | None]]
     trade: Callable[[list[TradeRequest], str, list[str]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class TrialPolicy:
-    """How one trial's probabilities become calls: its margin, min_confidence and the label whose
+    """How one trial's probabilities become calls: its margins, min_confidence and the label whose
     moves price a margin (a quantile label's: each fold's fitted threshold, which its predictions
     carry; `train.margin.fold_moves`)."""
 
     margin: float | None
     min_confidence: float
     labels: LabelConfig
+    sell_margin: float | None = None
 
     def calls(self, predictions: pd.DataFrame) -> np.ndarray:
-        return acted_calls(predictions, self.margin, self.labels, self.min_confidence)
+        return acted_calls(
+            predictions, self.margin, self.labels, self.min_confidence, self.sell_margin
+        )
 
 
 def trial_policy(config: ModelConfig, trading: TrialTrading) -> TrialPolicy:
     """The trial's policy (trading.yaml with the trial's `trading.*` values)."""
-    margin, min_confidence = trading.policy(config.trading_overrides())
-    return TrialPolicy(margin, min_confidence, config.features.labels)
+    margin, min_confidence, sell_margin = trading.policy(config.trading_overrides())
+    return TrialPolicy(margin, min_confidence, config.features.labels, sell_margin)
 
 
 def trial_request(run: InnerRun, config: ModelConfig) -> ResearchRequest:

@@ -41,18 +41,28 @@ EXITS = {  # what each rule writes in a record's reason
     "novel": NOVEL,
     "no prediction": NO_PREDICTION,
     "margin note": "not above margin",
+    "sell margin note": "not above sell margin",
 }
 TIGHT = [  # stops near enough to fire on hourly candles
     "risk.stops.stop_loss=0.03",
     "risk.stops.trailing_stop=0.04",
     "risk.emergency.full_loss=0.02",
 ]
+ARGMAX_SELLS = "policy.sell_margin=null"  # the rows below were made for sales on the argmax
 CONFIGS = {  # the label's barriers close positions first except under "tight" (threshold label)
-    "default": [],
-    "tight": TIGHT,
-    "argmax": [*TIGHT, "policy.margin=null", "policy.min_confidence=0.45"],
-    "partial sells": [*TIGHT, "policy.sell_fraction=0.5", "policy.buy_when_holding=skip"],
-    "kill switch": ["risk.daily_loss_limit=0.01", "risk.max_drawdown=0.03"],
+    "barrier exits": [ARGMAX_SELLS],
+    "tight": [*TIGHT, ARGMAX_SELLS],
+    "argmax": [*TIGHT, "policy.margin=null", "policy.min_confidence=0.45", ARGMAX_SELLS],
+    "partial sells": [
+        *TIGHT,
+        "policy.sell_fraction=0.5",
+        "policy.buy_when_holding=skip",
+        ARGMAX_SELLS,
+    ],  # fmt: skip
+    "kill switch": ["risk.daily_loss_limit=0.01", "risk.max_drawdown=0.03", ARGMAX_SELLS],
+    "shipped": [],  # configs/trading.yaml as it is (its sell margin)
+    "sell margin": [*TIGHT, "policy.sell_margin=0.002"],
+    "argmax, sell margin": ["policy.margin=null", "policy.sell_margin=0.0"],
 }
 
 
@@ -190,6 +200,7 @@ def _hand_made() -> tuple[pd.DatetimeIndex, np.ndarray, pd.DataFrame]:
         rows[a:b] = [0.05, 0.15, 0.80]
     rows[600:606] = [0.70, 0.20, 0.10]  # SELL while flat: nothing to sell
     rows[560:580] = [0.30, 0.30, 0.40]  # a BUY whose edge is below the margin
+    rows[476:482] = [0.42, 0.38, 0.20]  # a weak SELL while holding: under a sell margin, a HOLD
     predictions = pd.DataFrame(rows, index=times, columns=PROBA).assign(
         source="oos", model_version="hand", novel=False
     )
@@ -214,13 +225,20 @@ def test_hand_made_hours_same_records_and_every_exit(held_hours: list[int]) -> N
 
 # -- the pieces the shortcut records with ---------------------------------------------------------
 @pytest.mark.parametrize(
-    "overrides", [[], ["policy.margin=null", "policy.min_confidence=0.5"], ["policy.margin=0.002"]]
+    "overrides",
+    [
+        [],
+        ["policy.margin=null", "policy.min_confidence=0.5"],
+        ["policy.margin=0.002"],
+        ["policy.sell_margin=0.003"],
+        ["policy.margin=null", "policy.min_confidence=0.5", "policy.sell_margin=0.0"],
+    ],
 )
 def test_unplaced_reasons_are_decides(overrides: list[str]) -> None:
     config = load_trading_config(overrides=overrides).policy
     moves = LabelMoves.of_threshold(0.01)
     rows = np.random.default_rng(5).dirichlet([1.0, 1.0, 1.0], 3000)
-    acted = acted_signals(rows, config.margin, moves, config.min_confidence)
+    acted = acted_signals(rows, config.margin, moves, config.min_confidence, config.sell_margin)
     calm = acted != int(Signal.BUY)
     flat = AccountState.flat(1_000_000.0)
     hour = pd.Timestamp("2025-01-01 09:00").to_pydatetime()

@@ -62,11 +62,14 @@ def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> 
         overrides = config.trading_overrides()
         return scores | trading_score(predictions, index, folds, policy, trading, overrides)
 
-    argmax = score({"trading.policy.margin": None})
+    argmax_sells = {"trading.policy.sell_margin": None}  # the shipped sell margin off
+    argmax = score({"trading.policy.margin": None} | argmax_sells)
     plain = reference_score(predictions, index, research, end)  # the argmax, as before
     assert argmax["score_balanced_accuracy"] == plain["score_balanced_accuracy"]
     assert argmax["buy_calls"] == plain["buy_calls"] > 100
-    strict = score({"trading.policy.margin": 0.001})  # edge = 0.005 (p_buy - p_sell) - 0.001
+    strict = score(
+        {"trading.policy.margin": 0.001} | argmax_sells
+    )  # edge = 0.005 (p_buy - p_sell) - 0.001
     assert 0 < strict["buy_calls"] < argmax["buy_calls"] / 2  # weak BUYs became HOLDs
     assert strict["score_balanced_accuracy"] != argmax["score_balanced_accuracy"]
     assert strict["score_log_loss"] == argmax["score_log_loss"]  # the probabilities are the same
@@ -74,6 +77,37 @@ def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> 
     assert strict["score_return"] != argmax["score_return"]
     for s in (argmax, strict):
         assert np.isfinite(s["score_return"]) and 0 <= s["score_max_drawdown"] < 1
+
+
+def test_a_trial_with_a_sell_margin_holds_through_weak_sells(real_candles) -> None:
+    """`trading.policy.sell_margin` in the search reaches the trial's calls and its replay: weak
+    SELLs become HOLDs, so the replay holds its positions longer."""
+    candles = real_candles[MARKET]
+    index = MarketIndex(MARKET, candles.index, candles["close"].to_numpy(),
+                        np.arange(len(candles)), {})  # fmt: skip
+    folds = [
+        AnchoredFold(n, pd.Timestamp(a), pd.Timestamp(b), np.array([]), np.array([]))
+        for n, (a, b) in enumerate(FOLDS)
+    ]
+    hours = candles.index[(candles.index >= FOLDS[0][0]) & (candles.index < FOLDS[-1][1])]
+    predictions = _predictions(index, hours)
+    train_cfg = load_train_config()
+    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
+                       profile=train_cfg.profile("smoke"))  # fmt: skip
+    trading = trial_trading(train_cfg.research.arm)
+
+    def run(sell_margin: float | None) -> tuple[np.ndarray, dict]:
+        config = apply_search(base, {"trading.policy.sell_margin": sell_margin})
+        policy = trial_policy(config, trading)
+        overrides = config.trading_overrides()
+        calls = policy.calls(predictions)
+        return calls, trading_score(predictions, index, folds, policy, trading, overrides)
+
+    argmax, argmax_score = run(None)
+    held, held_score = run(0.002)  # SELL only where 0.005 (p_sell - p_buy) > 0.002
+    assert (held == 0).sum() < 0.8 * (argmax == 0).sum()  # weak SELLs became HOLDs
+    assert (held == 2).sum() == (argmax == 2).sum()  # the buys are the margin's alone
+    assert held_score["score_exposure"] > argmax_score["score_exposure"]
 
 
 def test_a_quantile_trial_prices_each_fold_with_its_own_threshold(real_candles) -> None:
