@@ -119,7 +119,7 @@ class ServeClient:
         self.timeout_s = timeout_s
         self.batch_bytes = batch_bytes
         self.locate = locate
-        self._stale = locate is not None
+        self._ask_again()  # before the first call
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -137,21 +137,30 @@ class ServeClient:
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         """The graph's reply where it answers now. Any failure (no reply, or not a 200) makes the
         next call ask where again: a replica going away answers 5xx first, then refuses."""
-        url = self._where()
         try:
-            try:
-                reply = self.session.post(f"{url}{path}", timeout=self.timeout_s, **kwargs)
-            except requests.ConnectionError:
-                self._stale = self.locate is not None
-                if self._where() == url:  # without `locate`, always
-                    raise
-                reply = self.session.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+            reply = self._reply(path, kwargs)
         except requests.RequestException:
-            self._stale = self.locate is not None
+            self._ask_again()
             raise
         if reply.status_code != 200:
-            self._stale = self.locate is not None
+            self._ask_again()
         return reply
+
+    def _reply(self, path: str, kwargs: dict[str, Any]) -> requests.Response:
+        """One post where the graph answers now; where it refuses the connection, one more to
+        where `locate` says it answers, if that is elsewhere."""
+        url = self._where()
+        try:
+            return self.session.post(f"{url}{path}", timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError:
+            self._ask_again()
+            if self._where() == url:  # without `locate`, always
+                raise
+            return self.session.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+
+    def _ask_again(self) -> None:
+        """The next `_where` asks `locate` where the graph answers (without one, nothing to ask)."""
+        self._stale = self.locate is not None
 
     def predict(self, market: str, candles: pd.DataFrame, account: AccountState) -> PredictionReply:
         body = {"candles": candle_rows(candles), "account": asdict(account)}
