@@ -98,6 +98,11 @@ class GbmConfig(Strict):
     refit_early_stop: bool = False
     # Row subsampling: each tree fits this share of the fit hours, redrawn every tree (1.0: all).
     bagging_fraction: float = Field(1.0, gt=0, le=1.0)
+    # Pooling: the trees also fit the other configured markets' hours up to the market's own last
+    # fit hour, each weighing this much (times its recency weight); early stopping and calibration
+    # stay on the market's own hours. The inputs are unit-free (train.gbm), so a rule learnt on
+    # one coin reads another's rows; 0 fits the market's own hours alone.
+    pool_weight: float = Field(0.0, ge=0.0, le=1.0)
     slices: GbmSliceConfig = GbmSliceConfig()
 
 

@@ -48,7 +48,7 @@ from train.fit_progress import run_bounded
 from train.fit_resume import Done, FitJournal, data_through, done_fit, newest_candle
 from train.gate import Contender, judge
 from train.model_config import ModelConfig, read_bundle_config
-from train.pipeline import MarketFit, fit_market, load_market
+from train.pipeline import MarketFit, fit_market, load_market, load_pool
 from train.registry import ModelRegistry
 from train.report import market_report
 
@@ -197,6 +197,11 @@ def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[st
 
 def fit_one_local(market: str, request: FitRequest, ctx: FitContext) -> FitVerdict:
     data = load_market(ctx.source, market, ctx.features, ctx.profile)
+    pool = (
+        load_pool(ctx.source, market, ctx.features, ctx.profile)
+        if "gbm" in ctx.components
+        else None
+    )
     components = {
         c: fit_market(
             data,
@@ -205,6 +210,7 @@ def fit_one_local(market: str, request: FitRequest, ctx: FitContext) -> FitVerdi
             profile_name=ctx.profile_name,
             family=c,
             reference=ctx.reference,
+            pool=pool,
         )
         for c in ctx.components
     }

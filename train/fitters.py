@@ -21,6 +21,9 @@ from train.bundle_io import feature_metadata
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import GbmModel, design_rows, fit_gbm, gbm_slices, raw_scores
+from train.gbm_pool import MarketPool
+
+LEAKY = "leaky"  # the leaky comparison's plan name
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,10 @@ class GbmFitter:
 
     family = "gbm"
 
-    def __init__(self, profile: TrainProfile, data: MarketDataset) -> None:
-        self.profile, self.data = profile, data
+    def __init__(
+        self, profile: TrainProfile, data: MarketDataset, pool: MarketPool | None = None
+    ) -> None:
+        self.profile, self.data, self.pool = profile, data, pool
         self.rows = design_rows(data, data.samples)
 
     def _x(self, rows: np.ndarray) -> np.ndarray:
@@ -79,13 +84,17 @@ class GbmFitter:
         shuffled = np.random.default_rng(seed).permutation(data.samples[train_idx])
         shares = self.profile.gbm.slices.model_dump()
         slices = _random_cut(shuffled, list(shares), list(shares.values()))
-        return Plan("leaky", slices, data.samples[test_idx], data.samples)
+        return Plan(LEAKY, slices, data.samples[test_idx], data.samples)
 
     def fit(self, plan: Plan, threshold: float) -> FoldFit:
         def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return self._x(rows), self.data.labels(threshold, rows)
 
-        slices = gbm_slices(plan.slices, xy, self.data.times.asi8)
+        # The leaky protocol's shuffled slices have no last fit hour to pool up to.
+        source = None
+        if self.pool is not None and plan.name != LEAKY and self.profile.gbm.pool_weight > 0:
+            source = self.pool.source(threshold)
+        slices = gbm_slices(plan.slices, xy, self.data.times.asi8, source)
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
         model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
         proba = (
@@ -131,10 +140,15 @@ class HybridFitter:
 
 
 def make_fitter(
-    family: str, profile: TrainProfile, data: MarketDataset, hooks: Any = None
+    family: str,
+    profile: TrainProfile,
+    data: MarketDataset,
+    hooks: Any = None,
+    pool: MarketPool | None = None,
 ) -> Fitter:
+    """`pool`: the other markets' hours a pooled gbm fits (`profile.gbm.pool_weight`)."""
     if family == "gbm":
-        return GbmFitter(profile, data)
+        return GbmFitter(profile, data, pool)
     if family == "hybrid":
         return HybridFitter(profile, data, hooks)
     raise ValueError(f"no fitter for family {family!r} (the ensemble is assembled from its parts)")

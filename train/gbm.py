@@ -128,17 +128,39 @@ class GbmSlices:
     calibrate: tuple[np.ndarray, np.ndarray]
     fit_times: np.ndarray | None = None
     early_stop_times: np.ndarray | None = None
+    pooled: PooledRows | None = None  # other markets' rows the trees fit too (`pool_weight`)
+
+
+@dataclass(frozen=True)
+class PooledRows:
+    """Other markets' tree inputs, labels and hours (epoch ns), up to a fit slice's last hour."""
+
+    x: np.ndarray
+    y: np.ndarray
+    times: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.x) == len(self.y) == len(self.times):
+            raise ValueError("pooled rows: inputs, labels and hours differ in length")
 
 
 RowsOf = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # positions -> (inputs, labels)
 
 
-def gbm_slices(parts: Mapping[str, np.ndarray], xy: RowsOf, times_ns: np.ndarray) -> GbmSlices:
+PoolOf = Callable[[int], PooledRows | None]  # last fit hour (epoch ns) -> other markets' rows
+
+
+def gbm_slices(
+    parts: Mapping[str, np.ndarray], xy: RowsOf, times_ns: np.ndarray, pool: PoolOf | None = None
+) -> GbmSlices:
     """The slices of a window cut into `parts` (sample positions: fit, early_stop, calibrate),
-    with the hours of the rows the trees may fit, one construction for `train fit` and research."""
+    with the hours of the rows the trees may fit and, with a `pool`, the other markets' rows up
+    to the last fit hour: one construction for `train fit` and research."""
+    fit_times = times_ns[parts["fit"]]
+    pooled = pool(int(fit_times.max())) if pool is not None and len(fit_times) else None
     return GbmSlices(
         xy(parts["fit"]), xy(parts["early_stop"]), xy(parts["calibrate"]),
-        times_ns[parts["fit"]], times_ns[parts["early_stop"]],
+        fit_times, times_ns[parts["early_stop"]], pooled,
     )  # fmt: skip
 
 
@@ -152,16 +174,44 @@ def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:
     return np.exp2(-age_hours / float(halflife_hours))
 
 
-def fit_weights(config: GbmConfig, y: np.ndarray, times: np.ndarray | None) -> np.ndarray | None:
-    """Weights of rows the trees fit: recency (with a half-life), then class balance (if on)."""
-    base = None
+def fit_weights(
+    config: GbmConfig, y: np.ndarray, times: np.ndarray | None, market: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Weights of rows the trees fit: recency (with a half-life) times `market` (each row's
+    market weight: 1 for the market's own, `pool_weight` for pooled rows), then class balance
+    (if on)."""
+    base = market
     if config.halflife_hours is not None:
         if times is None or len(times) != len(y):
             raise ValueError("a recency half-life needs the hour of every row the trees fit")
-        base = recency_weights(times, config.halflife_hours)
+        recency = recency_weights(times, config.halflife_hours)
+        base = recency if market is None else recency * market
     if config.balanced:
         return balanced_weights(y, base)
     return base
+
+
+def _with_pool(
+    rows: tuple[np.ndarray, np.ndarray],
+    times: np.ndarray | None,
+    pooled: PooledRows | None,
+    weight: float,
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """The fit rows with the pooled ones after them, their hours, and each row's market weight
+    (None without pooled rows, or with pooling off)."""
+    if pooled is None or weight <= 0.0 or len(pooled.y) == 0:
+        return rows, times, None
+    if times is None:
+        raise ValueError("pooled rows need the hour of every row the trees fit")
+    if pooled.x.shape[1] != rows[0].shape[1]:
+        raise ValueError(
+            f"pooled rows have {pooled.x.shape[1]} inputs where the market's have "
+            f"{rows[0].shape[1]}: markets whose feature columns differ cannot be pooled"
+        )
+    x = np.concatenate([rows[0], pooled.x])
+    y = np.concatenate([rows[1], pooled.y])
+    market = np.concatenate([np.ones(len(rows[1])), np.full(len(pooled.y), weight)])
+    return (x, y), np.concatenate([times, pooled.times]), market
 
 
 def _train(
@@ -171,9 +221,11 @@ def _train(
     times: np.ndarray | None,
     rounds: int,
     early_stop: tuple[np.ndarray, np.ndarray] | None = None,
+    pooled: PooledRows | None = None,
 ) -> lgb.Booster:
-    x, y = rows
-    train = lgb.Dataset(x, label=y, weight=fit_weights(config, y, times), free_raw_data=True)
+    (x, y), times, market = _with_pool(rows, times, pooled, config.pool_weight)
+    weight = fit_weights(config, y, times, market)
+    train = lgb.Dataset(x, label=y, weight=weight, free_raw_data=True)
     callbacks, valid = [], []
     if early_stop is not None and config.early_stopping_rounds is not None:
         valid = [lgb.Dataset(early_stop[0], label=early_stop[1], reference=train)]
@@ -184,13 +236,15 @@ def _train(
 
 
 def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Booster, float]:
-    """Trees on `fit` (stopped early on `early_stop`), temperature on `calibrate`. With
+    """Trees on `fit` (and the pooled rows, with `pool_weight`; stopped early on `early_stop`),
+    temperature on `calibrate`. With
     `refit_early_stop`, the trees are grown again, as many as early stopping chose, on `fit` and
     `early_stop` together: the newest hours before calibration, which a half-life weighs most,
     then shape the trees too instead of only counting them."""
     booster = _train(
-        config, seed, slices.fit, slices.fit_times, config.num_rounds, slices.early_stop
-    )
+        config, seed, slices.fit, slices.fit_times, config.num_rounds, slices.early_stop,
+        slices.pooled,
+    )  # fmt: skip
     # With early stopping, predict() and save_model() both use the best iteration only.
     if config.refit_early_stop:
         rounds = booster.best_iteration or booster.current_iteration()
@@ -198,7 +252,7 @@ def fit_gbm(config: GbmConfig, slices: GbmSlices, seed: int = 0) -> tuple[lgb.Bo
         times = None
         if slices.fit_times is not None and slices.early_stop_times is not None:
             times = np.concatenate([slices.fit_times, slices.early_stop_times])
-        booster = _train(config, seed, (x, y), times, max(rounds, 1))
+        booster = _train(config, seed, (x, y), times, max(rounds, 1), None, slices.pooled)
     x_cal, y_cal = slices.calibrate
     return booster, fit_temperature(raw_scores(booster, x_cal), y_cal)
 

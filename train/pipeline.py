@@ -38,6 +38,7 @@ from train.config import ReferenceLabel, TrainProfile
 from train.encoder_loop import TrainHooks
 from train.evaluate import evaluate_predictions, one_hot
 from train.fitters import Fitter, Plan, make_fitter
+from train.gbm_pool import MarketPool, pool_markets
 from train.head import calibrated_proba as softmax_scores
 from train.head import fit_head, raw_scores
 from train.novelty import fit_novelty
@@ -73,6 +74,17 @@ def load_market(
     binance = BinanceParquetSource(source.directory) if folder else None
     context = batch_context(feature_set, market, source, binance, end=profile.data.until)
     return configured_dataset(candles, market, features, context)
+
+
+def load_pool(
+    source: CandleSource, market: str, features: FeaturesConfig, profile: TrainProfile
+) -> MarketPool | None:
+    """The other configured markets' datasets a pooled gbm fits beside `market`'s own hours
+    (`profile.gbm.pool_weight`; `train.gbm_pool`), over the same profile span; None when off."""
+    others = pool_markets(market, features.markets, profile.gbm)
+    if not others:
+        return None
+    return MarketPool.of(load_market(source, m, features, profile) for m in others)
 
 
 def split_spec(features: FeaturesConfig, profile: TrainProfile) -> SplitSpec:
@@ -181,12 +193,14 @@ def fit_market(
     profile_name: str = "custom",
     family: str = "hybrid",
     reference: ReferenceLabel | None = None,
+    pool: MarketPool | None = None,
 ) -> MarketFit:
     """Walk-forward folds (the procedure's record), the leaky comparison, then the bundle: the
     same procedure refit on every labelled hour of the profile's window. The report's
     `reference` block scores the same out-of-sample calls against `reference` (default: the
-    `ReferenceLabel` defaults), whatever label the model trained on."""
-    fitter = make_fitter(family, profile, data, hooks)
+    `ReferenceLabel` defaults), whatever label the model trained on. `pool`: the other markets'
+    hours a pooled gbm fits (`load_pool`)."""
+    fitter = make_fitter(family, profile, data, hooks, pool)
     spec = split_spec(features, profile)
     frames, base_rows, fold_rows, threshold = [], {}, [], 0.0
     for fold in walk_forward_splits(data.sample_times, spec):

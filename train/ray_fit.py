@@ -28,7 +28,7 @@ from features.config import FeaturesConfig
 from features.sources import ParquetDirSource
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
-from train.pipeline import fit_market, load_market
+from train.pipeline import fit_market, load_market, load_pool
 
 
 def ray_train_hooks(report: Callable[[dict[str, float]], None]) -> TrainHooks:
@@ -189,12 +189,14 @@ def gbm_bundle_files(
 ) -> dict[str, bytes]:
     """A Ray task's body: fit one market's gbm family and hand back its bundle's files (a few
     MB of LightGBM text and JSON), so the driver receives them on any node without shared disk."""
-    data = load_market(ParquetDirSource(data_dir), market, features, profile)
+    source = ParquetDirSource(data_dir)
+    data = load_market(source, market, features, profile)
+    pool = load_pool(source, market, features, profile)
 
     def say(line: str) -> None:
         print(f"[fit {market}] {line.removeprefix(market + ' ')}", flush=True)
 
-    fit = fit_market(data, features, profile, None, say, profile_name, family="gbm")
+    fit = fit_market(data, features, profile, None, say, profile_name, family="gbm", pool=pool)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = fit.model.save(Path(tmp) / "bundle")
         fit.oos.to_parquet(bundle / "oos.parquet")

@@ -66,6 +66,21 @@ def candle_fingerprints(candles: pd.DataFrame, bounds: list[pd.Timestamp]) -> di
     return out
 
 
+def with_pooled(own: dict[str, str], pooled: dict[str, dict[str, str]]) -> dict[str, str]:
+    """`own` fingerprints (per bound) that also cover the pooled markets' inputs before each
+    bound (`pooled`: market -> its `input_fingerprints` at the same bounds); `own` unchanged
+    without any, so an unpooled fold keeps its key."""
+    if not pooled:
+        return own
+    out = {}
+    for bound, fingerprint in own.items():
+        digest = hashlib.blake2b(fingerprint.encode(), digest_size=8)
+        for market in sorted(pooled):
+            digest.update(f"|pool:{market}={pooled[market][bound]}".encode())
+        out[bound] = digest.hexdigest()
+    return out
+
+
 def input_fingerprints(
     candles: pd.DataFrame, context: MarketContext | None, bounds: list[pd.Timestamp]
 ) -> dict[str, str]:

@@ -29,13 +29,15 @@ from features.folds import (
     purged_parts,
     train_positions,
 )
+from features.groups import MarketContext
 from features.labels import fold_threshold
 from features.sources import ParquetDirSource
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import design_rows, fit_gbm, gbm_slices, raw_scores
+from train.gbm_pool import MarketPool
 from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
-from train.research_cache import PROBA, THRESHOLD, FoldKey, input_fingerprints
+from train.research_cache import PROBA, THRESHOLD, FoldKey, input_fingerprints, with_pooled
 
 JobKind = Literal["gbm", "plain", "gbm~leaky", "hybrid", "hybrid~leaky"]
 
@@ -78,6 +80,8 @@ class MarketIndex:
     close: np.ndarray
     samples: np.ndarray
     fingerprints: dict[str, str]
+    # The same, covering the pooled markets' inputs too: the keys of folds that pool (gbm).
+    pool_fingerprints: dict[str, str] | None = None
 
     @property
     def sample_times(self) -> pd.DatetimeIndex:
@@ -91,6 +95,7 @@ class MarketMaterial:
     data: MarketDataset
     gbm_rows: np.ndarray | None  # window inputs of every sample, aligned with data.samples
     plain_rows: np.ndarray | None  # the 17 plain columns of every dataset row
+    pool: MarketPool | None = None  # the other markets a pooled gbm fits (train.gbm_pool)
 
 
 def fold_bounds(sample_times: pd.DatetimeIndex, grid: FoldGrid, horizon: int) -> list:
@@ -103,23 +108,41 @@ def fold_bounds(sample_times: pd.DatetimeIndex, grid: FoldGrid, horizon: int) ->
     return [*ends, pd.Timestamp.max]
 
 
-def prepare_market(
-    data_dir: str, market: str, features: FeaturesConfig, grid: FoldGrid, kinds: set[str]
-) -> tuple[MarketMaterial, MarketIndex]:
-    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold (of the
-    market's candles and of every other series its feature groups read)."""
+def _market_inputs(
+    data_dir: str, market: str, features: FeaturesConfig
+) -> tuple[pd.DataFrame, MarketContext | None, MarketDataset]:
     candles = ParquetDirSource(data_dir).history(market)
     if len(candles) == 0:
         raise CandleError(f"{market}: no candles in {data_dir}")
-    feature_set = features.feature_set()
-    context = folder_context(feature_set, market, data_dir)
-    data = configured_dataset(candles, market, features, context)
+    context = folder_context(features.feature_set(), market, data_dir)
+    return candles, context, configured_dataset(candles, market, features, context)
+
+
+def prepare_market(
+    data_dir: str,
+    market: str,
+    features: FeaturesConfig,
+    grid: FoldGrid,
+    kinds: set[str],
+    pool: tuple[str, ...] = (),
+) -> tuple[MarketMaterial, MarketIndex]:
+    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold (of the
+    market's candles, of every other series its feature groups read, and of the `pool` markets'
+    inputs, whose hours a pooled gbm fits: `train.gbm_pool.pool_markets`)."""
+    candles, context, data = _market_inputs(data_dir, market, features)
     gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
     plain_rows = plain_features(data) if "plain" in kinds else None
     bounds = fold_bounds(data.sample_times, grid, data.horizon)
     fingerprints = input_fingerprints(candles, context, bounds)
-    index = MarketIndex(market, data.times, data.close, data.samples, fingerprints)
-    return MarketMaterial(data, gbm_rows, plain_rows), index
+    members, pooled = [], {}
+    for other in pool:
+        other_candles, other_context, other_data = _market_inputs(data_dir, other, features)
+        members.append(other_data)
+        pooled[other] = input_fingerprints(other_candles, other_context, bounds)
+    pool_prints = with_pooled(fingerprints, pooled) if pooled else None
+    index = MarketIndex(market, data.times, data.close, data.samples, fingerprints, pool_prints)
+    market_pool = MarketPool.of(members) if members else None
+    return MarketMaterial(data, gbm_rows, plain_rows, market_pool), index
 
 
 def _threshold(settings: JobSettings, data: MarketDataset, rows: np.ndarray) -> float:
@@ -174,7 +197,11 @@ def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
     def xy(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _gbm_inputs(material, rows), data.labels(threshold, rows)
 
-    booster, temperature = fit_gbm(cfg, gbm_slices(parts, xy, data.times.asi8), s.seed)
+    # The leaky protocol's shuffled slices have no last fit hour to pool up to.
+    pool = material.pool if job.kind == "gbm" and cfg.pool_weight > 0 else None
+    source = pool.source(threshold) if pool is not None else None
+    slices = gbm_slices(parts, xy, data.times.asi8, source)
+    booster, temperature = fit_gbm(cfg, slices, s.seed)
     proba = calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)
     return test, proba, threshold
 

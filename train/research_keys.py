@@ -33,6 +33,7 @@ GBM_OPTIONS_OFF: dict[str, object] = {
     "halflife_hours": None,
     "refit_early_stop": False,
     "bagging_fraction": 1.0,
+    "pool_weight": 0.0,
 }
 
 
@@ -84,6 +85,16 @@ def eligible_folds(index: MarketIndex, req: ResearchRequest) -> list[AnchoredFol
     return anchored_folds(index.sample_times, req.grid, window)
 
 
+POOLED_FAMILIES = ("gbm", "ensemble")  # whose walk-forward folds fit a pooled gbm
+
+
+def _fingerprints(family: str, index: MarketIndex) -> dict[str, str]:
+    """The pooled markets' inputs key only the folds that read them."""
+    if family in POOLED_FAMILIES and index.pool_fingerprints is not None:
+        return index.pool_fingerprints
+    return index.fingerprints
+
+
 def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchRequest) -> FoldKey:
     bound = str(fold.test_end + pd.Timedelta(hours=req.features.labels.horizon_hours))
     return FoldKey(
@@ -93,7 +104,7 @@ def fold_key(family: str, fold: AnchoredFold, index: MarketIndex, req: ResearchR
         fold.number,
         fold.test_start,
         fold.test_end,
-        index.fingerprints[bound],
+        _fingerprints(family, index)[bound],
     )
 
 

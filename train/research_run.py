@@ -26,6 +26,7 @@ from features.indicators import SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
+from train.gbm_pool import pool_markets
 from train.model_config import TuneRecord
 from train.plain_gbm import PLAIN_VARIANTS
 from train.research_cache import FoldKey, PredictionCache, config_hash
@@ -219,7 +220,9 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
 
     collector, indexes = Collector(say), {}
     for market in req.markets:
-        material, index = prepare_market(req.data_dir, market, req.features, req.grid, _kinds(req))
+        material, index = prepare_market(
+            req.data_dir, market, req.features, req.grid, _kinds(req), research_pool(req, market)
+        )
         indexes[market] = index
         folds, jobs = plan_jobs(index, req)
         collector.novelty[market] = market_novelty(material, folds, *_novelty_args(req))
@@ -236,6 +239,13 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
 
 def _novelty_args(req: ResearchRequest) -> tuple[Any, ...]:
     return req.purge_hours, req.profile.data.last_hours, req.profile.novelty
+
+
+def research_pool(req: ResearchRequest, market: str) -> tuple[str, ...]:
+    """The markets whose hours `market`'s gbm folds pool (none without a gbm component)."""
+    if "gbm" not in req.components():
+        return ()
+    return pool_markets(market, req.features.markets, req.profile.gbm)
 
 
 def _kinds(req: ResearchRequest) -> set[str]:
@@ -260,7 +270,10 @@ def execute_on_ray(
     prepare = ray.remote(prepare_market).options(num_returns=2, num_cpus=cpus)
     runner = ray.remote(run_and_store).options(num_cpus=cpus)
     refs = {
-        m: prepare.remote(req.data_dir, m, req.features, req.grid, _kinds(req)) for m in req.markets
+        m: prepare.remote(
+            req.data_dir, m, req.features, req.grid, _kinds(req), research_pool(req, m)
+        )
+        for m in req.markets
     }
     indexes = dict(zip(req.markets, ray.get([refs[m][1] for m in req.markets]), strict=True))
     collector, tasks, hybrid = Collector(say), {}, {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ from train.research_run import (
     MarketResearch,
     ResearchRequest,
     ensemble_predictions,
+    research_pool,
     run_and_store,
 )
 
@@ -182,9 +183,8 @@ def _family_folds(
         job = FoldJob(key, family, req.profile.data.last_hours)
         if family == "gbm":
             if material.gbm_rows is None:
-                material = MarketMaterial(
-                    material.data, design_rows(material.data, material.data.samples), None
-                )
+                rows = design_rows(material.data, material.data.samples)
+                material = replace(material, gbm_rows=rows)
             frames.append(run_and_store(material, job, req.settings, req.cache.root).frame)
         else:
             from train.research_hybrid import hybrid_job
@@ -264,7 +264,10 @@ def run_trial(
     config = apply_search(base, values)
     policy = trial_policy(config, trading)
     req = trial_request(run, config)
-    material, index = prepare_market(run.data_dir, run.market, config.features, req.grid, set())
+    pool = research_pool(req, run.market)
+    material, index = prepare_market(
+        run.data_dir, run.market, config.features, req.grid, set(), pool
+    )
     folds = inner_folds(index, req, run)
     epochs = itertools.count(1)
 

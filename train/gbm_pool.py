@@ -1,0 +1,66 @@
+"""The other markets' hours a pooled gbm fits beside its own (`profile.gbm.pool_weight`).
+
+One market has a few years of hours, and the younger coins (ETH and SOL files here start in 2022)
+far fewer; the gbm's inputs are unit-free (prices relative to the window's last close, volumes to
+the window's mean: `train.gbm`), so another coin's hour reads like this one's. Measured on
+2021-22 research folds before any later hour was read (README "Pooling the markets' hours").
+Each member's labels use the fitting market's fold threshold, and only hours up to the market's
+own last fit hour join, so the purge that keeps a fit slice's labels out of the early-stop and
+test hours keeps the pooled ones out too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.dataset import MarketDataset
+from train.config import GbmConfig
+from train.gbm import PooledRows, PoolOf, design_rows
+
+
+def pool_markets(market: str, markets: Sequence[str], config: GbmConfig) -> tuple[str, ...]:
+    """The markets whose hours `market`'s gbm pools: every other one of `markets` (the
+    configured list), none with pooling off."""
+    if config.pool_weight <= 0.0:
+        return ()
+    return tuple(m for m in markets if m != market)
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    data: MarketDataset
+    rows: np.ndarray  # tree inputs of every sample, aligned with data.samples
+
+
+@dataclass(frozen=True)
+class MarketPool:
+    members: tuple[PoolMember, ...]
+
+    @classmethod
+    def of(cls, datasets: Iterable[MarketDataset]) -> MarketPool:
+        return cls(tuple(PoolMember(d, design_rows(d, d.samples)) for d in datasets))
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        return tuple(m.data.market for m in self.members)
+
+    def rows(self, until_ns: int, threshold: float) -> PooledRows | None:
+        """Every member's samples at or before `until_ns`, labelled with `threshold`."""
+        xs, ys, ts = [], [], []
+        for member in self.members:
+            data = member.data
+            times = data.times.asi8[data.samples]
+            keep = times <= until_ns
+            xs.append(member.rows[keep])
+            ys.append(data.labels(threshold, data.samples[keep]))
+            ts.append(times[keep])
+        if not xs or sum(len(y) for y in ys) == 0:
+            return None
+        return PooledRows(np.concatenate(xs), np.concatenate(ys), np.concatenate(ts))
+
+    def source(self, threshold: float) -> PoolOf:
+        """What `train.gbm.gbm_slices` asks for the pooled rows up to a fit slice's last hour."""
+        return lambda until_ns: self.rows(until_ns, threshold)
