@@ -96,7 +96,10 @@ class GbmFitter:
             source = self.pool.source(threshold)
         slices = gbm_slices(plan.slices, xy, self.data.times.asi8, source)
         booster, temperature = fit_gbm(self.profile.gbm, slices, self.profile.optim.seed)
-        model = GbmModel(booster, temperature, feature_metadata(self.data.feature_set))
+        metadata = feature_metadata(self.data.feature_set)
+        if source is not None and self.pool is not None:
+            metadata["pooled_markets"] = list(self.pool.markets)  # whose hours the trees fit
+        model = GbmModel(booster, temperature, metadata)
         proba = (
             calibrated_proba(raw_scores(booster, self._x(plan.test)), temperature)
             if len(plan.test)

@@ -11,7 +11,7 @@ test hours keeps the pooled ones out too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +21,15 @@ from train.config import GbmConfig
 from train.gbm import PooledRows, PoolOf, design_rows
 
 
-def pool_markets(market: str, markets: Sequence[str], config: GbmConfig) -> tuple[str, ...]:
+def pool_markets(
+    market: str, markets: Sequence[str], config: GbmConfig, held: Collection[str]
+) -> tuple[str, ...]:
     """The markets whose hours `market`'s gbm pools: every other one of `markets` (the
-    configured list), none with pooling off."""
+    configured list) that the candle source holds (`held`: a folder with only some markets'
+    files pools those), none with pooling off. The bundle's metadata names them."""
     if config.pool_weight <= 0.0:
         return ()
-    return tuple(m for m in markets if m != market)
+    return tuple(m for m in markets if m != market and m in held)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,9 @@ def load_pool(
 ) -> MarketPool | None:
     """The other configured markets' datasets a pooled gbm fits beside `market`'s own hours
     (`profile.gbm.pool_weight`; `train.gbm_pool`), over the same profile span; None when off."""
-    others = pool_markets(market, features.markets, profile.gbm)
+    if profile.gbm.pool_weight <= 0.0:
+        return None  # without asking the source which markets it holds
+    others = pool_markets(market, features.markets, profile.gbm, source.markets())
     if not others:
         return None
     return MarketPool.of(load_market(source, m, features, profile) for m in others)

@@ -24,6 +24,7 @@ from features.config import FeaturesConfig
 from features.folds import AnchoredFold, FoldGrid, folds_in_range
 from features.indicators import SEQUENCE_LENGTH
 from features.labels import forward_returns, label_returns
+from features.sources import ParquetDirSource
 from train.config import ResearchConfig, TrainProfile
 from train.ensemble import blend_folds, fold_weights
 from train.gbm_pool import pool_markets
@@ -243,9 +244,10 @@ def _novelty_args(req: ResearchRequest) -> tuple[Any, ...]:
 
 def research_pool(req: ResearchRequest, market: str) -> tuple[str, ...]:
     """The markets whose hours `market`'s gbm folds pool (none without a gbm component)."""
-    if "gbm" not in req.components():
+    if "gbm" not in req.components() or req.profile.gbm.pool_weight <= 0.0:
         return ()
-    return pool_markets(market, req.features.markets, req.profile.gbm)
+    held = ParquetDirSource(req.data_dir).markets()
+    return pool_markets(market, req.features.markets, req.profile.gbm, held)
 
 
 def _kinds(req: ResearchRequest) -> set[str]:

@@ -84,9 +84,11 @@ def test_pooled_rows_of_another_width_are_refused_by_name() -> None:
 
 
 def test_the_pool_is_every_other_configured_market_up_to_the_last_fit_hour(real_candles) -> None:
-    assert pool_markets("KRW-ETH", MARKETS, GbmConfig()) == ()
+    assert pool_markets("KRW-ETH", MARKETS, GbmConfig(), MARKETS) == ()
     on = GbmConfig(pool_weight=0.5)
-    assert pool_markets("KRW-ETH", MARKETS, on) == ("KRW-BTC", "KRW-XRP", "KRW-SOL")
+    assert pool_markets("KRW-ETH", MARKETS, on, MARKETS) == ("KRW-BTC", "KRW-XRP", "KRW-SOL")
+    held = ["KRW-ETH", "KRW-SOL", "KRW-DOGE"]  # a folder with some markets' files pools those
+    assert pool_markets("KRW-ETH", MARKETS, on, held) == ("KRW-SOL",)
     features = load_features_config()
     datasets = [
         configured_dataset(real_candles[m].iloc[-3000:], m, features, None)
@@ -171,3 +173,5 @@ def test_train_fit_pools_the_other_markets_and_its_calls_move(ohlcv_dir: Path) -
     proba = ["p_sell", "p_hold", "p_buy"]
     assert alone.oos.index.equals(pooled.oos.index)
     assert not np.allclose(alone.oos[proba].to_numpy(), pooled.oos[proba].to_numpy())
+    assert pooled.model.metadata["pooled_markets"] == list(pool.markets)  # the bundle says so
+    assert "pooled_markets" not in alone.model.metadata
