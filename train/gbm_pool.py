@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.dataset import MarketDataset
+from features.exchange import HOUR_NS
 from train.config import GbmConfig
 from train.gbm import PooledRows, PoolOf, design_rows
 
@@ -50,13 +51,17 @@ class MarketPool:
     def markets(self) -> tuple[str, ...]:
         return tuple(m.data.market for m in self.members)
 
-    def rows(self, until_ns: int, threshold: float) -> PooledRows | None:
-        """Every member's samples at or before `until_ns`, labelled with `threshold`."""
+    def rows(
+        self, until_ns: int, threshold: float, window_hours: int | None = None
+    ) -> PooledRows | None:
+        """Every member's samples at or before `until_ns` (and, with a rolling training window,
+        within `window_hours` of it, as the market's own), labelled with `threshold`."""
+        since = -np.inf if window_hours is None else until_ns - window_hours * HOUR_NS
         xs, ys, ts = [], [], []
         for member in self.members:
             data = member.data
             times = data.times.asi8[data.samples]
-            keep = times <= until_ns
+            keep = (times <= until_ns) & (times > since)
             xs.append(member.rows[keep])
             ys.append(data.labels(threshold, data.samples[keep]))
             ts.append(times[keep])
@@ -64,6 +69,6 @@ class MarketPool:
             return None
         return PooledRows(np.concatenate(xs), np.concatenate(ys), np.concatenate(ts))
 
-    def source(self, threshold: float) -> PoolOf:
+    def source(self, threshold: float, window_hours: int | None = None) -> PoolOf:
         """What `train.gbm.gbm_slices` asks for the pooled rows up to a fit slice's last hour."""
-        return lambda until_ns: self.rows(until_ns, threshold)
+        return lambda until_ns: self.rows(until_ns, threshold, window_hours)

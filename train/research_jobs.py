@@ -199,7 +199,7 @@ def _gbm_job(material: MarketMaterial, job: FoldJob, s: JobSettings) -> FoldFit:
 
     # The leaky protocol's shuffled slices have no last fit hour to pool up to.
     pool = material.pool if job.kind == "gbm" and cfg.pool_weight > 0 else None
-    source = pool.source(threshold) if pool is not None else None
+    source = pool.source(threshold, job.train_hours) if pool is not None else None
     slices = gbm_slices(parts, xy, data.times.asi8, source)
     booster, temperature = fit_gbm(cfg, slices, s.seed)
     proba = calibrated_proba(raw_scores(booster, _gbm_inputs(material, test)), temperature)

@@ -60,6 +60,8 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
         for option, off in GBM_OPTIONS_OFF.items():
             if gbm[option] == off:
                 del gbm[option]
+        if family.endswith("~leaky"):
+            gbm.pop("pool_weight", None)  # its shuffled slices pool nothing
         return base | {"gbm": gbm, "inputs": INPUT_REVISION}
     if family.startswith("hybrid"):
         keep = ("encoder", "optim", "head", "slices")

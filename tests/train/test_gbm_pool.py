@@ -105,6 +105,9 @@ def test_the_pool_is_every_other_configured_market_up_to_the_last_fit_hour(real_
     expected = xrp.labels(0.004, xrp.samples[: counts[0]])
     np.testing.assert_array_equal(rows.y[: counts[0]], expected)  # the fit's threshold
     assert pool.rows(int(datasets[0].sample_times[0].value) - HOUR_NS, 0.004) is None
+    recent = pool.rows(until, 0.004, window_hours=500)  # a rolling window, as the market's own
+    assert recent is not None and recent.times.min() > until - 500 * HOUR_NS
+    assert 0 < len(recent.y) < len(rows.y)
 
 
 def _request(tmp_path: Path, weight: float) -> ResearchRequest:
@@ -128,6 +131,7 @@ def test_pooled_folds_are_keyed_by_the_weight_and_the_pooled_markets_inputs(
 ) -> None:
     off, on = _request(tmp_path, 0.0), _request(tmp_path, 0.5)
     assert "pool_weight" not in describe("gbm", off)["gbm"]  # unpooled keys stay as they were
+    assert describe("gbm~leaky", on) == describe("gbm~leaky", off)  # the leaky folds pool nothing
     assert config_hash(describe("gbm", on)) != config_hash(describe("gbm", off))
     grid, features = on.grid, on.features
     pooled = ("KRW-BTC", "KRW-SOL")
