@@ -250,3 +250,29 @@ def serve_app(
     from ray import serve
 
     serve.delete(APP_NAME)
+
+
+@pytest.fixture
+def smoke_gbm_request(tmp_path: Path) -> Callable[..., object]:
+    """A research request for the smoke profile's gbm family, its `profile.gbm` options changed
+    (`make(market, **options)`), with a prediction cache in tmp_path: what a cache key reads."""
+    from train.config import load_train_config
+    from train.research_cache import PredictionCache
+    from train.research_run import ResearchRequest
+
+    def make(market: str = "KRW-BTC", **options: object) -> ResearchRequest:
+        train_cfg = load_train_config()
+        profile = train_cfg.profile("smoke")
+        gbm = profile.gbm.model_copy(update=options)
+        return ResearchRequest(
+            markets=[market],
+            families=["gbm"],
+            data_dir="unused",
+            profile=profile.model_copy(update={"gbm": gbm}),
+            profile_name="smoke",
+            features=load_features_config(),
+            research=train_cfg.research,
+            cache=PredictionCache(tmp_path),
+        )
+
+    return make

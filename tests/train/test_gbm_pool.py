@@ -22,10 +22,9 @@ from train.gbm import GbmSlices, PooledRows, fit_gbm, fit_weights, raw_scores, r
 from train.gbm_pool import MarketPool, pool_markets
 from train.pipeline import fit_market, load_market, load_pool
 from train.plain_gbm import balanced_weights
-from train.research_cache import PredictionCache, config_hash
+from train.research_cache import config_hash
 from train.research_jobs import MarketIndex, prepare_market
 from train.research_keys import describe, eligible_folds, fold_key
-from train.research_run import ResearchRequest
 
 START_NS = pd.Timestamp("2024-01-01").value
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL"]
@@ -110,26 +109,13 @@ def test_the_pool_is_every_other_configured_market_up_to_the_last_fit_hour(real_
     assert 0 < len(recent.y) < len(rows.y)
 
 
-def _request(tmp_path: Path, weight: float) -> ResearchRequest:
-    train_cfg = load_train_config()
-    profile = train_cfg.profile("smoke")
-    gbm = profile.gbm.model_copy(update={"pool_weight": weight})
-    return ResearchRequest(
-        markets=["KRW-ETH"],
-        families=["gbm"],
-        data_dir="unused",
-        profile=profile.model_copy(update={"gbm": gbm}),
-        profile_name="smoke",
-        features=load_features_config(),
-        research=train_cfg.research,
-        cache=PredictionCache(tmp_path),
-    )
-
-
 def test_pooled_folds_are_keyed_by_the_weight_and_the_pooled_markets_inputs(
-    tmp_path: Path, ohlcv_dir: Path
+    smoke_gbm_request, ohlcv_dir: Path
 ) -> None:
-    off, on = _request(tmp_path, 0.0), _request(tmp_path, 0.5)
+    off, on = (
+        smoke_gbm_request("KRW-ETH", pool_weight=0.0),
+        smoke_gbm_request("KRW-ETH", pool_weight=0.5),
+    )
     assert "pool_weight" not in describe("gbm", off)["gbm"]  # unpooled keys stay as they were
     assert describe("gbm~leaky", on) == describe("gbm~leaky", off)  # the leaky folds pool nothing
     assert config_hash(describe("gbm", on)) != config_hash(describe("gbm", off))

@@ -5,21 +5,17 @@ folds without them keep the keys they had before the options existed."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from features.config import load_features_config
 from features.exchange import HOUR_NS
-from train.config import GbmConfig, load_train_config
+from train.config import GbmConfig
 from train.gbm import GbmSlices, booster_params, fit_gbm, fit_weights, raw_scores, recency_weights
 from train.plain_gbm import balanced_weights
-from train.research_cache import PredictionCache, config_hash
+from train.research_cache import config_hash
 from train.research_keys import describe
-from train.research_run import ResearchRequest
 
 START_NS = pd.Timestamp("2024-01-01").value
 
@@ -141,39 +137,25 @@ def test_bagging_draws_a_share_of_the_fit_hours_per_tree_and_is_off_at_one() -> 
         GbmConfig(bagging_fraction=0.0)
 
 
-def _request(
-    tmp_path: Path, halflife: int | None, refit: bool = False, bagging: float = 1.0
-) -> ResearchRequest:
-    train_cfg = load_train_config()
-    profile = train_cfg.profile("smoke")
-    options = {"halflife_hours": halflife, "refit_early_stop": refit, "bagging_fraction": bagging}
-    gbm = profile.gbm.model_copy(update=options)
-    return ResearchRequest(
-        markets=["KRW-BTC"],
-        families=["gbm"],
-        data_dir="unused",
-        profile=profile.model_copy(update={"gbm": gbm}),
-        profile_name="smoke",
-        features=load_features_config(),
-        research=train_cfg.research,
-        cache=PredictionCache(tmp_path),
-    )
-
-
 # The smoke profile's gbm fold key at 038e7ee, before the half-life existed: the cache's
 # unweighted gbm folds must not be recomputed for an option they do not use.
 SMOKE_GBM_KEY_BEFORE = "db22710fded4"
 
 
-def test_the_half_life_keys_research_folds_and_unweighted_keys_stay_put(tmp_path: Path) -> None:
-    unweighted = describe("gbm", _request(tmp_path, None))
+def test_the_half_life_keys_research_folds_and_unweighted_keys_stay_put(smoke_gbm_request) -> None:
+    def request(halflife: int | None, refit: bool = False, bagging: float = 1.0) -> object:
+        return smoke_gbm_request(
+            halflife_hours=halflife, refit_early_stop=refit, bagging_fraction=bagging
+        )
+
+    unweighted = describe("gbm", request(None))
     assert not {"halflife_hours", "refit_early_stop", "bagging_fraction"} & set(unweighted["gbm"])
     assert config_hash(unweighted) == SMOKE_GBM_KEY_BEFORE
     keys = {
-        config_hash(describe("gbm", _request(tmp_path, h, refit, bagging)))
+        config_hash(describe("gbm", request(h, refit, bagging)))
         for h in (None, 100, 8760)
         for refit in (False, True)
         for bagging in (1.0, 0.5)
     }
     assert len(keys) == 12
-    assert describe("gbm", _request(tmp_path, 100))["gbm"]["halflife_hours"] == 100
+    assert describe("gbm", request(100))["gbm"]["halflife_hours"] == 100

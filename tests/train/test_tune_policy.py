@@ -37,7 +37,10 @@ def _predictions(index: MarketIndex, hours: pd.DatetimeIndex) -> pd.DataFrame:
     return frame
 
 
-def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> None:
+def _trial_inputs(
+    real_candles: dict[str, pd.DataFrame],
+) -> tuple[MarketIndex, list[AnchoredFold], pd.DataFrame, ModelConfig]:
+    """BTC's timeline, the two folds, their hours' probabilities and the smoke gbm's config."""
     candles = real_candles[MARKET]
     index = MarketIndex(MARKET, candles.index, candles["close"].to_numpy(),
                         np.arange(len(candles)), {})  # fmt: skip
@@ -46,11 +49,14 @@ def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> 
         for n, (a, b) in enumerate(FOLDS)
     ]
     hours = candles.index[(candles.index >= FOLDS[0][0]) & (candles.index < FOLDS[-1][1])]
-    predictions = _predictions(index, hours)
-    train_cfg = load_train_config()
-    research = train_cfg.research
     base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
-                       profile=train_cfg.profile("smoke"))  # fmt: skip
+                       profile=load_train_config().profile("smoke"))  # fmt: skip
+    return index, folds, _predictions(index, hours), base
+
+
+def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> None:
+    index, folds, predictions, base = _trial_inputs(real_candles)
+    research = load_train_config().research
     trading = trial_trading(research.arm)
     end = folds[-1].test_end
 
@@ -82,19 +88,8 @@ def test_two_trials_differing_only_in_margin_score_differently(real_candles) -> 
 def test_a_trial_with_a_sell_margin_holds_through_weak_sells(real_candles) -> None:
     """`trading.policy.sell_margin` in the search reaches the trial's calls and its replay: weak
     SELLs become HOLDs, so the replay holds its positions longer."""
-    candles = real_candles[MARKET]
-    index = MarketIndex(MARKET, candles.index, candles["close"].to_numpy(),
-                        np.arange(len(candles)), {})  # fmt: skip
-    folds = [
-        AnchoredFold(n, pd.Timestamp(a), pd.Timestamp(b), np.array([]), np.array([]))
-        for n, (a, b) in enumerate(FOLDS)
-    ]
-    hours = candles.index[(candles.index >= FOLDS[0][0]) & (candles.index < FOLDS[-1][1])]
-    predictions = _predictions(index, hours)
-    train_cfg = load_train_config()
-    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
-                       profile=train_cfg.profile("smoke"))  # fmt: skip
-    trading = trial_trading(train_cfg.research.arm)
+    index, folds, predictions, base = _trial_inputs(real_candles)
+    trading = trial_trading(load_train_config().research.arm)
 
     def run(sell_margin: float | None) -> tuple[np.ndarray, dict]:
         config = apply_search(base, {"trading.policy.sell_margin": sell_margin})
@@ -114,16 +109,10 @@ def test_a_quantile_trial_prices_each_fold_with_its_own_threshold(real_candles) 
     """A quantile label's threshold is fitted per fold: its predictions carry it, and a margin
     prices each fold's calls with that fold's threshold; predictions that carry none are refused
     (their moves are truly unknown)."""
-    candles = real_candles[MARKET]
-    index = MarketIndex(MARKET, candles.index, candles["close"].to_numpy(),
-                        np.arange(len(candles)), {})  # fmt: skip
-    hours = candles.index[(candles.index >= FOLDS[0][0]) & (candles.index < FOLDS[-1][1])]
-    predictions = _predictions(index, hours)
+    _, _, predictions, base = _trial_inputs(real_candles)
     second = predictions.index >= FOLDS[1][0]
     predictions["fold"] = np.where(second, 1, 0)
     train_cfg = load_train_config()
-    base = ModelConfig(family="gbm", profile_name="smoke", features=load_features_config(),
-                       profile=train_cfg.profile("smoke"))  # fmt: skip
     values = {"features.labels.mode": "quantile", "trading.policy.margin": 0.001}
     policy = trial_policy(apply_search(base, values), trial_trading(train_cfg.research.arm))
     with pytest.raises(ValueError, match="label moves are unknown.*quantile"):
