@@ -49,6 +49,7 @@ from trading.ledger_rows import (
     equity_from_row,
     fill_from_row,
     fill_values,
+    from_text,
     now_text,
     order_from_row,
     order_values,
@@ -139,6 +140,20 @@ class Ledger:
         frame = self._file.frame(f"SELECT * FROM ({sql}){where} ORDER BY time, market, arm", params)
         frame["signal"] = frame["signal"].astype("Int64")
         return frame
+
+    def newest_hour(self) -> datetime | None:
+        """The newest hour any arm's step stored a row for: a decision, a no-decision, an order
+        or an equity mark. An hour's trades are stored before its equity mark, so a loop killed
+        in between resumes at this hour; resuming at the newest marked one would mark it again
+        from an account that already holds the later hour's fills."""
+        rows = self._file.read(
+            "SELECT MAX(newest) AS newest FROM (SELECT MAX(time) AS newest FROM decisions "
+            "UNION ALL SELECT MAX(time) FROM no_decisions UNION ALL SELECT MAX(hour) FROM orders "
+            "UNION ALL SELECT MAX(time) FROM equity)",
+            (),
+        )
+        newest = rows[0]["newest"] if rows else None
+        return from_text(newest) if newest is not None else None
 
     def ratios(self, arm: str = DEFAULT_ARM) -> pd.DataFrame:
         """The sizing ratio chosen each hour, to compare how the arms size their bets."""

@@ -217,16 +217,17 @@ class LoopCore:
 
     def _first_hour(self) -> pd.Timestamp:
         """The newest closed hour, re-run (idempotent). An accelerated clock that restarts within
-        its run goes on from the newest hour its ledger recorded, so it skips none; a fresh one
+        its run goes on from the newest hour its ledger has any row for (`Ledger.newest_hour`:
+        an hour killed after its trades and before its equity mark is finished, not skipped, and
+        no hour is marked again from an account that holds a later hour's fills); a fresh one
         starts at the hour its `start` closes."""
         newest = closed_hour(self.clock.now() - self._delay)
         if not self._accelerated:
             return newest
         first = closed_hour(self.clock.start - self._delay)
-        curves = [self.ledger.equity_curve(arm) for arm in self.trader.arms]
-        recorded = [pd.Timestamp(c.index[-1]) for c in curves if len(c)]
-        if recorded and max(recorded) >= first:
-            return min(max(recorded), newest)
+        recorded = self.ledger.newest_hour()
+        if recorded is not None and pd.Timestamp(recorded) >= first:
+            return min(pd.Timestamp(recorded), newest)
         return first
 
     def _following(self, hour: pd.Timestamp) -> pd.Timestamp:

@@ -1,7 +1,8 @@
 """The loop's schedule without Ray: on the accelerated clock it runs every stored hour even when an
 hour takes longer than the clock gives it, and offline, past the newest stored candle, it says it
 has caught up and records nothing. The real trader runs each hour against a slow HTTP server that
-answers 503, so every hour leaves its rows in a real ledger."""
+answers 503, so every hour leaves its rows in a real ledger. A loop stopped between an hour's
+trades and its equity mark resumes at that hour."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from trading.loop import LoopCore
 from trading.loop_settings import ClockSettings, LoopSettings
 
 from standins.http_server import LocalHttpServer, QuietHandler
+from standins.signals import BUY, SELL, FixedSignal
 
 SPEED = 14_400.0  # an hour every 0.25 s
 SLOW_S = 0.4  # each Serve call: longer than the clock gives an hour
@@ -98,3 +100,53 @@ def test_offline_on_the_wall_clock_nothing_is_recorded(stored, slow_serve, tmp_p
     assert status["hours_run"] == 0 and pd.Timestamp(status["stored_until"]) == newest
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         assert ledger.decisions_frame().empty and ledger.equity_curve("llm").empty
+
+
+def test_a_restart_finishes_the_hour_it_was_killed_in_and_marks_no_hour_twice(
+    stored, tmp_path
+) -> None:
+    """Bought at h0 and sold at h1, the loop dies after h1's trades and before h1's equity mark.
+    Restarted, it resumes at h1 (the newest hour with any row), not at h0 (the newest marked
+    one): re-marking h0 from an account that already holds h1's sale was the ledger's
+    "already recorded differently" error that a kill at the wrong moment raised."""
+    folder, newest = stored
+    h0, h1 = newest - pd.Timedelta(hours=2), newest - pd.Timedelta(hours=1)
+
+    def loop(anchor: float, signal: FixedSignal) -> LoopCore:
+        """The same run's loop (one start: h0 has just closed), its clock read at `anchor`."""
+        start = h0 + pd.Timedelta(hours=1, seconds=30)
+        clock = ClockSettings(
+            kind="accelerated", start=start.to_pydatetime(), speed=1.0, anchor=anchor
+        )
+        loop_settings = settings(folder, tmp_path, "http://127.0.0.1:9", clock)
+        return LoopCore(loop_settings, holder="test-loop", predictor=signal)
+
+    def killed(*_) -> None:
+        raise RuntimeError("killed before the equity mark")
+
+    core = loop(time.time(), FixedSignal(BUY))
+    core.run_hour(h0)
+    core.trader.predictor = FixedSignal(SELL)
+    core.trader._snapshot = killed
+    core.run_hour(h1)
+    assert len(core.errors) == 1 and "killed before the equity mark" in core.errors[0]
+    core.stop_event.set()
+    core.release()
+    core.ledger.close()
+
+    again = loop(time.time() - 3600, FixedSignal(SELL))  # an hour on: its clock is past h1
+    resumed = again._first_hour()
+    assert resumed == h1
+    again.run_hour(resumed)
+    assert again.errors == []
+    again.stop_event.set()
+    again.release()
+    again.ledger.close()
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for arm in ("fixed", "llm"):
+            sides = [(pd.Timestamp(o.hour), o.side.value) for o in ledger.orders(arm=arm)]
+            assert sides == [(h0, "bid"), (h1, "ask")], sides
+            curve = ledger.equity_curve(arm)
+            assert [pd.Timestamp(t) for t in curve.index] == [h0, h1]
+            assert curve["positions_value"].iloc[0] > 0 and curve["positions_value"].iloc[1] == 0
+        assert pd.Timestamp(ledger.newest_hour()) == h1
