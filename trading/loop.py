@@ -336,7 +336,15 @@ class LoopCore:
         return {"trading_enabled": enabled, "by": by}
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+# Threaded (max_concurrency > 1): calls need no order among themselves (LoopCore takes its own
+# locks, and the schedule runs in its own thread anyway), and an in-order actor lets one call its
+# caller cancelled before it ran hold every later call from that caller while they keep coming:
+# the keeper's first health check, timed out while the loop was still being created, left
+# `cluster up` waiting for a keeper that never answered again (ray-project/ray#65785).
+LOOP_CALLS_AT_ONCE = 4
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=LOOP_CALLS_AT_ONCE)
 class TradingLoop:
     def __init__(self, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)

@@ -73,7 +73,8 @@ def running(ray_local, ray_head, ohlcv_dir, serve_port, tmp_path_factory):
     )  # fmt: skip
     assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-2000:]
     yield {"root": root, "sets": sets, "url": f"http://127.0.0.1:{serve_port}"}
-    cluster(*sets, "down")
+    down = cluster(*sets, "down")
+    assert down.returncode == 0, down.stderr[-3000:] + down.stdout[-2000:]
 
 
 def test_a_market_added_at_runtime_is_trained_served_and_traded(running) -> None:
