@@ -5,10 +5,7 @@ changes), and the same TradingLoop actor trades it from its next hour."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,16 +17,10 @@ import yaml
 
 from trading.ledger import Ledger
 
+from cluster_run import PROJECT_ROOT, clean_after_failed_up, cluster
+
 pytestmark = pytest.mark.slow
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADDED = "KRW-DOGE"  # a shared candle file copied under a new market name
-
-
-def cluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=PROJECT_ROOT, env=os.environ.copy(),
-    )  # fmt: skip
 
 
 def multiplexed_deploy_config(path: Path) -> Path:
@@ -71,6 +62,8 @@ def running(ray_local, ray_head, ohlcv_dir, serve_port, tmp_path_factory):
         "--serve-port", str(serve_port), "--no-retrain", "--holdout-hours", "120",
         "--clock-speed", "600",  # an hour every 6 s: still replaying when the market is added
     )  # fmt: skip
+    if up.returncode != 0:
+        clean_after_failed_up()
     assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-2000:]
     yield {"root": root, "sets": sets, "url": f"http://127.0.0.1:{serve_port}"}
     down = cluster(*sets, "down")

@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,18 +26,12 @@ from serve.address import GRAPH_APP, SERVE_DETAILS_PATH, direct_url
 from trading.ledger import Ledger
 from trading.serve_client import ServeClient, candle_rows
 
+from cluster_run import cluster
+
 pytestmark = pytest.mark.slow
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MARKET = "KRW-BTC"
 HOLDOUT = 6  # hours held out of training and replayed by the loop
 DIRECT_PORTS = range(30000, 31001)  # Ray Serve's default range for direct-ingress replicas
-
-
-def cluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=PROJECT_ROOT, env=os.environ.copy(),
-    )  # fmt: skip
 
 
 def admin() -> dict[str, str]:

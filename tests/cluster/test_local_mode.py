@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,18 +22,12 @@ import requests
 from trading.ledger import Ledger
 from train.registry import ModelRegistry
 
+from cluster_run import clean_after_failed_up, cluster
+
 pytestmark = pytest.mark.slow
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MARKETS = ["KRW-BTC", "KRW-NEW"]  # KRW-NEW: a shared candle file copied under a new market name
 HOLDOUT = 12  # hours; the default is 336 (two weeks)
 SPEED = 1800.0  # an hour every 2 s
-
-
-def cluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=PROJECT_ROOT, env=os.environ.copy(),
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +48,8 @@ def local(ray_local, ray_head, ohlcv_dir, serve_port, tmp_path_factory):
     ]  # fmt: skip
     started = time.monotonic()
     first = cluster(*up_args)
+    if first.returncode != 0:
+        clean_after_failed_up()
     assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-2000:]
     yield {
         "root": root, "state": state, "up_args": up_args, "first": first,
