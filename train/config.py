@@ -103,6 +103,10 @@ class GbmConfig(Strict):
     # stay on the market's own hours. The inputs are unit-free (train.gbm), so a rule learnt on
     # one coin reads another's rows; 0 fits the market's own hours alone.
     pool_weight: float = Field(0.0, ge=0.0, le=1.0)
+    # Class balance of a pooled fit: "all" balances the classes over every row at once, so a calm
+    # coin whose hours are mostly HOLD among volatile ones has its HOLDs weighed up; "market"
+    # balances each market's rows on their own first, each keeping its total weight.
+    pool_balance: Literal["all", "market"] = "all"
     slices: GbmSliceConfig = GbmSliceConfig()
 
 

@@ -138,10 +138,13 @@ class PooledRows:
     x: np.ndarray
     y: np.ndarray
     times: np.ndarray
+    member: np.ndarray | None = None  # each row's market, 1.. (0 is the fitting market's own)
 
     def __post_init__(self) -> None:
         if not len(self.x) == len(self.y) == len(self.times):
             raise ValueError("pooled rows: inputs, labels and hours differ in length")
+        if self.member is not None and len(self.member) != len(self.y):
+            raise ValueError("pooled rows: markets and labels differ in length")
 
 
 RowsOf = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # positions -> (inputs, labels)
@@ -175,20 +178,32 @@ def recency_weights(times_ns: np.ndarray, halflife_hours: float) -> np.ndarray:
 
 
 def fit_weights(
-    config: GbmConfig, y: np.ndarray, times: np.ndarray | None, market: np.ndarray | None = None
+    config: GbmConfig,
+    y: np.ndarray,
+    times: np.ndarray | None,
+    market: np.ndarray | None = None,
+    member: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Weights of rows the trees fit: recency (with a half-life) times `market` (each row's
     market weight: 1 for the market's own, `pool_weight` for pooled rows), then class balance
-    (if on)."""
+    (if on): over all rows, or with `pool_balance: market` within each `member` (the row's
+    market) on its own."""
     base = market
     if config.halflife_hours is not None:
         if times is None or len(times) != len(y):
             raise ValueError("a recency half-life needs the hour of every row the trees fit")
         recency = recency_weights(times, config.halflife_hours)
         base = recency if market is None else recency * market
-    if config.balanced:
+    if not config.balanced:
+        return base
+    if config.pool_balance == "all" or member is None:
         return balanced_weights(y, base)
-    return base
+    base = np.ones(len(y)) if base is None else base
+    weights = np.empty(len(y))
+    for group in np.unique(member):
+        rows = member == group
+        weights[rows] = balanced_weights(y[rows], base[rows])
+    return weights
 
 
 def _with_pool(
@@ -196,11 +211,11 @@ def _with_pool(
     times: np.ndarray | None,
     pooled: PooledRows | None,
     weight: float,
-) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None]:
-    """The fit rows with the pooled ones after them, their hours, and each row's market weight
-    (None without pooled rows, or with pooling off)."""
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The fit rows with the pooled ones after them, their hours, each row's market weight and
+    each row's market (0: the market's own; None without pooled rows, or with pooling off)."""
     if pooled is None or weight <= 0.0 or len(pooled.y) == 0:
-        return rows, times, None
+        return rows, times, None, None
     if times is None:
         raise ValueError("pooled rows need the hour of every row the trees fit")
     if pooled.x.shape[1] != rows[0].shape[1]:
@@ -210,8 +225,11 @@ def _with_pool(
         )
     x = np.concatenate([rows[0], pooled.x])
     y = np.concatenate([rows[1], pooled.y])
-    market = np.concatenate([np.ones(len(rows[1])), np.full(len(pooled.y), weight)])
-    return (x, y), np.concatenate([times, pooled.times]), market
+    own = len(rows[1])
+    market = np.concatenate([np.ones(own), np.full(len(pooled.y), weight)])
+    others = np.ones(len(pooled.y), dtype="int64") if pooled.member is None else pooled.member
+    member = np.concatenate([np.zeros(own, dtype="int64"), others])
+    return (x, y), np.concatenate([times, pooled.times]), market, member
 
 
 def _train(
@@ -223,8 +241,8 @@ def _train(
     early_stop: tuple[np.ndarray, np.ndarray] | None = None,
     pooled: PooledRows | None = None,
 ) -> lgb.Booster:
-    (x, y), times, market = _with_pool(rows, times, pooled, config.pool_weight)
-    weight = fit_weights(config, y, times, market)
+    (x, y), times, market, member = _with_pool(rows, times, pooled, config.pool_weight)
+    weight = fit_weights(config, y, times, market, member)
     train = lgb.Dataset(x, label=y, weight=weight, free_raw_data=True)
     callbacks, valid = [], []
     if early_stop is not None and config.early_stopping_rounds is not None:

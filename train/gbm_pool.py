@@ -57,17 +57,20 @@ class MarketPool:
         """Every member's samples at or before `until_ns` (and, with a rolling training window,
         within `window_hours` of it, as the market's own), labelled with `threshold`."""
         since = -np.inf if window_hours is None else until_ns - window_hours * HOUR_NS
-        xs, ys, ts = [], [], []
-        for member in self.members:
+        xs, ys, ts, ms = [], [], [], []
+        for number, member in enumerate(self.members, start=1):
             data = member.data
             times = data.times.asi8[data.samples]
             keep = (times <= until_ns) & (times > since)
             xs.append(member.rows[keep])
             ys.append(data.labels(threshold, data.samples[keep]))
             ts.append(times[keep])
+            ms.append(np.full(int(keep.sum()), number, dtype="int64"))
         if not xs or sum(len(y) for y in ys) == 0:
             return None
-        return PooledRows(np.concatenate(xs), np.concatenate(ys), np.concatenate(ts))
+        return PooledRows(
+            np.concatenate(xs), np.concatenate(ys), np.concatenate(ts), np.concatenate(ms)
+        )
 
     def source(self, threshold: float, window_hours: int | None = None) -> PoolOf:
         """What `train.gbm.gbm_slices` asks for the pooled rows up to a fit slice's last hour."""

@@ -34,7 +34,23 @@ GBM_OPTIONS_OFF: dict[str, object] = {
     "refit_early_stop": False,
     "bagging_fraction": 1.0,
     "pool_weight": 0.0,
+    "pool_balance": "all",
 }
+POOL_OPTIONS = ("pool_weight", "pool_balance")
+
+
+def _gbm_options(req: ResearchRequest, family: str) -> dict[str, Any]:
+    """The gbm options of the key: those at their "off" value are left out, so the key stays as
+    it was before they existed; the leaky folds' shuffled slices pool nothing, so no pool
+    option moves them."""
+    gbm = req.profile.gbm.model_dump()
+    leaky = family.endswith("~leaky")
+    return {
+        option: value
+        for option, value in gbm.items()
+        if not (option in GBM_OPTIONS_OFF and value == GBM_OPTIONS_OFF[option])
+        and not (leaky and option in POOL_OPTIONS)
+    }
 
 
 def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
@@ -55,14 +71,7 @@ def describe(family: str, req: ResearchRequest) -> dict[str, Any]:
     if family.endswith("~leaky"):
         base["leaky_parts"] = req.research.leaky_parts  # its span is in the key
     if family.startswith("gbm"):
-        gbm = req.profile.gbm.model_dump()
-        # Options at their "off" value leave the key as it was before they existed.
-        for option, off in GBM_OPTIONS_OFF.items():
-            if gbm[option] == off:
-                del gbm[option]
-        if family.endswith("~leaky"):
-            gbm.pop("pool_weight", None)  # its shuffled slices pool nothing
-        return base | {"gbm": gbm, "inputs": INPUT_REVISION}
+        return base | {"gbm": _gbm_options(req, family), "inputs": INPUT_REVISION}
     if family.startswith("hybrid"):
         keep = ("encoder", "optim", "head", "slices")
         return (

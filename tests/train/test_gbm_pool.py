@@ -72,6 +72,33 @@ def test_pooled_rows_weigh_the_pool_weight_times_their_recency_with_classes_bala
         GbmConfig(pool_weight=1.5)
 
 
+def test_pool_balance_market_balances_each_markets_classes_on_their_own() -> None:
+    """A calm market (mostly HOLD) pooled with a volatile one (few HOLDs): balanced over all
+    rows, the calm market's HOLDs carry more than a third of its weight; balanced per market,
+    each market's classes carry a third of that market's weight, and each market keeps its
+    total."""
+    y = np.array([1, 1, 1, 1, 1, 1, 0, 2, 0, 0, 2, 2, 1, 0, 2, 2])
+    member = np.array([0] * 8 + [1] * 8)
+    market = np.where(member == 0, 1.0, 0.5)
+    times = _hours(len(y))
+    config = GbmConfig(pool_weight=0.5, halflife_hours=24)
+    base = recency_weights(times, 24) * market
+    over_all = fit_weights(config, y, times, market, member)
+    assert over_all == pytest.approx(balanced_weights(y, base))
+    per_market = fit_weights(config.model_copy(update={"pool_balance": "market"}),
+                             y, times, market, member)  # fmt: skip
+    calm = member == 0
+    for rows in (calm, ~calm):
+        total = per_market[rows].sum()
+        assert total == pytest.approx(base[rows].sum())
+        shares = np.bincount(y[rows], weights=per_market[rows], minlength=3) / total
+        assert shares == pytest.approx([1 / 3] * 3)
+    calm_hold = over_all[calm & (y == 1)].sum() / over_all[calm].sum()
+    assert calm_hold > 0.45  # over all rows, the calm market's HOLDs weigh more than a third
+    with pytest.raises(ValidationError, match="pool_balance"):
+        GbmConfig(pool_balance="coin")
+
+
 def test_pooled_rows_of_another_width_are_refused_by_name() -> None:
     x, y = np.zeros((50, 2)), np.arange(50) % 3
     slices = GbmSlices((x, y), (x, y), (x, y), _hours(50), _hours(50),
@@ -103,6 +130,8 @@ def test_the_pool_is_every_other_configured_market_up_to_the_last_fit_hour(real_
     xrp = datasets[0]
     expected = xrp.labels(0.004, xrp.samples[: counts[0]])
     np.testing.assert_array_equal(rows.y[: counts[0]], expected)  # the fit's threshold
+    assert rows.member is not None  # each pooled row's market, numbered from 1
+    np.testing.assert_array_equal(np.bincount(rows.member, minlength=3), [0, *counts])
     assert pool.rows(int(datasets[0].sample_times[0].value) - HOUR_NS, 0.004) is None
     recent = pool.rows(until, 0.004, window_hours=500)  # a rolling window, as the market's own
     assert recent is not None and recent.times.min() > until - 500 * HOUR_NS
@@ -117,6 +146,10 @@ def test_pooled_folds_are_keyed_by_the_weight_and_the_pooled_markets_inputs(
         smoke_gbm_request("KRW-ETH", pool_weight=0.5),
     )
     assert "pool_weight" not in describe("gbm", off)["gbm"]  # unpooled keys stay as they were
+    assert "pool_balance" not in describe("gbm", on)["gbm"]  # so do pooled ones balanced as before
+    per_market = smoke_gbm_request("KRW-ETH", pool_weight=0.5, pool_balance="market")
+    assert config_hash(describe("gbm", per_market)) != config_hash(describe("gbm", on))
+    assert describe("gbm~leaky", per_market) == describe("gbm~leaky", off)
     assert describe("gbm~leaky", on) == describe("gbm~leaky", off)  # the leaky folds pool nothing
     assert config_hash(describe("gbm", on)) != config_hash(describe("gbm", off))
     grid, features = on.grid, on.features
