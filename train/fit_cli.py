@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -47,8 +48,16 @@ from train.ensemble_fit import assemble
 from train.fit_progress import run_bounded
 from train.fit_resume import Done, FitJournal, data_through, done_fit, newest_candle
 from train.gate import Contender, judge
+from train.gbm_pool import Shared
 from train.model_config import ModelConfig, read_bundle_config
-from train.pipeline import MarketFit, fit_market, load_market, load_pool
+from train.pipeline import (
+    MarketFit,
+    fit_market,
+    load_market,
+    load_pool,
+    pool_members,
+    pool_names,
+)
 from train.registry import ModelRegistry
 from train.report import market_report
 
@@ -112,6 +121,9 @@ class FitContext:
     reference: ReferenceLabel = ReferenceLabel()  # research.reference_label: the one place
     journal: FitJournal | None = None
     config: ModelConfig | None = None  # where the configuration came from, if not the YAML
+    # The run's pool members (local: datasets and tree inputs; on Ray: object refs to them),
+    # each market's built once for every market whose gbm pools it.
+    members: Shared[Any] | None = None
 
     def model_config(self, family: str) -> ModelConfig:
         """What a bundle of `family` stores as `config`: enough to refit it exactly."""
@@ -198,7 +210,7 @@ def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[st
 def fit_one_local(market: str, request: FitRequest, ctx: FitContext) -> FitVerdict:
     data = load_market(ctx.source, market, ctx.features, ctx.profile)
     pool = (
-        load_pool(ctx.source, market, ctx.features, ctx.profile)
+        load_pool(ctx.source, market, ctx.features, ctx.profile, ctx.members)
         if "gbm" in ctx.components
         else None
     )
@@ -241,12 +253,14 @@ def fit_one_on_ray(
     (in this driver, which holds the registry's only writer for this market)."""
     import ray
 
-    from train.ray_fit import fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray
+    from train.ray_fit import fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray, shared_members
 
     gbm_ref = None
     if "gbm" in ctx.components:
-        gbm_ref = fit_gbm_on_ray([market], request.data_dir, ctx.features, profile,
-                                 ctx.profile_name)[market]  # fmt: skip
+        pooled = pool_names(ctx.source, market, ctx.features, profile)
+        members = ctx.members or shared_members(request.data_dir, ctx.features, profile)
+        gbm_ref = fit_gbm_on_ray(market, request.data_dir, ctx.features, profile,
+                                 ctx.profile_name, [members.get(m) for m in pooled])  # fmt: skip
     runs = []
     if "hybrid" in ctx.components:
         runs = fit_markets_on_ray({market: profile}, request.data_dir, ctx.features,
@@ -273,9 +287,10 @@ def fit_ray(
     `python -m train tune`, which fits its winners through here)."""
     import ray
 
-    from train.ray_fit import detect_gpu
+    from train.ray_fit import detect_gpu, shared_members
 
     ray.init(address=request.ray_address, ignore_reinit_error=True)
+    ctx = replace(ctx, members=shared_members(request.data_dir, ctx.features, ctx.profile))
     use_gpu = request.use_gpu or detect_gpu()
     print(f"fitting {len(pending)} markets, at most {request.max_concurrent} at once, "
           f"on Ray, use_gpu={use_gpu}")  # fmt: skip
@@ -339,7 +354,8 @@ def fit_markets(request: FitRequest) -> list[FitVerdict]:
     skipped = [_skipped(d) for d in _done(request, ctx)]
     pending = [m for m in ctx.markets if m not in {v.market for v in skipped}]
     if request.local:
-        fit_one, concurrent = (lambda m: fit_one_local(m, request, ctx)), 1
+        local = replace(ctx, members=pool_members(ctx.source, ctx.features, ctx.profile))
+        fit_one, concurrent = (lambda m: fit_one_local(m, request, local)), 1
     else:
         fit_one, concurrent = fit_ray(request, ctx, pending), request.max_concurrent
     return run_bounded(pending, fit_one, concurrent, skipped)

@@ -11,8 +11,10 @@ test hours keeps the pooled ones out too.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,8 @@ from features.dataset import MarketDataset
 from features.exchange import HOUR_NS
 from train.config import GbmConfig
 from train.gbm import PooledRows, PoolOf, design_rows
+
+T = TypeVar("T")
 
 
 def pool_markets(
@@ -38,6 +42,27 @@ class PoolMember:
     data: MarketDataset
     rows: np.ndarray  # tree inputs of every sample, aligned with data.samples
 
+    @classmethod
+    def of(cls, data: MarketDataset) -> PoolMember:
+        return cls(data, design_rows(data, data.samples))
+
+
+class Shared(Generic[T]):
+    """Each market's pool member (or a Ray object ref to it) built once per run, however many
+    markets pool it and from whichever thread asks first: four pooled markets built four
+    datasets, not twelve."""
+
+    def __init__(self, build: Callable[[str], T]) -> None:
+        self._build = build
+        self._built: dict[str, T] = {}
+        self._lock = threading.Lock()
+
+    def get(self, market: str) -> T:
+        with self._lock:
+            if market not in self._built:
+                self._built[market] = self._build(market)
+            return self._built[market]
+
 
 @dataclass(frozen=True)
 class MarketPool:
@@ -45,7 +70,7 @@ class MarketPool:
 
     @classmethod
     def of(cls, datasets: Iterable[MarketDataset]) -> MarketPool:
-        return cls(tuple(PoolMember(d, design_rows(d, d.samples)) for d in datasets))
+        return cls(tuple(PoolMember.of(d) for d in datasets))
 
     @property
     def markets(self) -> tuple[str, ...]:

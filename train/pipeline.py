@@ -38,7 +38,7 @@ from train.config import ReferenceLabel, TrainProfile
 from train.encoder_loop import TrainHooks
 from train.evaluate import evaluate_predictions, one_hot
 from train.fitters import Fitter, Plan, make_fitter
-from train.gbm_pool import MarketPool, pool_markets
+from train.gbm_pool import MarketPool, PoolMember, Shared, pool_markets
 from train.head import calibrated_proba as softmax_scores
 from train.head import fit_head, raw_scores
 from train.novelty import fit_novelty
@@ -77,16 +77,36 @@ def load_market(
 
 
 def load_pool(
-    source: CandleSource, market: str, features: FeaturesConfig, profile: TrainProfile
+    source: CandleSource,
+    market: str,
+    features: FeaturesConfig,
+    profile: TrainProfile,
+    members: Shared[PoolMember] | None = None,
 ) -> MarketPool | None:
     """The other configured markets' datasets a pooled gbm fits beside `market`'s own hours
-    (`profile.gbm.pool_weight`; `train.gbm_pool`), over the same profile span; None when off."""
-    if profile.gbm.pool_weight <= 0.0:
-        return None  # without asking the source which markets it holds
-    others = pool_markets(market, features.markets, profile.gbm, source.markets())
+    (`profile.gbm.pool_weight`; `train.gbm_pool`), over the same profile span; None when off.
+    `members`: the run's members, each built once for all the markets that pool it."""
+    others = pool_names(source, market, features, profile)
     if not others:
         return None
-    return MarketPool.of(load_market(source, m, features, profile) for m in others)
+    members = members or pool_members(source, features, profile)
+    return MarketPool(tuple(members.get(m) for m in others))
+
+
+def pool_names(
+    source: CandleSource, market: str, features: FeaturesConfig, profile: TrainProfile
+) -> tuple[str, ...]:
+    """The markets `market`'s gbm pools (`train.gbm_pool.pool_markets`)."""
+    if profile.gbm.pool_weight <= 0.0:
+        return ()  # without asking the source which markets it holds
+    return pool_markets(market, features.markets, profile.gbm, source.markets())
+
+
+def pool_members(
+    source: CandleSource, features: FeaturesConfig, profile: TrainProfile
+) -> Shared[PoolMember]:
+    """One run's pool members, each market's dataset and tree inputs built when first asked."""
+    return Shared(lambda m: PoolMember.of(load_market(source, m, features, profile)))
 
 
 def split_spec(features: FeaturesConfig, profile: TrainProfile) -> SplitSpec:

@@ -28,7 +28,8 @@ from features.config import FeaturesConfig
 from features.sources import ParquetDirSource
 from train.config import TrainProfile
 from train.encoder_loop import TrainHooks
-from train.pipeline import fit_market, load_market, load_pool
+from train.gbm_pool import MarketPool, PoolMember, Shared
+from train.pipeline import fit_market, load_market
 
 
 def ray_train_hooks(report: Callable[[dict[str, float]], None]) -> TrainHooks:
@@ -185,13 +186,20 @@ def fit_markets_on_ray(
 
 
 def gbm_bundle_files(
-    data_dir: str, market: str, features: FeaturesConfig, profile: TrainProfile, profile_name: str
+    data_dir: str,
+    market: str,
+    features: FeaturesConfig,
+    profile: TrainProfile,
+    profile_name: str,
+    *members: PoolMember,
 ) -> dict[str, bytes]:
     """A Ray task's body: fit one market's gbm family and hand back its bundle's files (a few
-    MB of LightGBM text and JSON), so the driver receives them on any node without shared disk."""
+    MB of LightGBM text and JSON), so the driver receives them on any node without shared disk.
+    `members`: the markets it pools (`profile.gbm.pool_weight`), each built once per run by
+    `pool_member_task` and passed as an object ref that Ray resolves."""
     source = ParquetDirSource(data_dir)
     data = load_market(source, market, features, profile)
-    pool = load_pool(source, market, features, profile)
+    pool = MarketPool(members) if members else None
 
     def say(line: str) -> None:
         print(f"[fit {market}] {line.removeprefix(market + ' ')}", flush=True)
@@ -205,15 +213,32 @@ def gbm_bundle_files(
 
 
 def fit_gbm_on_ray(
-    markets: list[str],
+    market: str,
     data_dir: str,
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
+    members: list[ray.ObjectRef] | None = None,
     cpus: float = 0.25,
-) -> dict[str, ray.ObjectRef]:
-    """One plain Ray task per market (no TorchTrainer needed), returning at once. A quarter CPU
-    each, as the trainers: on a head whose Serve replicas hold part of the CPUs a whole-CPU task
-    could wait for ever; Ray gives a fractional task one OpenMP thread."""
+) -> ray.ObjectRef:
+    """One plain Ray task (no TorchTrainer needed), returning at once. A quarter CPU, as the
+    trainers: on a head whose Serve replicas hold part of the CPUs a whole-CPU task could wait
+    for ever; Ray gives a fractional task one OpenMP thread. `members`: refs to the pooled
+    markets' members (`shared_members`)."""
     task = ray.remote(gbm_bundle_files).options(num_cpus=cpus)
-    return {m: task.remote(data_dir, m, features, profile, profile_name) for m in markets}
+    return task.remote(data_dir, market, features, profile, profile_name, *(members or []))
+
+
+def pool_member_task(
+    data_dir: str, market: str, features: FeaturesConfig, profile: TrainProfile
+) -> PoolMember:
+    return PoolMember.of(load_market(ParquetDirSource(data_dir), market, features, profile))
+
+
+def shared_members(
+    data_dir: str, features: FeaturesConfig, profile: TrainProfile, cpus: float = 0.25
+) -> Shared[ray.ObjectRef]:
+    """The run's pool members as Ray objects: each market's dataset and tree inputs built by
+    one task when a market first pools it, then read by every gbm task that pools it."""
+    task = ray.remote(pool_member_task).options(num_cpus=cpus)
+    return Shared(lambda market: task.remote(data_dir, market, features, profile))

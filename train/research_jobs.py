@@ -35,7 +35,7 @@ from features.sources import ParquetDirSource
 from train.calibration import calibrated_proba
 from train.config import TrainProfile
 from train.gbm import design_rows, fit_gbm, gbm_slices, raw_scores
-from train.gbm_pool import MarketPool
+from train.gbm_pool import MarketPool, PoolMember
 from train.plain_gbm import PLAIN_VARIANTS, fit_plain, plain_features, plain_proba
 from train.research_cache import PROBA, THRESHOLD, FoldKey, input_fingerprints, with_pooled
 
@@ -118,6 +118,51 @@ def _market_inputs(
     return candles, context, configured_dataset(candles, market, features, context)
 
 
+@dataclass(frozen=True)
+class MarketInputs:
+    """One market's candles, context, dataset and (for the gbm) tree inputs: built once per
+    research run, for the market's own folds and for every market whose gbm pools it."""
+
+    candles: pd.DataFrame
+    context: MarketContext | None
+    data: MarketDataset
+    gbm_rows: np.ndarray | None  # window inputs of every sample, aligned with data.samples
+
+
+def market_inputs(data_dir: str, market: str, features: FeaturesConfig, gbm: bool) -> MarketInputs:
+    candles, context, data = _market_inputs(data_dir, market, features)
+    return MarketInputs(candles, context, data, design_rows(data, data.samples) if gbm else None)
+
+
+def index_market(
+    own: MarketInputs, grid: FoldGrid, kinds: set[str], *pooled: MarketInputs
+) -> tuple[MarketMaterial, MarketIndex]:
+    """A market's material and index from its inputs and those of the `pooled` markets, whose
+    hours a pooled gbm fits (`train.gbm_pool.pool_markets`): fingerprints for every fold of the
+    market's candles, of every other series its feature groups read, and of the pooled markets'
+    inputs."""
+    data = own.data
+    gbm_rows = own.gbm_rows if kinds & {"gbm", "gbm~leaky"} else None
+    if gbm_rows is None and kinds & {"gbm", "gbm~leaky"}:
+        raise ValueError(f"{data.market}: the gbm's folds need its tree inputs")
+    plain_rows = plain_features(data) if "plain" in kinds else None
+    bounds = fold_bounds(data.sample_times, grid, data.horizon)
+    fingerprints = input_fingerprints(own.candles, own.context, bounds)
+    prints = {p.data.market: input_fingerprints(p.candles, p.context, bounds) for p in pooled}
+    pool_prints = with_pooled(fingerprints, prints) if prints else None
+    index = MarketIndex(data.market, data.times, data.close, data.samples, fingerprints,
+                        pool_prints)  # fmt: skip
+    members = tuple(PoolMember(p.data, _pool_rows(p)) for p in pooled)
+    market_pool = MarketPool(members) if members else None
+    return MarketMaterial(data, gbm_rows, plain_rows, market_pool), index
+
+
+def _pool_rows(inputs: MarketInputs) -> np.ndarray:
+    if inputs.gbm_rows is None:
+        raise ValueError(f"{inputs.data.market} is pooled but its tree inputs were not built")
+    return inputs.gbm_rows
+
+
 def prepare_market(
     data_dir: str,
     market: str,
@@ -126,23 +171,12 @@ def prepare_market(
     kinds: set[str],
     pool: tuple[str, ...] = (),
 ) -> tuple[MarketMaterial, MarketIndex]:
-    """Candles -> dataset, tree inputs for the kinds asked, fingerprints for every fold (of the
-    market's candles, of every other series its feature groups read, and of the `pool` markets'
-    inputs, whose hours a pooled gbm fits: `train.gbm_pool.pool_markets`)."""
-    candles, context, data = _market_inputs(data_dir, market, features)
-    gbm_rows = design_rows(data, data.samples) if kinds & {"gbm", "gbm~leaky"} else None
-    plain_rows = plain_features(data) if "plain" in kinds else None
-    bounds = fold_bounds(data.sample_times, grid, data.horizon)
-    fingerprints = input_fingerprints(candles, context, bounds)
-    members, pooled = [], {}
-    for other in pool:
-        other_candles, other_context, other_data = _market_inputs(data_dir, other, features)
-        members.append(other_data)
-        pooled[other] = input_fingerprints(other_candles, other_context, bounds)
-    pool_prints = with_pooled(fingerprints, pooled) if pooled else None
-    index = MarketIndex(market, data.times, data.close, data.samples, fingerprints, pool_prints)
-    market_pool = MarketPool.of(members) if members else None
-    return MarketMaterial(data, gbm_rows, plain_rows, market_pool), index
+    """One market alone (a Tune trial, a test): its inputs and the `pool` markets' built here.
+    A run over several markets builds each market's inputs once (`market_inputs`) and hands
+    them to every `index_market` that needs them."""
+    own = market_inputs(data_dir, market, features, bool(kinds & {"gbm", "gbm~leaky"}))
+    others = [market_inputs(data_dir, other, features, gbm=True) for other in pool]
+    return index_market(own, grid, kinds, *others)
 
 
 def _threshold(settings: JobSettings, data: MarketDataset, rows: np.ndarray) -> float:

@@ -36,8 +36,10 @@ from train.research_jobs import (
     FoldResult,
     JobSettings,
     MarketIndex,
+    MarketInputs,
     MarketMaterial,
-    prepare_market,
+    index_market,
+    market_inputs,
     run_job,
 )
 from train.research_keys import describe, eligible_folds, fold_key, leaky_keys
@@ -220,10 +222,17 @@ def execute_local(req: ResearchRequest, say: Say) -> tuple[dict[str, MarketIndex
     from train.research_hybrid import run_hybrid_jobs
 
     collector, indexes = Collector(say), {}
+    pools, needed = _inputs_needed(req)
+    inputs: dict[str, MarketInputs] = {}
+
+    def built(market: str) -> MarketInputs:
+        if market not in inputs:
+            inputs[market] = market_inputs(req.data_dir, market, req.features, needed[market])
+        return inputs[market]
+
     for market in req.markets:
-        material, index = prepare_market(
-            req.data_dir, market, req.features, req.grid, _kinds(req), research_pool(req, market)
-        )
+        pooled = [built(other) for other in pools[market]]
+        material, index = index_market(built(market), req.grid, _kinds(req), *pooled)
         indexes[market] = index
         folds, jobs = plan_jobs(index, req)
         collector.novelty[market] = market_novelty(material, folds, *_novelty_args(req))
@@ -250,6 +259,17 @@ def research_pool(req: ResearchRequest, market: str) -> tuple[str, ...]:
     return pool_markets(market, req.features.markets, req.profile.gbm, held)
 
 
+def _inputs_needed(req: ResearchRequest) -> tuple[dict[str, tuple[str, ...]], dict[str, bool]]:
+    """Each market's pool, and every market whose inputs the run builds (its own markets and
+    the pooled ones, each once), with whether its tree inputs are built too."""
+    pools = {market: research_pool(req, market) for market in req.markets}
+    gbm = bool(_kinds(req) & {"gbm", "gbm~leaky"})
+    needed = dict.fromkeys(req.markets, gbm)
+    for pool in pools.values():
+        needed |= dict.fromkeys(pool, True)
+    return pools, needed
+
+
 def _kinds(req: ResearchRequest) -> set[str]:
     kinds = {*(("plain",) if req.baselines else ()), *req.components()}
     return kinds | ({f"{c}~leaky" for c in req.components()} if req.leaky else set())
@@ -269,12 +289,13 @@ def execute_on_ray(
     from train.research_hybrid import run_hybrid_on_ray
 
     cpus = req.research.cpus_per_fold
-    prepare = ray.remote(prepare_market).options(num_returns=2, num_cpus=cpus)
+    build = ray.remote(market_inputs).options(num_cpus=cpus)
+    prepare = ray.remote(index_market).options(num_returns=2, num_cpus=cpus)
     runner = ray.remote(run_and_store).options(num_cpus=cpus)
+    pools, needed = _inputs_needed(req)
+    inputs = {m: build.remote(req.data_dir, m, req.features, gbm) for m, gbm in needed.items()}
     refs = {
-        m: prepare.remote(
-            req.data_dir, m, req.features, req.grid, _kinds(req), research_pool(req, m)
-        )
+        m: prepare.remote(inputs[m], req.grid, _kinds(req), *(inputs[o] for o in pools[m]))
         for m in req.markets
     }
     indexes = dict(zip(req.markets, ray.get([refs[m][1] for m in req.markets]), strict=True))

@@ -6,6 +6,8 @@ pooled folds by the weight and by the pooled markets' candles, and leaves every 
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from features.exchange import HOUR_NS
 from features.sources import ParquetDirSource
 from train.config import GbmConfig, load_train_config
 from train.gbm import GbmSlices, PooledRows, fit_gbm, fit_weights, raw_scores, recency_weights
-from train.gbm_pool import MarketPool, pool_markets
+from train.gbm_pool import MarketPool, Shared, pool_markets
 from train.pipeline import fit_market, load_market, load_pool
 from train.plain_gbm import balanced_weights
 from train.research_cache import config_hash
@@ -97,6 +99,22 @@ def test_pool_balance_market_balances_each_markets_classes_on_their_own() -> Non
     assert calm_hold > 0.45  # over all rows, the calm market's HOLDs weigh more than a third
     with pytest.raises(ValidationError, match="pool_balance"):
         GbmConfig(pool_balance="coin")
+
+
+def test_shared_members_are_built_once_per_market_whatever_thread_asks() -> None:
+    calls: list[str] = []
+
+    def build(market: str) -> str:
+        calls.append(market)
+        time.sleep(0.01)  # long enough for the threads to ask at once
+        return market.lower()
+
+    shared = Shared(build)
+    asked = ["KRW-BTC", "KRW-ETH", "KRW-BTC", "KRW-XRP", "KRW-ETH", "KRW-BTC"] * 4
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(shared.get, asked))
+    assert got == [m.lower() for m in asked]
+    assert sorted(calls) == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
 
 
 def test_pooled_rows_of_another_width_are_refused_by_name() -> None:

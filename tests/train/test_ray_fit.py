@@ -91,3 +91,32 @@ def test_cli_fits_through_ray_by_default(
     assert store.current("KRW-ETH") in families.values()
     ensemble = load_bundle(store.fetch("KRW-ETH", families["ensemble"], dest_dir=tmp_path / "f"))
     assert 0.0 <= ensemble.weight <= 1.0
+
+
+def test_cli_pooled_fit_on_ray_builds_each_pooled_market_once(
+    ray_local, ohlcv_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """Two markets' gbm pooling the other configured ones, on Ray: one member task per pooled
+    market (four: each of the two is pooled by the other), not one per market that pools it
+    (six), and each bundle names the markets it pooled."""
+    from ray.util.state import list_tasks
+
+    from train.__main__ import main
+    from train.registry import ModelRegistry
+
+    def member_tasks() -> int:
+        return len(list_tasks(filters=[("func_or_class_name", "=", "pool_member_task")],
+                              limit=10_000, raise_on_missing_output=False))  # fmt: skip
+
+    before = member_tasks()
+    registry = tmp_path / "registry"
+    args = ["fit", "--markets", "KRW-ETH,KRW-SOL", "--data-dir", str(ohlcv_dir), "--registry",
+            str(registry), "--profile", "smoke", "--family", "gbm",
+            "--set", "profiles.smoke.gbm.pool_weight=1.0"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().out
+    assert member_tasks() - before == 4
+    store = ModelRegistry(str(registry))
+    markets = load_features_config().markets
+    for market in ("KRW-ETH", "KRW-SOL"):
+        (version,) = store.versions(market)
+        assert version.metadata["pooled_markets"] == [m for m in markets if m != market]

@@ -131,6 +131,36 @@ def test_second_run_recomputes_nothing_and_folds_ignore_the_range(
         pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_pooled_run_builds_each_markets_inputs_once_and_matches_each_market_alone(
+    ohlcv_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two markets whose gbm pools the other configured ones: four markets' inputs built, one
+    build each (eight before: every market built its pool's again), and each market's
+    predictions the same as from a run of that market alone."""
+    import train.research_run as research_run
+
+    built: list[str] = []
+    real = research_run.market_inputs
+
+    def counted(data_dir: str, market: str, *args):
+        built.append(market)
+        return real(data_dir, market, *args)
+
+    monkeypatch.setattr(research_run, "market_inputs", counted)
+    quiet = lambda line: None  # noqa: E731
+    pooled = ["profiles.smoke.gbm.pool_weight=1.0"]
+    both = _request(ohlcv_dir, tmp_path / "both", "2025-08-05", "2025-08-25",
+                    ("KRW-SOL", "KRW-ETH"), pooled)  # fmt: skip
+    together, _ = run_research(both, quiet, local=True)
+    assert sorted(built) == ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-XRP"]
+    alone = _request(ohlcv_dir, tmp_path / "alone", "2025-08-05", "2025-08-25",
+                     ("KRW-SOL",), pooled)  # fmt: skip
+    sol, _ = run_research(alone, quiet, local=True)
+    pd.testing.assert_frame_equal(
+        together["KRW-SOL"].predictions["gbm"], sol["KRW-SOL"].predictions["gbm"]
+    )
+
+
 @pytest.mark.slow
 def test_folds_run_concurrently_on_ray_and_the_report_says_it_all(
     ray_local, ohlcv_dir: Path, tmp_path: Path, capsys
