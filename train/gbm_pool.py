@@ -49,8 +49,8 @@ class PoolMember:
 
 class Shared(Generic[T]):
     """Each market's pool member (or a Ray object ref to it) built once per run, however many
-    markets pool it and from whichever thread asks first: four pooled markets built four
-    datasets, not twelve."""
+    markets pool it and from whichever thread asks first (four pooled markets: four members,
+    not twelve)."""
 
     def __init__(self, build: Callable[[str], T]) -> None:
         self._build = build

@@ -94,7 +94,7 @@ def test_cli_fits_through_ray_by_default(
 
 
 def test_cli_pooled_fit_on_ray_builds_each_pooled_market_once(
-    ray_local, ohlcv_dir: Path, tmp_path: Path, capsys
+    ray_local, ray_head, ohlcv_dir: Path, tmp_path: Path, capsys
 ) -> None:
     """Two markets' gbm pooling the other configured ones, on Ray: one member task per pooled
     market (four: each of the two is pooled by the other), not one per market that pools it
@@ -105,8 +105,10 @@ def test_cli_pooled_fit_on_ray_builds_each_pooled_market_once(
     from train.registry import ModelRegistry
 
     def member_tasks() -> int:
-        return len(list_tasks(filters=[("func_or_class_name", "=", "pool_member_task")],
-                              limit=10_000, raise_on_missing_output=False))  # fmt: skip
+        # the session's head by its dashboard: "auto" reads the newest head any test started
+        return len(list_tasks(address=ray_head.dashboard_url, limit=10_000,
+                              filters=[("func_or_class_name", "=", "pool_member_task")],
+                              raise_on_missing_output=False))  # fmt: skip
 
     before = member_tasks()
     registry = tmp_path / "registry"
