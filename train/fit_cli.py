@@ -207,13 +207,22 @@ def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[st
     return bundles
 
 
+def own_member(ctx: FitContext, market: str, profile: TrainProfile) -> Any | None:
+    """`market`'s pool member when this run's gbm pools (local: its dataset and tree inputs; on
+    Ray: a ref to them): the market's own dataset is then that member's, built once for the
+    market and every market that pools it, not a second time. None when the run does not pool."""
+    if ctx.members is None or "gbm" not in ctx.components or profile.gbm.pool_weight <= 0.0:
+        return None
+    return ctx.members.get(market)
+
+
 def fit_one_local(market: str, request: FitRequest, ctx: FitContext) -> FitVerdict:
-    data = load_market(ctx.source, market, ctx.features, ctx.profile)
-    pool = (
-        load_pool(ctx.source, market, ctx.features, ctx.profile, ctx.members)
-        if "gbm" in ctx.components
-        else None
-    )
+    own = own_member(ctx, market, ctx.profile)
+    if own is None:
+        data, pool = load_market(ctx.source, market, ctx.features, ctx.profile), None
+    else:
+        data = own.data
+        pool = load_pool(ctx.source, market, ctx.features, ctx.profile, ctx.members)
     components = {
         c: fit_market(
             data,
@@ -253,21 +262,25 @@ def fit_one_on_ray(
     (in this driver, which holds the registry's only writer for this market)."""
     import ray
 
-    from train.ray_fit import fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray, shared_members
+    from train.ray_fit import fetch_bundle, fit_gbm_on_ray, fit_markets_on_ray
 
-    gbm_ref = None
+    gbm_ref, own = None, own_member(ctx, market, profile)
     if "gbm" in ctx.components:
         pooled = pool_names(ctx.source, market, ctx.features, profile)
-        members = ctx.members or shared_members(request.data_dir, ctx.features, profile)
+        refs = [ctx.members.get(m) for m in pooled] if ctx.members is not None else []
         gbm_ref = fit_gbm_on_ray(market, request.data_dir, ctx.features, profile,
-                                 ctx.profile_name, [members.get(m) for m in pooled])  # fmt: skip
+                                 ctx.profile_name, own, refs)  # fmt: skip
     runs = []
     if "hybrid" in ctx.components:
         runs = fit_markets_on_ray({market: profile}, request.data_dir, ctx.features,
                                   ctx.profile_name, use_gpu=use_gpu,
                                   gpu_fraction=ctx.tune.gpu_fraction,
                                   storage_path=request.storage_path)  # fmt: skip
-    data = load_market(ctx.source, market, ctx.features, profile)
+    data = (
+        ray.get(own).data
+        if own is not None
+        else load_market(ctx.source, market, ctx.features, profile)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         components = {}
         for run in runs:

@@ -191,14 +191,16 @@ def gbm_bundle_files(
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
+    own: PoolMember | None,
     *members: PoolMember,
 ) -> dict[str, bytes]:
     """A Ray task's body: fit one market's gbm family and hand back its bundle's files (a few
     MB of LightGBM text and JSON), so the driver receives them on any node without shared disk.
     `members`: the markets it pools (`profile.gbm.pool_weight`), each built once per run by
-    `pool_member_task` and passed as an object ref that Ray resolves."""
-    source = ParquetDirSource(data_dir)
-    data = load_market(source, market, features, profile)
+    `pool_member_task` and passed as an object ref that Ray resolves; `own`: this market's
+    member when the run pools (its dataset, built once), else None and the task builds it."""
+    data = own.data if own is not None else load_market(ParquetDirSource(data_dir), market,
+                                                        features, profile)  # fmt: skip
     pool = MarketPool(members) if members else None
 
     def say(line: str) -> None:
@@ -218,15 +220,16 @@ def fit_gbm_on_ray(
     features: FeaturesConfig,
     profile: TrainProfile,
     profile_name: str,
+    own: ray.ObjectRef | None = None,
     members: list[ray.ObjectRef] | None = None,
     cpus: float = 0.25,
 ) -> ray.ObjectRef:
     """One plain Ray task (no TorchTrainer needed), returning at once. A quarter CPU, as the
     trainers: on a head whose Serve replicas hold part of the CPUs a whole-CPU task could wait
-    for ever; Ray gives a fractional task one OpenMP thread. `members`: refs to the pooled
-    markets' members (`shared_members`)."""
+    for ever; Ray gives a fractional task one OpenMP thread. `own` and `members`: refs to this
+    market's and the pooled markets' members (`shared_members`)."""
     task = ray.remote(gbm_bundle_files).options(num_cpus=cpus)
-    return task.remote(data_dir, market, features, profile, profile_name, *(members or []))
+    return task.remote(data_dir, market, features, profile, profile_name, own, *(members or []))
 
 
 def pool_member_task(

@@ -216,3 +216,29 @@ def test_train_fit_pools_the_other_markets_and_its_calls_move(ohlcv_dir: Path) -
     assert not np.allclose(alone.oos[proba].to_numpy(), pooled.oos[proba].to_numpy())
     assert pooled.model.metadata["pooled_markets"] == list(pool.markets)  # the bundle says so
     assert "pooled_markets" not in alone.model.metadata
+
+
+def test_local_pooled_fit_builds_each_markets_dataset_once(
+    ohlcv_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train fit --local` of two markets whose gbm pools the other configured ones: each of the
+    four markets' datasets is built once (a fitted market's own dataset is its pool member's),
+    where building the fitted markets again for their own fits made six."""
+    import train.fit_cli
+    import train.pipeline
+    from train.__main__ import main
+
+    built: list[str] = []
+    real = train.pipeline.load_market
+
+    def counted(source, market, features, profile):  # type: ignore[no-untyped-def]
+        built.append(market)
+        return real(source, market, features, profile)
+
+    monkeypatch.setattr(train.pipeline, "load_market", counted)
+    monkeypatch.setattr(train.fit_cli, "load_market", counted)
+    args = ["fit", "--local", "--markets", "KRW-ETH,KRW-SOL", "--data-dir", str(ohlcv_dir),
+            "--registry", str(tmp_path / "registry"), "--profile", "smoke", "--family", "gbm",
+            "--set", "profiles.smoke.gbm.pool_weight=1.0"]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(built) == sorted(load_features_config().markets)
