@@ -13,10 +13,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def cluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def cluster(
+    *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`env`: the child's whole environment (this process's when None)."""
     return subprocess.run(
         [sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=PROJECT_ROOT, env=os.environ.copy(),
+        timeout=timeout, cwd=PROJECT_ROOT, env=os.environ.copy() if env is None else env,
     )  # fmt: skip
 
 

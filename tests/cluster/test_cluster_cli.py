@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from cluster_run import PROJECT_ROOT, cluster
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True, timeout=120,
-        cwd=PROJECT_ROOT, env=env,
-    )  # fmt: skip
+    return cluster(*args, timeout=120, env=env)
 
 
 def test_live_refuses_without_upbit_keys(tmp_path) -> None:

@@ -9,11 +9,7 @@ traded value is recomputed here from the same candles, independently of the code
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,9 +25,9 @@ from features.market_discovery import (
 )
 from features.upbit_http import UpbitHttp
 
+from cluster_run import PROJECT_ROOT, cluster
 from standins.upbit_server import Fault, UpbitStandIn
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REAL = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
 TICKER = "/v1/ticker"
 
@@ -101,11 +97,8 @@ def test_min_value_and_top_select_by_traded_value(upbit, capsys) -> None:
 
 
 def test_the_table_marks_what_is_selected(upbit) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "cluster", "markets", "--upbit-url", upbit.url, "--top", "2",
-         "--min-value", "1"], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
+    done = cluster("markets", "--upbit-url", upbit.url, "--top", "2", "--min-value", "1",
+                   timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split()[:3] == ["#", "market", "name"]

@@ -21,10 +21,10 @@ from trading.loop import start_loop
 from trading.loop_settings import ClockSettings, LoopSettings
 from trading.upbit_broker import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
+from cluster_run import PROJECT_ROOT, cluster
 from standins.upbit_private import ACCESS_KEY, SECRET_KEY, UpbitPrivateStandIn
 
 pytestmark = pytest.mark.slow
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MARKET = "KRW-BTC"
 
 
@@ -63,10 +63,7 @@ def up_paper(ray_head, ohlcv_dir: Path, root: Path, ledger: Path):
         "--dashboard-url", ray_head.dashboard_url, "--data-dir", str(ohlcv_dir),
         "--ledger", str(ledger), "--markets", MARKET, "--no-retrain", "--holdout-hours", "0",
     ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True, timeout=300,
-        cwd=PROJECT_ROOT, env=dict(os.environ),
-    )  # fmt: skip
+    done = cluster(*args, timeout=300)
     assert not state.exists(), "up started something before refusing"
     return done
 
