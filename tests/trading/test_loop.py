@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 MARKET = "KRW-BTC"
 SEARCH_FROM = pd.Timestamp("2025-06-01 00:00")  # KST
 SPEED = 900.0  # an hour in 4 s
-CLOCK_SLACK_S = 30.0  # the clock reads `start` this long after start_loop: the actor comes up
+CLOCK_SLACK_S = 10.0  # the clock reads `start` this long after start_loop: the actor comes up
 QUIET_HOURS = int(CLOCK_SLACK_S * SPEED / 3600) + 2  # no BUY this long before the buy hour
 HOURS_AFTER = 4
 

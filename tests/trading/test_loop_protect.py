@@ -28,22 +28,24 @@ MARKET = "KRW-BTC"
 APP = "guarded"
 STOP = 0.01  # the stop-loss for this test: 1 % under the entry
 SPEED = 300.0  # an hour every 12 s: time to delete the app before the price falls through
-HELD_HOURS = 5  # the stop must not fire before this many hours have passed
+HELD_HOURS = 3  # model-less hours the loop holds through before the price falls through the stop
 SLACK_S = 30.0  # the clock reads its start this long after start_loop: the actor comes up
 
 
 @pytest.fixture(scope="module")
 def entry_hour(real_candles) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """(h0, the first hour whose close is STOP under close(h0)), with HELD_HOURS above it."""
+    """(h0, h0 + HELD_HOURS + 1): the first hour whose close is STOP under close(h0) comes right
+    after HELD_HOURS hours above it, so the run is no longer than the test needs (an hour of the
+    accelerated clock is 12 s)."""
     close = real_candles[MARKET]["close"].loc["2025-06-01":]
-    for i in range(len(close) - 13):
-        window = close.iloc[i : i + 13]
-        if (window.index[-1] - window.index[0]) != pd.Timedelta(hours=12):
+    span = HELD_HOURS + 2
+    for i in range(len(close) - span):
+        window = close.iloc[i : i + span]
+        if (window.index[-1] - window.index[0]) != pd.Timedelta(hours=span - 1):
             continue  # a gap: the loop would not find the hour's candle
-        floor = window.iloc[0] * (1 - STOP)
-        below = window.iloc[1:] <= floor
-        if below.any() and not below.iloc[:HELD_HOURS].any():
-            return window.index[0], below.idxmax()
+        below = window.iloc[1:] <= window.iloc[0] * (1 - STOP)
+        if below.iloc[-1] and not below.iloc[:-1].any():
+            return window.index[0], window.index[-1]
     raise AssertionError("no hour in the stored candles with a fall like that")
 
 
