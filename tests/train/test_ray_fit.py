@@ -13,6 +13,7 @@ from train.bundle import load_bundle
 from train.config import load_train_config
 
 pytestmark = pytest.mark.slow
+SMALLER_FIT = ("optim.epochs=1", "splits.n_folds=1", "data.last_hours=3000", "leaky.enabled=false")
 
 
 def test_smoke_fit_through_torch_trainer(ray_local, ohlcv_dir: Path, tmp_path: Path) -> None:
@@ -45,7 +46,9 @@ def test_four_markets_run_concurrently_and_register(
 
     features = load_features_config()
     markets = features.markets  # the four configured markets at once
-    profile = load_train_config().profile("smoke")
+    # What is tested is four trainers at once, not the fit: one fold, one epoch, no leaky fit.
+    small = [f"profiles.smoke.{s}" for s in SMALLER_FIT]
+    profile = load_train_config(overrides=small).profile("smoke")
     runs = fit_markets_on_ray(
         {market: profile for market in markets},
         str(ohlcv_dir),
