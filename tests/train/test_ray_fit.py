@@ -13,7 +13,8 @@ from train.bundle import load_bundle
 from train.config import load_train_config
 
 pytestmark = pytest.mark.slow
-SMALLER_FIT = ("optim.epochs=1", "splits.n_folds=1", "data.last_hours=3000", "leaky.enabled=false")
+ONE_EPOCH = ("optim.epochs=1", "leaky.enabled=false")  # the Ray paths are tested, not the fit
+SMALLER_FIT = (*ONE_EPOCH, "splits.n_folds=1", "data.last_hours=3000")
 
 
 def test_smoke_fit_through_torch_trainer(ray_local, ohlcv_dir: Path, tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_smoke_fit_through_torch_trainer(ray_local, ohlcv_dir: Path, tmp_path: P
         "KRW-BTC",
         str(ohlcv_dir),
         load_features_config(),
-        load_train_config().profile("smoke"),
+        load_train_config(overrides=[f"profiles.smoke.{s}" for s in ONE_EPOCH]).profile("smoke"),
         "smoke",
         cpus_per_worker=1.0,
         storage_path=str(tmp_path / "ray-results"),
@@ -46,7 +47,7 @@ def test_four_markets_run_concurrently_and_register(
 
     features = load_features_config()
     markets = features.markets  # the four configured markets at once
-    # What is tested is four trainers at once, not the fit: one fold, one epoch, no leaky fit.
+    # What is tested is four trainers at once: one fold too.
     small = [f"profiles.smoke.{s}" for s in SMALLER_FIT]
     profile = load_train_config(overrides=small).profile("smoke")
     runs = fit_markets_on_ray(
@@ -84,6 +85,7 @@ def test_cli_fits_through_ray_by_default(
         str(tmp_path / "ray"),
         "--family",
         "hybrid,gbm,ensemble",
+        *[arg for s in ONE_EPOCH for arg in ("--set", f"profiles.smoke.{s}")],
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
