@@ -32,6 +32,9 @@ pytestmark = pytest.mark.slow
 MARKET = "KRW-BTC"
 HOLDOUT = 6  # hours held out of training and replayed by the loop
 DIRECT_PORTS = range(30000, 31001)  # Ray Serve's default range for direct-ingress replicas
+# An ingress replica that stops (`down` deletes the keeper first) keeps answering this long for
+# clients that hold its port: Ray's 30 s default, not under test here, would be half of `down`.
+DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
 def admin() -> dict[str, str]:
@@ -53,6 +56,7 @@ def direct(ohlcv_dir, tmp_path_factory):
         "--registry", str(root / "registry"), "--ledger", str(root / "ledger.sqlite"),
         "--markets", MARKET, "--profile", "smoke", "--serve-port", str(serve_port),
         "--no-retrain", "--holdout-hours", str(HOLDOUT), "--clock-speed", "1800",
+        env={**os.environ, **DRAIN},  # the head `up` starts inherits it
     )  # fmt: skip
     info = {
         "root": root, "state": state, "first": first, "candles": candles,
