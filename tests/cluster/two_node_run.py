@@ -120,6 +120,8 @@ def fit_and_register(args: argparse.Namespace, address: str) -> None:
         "fit", "--markets", MARKET, "--family", "hybrid", "--profile", "smoke",
         "--data-dir", args.data, "--registry", args.registry,
         "--storage-path", args.storage_path, "--ray-address", address,
+        # where it runs is tested, not the fit: one epoch, no leaky fit
+        "--set", "profiles.smoke.optim.epochs=1", "--set", "profiles.smoke.leaky.enabled=false",
     ])  # fmt: skip
     if code != 0:
         raise RuntimeError(f"python -m train fit exited {code}")
