@@ -8,7 +8,6 @@ to load leaves the previous model serving and is reported in `status()`.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from features.exchange import InvalidMarketError
+from serve.scratch import scratch_dir
 from train.bundle import HybridModel, load_bundle
 from train.registry import ModelRegistry, RegistryError
 
@@ -39,7 +39,7 @@ class ModelSlot:
         self._loaded: Loaded | None = None
         self._last_error: str | None = None
         self._failed: tuple[str, float] | None = None  # (version token, when)
-        self._cache = tempfile.TemporaryDirectory(prefix=f"bundles-{market}-")
+        self._cache = scratch_dir(market)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 

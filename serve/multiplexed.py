@@ -36,6 +36,7 @@ from serve.model_age import prediction_age
 from serve.model_slot import RETRY_FAILED_S
 from serve.predict import RequestCandles, model_feature_set, predict_candles, warm_up
 from serve.schema import ModelView, Unavailable
+from serve.scratch import scratch_dir
 from train.bundle import BundleError, HybridModel, load_bundle
 from train.registry import ModelRegistry, parse_version
 
@@ -78,7 +79,7 @@ class MultiplexedPredictor:
         self.predictions, self.version_gauge = prediction_metrics()
         self.failures: dict[str, tuple[str, float]] = {}  # model id -> (message, when)
         self.loads = 0
-        self._scratch = tempfile.TemporaryDirectory(prefix="bundles-multiplexed-")
+        self._scratch = scratch_dir("multiplexed")
 
         async def load(model: str) -> HybridModel:  # a plain function: Serve keeps its LRU on it
             return await asyncio.to_thread(self._load, model)
