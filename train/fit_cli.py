@@ -210,9 +210,15 @@ def save_fits(fits: dict[str, MarketFit], tmp: Path, ctx: FitContext) -> dict[st
 def own_member(ctx: FitContext, market: str, profile: TrainProfile) -> Any | None:
     """`market`'s pool member when this run's gbm pools (local: its dataset and tree inputs; on
     Ray: a ref to them): the market's own dataset is then that member's, built once for the
-    market and every market that pools it, not a second time. None when the run does not pool."""
-    if ctx.members is None or "gbm" not in ctx.components or profile.gbm.pool_weight <= 0.0:
+    market and every market that pools it, not a second time. None when the run does not pool.
+    A pooling run without members is refused: it would fit every market unpooled, silently."""
+    if "gbm" not in ctx.components or profile.gbm.pool_weight <= 0.0:
         return None
+    if ctx.members is None:
+        raise RuntimeError(
+            f"{market}'s gbm pools the other markets' hours (pool_weight "
+            f"{profile.gbm.pool_weight:g}), but this run built no pool members"
+        )
     return ctx.members.get(market)
 
 
@@ -267,7 +273,7 @@ def fit_one_on_ray(
     gbm_ref, own = None, own_member(ctx, market, profile)
     if "gbm" in ctx.components:
         pooled = pool_names(ctx.source, market, ctx.features, profile)
-        refs = [ctx.members.get(m) for m in pooled] if ctx.members is not None else []
+        refs = [ctx.members.get(m) for m in pooled]  # members: own_member refused a run without
         gbm_ref = fit_gbm_on_ray(market, request.data_dir, ctx.features, profile,
                                  ctx.profile_name, own, refs)  # fmt: skip
     runs = []

@@ -242,3 +242,27 @@ def test_local_pooled_fit_builds_each_markets_dataset_once(
             "--set", "profiles.smoke.gbm.pool_weight=1.0"]  # fmt: skip
     assert main(args) == 0
     assert sorted(built) == sorted(load_features_config().markets)
+
+
+def test_a_pooling_fit_without_the_runs_pool_members_is_refused(tmp_path: Path) -> None:
+    """Both `train fit` paths set the run's members; one that did not would fit every market
+    unpooled without a word, so `own_member` refuses it by name."""
+    from dataclasses import replace
+
+    from train.fit_cli import FitContext, own_member
+    from train.registry import ModelRegistry
+
+    train_cfg = load_train_config(overrides=["profiles.smoke.gbm.pool_weight=1.0"])
+    pooled = train_cfg.profile("smoke")
+    ctx = FitContext(
+        markets=["KRW-BTC"], families=["gbm"], features=load_features_config(), profile=pooled,
+        profile_name="smoke", gate=train_cfg.gate, tune=train_cfg.tune,
+        source=ParquetDirSource(str(tmp_path)), registry=ModelRegistry(str(tmp_path / "reg")),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"KRW-BTC's gbm pools .* no pool members"):
+        own_member(ctx, "KRW-BTC", pooled)
+    members = replace(ctx, members=Shared(lambda market: f"{market}'s member"))
+    assert own_member(members, "KRW-BTC", pooled) == "KRW-BTC's member"
+    unpooled = load_train_config().profile("smoke")
+    assert own_member(ctx, "KRW-BTC", unpooled) is None  # no pool, nothing to refuse
+    assert own_member(replace(ctx, families=["hybrid"]), "KRW-BTC", pooled) is None
