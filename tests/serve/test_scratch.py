@@ -1,5 +1,6 @@
-"""A replica's bundle scratch folder carries its process id; a new one removes the folders of
-processes that have exited (SIGKILLed replicas cannot clean up) and nothing else."""
+"""A replica's bundle scratch folder carries its host and process id; a new one removes this
+host's folders of processes that have exited (SIGKILLed replicas cannot clean up) and nothing
+else."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from serve.model_slot import ModelSlot
-from serve.scratch import scratch_dir, sweep_dead
+from serve.scratch import HOST, scratch_dir, sweep_dead
 from train.registry import ModelRegistry
+
+
+def named(root: Path, name: str, pid: int, rest: str = "ab1_x9", host: str = HOST) -> Path:
+    return root / f"bundles-{name}-{host}-{pid}-{rest}"
 
 
 def exited_pid() -> int:
@@ -31,28 +36,29 @@ def live_child():
 
 
 def test_the_sweep_removes_only_folders_of_exited_processes(tmp_path: Path, live_child) -> None:
-    dead = tmp_path / f"bundles-KRW-BTC-{exited_pid()}-ab1_x9"
-    alive = tmp_path / f"bundles-KRW-ETH-{live_child}-cd2_y8"
-    mine = tmp_path / f"bundles-multiplexed-{os.getpid()}-ef3_z7"
-    unnamed = tmp_path / "bundles-KRW-XRP-qwe123"  # an older folder without a process id
+    dead = named(tmp_path, "KRW-BTC", exited_pid())
+    alive = named(tmp_path, "KRW-ETH", live_child)
+    mine = named(tmp_path, "multiplexed", os.getpid())
+    elsewhere = named(tmp_path, "KRW-SOL", exited_pid(), host="0123abcd")  # another container's
+    unnamed = tmp_path / "bundles-KRW-XRP-qwe123"  # an older folder without host and process
     other = tmp_path / "other-123-abc"
-    for folder in (dead, alive, mine, unnamed, other):
+    for folder in (dead, alive, mine, elsewhere, unnamed, other):
         (folder / "v0001").mkdir(parents=True)
-    a_file = tmp_path / f"bundles-file-{exited_pid()}-abc"
+    a_file = named(tmp_path, "file", exited_pid())
     a_file.write_text("not a folder")
 
     assert sweep_dead(tmp_path) == [dead]
     assert not dead.exists()
-    assert all(f.is_dir() for f in (alive, mine, unnamed, other))
+    assert all(f.is_dir() for f in (alive, mine, elsewhere, unnamed, other))
     assert a_file.read_text() == "not a folder"
 
 
 def test_a_new_scratch_folder_names_its_process_and_sweeps_first(tmp_path: Path) -> None:
-    dead = tmp_path / f"bundles-KRW-SOL-{exited_pid()}-zz9"
+    dead = named(tmp_path, "KRW-SOL", exited_pid())
     dead.mkdir()
     scratch = scratch_dir("KRW-SOL", tmp_path)
     assert not dead.exists()
-    assert Path(scratch.name).name.startswith(f"bundles-KRW-SOL-{os.getpid()}-")
+    assert Path(scratch.name).name.startswith(f"bundles-KRW-SOL-{HOST}-{os.getpid()}-")
     assert sweep_dead(tmp_path) == []  # this process's own folder stays
     scratch.cleanup()
     assert not Path(scratch.name).exists()
@@ -62,13 +68,13 @@ def test_a_model_slot_takes_its_scratch_folder_from_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the temp dir of this test only
-    dead = tmp_path / f"bundles-KRW-BTC-{exited_pid()}-left_by_a_kill"
+    dead = named(tmp_path, "KRW-BTC", exited_pid(), "left_by_a_kill")
     dead.mkdir()
     slot = ModelSlot("KRW-BTC", ModelRegistry(str(tmp_path / "registry")), poll_s=60.0)
     try:
         assert not dead.exists()
         assert Path(slot._cache.name).parent == tmp_path
-        assert Path(slot._cache.name).name.startswith(f"bundles-KRW-BTC-{os.getpid()}-")
+        assert Path(slot._cache.name).name.startswith(f"bundles-KRW-BTC-{HOST}-{os.getpid()}-")
     finally:
         slot.stop()
     assert not Path(slot._cache.name).exists()
